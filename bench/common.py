@@ -1,0 +1,133 @@
+"""Benchmark harness shared by ``bench/bench_*.py``: timing, copy bandwidth, peak memory,
+machine description and appending results to ``bench/RESULTS.md``.
+
+Every result line carries the median (with p10/p90 spread), the ratio to the baseline,
+achieved GB/s against the measured bandwidth of a large ``copy_`` on the same device, and
+peak memory. Performance claims live here, never in timed tests.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Timing:
+    median_s: float
+    p10_s: float
+    p90_s: float
+    reps: int
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, reps: int = 20,
+            max_seconds: float = 20.0) -> Timing:
+    """Median wall time of ``fn()`` over ``reps`` runs (fewer if ``max_seconds`` runs out)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times: list[float] = []
+    budget_end = time.perf_counter() + max_seconds
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() > budget_end and len(times) >= 3:
+            break
+    times.sort()
+    q = lambda p: times[min(len(times) - 1, int(p * (len(times) - 1) + 0.5))]
+    return Timing(statistics.median(times), q(0.1), q(0.9), len(times))
+
+
+def copy_bandwidth_gbs(device: torch.device, nbytes: int = 512 * 2**20) -> float:
+    """Measured bandwidth of ``dst.copy_(src)`` on ``nbytes`` (read + write counted), GB/s."""
+    n = nbytes // 4
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    t = time_fn(lambda: dst.copy_(src), device, warmup=2, reps=10)
+    return 2 * nbytes / t.median_s / 1e9
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes allocated by torch *above what was live before* while ``fn()`` runs.
+
+    CUDA: the caching allocator's counters. CPU: the profiler's memory events (every CPU
+    allocation/free made through torch's allocator), accumulated to find the peak.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.events() if e.name == "[memory]"]
+    events.sort(key=lambda e: e.time_range.start)
+    cur = peak = 0
+    for e in events:
+        cur += e.cpu_memory_usage
+        peak = max(peak, cur)
+    return peak
+
+
+def machine() -> str:
+    """One line naming the machine, for RESULTS.md."""
+    if torch.cuda.is_available():
+        dev = torch.cuda.get_device_name(0)
+    else:
+        dev = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    dev = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+    return (f"{dev}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
+
+
+def fmt_bytes(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def record(title: str, header: list[str], rows: list[list[str]], notes: str = "") -> str:
+    """Append a markdown table (with command, machine and date) to bench/RESULTS.md and
+    return it. Append-only: earlier results are never rewritten."""
+    cmd = "python " + " ".join(sys.argv)
+    lines = [
+        f"\n## {title}",
+        "",
+        f"- command: `{cmd}`",
+        f"- machine: {machine()}",
+        f"- date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+    ]
+    if notes:
+        lines.append(f"- notes: {notes}")
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    text = "\n".join(lines) + "\n"
+    with RESULTS.open("a") as f:
+        f.write(text)
+    return text

@@ -1,0 +1,1 @@
+"""fgkernels: fused kernels for fine-grained RLHF (public API assembled at integration)."""

@@ -1,0 +1,1 @@
+"""fgrlhf trainer: data, models, RLHF math and entry points (work in progress)."""
