@@ -30,8 +30,11 @@ def _extensions():
             try:
                 super().build_extension(ext)
             except Exception as exc:  # noqa: BLE001 - any compiler failure
-                print(f"fgrlhf: WARNING: building {ext.name} failed ({exc}); "
-                      "that op will use its eager reference on CPU", file=sys.stderr)
+                print(
+                    f"fgrlhf: WARNING: building {ext.name} failed ({exc}); "
+                    "that op will use its eager reference on CPU",
+                    file=sys.stderr,
+                )
 
     # One module per op (csrc/<op>.cpp -> fgkernels._C_<op>).
     exts = [

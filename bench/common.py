@@ -36,8 +36,14 @@ class Timing:
     reps: int
 
 
-def time_fn(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, reps: int = 20,
-            max_seconds: float = 20.0) -> Timing:
+def time_fn(
+    fn: Callable[[], object],
+    device: torch.device,
+    *,
+    warmup: int = 3,
+    reps: int = 20,
+    max_seconds: float = 20.0,
+) -> Timing:
     """Median wall time of ``fn()`` over ``reps`` runs (fewer if ``max_seconds`` runs out)."""
     for _ in range(warmup):
         fn()
@@ -104,8 +110,10 @@ def machine() -> str:
                     break
         except OSError:
             pass
-    return (f"{dev}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
+    return (
+        f"{dev}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, Python {platform.python_version()}"
+    )
 
 
 def fmt_bytes(n: float) -> str:
@@ -131,3 +139,26 @@ def record(title: str, header: list[str], rows: list[list[str]], notes: str = ""
     with RESULTS.open("a") as f:
         f.write(text)
     return text
+
+
+# Published peak HBM bandwidth, GB/s, matched against torch.cuda.get_device_name().
+DEVICE_PEAK_GBS = {"H200": 4800.0, "H100": 3350.0, "A100": 2039.0}
+
+
+def peak_bandwidth_gbs(device: torch.device) -> float | None:
+    """The device's published peak memory bandwidth (CUDA only; None when unknown)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, gbs in DEVICE_PEAK_GBS.items():
+        if key in name:
+            return gbs
+    return None
+
+
+def bandwidth_cells(nbytes: float, seconds: float, copy_gbs: float, device: torch.device) -> list[str]:
+    """Table cells: achieved GB/s, fraction of measured copy bandwidth, fraction of the
+    device's published peak (CUDA only, '-' otherwise)."""
+    gbs = nbytes / seconds / 1e9
+    peak = peak_bandwidth_gbs(device)
+    return [f"{gbs:.1f}", f"{gbs / copy_gbs:.0%}", f"{gbs / peak:.0%}" if peak else "-"]

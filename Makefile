@@ -1,0 +1,49 @@
+# fgrlhf — set-up and everyday commands. `make run` and `make test` each install what they
+# need into .venv on first use, so a fresh clone needs nothing else.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch first, so the project's range (>=2.5,<2.15) is already met and pip pulls no other
+# build. On a CUDA machine override it, e.g. TORCH_SPEC="torch==2.13.0 --index-url ...".
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install run test bench lint format build clean
+
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip "setuptools>=69" wheel ninja
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	# --no-build-isolation: compile csrc/ against the torch just installed.
+	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
+	$(PY) -c "import fgkernels; print(fgkernels.backend_report())"
+	touch $@
+
+install: $(VENV)/.installed
+
+## The main job. Until the PPO entry point exists this is the kernel benchmark suite on
+## small CPU shapes (every op, every backend available here, vs its eager reference).
+run: install
+	$(PY) bench/run_all.py --quick
+
+## The test suite (CI runs exactly this). pytest's exit 5 (no tests collected) fails too.
+test: install
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+## Full-size benchmarks; appends to bench/RESULTS.md.
+bench: install
+	$(PY) bench/run_all.py --record
+
+## Rebuild the native kernels after editing csrc/ (only changed files recompile).
+build: install
+	$(PY) setup.py -q build_ext --inplace
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf build fgkernels/_C_*.so .pytest_cache .ruff_cache
