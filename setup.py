@@ -26,15 +26,22 @@ def _extensions():
     class OptionalBuildExtension(BuildExtension):
         """A failed compile of one op warns and installs without that op's module."""
 
+        failed: set = set()
+
         def build_extension(self, ext):
             try:
                 super().build_extension(ext)
             except Exception as exc:  # noqa: BLE001 - any compiler failure
+                self.failed.add(ext.name)
                 print(
                     f"fgrlhf: WARNING: building {ext.name} failed ({exc}); "
                     "that op will use its eager reference on CPU",
                     file=sys.stderr,
                 )
+
+        def copy_extensions_to_source(self):  # --inplace / editable: skip what failed
+            self.extensions = [e for e in self.extensions if e.name not in self.failed]
+            super().copy_extensions_to_source()
 
     # One module per op (csrc/<op>.cpp -> fgkernels._C_<op>).
     exts = [

@@ -86,13 +86,16 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
         return torch.cuda.max_memory_allocated(device) - base
     from torch.profiler import ProfilerActivity, profile
 
+    # Replay the raw allocator stream (every alloc/free with its size, in time order): the
+    # top-level "[memory]" events of prof.events() miss allocations made inside an op.
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = [e for e in prof.events() if e.name == "[memory]"]
-    events.sort(key=lambda e: e.time_range.start)
+    events = sorted(
+        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+    )
     cur = peak = 0
-    for e in events:
-        cur += e.cpu_memory_usage
+    for _, nbytes in events:
+        cur += nbytes
         peak = max(peak, cur)
     return peak
 

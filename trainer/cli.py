@@ -1,0 +1,124 @@
+"""The ``fgrlhf`` command. Thin: it parses arguments and calls the library.
+
+    fgrlhf edit INPUT -o OUTPUT [--model M] [--concurrency N] [--limit N] [--dry-run] ...
+    python -m trainer.cli edit ...          # the same without the installed script
+
+Exit status: 0 done; 1 a usage or runtime error; 2 bad input data; 3 some requests failed
+(not written; rerun the same command to retry them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, fields
+
+from trainer import edit as edit_mod
+from trainer.data import FORMATS, DataError
+from trainer.edit import DEFAULT_MODEL, EditConfig
+
+log = logging.getLogger("fgrlhf")
+
+
+def _doc(name: str) -> str:
+    """The help text of an EditConfig field, from its docstring's Attributes section."""
+    doc = EditConfig.__doc__ or ""
+    for line in doc.splitlines():
+        line = line.strip()
+        if line.startswith(f"{name}:"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() in ("none", "null", "") else float(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    # -v works before or after the subcommand (SUPPRESS: the subcommand's default does not
+    # overwrite a -v given before it).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+    )
+    parser = argparse.ArgumentParser(prog="fgrlhf", description="Fine-grained RLHF tools.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser(
+        "edit",
+        parents=[common],
+        help="collect minimal edits of the less-preferred responses from Claude",
+        description=(edit_mod.__doc__ or "").split("\n\n")[0],
+    )
+    e.add_argument("input", help=_doc("input"))
+    e.add_argument("-o", "--output", required=True, help=_doc("output"))
+    e.add_argument("--format", default="auto", choices=("auto",) + FORMATS, help=_doc("format"))
+    e.add_argument("--split", default="train", help=_doc("split"))
+    e.add_argument("--model", default=DEFAULT_MODEL, help=_doc("model"))
+    e.add_argument("--max-tokens", type=int, default=4096, help=_doc("max_tokens"))
+    e.add_argument("--temperature", type=_optional_float, default=0.0, help=_doc("temperature"))
+    e.add_argument("--concurrency", type=int, default=8, help=_doc("concurrency"))
+    e.add_argument("--timeout", type=float, default=120.0, help=_doc("timeout"))
+    e.add_argument("--max-retries", type=int, default=6, help=_doc("max_retries"))
+    e.add_argument("--extra-attempts", type=int, default=2, help=_doc("extra_attempts"))
+    e.add_argument("--backoff", type=float, default=10.0, help=_doc("backoff"))
+    e.add_argument("--prompt-file", default=None, help=_doc("prompt_file"))
+    e.add_argument("--min-similarity", type=float, default=0.5, help=_doc("min_similarity"))
+    e.add_argument("--limit", type=int, default=None, help=_doc("limit"))
+    e.add_argument("--dry-run", action="store_true", help=_doc("dry_run"))
+    e.add_argument("--skip-invalid", action="store_true", help=_doc("skip_invalid"))
+    e.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    e.add_argument("--price-in", type=float, default=None, help="USD per million input tokens (estimate)")
+    e.add_argument("--price-out", type=float, default=None, help="USD per million output tokens (estimate)")
+    e.add_argument("--no-fsync", dest="fsync", action="store_false", help="flush without fsync")
+    e.add_argument("--summary-json", default=None, help="also write the summary as JSON to this file")
+    return parser
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    """``fgrlhf edit``: see :mod:`trainer.edit`."""
+    from trainer.edit import run_edit
+
+    names = {f.name for f in fields(EditConfig)}
+    cfg = EditConfig(**{k: v for k, v in vars(args).items() if k in names})
+    if cfg.concurrency < 1 or cfg.max_tokens < 1 or (cfg.limit is not None and cfg.limit < 0):
+        log.error("--concurrency and --max-tokens must be >= 1 and --limit >= 0")
+        return 1
+    log.info("config %s", json.dumps(asdict(cfg)))
+    try:
+        summary = run_edit(cfg)
+    except DataError as e:
+        log.error("bad input: %s%s", e, "" if cfg.skip_invalid else " (--skip-invalid skips bad records)")
+        return 2
+    except (RuntimeError, ValueError) as e:
+        log.error("%s", e)
+        return 1
+    if args.summary_json:
+        with open(args.summary_json, "w", encoding="utf-8") as fh:
+            json.dump(summary.as_dict(), fh, indent=2)
+    return 3 if summary.failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fgrlhf`` script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # The SDK's and HTTP clients' debug logs print request details: keep them quiet always.
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "anthropic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.command == "edit":
+        return cmd_edit(args)
+    raise AssertionError(args.command)  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

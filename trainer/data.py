@@ -1,0 +1,347 @@
+"""Preference-pair datasets: reading files, recognising formats, validating records.
+
+Formats (``fmt``), each record turned into a :class:`PreferencePair`:
+
+* ``alpaca`` — AlpacaFarm: ``instruction`` (str), ``input`` (str, may be absent or empty),
+  ``output_1``, ``output_2`` (str), ``preference`` (int 1 or 2, the preferred output). The
+  prompt is ``instruction`` or ``instruction + "\\n\\n" + input``.
+* ``hh`` — Anthropic HH-RLHF: ``chosen`` and ``rejected`` dialogues (``"\\n\\nHuman: ...
+  \\n\\nAssistant: ..."``). The last ``"\\n\\nAssistant:"`` turn is split off as the response;
+  the prompt is the dialogue before it, ending with ``"Assistant:"`` (leading newlines
+  stripped). Both dialogues must share that prompt.
+* ``jsonl`` — generic: ``prompt``, ``chosen``, ``rejected`` (str).
+
+``auto`` picks the format from the first record's keys. Any record may carry an ``id`` (str or
+int) that is kept; otherwise the id is a hash of the pair's text, so it is stable across runs,
+file orders and formats. Exact duplicate pairs are dropped (counted).
+
+Sources: a local ``.json`` (a list of records), ``.jsonl``, ``.jsonl.gz`` / ``.json.gz``,
+``.parquet``, or — when no such file exists — a Hugging Face dataset name loaded with
+``datasets.load_dataset(name, split=split)`` (needs the network or the HF cache).
+
+Every problem raises :class:`DataError` naming the file, the record (``line N`` for JSON
+lines, ``record N`` otherwise, 1-based) and the field; with ``skip_invalid=True`` bad records
+are collected in :attr:`LoadResult.invalid` instead.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "FORMATS",
+    "DataError",
+    "LoadResult",
+    "PreferencePair",
+    "detect_format",
+    "load_pairs",
+    "read_records",
+]
+
+FORMATS = ("alpaca", "hh", "jsonl")
+HH_ASSISTANT = "\n\nAssistant:"
+
+
+class DataError(ValueError):
+    """A file, record or field that cannot be used. ``str()`` names all three where known.
+
+    Attributes:
+        source: the file (or dataset name).
+        where: ``"line N"`` / ``"record N"`` (1-based), or None for whole-file errors.
+        field: the offending field, or None.
+        problem: what is wrong, in words.
+    """
+
+    def __init__(self, source: str, problem: str, where: str | None = None, field: str | None = None):
+        self.source, self.where, self.field, self.problem = str(source), where, field, problem
+        parts = [self.source] + ([where] if where else []) + ([f"field {field!r}"] if field else [])
+        super().__init__(": ".join(parts + [problem]))
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One preference pair.
+
+    Attributes:
+        id: stable identifier (the record's own ``id``, else a hash of the texts).
+        prompt: the prompt text (format-specific rendering, see the module docstring).
+        chosen: the preferred response.
+        rejected: the less-preferred response (the one the editor rewrites).
+        source: ``"<file>:<line N|record N>"``, for messages.
+        format: the input format name.
+    """
+
+    id: str
+    prompt: str
+    chosen: str
+    rejected: str
+    source: str = ""
+    format: str = ""
+
+
+@dataclass
+class LoadResult:
+    """What :func:`load_pairs` found.
+
+    Attributes:
+        pairs: the valid, de-duplicated pairs in file order.
+        format: the format used (resolved when ``auto``).
+        invalid: the errors of skipped records (only with ``skip_invalid``).
+        duplicates: exact duplicate pairs dropped.
+        total: records read.
+    """
+
+    pairs: list[PreferencePair]
+    format: str
+    invalid: list[DataError] = field(default_factory=list)
+    duplicates: int = 0
+    total: int = 0
+
+
+def pair_id(prompt: str, chosen: str, rejected: str) -> str:
+    """Content id: the first 16 hex digits of SHA-256 over the three texts."""
+    h = hashlib.sha256()
+    for part in (prompt, chosen, rejected):
+        data = part.encode("utf-8")
+        h.update(len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# reading files
+# --------------------------------------------------------------------------------------------
+def _jsonl_lines(path: Path, text_lines: Iterator[str]) -> Iterator[tuple[str, dict | DataError]]:
+    for n, line in enumerate(text_lines, start=1):
+        if not line.strip():
+            continue
+        where = f"line {n}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield where, DataError(path, f"not valid JSON ({e.msg} at column {e.colno})", where)
+            continue
+        yield where, rec
+
+
+def read_records(source: str | Path, split: str = "train") -> Iterator[tuple[str, dict | DataError]]:
+    """Yield ``(where, record)`` for each record of ``source``; a record that cannot be parsed
+    is yielded as a :class:`DataError` (so callers can skip it), while a file that cannot be
+    opened or read at all raises one.
+
+    Args:
+        source: a local file path or a Hugging Face dataset name.
+        split: the split to load for a Hugging Face dataset.
+    """
+    path = Path(source)
+    name = path.name.lower()
+    if not path.exists():
+        if path.suffix or "/" not in str(source) or str(source).startswith((".", "/")):
+            raise DataError(source, "no such file")
+        yield from _read_hf(str(source), split)
+        return
+    if path.is_dir():
+        raise DataError(source, "is a directory, expected a .json, .jsonl, .jsonl.gz or .parquet file")
+    try:
+        if name.endswith((".jsonl.gz", ".json.gz")):
+            with gzip.open(path, "rt", encoding="utf-8") as fh:
+                yield from _jsonl_lines(path, fh)
+        elif name.endswith(".jsonl"):
+            with open(path, encoding="utf-8") as fh:
+                yield from _jsonl_lines(path, fh)
+        elif name.endswith(".json"):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise DataError(path, f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
+            if isinstance(data, dict) and isinstance(data.get("data"), list):
+                data = data["data"]
+            if not isinstance(data, list):
+                raise DataError(path, f"expected a JSON list of records, got {type(data).__name__}")
+            for n, rec in enumerate(data, start=1):
+                yield f"record {n}", rec
+        elif name.endswith(".parquet"):
+            try:
+                import pyarrow.parquet as pq
+            except ImportError as e:  # pragma: no cover - pyarrow is a dependency
+                raise DataError(path, "reading .parquet needs pyarrow (pip install pyarrow)") from e
+            try:
+                table = pq.read_table(path)
+            except Exception as e:
+                raise DataError(path, f"unreadable parquet file ({e})") from e
+            for n, rec in enumerate(table.to_pylist(), start=1):
+                yield f"record {n}", rec
+        else:
+            raise DataError(
+                path, "unknown file type: expected .json, .jsonl, .jsonl.gz, .json.gz or .parquet"
+            )
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise DataError(path, f"unreadable file ({type(e).__name__}: {e})") from e
+
+
+def _read_hf(name: str, split: str) -> Iterator[tuple[str, dict | DataError]]:
+    try:
+        import datasets
+    except ImportError as e:
+        raise DataError(name, "not a local file, and loading a Hugging Face dataset needs `datasets`") from e
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:
+        raise DataError(name, f"not a local file, and not loadable from the Hugging Face Hub ({e})") from e
+    for n, rec in enumerate(ds, start=1):
+        yield f"record {n}", rec
+
+
+# --------------------------------------------------------------------------------------------
+# formats
+# --------------------------------------------------------------------------------------------
+def detect_format(record: dict) -> str:
+    """The format whose keys ``record`` has: ``alpaca``, ``jsonl`` or ``hh``.
+
+    Raises:
+        ValueError: when no format matches.
+    """
+    keys = set(record)
+    if {"output_1", "output_2"} <= keys or "instruction" in keys:
+        return "alpaca"
+    if {"chosen", "rejected"} <= keys:
+        return "jsonl" if "prompt" in keys else "hh"
+    raise ValueError(
+        f"cannot tell the format from the keys {sorted(keys)}: expected AlpacaFarm (instruction, input, "
+        "output_1, output_2, preference), HH (chosen, rejected) or JSONL (prompt, chosen, rejected)"
+    )
+
+
+def _text(rec: dict, key: str, src: str, where: str, optional: bool = False) -> str:
+    if key not in rec or (optional and rec[key] is None):
+        if optional:
+            return ""
+        raise DataError(src, "missing", where, key)
+    val = rec[key]
+    if not isinstance(val, str):
+        raise DataError(src, f"expected a string, got {type(val).__name__} {_short(val)}", where, key)
+    return val
+
+
+def _short(val: Any) -> str:
+    s = repr(val)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def _split_hh(dialogue: str, src: str, where: str, key: str) -> tuple[str, str]:
+    cut = dialogue.rfind(HH_ASSISTANT)
+    if cut < 0:
+        raise DataError(src, f"no {HH_ASSISTANT.strip()!r} turn to split off", where, key)
+    prompt = dialogue[: cut + len(HH_ASSISTANT)].lstrip("\n")
+    return prompt, dialogue[cut + len(HH_ASSISTANT) :].strip()
+
+
+def parse_record(rec: Any, fmt: str, src: str, where: str) -> PreferencePair:
+    """Validate one raw record of format ``fmt`` and turn it into a :class:`PreferencePair`.
+
+    Raises:
+        DataError: naming ``src``, ``where`` and the field at fault.
+    """
+    if not isinstance(rec, dict):
+        raise DataError(src, f"expected a JSON object, got {type(rec).__name__}", where)
+    if fmt == "alpaca":
+        instruction = _text(rec, "instruction", src, where)
+        inp = _text(rec, "input", src, where, optional=True)
+        outs = {1: _text(rec, "output_1", src, where), 2: _text(rec, "output_2", src, where)}
+        if "preference" not in rec:
+            raise DataError(src, "missing (which output is preferred: 1 or 2)", where, "preference")
+        pref = rec["preference"]
+        if isinstance(pref, float) and pref in (1.0, 2.0):
+            pref = int(pref)
+        if isinstance(pref, bool) or not isinstance(pref, int) or pref not in (1, 2):
+            raise DataError(
+                src, f"expected 1 or 2, got {type(pref).__name__} {_short(pref)}", where, "preference"
+            )
+        prompt = f"{instruction}\n\n{inp}" if inp.strip() else instruction
+        chosen, rejected = outs[pref], outs[3 - pref]
+    elif fmt == "hh":
+        prompt, chosen = _split_hh(_text(rec, "chosen", src, where), src, where, "chosen")
+        prompt_r, rejected = _split_hh(_text(rec, "rejected", src, where), src, where, "rejected")
+        if prompt_r != prompt:
+            raise DataError(
+                src, "the dialogue before the last Assistant turn differs from 'chosen'", where, "rejected"
+            )
+    elif fmt == "jsonl":
+        prompt = _text(rec, "prompt", src, where)
+        chosen = _text(rec, "chosen", src, where)
+        rejected = _text(rec, "rejected", src, where)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    if not rejected.strip():
+        raise DataError(
+            src, "empty response: nothing to edit", where, "rejected" if fmt != "alpaca" else None
+        )
+    rid = rec.get("id")
+    if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (str, int))):
+        raise DataError(src, f"expected a string or an int, got {type(rid).__name__}", where, "id")
+    rid = str(rid) if rid is not None else pair_id(prompt, chosen, rejected)
+    return PreferencePair(rid, prompt, chosen, rejected, source=f"{src}:{where}", format=fmt)
+
+
+def load_pairs(
+    source: str | Path,
+    fmt: str = "auto",
+    split: str = "train",
+    skip_invalid: bool = False,
+) -> LoadResult:
+    """Read, validate and de-duplicate the preference pairs of ``source``.
+
+    Args:
+        source: local file or Hugging Face dataset name (see the module docstring).
+        fmt: ``auto`` or one of :data:`FORMATS`.
+        split: Hugging Face split.
+        skip_invalid: collect bad records in ``LoadResult.invalid`` instead of raising.
+
+    Returns:
+        A :class:`LoadResult`.
+
+    Raises:
+        DataError: an unreadable source, or (without ``skip_invalid``) the first bad record,
+            or two different pairs with the same explicit ``id``.
+    """
+    if fmt != "auto" and fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected 'auto' or one of {FORMATS}")
+    src = str(source)
+    result = LoadResult(pairs=[], format=fmt)
+    seen: dict[str, PreferencePair] = {}
+    for where, rec in read_records(source, split):
+        result.total += 1
+        try:
+            if isinstance(rec, DataError):
+                raise rec
+            if result.format == "auto":
+                if not isinstance(rec, dict):
+                    raise DataError(src, f"expected a JSON object, got {type(rec).__name__}", where)
+                try:
+                    result.format = detect_format(rec)
+                except ValueError as e:
+                    raise DataError(src, str(e), where) from None
+            pair = parse_record(rec, result.format, src, where)
+            old = seen.get(pair.id)
+            if old is not None:
+                if (old.prompt, old.chosen, old.rejected) == (pair.prompt, pair.chosen, pair.rejected):
+                    result.duplicates += 1
+                    continue
+                raise DataError(
+                    src, f"duplicate id {pair.id!r} (first at {old.source}) with other text", where, "id"
+                )
+        except DataError as e:
+            if not skip_invalid:
+                raise
+            result.invalid.append(e)
+            continue
+        seen[pair.id] = pair
+        result.pairs.append(pair)
+    if result.total == 0:
+        raise DataError(src, "no records")
+    return result

@@ -1,0 +1,734 @@
+"""The minimal-edit collector behind ``fgrlhf edit`` (SPEC §1).
+
+For each preference pair, the less-preferred response is sent to an :class:`Editor` (Claude
+through the official ``anthropic`` SDK, or later a simulated editor) with a minimal-editing
+prompt; the answer passes quality gates and is appended to a JSONL file, one record per pair::
+
+    fgrlhf edit pairs.jsonl -o edits.jsonl --model claude-sonnet-4-6 --concurrency 8
+    fgrlhf edit pairs.jsonl -o edits.jsonl --dry-run --limit 3   # prompts + token/cost estimate
+
+Output record (one JSON object per line; ``datasets.load_dataset("json", data_files=...)``
+reads it)::
+
+    id              str    the input pair's id (trainer.data: explicit or content hash)
+    prompt          str    the prompt
+    original        str    the less-preferred response (tau^j)
+    edited          str    the editor's text between <edited> tags ("" if none) (tau^i)
+    chosen          str    the preferred response of the input pair (for the baselines)
+    status          str    "ok", or why the edit is rejected: unchanged | empty | refusal |
+                           commentary | not_minimal | truncated
+    similarity      float  token-level LCS similarity of original and edited, in [0, 1]
+    model           str    the model that answered (as reported by the API)
+    prompt_version  str    "minimal-edit-v1", or "file:<name>:<sha256[:12]>" for --prompt-file
+    stop_reason     str    the API's stop reason
+    usage           {input_tokens: int, output_tokens: int}
+    source          str    "<input file>:<line N|record N>"
+    created_at      str    UTC ISO-8601 time of writing
+
+Only final outcomes are written: API failures (retries exhausted, malformed replies) are not,
+so a rerun retries them; they go to ``<output>.errors.jsonl`` (id, error class, message) for
+inspection. Crash safety: the output is append-only, written one whole line per record and
+flushed (and fsync'ed) before the next; a rerun reads it, skips finished ids, and drops a
+partial last line left by a kill. An exclusive lock on ``<output>.lock`` stops two runs
+writing the same file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import hashlib
+import inspect
+import json
+import logging
+import os
+import re
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Protocol
+
+from trainer.align import token_similarity
+from trainer.data import LoadResult, PreferencePair, load_pairs
+
+log = logging.getLogger(__name__)
+
+PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
+DEFAULT_PROMPT_VERSION = "minimal-edit-v1"
+DEFAULT_MODEL = "claude-sonnet-4-6"
+STATUSES = ("ok", "unchanged", "empty", "refusal", "commentary", "not_minimal", "truncated")
+
+# USD per million (input, output) tokens, for the estimate only: check current pricing.
+PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
+    "claude-opus-4": (15.0, 75.0),
+    "claude-opus-4-1": (15.0, 75.0),
+    "claude-opus-4-5": (5.0, 25.0),
+    "claude-sonnet-4": (3.0, 15.0),
+    "claude-opus-4-6": (5.0, 25.0),
+    "claude-opus-4-7": (5.0, 25.0),
+    "claude-sonnet-4-5": (3.0, 15.0),
+    "claude-sonnet-4-6": (3.0, 15.0),
+    "claude-haiku-4-5": (1.0, 5.0),
+    "claude-3-5-haiku": (0.8, 4.0),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# prompt
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PromptTemplate:
+    """The editing prompt: a user message with ``{prompt}`` and ``{response}`` placeholders.
+
+    Attributes:
+        text: the template text.
+        version: recorded in every output record.
+    """
+
+    text: str
+    version: str
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> PromptTemplate:
+        """The built-in versioned prompt, or the one in ``path`` (versioned by its hash)."""
+        if path is None:
+            return cls(
+                (PROMPTS_DIR / f"{DEFAULT_PROMPT_VERSION.replace('-', '_')}.txt").read_text(),
+                DEFAULT_PROMPT_VERSION,
+            )
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"{p}: cannot read the prompt file ({e})") from e
+        missing = [k for k in ("{prompt}", "{response}") if k not in text]
+        if missing:
+            raise ValueError(f"{p}: the prompt template lacks {', '.join(missing)}")
+        return cls(text, f"file:{p.name}:{hashlib.sha256(text.encode()).hexdigest()[:12]}")
+
+    def render(self, prompt: str, response: str) -> str:
+        """Fill the placeholders in one pass (braces inside the values are left alone)."""
+        values = {"prompt": prompt, "response": response}
+        return re.sub(r"\{(prompt|response)\}", lambda m: values[m.group(1)], self.text)
+
+
+# --------------------------------------------------------------------------------------------
+# editors
+# --------------------------------------------------------------------------------------------
+@dataclass
+class EditResult:
+    """One editor answer.
+
+    Attributes:
+        text: the edited response (between ``<edited>`` tags), None when there was none.
+        raw: the editor's whole output.
+        model: the model that answered.
+        stop_reason: the API's stop reason (``end_turn``, ``max_tokens``, ``refusal``...).
+        input_tokens, output_tokens: usage reported by the API.
+        error: set when the request failed for good (the other fields are then empty); it
+            names the error class and message, never the credentials.
+    """
+
+    text: str | None
+    raw: str = ""
+    model: str = ""
+    stop_reason: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    error: str | None = None
+
+
+class Editor(Protocol):
+    """Rewrites a response minimally. Implementations: :class:`ClaudeEditor` (a simulated
+    editor for the demo can implement the same two members)."""
+
+    prompt_version: str
+
+    async def edit(self, prompt: str, response: str) -> EditResult:
+        """Return the edit of ``response`` (an answer to ``prompt``)."""
+        ...
+
+
+_EDITED_RE = re.compile(r"<edited>(.*)</edited>", re.DOTALL)
+
+
+def extract_edit(raw: str) -> str | None:
+    """The text between the first ``<edited>`` and the last ``</edited>``, one surrounding
+    newline removed on each side; None when the tags are missing."""
+    m = _EDITED_RE.search(raw)
+    if m is None:
+        return None
+    text = m.group(1)
+    text = text[1:] if text.startswith("\n") else text
+    return text[:-1] if text.endswith("\n") else text
+
+
+class ClaudeEditor:
+    """Claude through ``anthropic.AsyncAnthropic``.
+
+    The key (``ANTHROPIC_API_KEY``) and an optional ``ANTHROPIC_BASE_URL`` are read by the SDK
+    from the environment; this class never sees or stores them. The SDK retries 408/409/429/
+    5xx/529 and timeouts ``max_retries`` times with exponential backoff (honouring
+    ``retry-after``/``retry-after-ms``); on top of that, ``extra_attempts`` further rounds,
+    ``backoff`` seconds apart (doubling), cover long overloads and malformed replies.
+
+    Temperature: SDK releases before 2.0 (API version 2023-06-01) take ``temperature`` and get
+    ``temperature`` (0 by default). From SDK 2.0 the default API version (2026-10-21) removed
+    the sampling parameters and answers 400 to any of them, so none is sent there.
+
+    Args:
+        model: model id.
+        max_tokens: output budget per edit (a longer edit is rejected as ``truncated``).
+        temperature: sampling temperature where the API accepts one; None never sends it.
+        timeout: seconds per request attempt.
+        max_retries: the SDK's retries per request.
+        concurrency: requests in flight at most.
+        template: the editing prompt.
+        extra_attempts: whole-request retries after the SDK gives up.
+        backoff: first wait between those, seconds.
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        max_tokens: int = 4096,
+        temperature: float | None = 0.0,
+        timeout: float = 120.0,
+        max_retries: int = 6,
+        concurrency: int = 8,
+        template: PromptTemplate | None = None,
+        extra_attempts: int = 2,
+        backoff: float = 10.0,
+    ):
+        import anthropic
+
+        self._anthropic = anthropic
+        self.model, self.max_tokens = model, max_tokens
+        self.template = template or PromptTemplate.load()
+        self.prompt_version = self.template.version
+        self.extra_attempts, self.backoff = extra_attempts, backoff
+        self._sem = asyncio.Semaphore(concurrency)
+        self.client = anthropic.AsyncAnthropic(timeout=timeout, max_retries=max_retries)
+        accepts = "temperature" in inspect.signature(self.client.messages.create).parameters
+        self._sampling = {"temperature": temperature} if (temperature is not None and accepts) else {}
+        if temperature is not None and not accepts:
+            log.info(
+                "anthropic %s: its API version has no sampling parameters, temperature not sent",
+                anthropic.__version__,
+            )
+
+    def _transient(self) -> tuple[type[BaseException], ...]:
+        a = self._anthropic
+        return (
+            a.RateLimitError,
+            a.InternalServerError,
+            a.APIConnectionError,
+            a.APIResponseValidationError,
+            json.JSONDecodeError,
+        )
+
+    async def edit(self, prompt: str, response: str) -> EditResult:
+        """Send one editing request; see the class docstring for retries."""
+        message = self.template.render(prompt, response)
+        delay = self.backoff
+        for attempt in range(self.extra_attempts + 1):
+            try:
+                async with self._sem:
+                    msg = await self.client.messages.create(
+                        model=self.model,
+                        max_tokens=self.max_tokens,
+                        messages=[{"role": "user", "content": message}],
+                        **self._sampling,
+                    )
+            except self._transient() as e:
+                if attempt == self.extra_attempts:
+                    return EditResult(None, error=_describe(e))
+                await asyncio.sleep(delay)
+                delay *= 2
+                continue
+            except self._anthropic.APIError as e:  # 400/401/403/404...: retrying will not help
+                return EditResult(None, error=_describe(e))
+            raw = "".join(getattr(b, "text", "") for b in msg.content if getattr(b, "type", "") == "text")
+            return EditResult(
+                text=extract_edit(raw),
+                raw=raw,
+                model=msg.model,
+                stop_reason=msg.stop_reason,
+                input_tokens=msg.usage.input_tokens,
+                output_tokens=msg.usage.output_tokens,
+            )
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        await self.client.close()
+
+
+def _describe(e: BaseException) -> str:
+    """``"ErrorClass: message"`` with any credential-looking token masked."""
+    text = f"{type(e).__name__}: {e}"
+    key = os.environ.get("ANTHROPIC_API_KEY")
+    if key:
+        text = text.replace(key, "***")
+    return re.sub(r"sk-ant-[A-Za-z0-9_\-]+", "***", text)[:500]
+
+
+# --------------------------------------------------------------------------------------------
+# quality gates
+# --------------------------------------------------------------------------------------------
+_WORD_RE = re.compile(r"\w+|[^\w\s]")
+_REFUSAL_RE = re.compile(
+    r"^\W*(i'?m sorry|i am sorry|sorry,|i apologi[sz]e|i can(?:no|')t|i cannot|i won'?t|i will not|"
+    r"i'?m (?:not able|unable)|i am (?:not able|unable)|as an ai\b)",
+    re.IGNORECASE,
+)
+_COMMENTARY_RE = re.compile(
+    r"^\W*(here(?:'s| is| are) (?:the|my|an?|your) |(?:the )?edited (?:response|version)\b|sure[,!.]|"
+    r"certainly[,!.]|i(?:'ve| have) (?:edited|made|revised|corrected)|"
+    r"no (?:changes|edits) (?:are )?(?:needed|required))",
+    re.IGNORECASE,
+)
+
+
+def word_tokens(text: str) -> list[str]:
+    """Default tokens for the similarity gate: words and single punctuation marks."""
+    return _WORD_RE.findall(text)
+
+
+def judge_edit(
+    original: str,
+    result: EditResult,
+    min_similarity: float = 0.5,
+    tokenize: Callable[[str], Sequence] = word_tokens,
+) -> tuple[str, float]:
+    """Apply the quality gates to an editor answer.
+
+    Gates, in order: the API's ``refusal`` stop reason; ``truncated`` (``max_tokens``); no
+    ``<edited>`` tags (``refusal`` if it reads like one, else ``commentary``); ``empty``;
+    an edit that starts like a refusal or like commentary when the original did not;
+    ``unchanged`` (equal up to surrounding whitespace); ``not_minimal`` (token-level LCS
+    similarity below ``min_similarity``).
+
+    Args:
+        original: the response that was edited.
+        result: the editor's answer (``result.error`` must be None).
+        min_similarity: threshold of the not-minimal gate.
+        tokenize: text to tokens for the similarity (words by default; the policy tokenizer's
+            ``encode`` works too).
+
+    Returns:
+        ``(status, similarity)``, status one of :data:`STATUSES`.
+    """
+    raw = result.raw or ""
+    text = result.text
+    if result.stop_reason == "refusal":
+        return "refusal", 0.0
+    if result.stop_reason == "max_tokens":
+        return "truncated", 0.0
+    if text is None:
+        return ("refusal" if _REFUSAL_RE.search(raw.strip()) else "commentary"), 0.0
+    if not text.strip():
+        return "empty", 0.0
+    similarity = token_similarity(tokenize(original), tokenize(text))
+    for status, pattern in (("refusal", _REFUSAL_RE), ("commentary", _COMMENTARY_RE)):
+        if pattern.search(text.strip()) and not pattern.search(original.strip()):
+            return status, similarity
+    if text.strip() == original.strip():
+        return "unchanged", 1.0
+    if similarity < min_similarity:
+        return "not_minimal", similarity
+    return "ok", similarity
+
+
+# --------------------------------------------------------------------------------------------
+# crash-safe output
+# --------------------------------------------------------------------------------------------
+class EditLog:
+    """Append-only JSONL output that survives a kill at any moment.
+
+    Opening it takes an exclusive lock, drops a partial last line (a kill mid-write), and reads
+    the finished ids. :meth:`append` writes one whole line and flushes (and fsyncs) it.
+
+    Args:
+        path: the output file (created with its parent folders).
+        fsync: also ``os.fsync`` after every record (survives a power cut, not only a kill).
+    """
+
+    def __init__(self, path: str | Path, fsync: bool = True):
+        self.path = Path(path)
+        self.fsync = fsync
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fh = open(self.path.with_name(self.path.name + ".lock"), "w")  # noqa: SIM115
+        try:
+            import fcntl
+
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - non-POSIX: no lock
+            pass
+        except OSError as e:
+            self._lock_fh.close()
+            raise RuntimeError(f"{self.path}: another `fgrlhf edit` is writing this file") from e
+        self.repaired_bytes = self._repair()
+        self.done: dict[str, str] = self._read_done()
+        self._fh: IO[str] = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def _repair(self) -> int:
+        """Truncate a partial last line (no trailing newline); return the bytes dropped."""
+        if not self.path.exists():
+            return 0
+        with open(self.path, "rb+") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size == 0:
+                return 0
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return 0
+            # Scan back for the last newline.
+            pos, chunk = size, 65536
+            keep = 0
+            while pos > 0:
+                start = max(0, pos - chunk)
+                fh.seek(start)
+                block = fh.read(pos - start)
+                i = block.rfind(b"\n")
+                if i >= 0:
+                    keep = start + i + 1
+                    break
+                pos = start
+            fh.truncate(keep)
+            log.warning(
+                "%s: dropped a partial last record (%d bytes) left by an interrupted run",
+                self.path,
+                size - keep,
+            )
+            return size - keep
+
+    def _read_done(self) -> dict[str, str]:
+        done: dict[str, str] = {}
+        if not self.path.exists():
+            return done
+        with open(self.path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    done[str(rec["id"])] = rec["status"]
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise ValueError(
+                        f"{self.path}: line {n} is not an edit record ({e}); fix or remove it, then rerun"
+                    ) from e
+        return done
+
+    def append(self, record: dict) -> None:
+        """Write ``record`` as one line, flushed to the OS (and disk with ``fsync``)."""
+        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._fh.flush()
+        if self.fsync:
+            os.fsync(self._fh.fileno())
+        self.done[str(record["id"])] = record["status"]
+
+    def close(self) -> None:
+        """Close the file and release the lock."""
+        self._fh.close()
+        self._lock_fh.close()
+
+
+# --------------------------------------------------------------------------------------------
+# the collector
+# --------------------------------------------------------------------------------------------
+@dataclass
+class EditConfig:
+    """Settings of ``fgrlhf edit``.
+
+    Attributes:
+        input: preference data: a local file or a Hugging Face dataset name.
+        output: the JSONL to append to (resumed when it exists).
+        format: ``auto``, ``alpaca``, ``hh`` or ``jsonl``.
+        split: Hugging Face split.
+        model: Claude model id.
+        max_tokens: output budget per edit.
+        temperature: sampling temperature where the SDK/API accepts one (None: never send).
+        concurrency: requests in flight.
+        timeout: seconds per request attempt.
+        max_retries: SDK retries per request (429/5xx/529/timeouts, exponential backoff).
+        extra_attempts: whole-request retries after the SDK gives up.
+        backoff: first wait between those, seconds.
+        prompt_file: a prompt template overriding the built-in one.
+        min_similarity: the not-minimal gate's threshold on token-level LCS similarity.
+        limit: use only the first ``limit`` input pairs.
+        dry_run: print prompts and the token/cost estimate; send nothing.
+        skip_invalid: skip bad input records (counted) instead of stopping.
+        progress: show a progress bar (on a terminal).
+        price_in, price_out: USD per million tokens for the cost estimate (default: table).
+        fsync: fsync the output after every record.
+    """
+
+    input: str
+    output: str
+    format: str = "auto"
+    split: str = "train"
+    model: str = DEFAULT_MODEL
+    max_tokens: int = 4096
+    temperature: float | None = 0.0
+    concurrency: int = 8
+    timeout: float = 120.0
+    max_retries: int = 6
+    extra_attempts: int = 2
+    backoff: float = 10.0
+    prompt_file: str | None = None
+    min_similarity: float = 0.5
+    limit: int | None = None
+    dry_run: bool = False
+    skip_invalid: bool = False
+    progress: bool = True
+    price_in: float | None = None
+    price_out: float | None = None
+    fsync: bool = True
+
+
+@dataclass
+class EditSummary:
+    """What a run did. ``statuses`` counts written records by status (``ok`` and rejection
+    reasons); ``failed`` counts API failures (not written: a rerun retries them)."""
+
+    input_records: int = 0
+    pairs: int = 0
+    invalid: int = 0
+    duplicates: int = 0
+    already_done: int = 0
+    attempted: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    failed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    estimated_cost_usd: float | None = None
+    dry_run: bool = False
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["statuses"] = dict(self.statuses)
+        return d
+
+    def format(self) -> str:
+        """A human-readable multi-line summary."""
+        rejected = {k: v for k, v in sorted(self.statuses.items()) if k != "ok"}
+        cost = (
+            "unknown (no price for this model)"
+            if self.estimated_cost_usd is None
+            else (f"${self.estimated_cost_usd:.4f}")
+        )
+        lines = [
+            f"input records   {self.input_records} "
+            f"({self.invalid} invalid skipped, {self.duplicates} duplicates)",
+            f"pairs           {self.pairs} ({self.already_done} already done)",
+            f"{'would send' if self.dry_run else 'attempted'}      {self.attempted}",
+        ]
+        if not self.dry_run:
+            lines += [
+                f"done            {self.statuses.get('ok', 0)}",
+                f"rejected        {sum(rejected.values())} {rejected if rejected else ''}".rstrip(),
+                f"failed          {self.failed}" + (" (rerun to retry)" if self.failed else ""),
+            ]
+        est = "estimated " if self.dry_run else ""
+        lines += [
+            f"{est}tokens  in {self.input_tokens}, out {self.output_tokens}",
+            f"{est}cost    {cost}" if self.dry_run else f"estimated cost  {cost}",
+        ]
+        return "\n".join(lines)
+
+
+def price_for(
+    model: str, price_in: float | None = None, price_out: float | None = None
+) -> tuple[float, float] | None:
+    """(input, output) USD per million tokens: the overrides, else the longest matching
+    table prefix (``claude-sonnet-4-5-20250929`` -> ``claude-sonnet-4-5``), else None."""
+    if price_in is not None and price_out is not None:
+        return price_in, price_out
+    best = max((k for k in PRICES_PER_MTOK if model.startswith(k)), key=len, default=None)
+    return PRICES_PER_MTOK[best] if best else None
+
+
+def _cost(model: str, tokens_in: int, tokens_out: int, cfg: EditConfig) -> float | None:
+    price = price_for(model, cfg.price_in, cfg.price_out)
+    return None if price is None else (tokens_in * price[0] + tokens_out * price[1]) / 1e6
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough Claude token count (about 3.5 characters a token), for dry runs."""
+    return max(1, round(len(text) / 3.5))
+
+
+def make_record(
+    pair: PreferencePair, result: EditResult, status: str, similarity: float, version: str
+) -> dict:
+    """The output record of the module docstring's schema."""
+    return {
+        "id": pair.id,
+        "prompt": pair.prompt,
+        "original": pair.rejected,
+        "edited": result.text if result.text is not None else "",
+        "chosen": pair.chosen,
+        "status": status,
+        "similarity": round(float(similarity), 6),
+        "model": result.model,
+        "prompt_version": version,
+        "stop_reason": result.stop_reason or "",
+        "usage": {"input_tokens": int(result.input_tokens), "output_tokens": int(result.output_tokens)},
+        "source": pair.source,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _select(loaded: LoadResult, cfg: EditConfig) -> list[PreferencePair]:
+    return loaded.pairs[: cfg.limit] if cfg.limit is not None else loaded.pairs
+
+
+def run_edit(cfg: EditConfig, editor: Editor | None = None, out: IO[str] | None = None) -> EditSummary:
+    """Run the collector: load, skip finished ids, edit, gate, append; print a summary.
+
+    Args:
+        cfg: the settings.
+        editor: the editor to use (default: a :class:`ClaudeEditor` built from ``cfg``).
+        out: where prompts (dry run) and the summary go (default: stdout).
+
+    Returns:
+        The :class:`EditSummary`.
+
+    Raises:
+        trainer.data.DataError: unreadable input or (without ``skip_invalid``) a bad record.
+        RuntimeError: no ``ANTHROPIC_API_KEY`` for a real run, or the output is locked.
+    """
+    out = out or sys.stdout
+    template = PromptTemplate.load(cfg.prompt_file)
+    # 1. load and validate the input
+    loaded = load_pairs(cfg.input, fmt=cfg.format, split=cfg.split, skip_invalid=cfg.skip_invalid)
+    for err in loaded.invalid[:20]:
+        log.warning("skipped: %s", err)
+    pairs = _select(loaded, cfg)
+    summary = EditSummary(
+        input_records=loaded.total,
+        pairs=len(pairs),
+        invalid=len(loaded.invalid),
+        duplicates=loaded.duplicates,
+        dry_run=cfg.dry_run,
+    )
+
+    # 2. dry run: show prompts, estimate tokens and cost, send nothing
+    if cfg.dry_run:
+        done = _peek_done(Path(cfg.output))
+        todo = [p for p in pairs if p.id not in done]
+        summary.already_done, summary.attempted = len(pairs) - len(todo), len(todo)
+        for p in todo[:3]:
+            print(f"----- prompt for id {p.id} ({p.source}) -----", file=out)
+            print(template.render(p.prompt, p.rejected), file=out)
+        for p in todo:
+            summary.input_tokens += estimate_tokens(template.render(p.prompt, p.rejected))
+            summary.output_tokens += estimate_tokens(p.rejected) + 8
+        summary.estimated_cost_usd = _cost(cfg.model, summary.input_tokens, summary.output_tokens, cfg)
+        print(summary.format(), file=out)
+        return summary
+
+    # 3. the real run: resume from the output, edit what is left
+    own_editor = editor is None
+    if editor is None:
+        if not os.environ.get("ANTHROPIC_API_KEY"):
+            raise RuntimeError("ANTHROPIC_API_KEY is not set (the key is read from the environment only)")
+        editor = ClaudeEditor(
+            cfg.model,
+            cfg.max_tokens,
+            cfg.temperature,
+            cfg.timeout,
+            cfg.max_retries,
+            cfg.concurrency,
+            template,
+            cfg.extra_attempts,
+            cfg.backoff,
+        )
+    outlog = EditLog(cfg.output, fsync=cfg.fsync)
+    errlog_path = Path(cfg.output).with_name(Path(cfg.output).name + ".errors.jsonl")
+    try:
+        todo = [p for p in pairs if p.id not in outlog.done]
+        summary.already_done, summary.attempted = len(pairs) - len(todo), len(todo)
+        asyncio.run(_edit_all(todo, editor, outlog, errlog_path, cfg, summary, own_editor))
+    finally:
+        outlog.close()
+    summary.estimated_cost_usd = _cost(cfg.model, summary.input_tokens, summary.output_tokens, cfg)
+    print(summary.format(), file=out)
+    return summary
+
+
+def _peek_done(path: Path) -> set[str]:
+    """Finished ids of an existing output, read-only (for dry runs)."""
+    done: set[str] = set()
+    if path.exists():
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                with contextlib.suppress(json.JSONDecodeError, KeyError, TypeError):
+                    done.add(str(json.loads(line)["id"]))
+    return done
+
+
+async def _edit_all(
+    todo: list[PreferencePair],
+    editor: Editor,
+    outlog: EditLog,
+    errlog_path: Path,
+    cfg: EditConfig,
+    summary: EditSummary,
+    close_editor: bool = False,
+) -> None:
+    """Bounded-concurrency workers; results are written as they complete (from this one
+    event-loop thread, so lines never interleave)."""
+    queue: asyncio.Queue[PreferencePair] = asyncio.Queue()
+    for p in todo:
+        queue.put_nowait(p)
+    bar = None
+    if cfg.progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="editing", unit="pair", disable=None)
+
+    async def worker() -> None:
+        while True:
+            try:
+                pair = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            result = await editor.edit(pair.prompt, pair.rejected)
+            summary.input_tokens += result.input_tokens
+            summary.output_tokens += result.output_tokens
+            if result.error is not None:
+                summary.failed += 1
+                log.warning("id %s failed: %s", pair.id, result.error)
+                with open(errlog_path, "a", encoding="utf-8") as fh:
+                    fh.write(
+                        json.dumps(
+                            {
+                                "id": pair.id,
+                                "source": pair.source,
+                                "error": result.error,
+                                "time": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+                            }
+                        )
+                        + "\n"
+                    )
+            else:
+                status, sim = judge_edit(pair.rejected, result, cfg.min_similarity)
+                outlog.append(make_record(pair, result, status, sim, editor.prompt_version))
+                summary.statuses[status] += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(ok=summary.statuses.get("ok", 0), failed=summary.failed, refresh=False)
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(max(1, min(cfg.concurrency, len(todo))))))
+    finally:
+        if bar is not None:
+            bar.close()
+        close = getattr(editor, "aclose", None)
+        if close_editor and close is not None:
+            await close()
