@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip "setuptools>=69" wheel ninja
+	$(PY) -m pip install -q --upgrade pip "setuptools>=77" wheel ninja
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	# --no-build-isolation: compile csrc/ against the torch just installed.
 	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
