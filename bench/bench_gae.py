@@ -21,11 +21,9 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 
-from common import copy_bandwidth_gbs, fmt_bytes, peak_memory_bytes, record, time_fn  # noqa: E402
-
+from bench.common import copy_bandwidth_gbs, fmt_bytes, pct_of_peak, peak_memory_bytes, record, time_fn  # noqa: E402
 from fgkernels import _dispatch  # noqa: E402
 from fgkernels.gae import gae, gae_reference  # noqa: E402
 
@@ -99,6 +97,7 @@ def main(argv=None) -> None:
         "vs reference",
         "GB/s",
         "% copy BW",
+        "% peak BW",
         "peak extra mem",
     ]
     rows = []
@@ -124,6 +123,7 @@ def main(argv=None) -> None:
                 f"{times['reference'].median_s / t.median_s:.1f}x" if "reference" in times else "-",
                 f"{gbs:.2f}",
                 f"{100 * gbs / copy_gbs:.0f}%",
+                pct_of_peak(gbs, device),
                 fmt_bytes(mem),
             ]
             rows.append(row)

@@ -19,34 +19,12 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import copy_bandwidth_gbs, fmt_bytes, peak_memory_bytes, record, time_fn  # noqa: E402
-
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+from bench.common import copy_bandwidth_gbs, fmt_bytes, pct_of_peak, peak_memory_bytes, record, time_fn  # noqa: E402
 from fgkernels import _dispatch  # noqa: E402
 from fgkernels.token_bt_loss import token_bt_loss  # noqa: E402
 
 OP = "token_bt_loss"
-
-
-def peak_memory(fn, device: torch.device) -> int:
-    """``common.peak_memory_bytes``, except on CPU: there it sums only the profiler's
-    top-level "[memory]" events, but allocations made inside an op are attributed to that
-    op and missing from that list (so it reads ~0). Replay the raw allocator stream
-    (every alloc/free, with its size) from the kineto results instead."""
-    if device.type != "cpu":
-        return peak_memory_bytes(fn, device)
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted(
-        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
-    )
-    cur = peak = 0
-    for _, nbytes in events:
-        cur += nbytes
-        peak = max(peak, cur)
-    return peak
 
 
 def backends_here(device: torch.device) -> list[str]:
@@ -113,6 +91,7 @@ def main() -> None:
         "vs reference",
         "GB/s",
         "% copy BW",
+        "% peak BW",
         "peak extra",
     ]
     rows = []
@@ -122,7 +101,7 @@ def main() -> None:
             for backend in backends_here(device):
                 step = make_step(B, Tc, Tr, dtype, device, backend, variant)
                 t = time_fn(step, device, warmup=5, reps=reps, max_seconds=2 if args.quick else 15)
-                results[backend] = (t, peak_memory(step, device))
+                results[backend] = (t, peak_memory_bytes(step, device))
             ref_s = results["reference"][0].median_s
             for backend, (t, peak) in results.items():
                 gbs = min_bytes(B, Tc, Tr, dtype, variant) / t.median_s / 1e9
@@ -136,6 +115,7 @@ def main() -> None:
                         f"{t.median_s / ref_s:.2f}×",
                         f"{gbs:.1f}",
                         f"{100 * gbs / copy_bw:.0f}%",
+                        pct_of_peak(gbs, device),
                         fmt_bytes(peak),
                     ]
                 )

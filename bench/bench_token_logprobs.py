@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 import torch  # noqa: E402
 
-from bench.common import copy_bandwidth_gbs, fmt_bytes, peak_memory_bytes, record, time_fn  # noqa: E402
+from bench.common import copy_bandwidth_gbs, fmt_bytes, pct_of_peak, peak_memory_bytes, record, time_fn  # noqa: E402
 from fgkernels import _dispatch  # noqa: E402
 from fgkernels.token_logprobs import token_logprobs, token_logprobs_reference  # noqa: E402
 
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "vs reference",
         "GB/s",
         "% copy BW",
+        "% peak BW",
         "peak extra",
         "peak extra excl. grad",
     ]
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                         "",  # vs reference: filled in below (the reference may be timed later)
                         f"{gbs:.1f}",
                         f"{100 * gbs / bw:.0f}%",
+                        pct_of_peak(gbs, device),
                         fmt_bytes(peak),
                         fmt_bytes(max(peak - grad_bytes, 0)),
                     ]

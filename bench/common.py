@@ -159,9 +159,8 @@ def peak_bandwidth_gbs(device: torch.device) -> float | None:
     return None
 
 
-def bandwidth_cells(nbytes: float, seconds: float, copy_gbs: float, device: torch.device) -> list[str]:
-    """Table cells: achieved GB/s, fraction of measured copy bandwidth, fraction of the
-    device's published peak (CUDA only, '-' otherwise)."""
-    gbs = nbytes / seconds / 1e9
+def pct_of_peak(gbs: float, device: torch.device) -> str:
+    """Table cell: achieved GB/s as a percentage of the device's published peak bandwidth
+    (CUDA devices in DEVICE_PEAK_GBS; '-' otherwise)."""
     peak = peak_bandwidth_gbs(device)
-    return [f"{gbs:.1f}", f"{gbs / copy_gbs:.0%}", f"{gbs / peak:.0%}" if peak else "-"]
+    return f"{100 * gbs / peak:.0f}%" if peak else "-"
