@@ -17,7 +17,10 @@ compilable); ``tests/test_triton_aot.py`` runs it in a subprocess.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
+import itertools
 import os
 import re
 import subprocess
@@ -44,7 +47,8 @@ class CompileResult:
     num_warps: int
     shared_bytes: int  # static (cubin) + dynamic (Triton's launch-time allocation)
     registers: int
-    spill_bytes: int  # local memory per thread (register spills / stack)
+    spill_bytes: int  # register spill stores per thread (ptxas -v), bytes
+    stack_bytes: int = 0  # stack frame per thread (spills live here; so can small locals)
     error: str = ""
 
     @property
@@ -70,7 +74,7 @@ def _cuobjdump() -> str:
 
 
 def _resource_usage(cubin: bytes) -> tuple[int, int, int]:
-    """(registers, static shared bytes, local bytes) of the one kernel in ``cubin``."""
+    """(registers, static shared bytes, stack + local bytes) of the one kernel in ``cubin``."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
@@ -82,6 +86,37 @@ def _resource_usage(cubin: bytes) -> tuple[int, int, int]:
         raise RuntimeError(f"cannot parse cuobjdump output:\n{out}")
     reg, stack, shared, local = (int(g) for g in m.groups())
     return reg, shared, local + stack
+
+
+_SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores")
+
+
+def _compile_logged(compile_fn):
+    """Run ``compile_fn()`` with Triton's ptxas log captured; return (result, spill stores,
+    stack frame) — the log is the only place ptxas states spills. The log is printed only
+    when ptxas runs, so the caller uses a fresh cache directory."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        compiled = compile_fn()
+    m = _SPILL.search(buf.getvalue())
+    return compiled, (int(m.group(2)) if m else 0), (int(m.group(1)) if m else 0)
+
+
+def _variants(spec: dict) -> list[tuple[str, dict, dict]]:
+    """The specialisations Triton's launcher can produce for one spec, as
+    ``(label, signature, attrs)``: "generic" exactly as declared (no alignment facts), and
+    "aligned", the usual run-time case: integer arguments typed i32 (Triton picks i32 for
+    values below 2^31) and every pointer and integer marked divisible by 16 (what Triton's
+    binder infers for 16-byte-aligned tensors and multiple-of-16 sizes such as T=1024)."""
+    names = list(spec["fn"].arg_names)
+    sig = dict(spec["signature"])
+    aligned_sig = {k: ("i32" if v == "i64" else v) for k, v in sig.items()}
+    attrs = {
+        (names.index(k),): [["tt.divisibility", 16]]
+        for k, v in aligned_sig.items()
+        if v.startswith("*") or v in ("i32", "i64")
+    }
+    return [("generic", sig, {}), ("aligned", aligned_sig, attrs)]
 
 
 def _describe(spec: dict) -> tuple[str, str]:
@@ -102,32 +137,40 @@ def compile_all(ops=OPS, capabilities=CAPABILITIES) -> list[CompileResult]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    # A private cache, so every kernel really goes through ptxas and its log can be read.
+    triton.knobs.nvidia.dump_ptxas_log = True
+    triton.knobs.cache.dir = tempfile.mkdtemp(prefix="fgkernels-aot-")
     results = []
     for op in ops:
         module = importlib.import_module(f"fgkernels.{op}")
         for spec in module.triton_aot_specs():
             dtype, config = _describe(spec)
-            for cap in capabilities:
+            for (variant, signature, attrs), cap in itertools.product(_variants(spec), capabilities):
                 base = dict(
                     op=op,
                     kernel=spec["name"],
                     dtype=dtype,
-                    config=config,
+                    config=f"{config},{variant}",
                     capability=cap,
                     num_warps=spec["num_warps"],
                 )
                 try:
-                    src = ASTSource(fn=spec["fn"], signature=spec["signature"], constexprs=spec["constexprs"])
-                    compiled = triton.compile(
-                        src, target=GPUTarget("cuda", cap, 32), options={"num_warps": spec["num_warps"]}
+                    src = ASTSource(
+                        fn=spec["fn"], signature=signature, constexprs=spec["constexprs"], attrs=attrs
                     )
-                    regs, static_smem, spill = _resource_usage(compiled.asm["cubin"])
+                    compiled, spill, stack = _compile_logged(
+                        lambda src=src, cap=cap, nw=spec["num_warps"]: triton.compile(
+                            src, target=GPUTarget("cuda", cap, 32), options={"num_warps": nw}
+                        )
+                    )
+                    regs, static_smem, _ = _resource_usage(compiled.asm["cubin"])
                     results.append(
                         CompileResult(
                             **base,
                             shared_bytes=static_smem + compiled.metadata.shared,
                             registers=regs,
                             spill_bytes=spill,
+                            stack_bytes=stack,
                         )
                     )
                 except Exception as exc:  # noqa: BLE001 - recorded, reported by the caller
@@ -152,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     results = compile_all(args.ops, args.capabilities)
-    header = ["op", "kernel", "dtype", "config", "sm", "shared B", "regs", "spill B", "problems"]
+    header = ["op", "kernel", "dtype", "config", "sm", "shared B", "regs", "spill B", "stack B", "problems"]
     rows = [
         [
             r.op,
@@ -163,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             str(r.shared_bytes),
             str(r.registers),
             str(r.spill_bytes),
+            str(r.stack_bytes),
             "; ".join(r.problems) or "ok",
         ]
         for r in results
@@ -181,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
             header,
             rows,
             notes="compiled on a CPU-only machine with triton.compile(ASTSource, GPUTarget); "
-            "resource usage from cuobjdump -res-usage; shared = static + Triton dynamic",
+            "registers and static shared memory from cuobjdump -res-usage, spills and stack from "
+            "Triton's ptxas -v log; shared = static + Triton dynamic; 'generic' = as declared, 'aligned' "
+            "= i32 ints + 16-divisible pointers/ints (the usual run-time specialisation)",
         )
     return 1 if bad else 0
 

@@ -48,3 +48,39 @@ def test_aot_flags_resource_problems():
     assert CompileResult("op", "k", "fp32", "B", 90, 4, 0, 0, 0, error="boom").problems == [
         "compile error: boom"
     ]
+
+
+_SWEEP = sorted(
+    {1, 2, 3, 7, 100, 255, 256, 257, 1000, 1023, 1024, 1025, 1500, 2048, 4097, 8192, 32000}
+    | {2**k for k in range(0, 21)}
+    | {152064, 256000, 262144}
+)
+
+
+def _launcher_choices(op: str, module) -> list[dict]:
+    """Every config the op's launcher picks over a sweep of realistic and odd sizes."""
+    if op in ("masked_token_sums", "token_bt_loss"):
+        return [module._triton_config(k, t) for k in ("fwd", "bwd") for t in _SWEEP]
+    if op == "gae":
+        return [module._triton_config(b, t) for b in (1, 3, 64, 513) for t in _SWEEP]
+    if op == "token_logprobs":
+        return [module._triton_config(v) for v in _SWEEP]
+    raise AssertionError(f"no sweep for {op}")
+
+
+@pytest.mark.parametrize("op", ["masked_token_sums", "token_bt_loss", "gae", "token_logprobs"])
+def test_aot_specs_cover_every_launch_config(op):
+    """The AOT specs are derived from the launcher's own config function: every config it
+    picks at run time is among the compiled ones (so the two cannot drift apart)."""
+    import importlib
+
+    module = importlib.import_module(f"fgkernels.{op}")
+    specs = module.triton_aot_specs()
+    compiled = {(s["num_warps"], tuple(sorted(s["constexprs"].items()))) for s in specs}
+    for cfg in _launcher_choices(op, module):
+        want = {k: v for k, v in cfg.items() if k != "num_warps"}
+        hit = any(
+            nw == cfg["num_warps"] and all(dict(consts).get(k) == v for k, v in want.items())
+            for nw, consts in compiled
+        )
+        assert hit, f"{op}: launcher config {cfg} has no AOT spec"

@@ -1,0 +1,133 @@
+"""Distributed set-up and FSDP2 sharding (torchtitan style).
+
+``init_distributed()`` works under ``torchrun`` (reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``)
+and as a plain ``python`` process (a world of one on a free local port), so every entry point
+has exactly one code path. The backend is NCCL with CUDA, gloo on CPU.
+
+``parallelize(model, mesh, ...)`` applies activation checkpointing, then ``fully_shard`` to
+every decoder layer, then to the root, with a ``MixedPrecisionPolicy``: parameters are
+all-gathered in ``param_dtype`` (bf16 on GPUs) and gradients reduce-scattered in
+``reduce_dtype`` (fp32). On CPU use ``param_dtype=float32``: bf16 matmuls on CPU are slow.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = ["DistInfo", "all_reduce_sum", "init_distributed", "parallelize", "shutdown", "DTYPES"]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: ``rank`` of ``world_size``, ``local_rank`` on its node,
+    its ``device``, and the 1-D data-parallel ``mesh`` (FSDP shards over it)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    mesh: object
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0 (the rank that logs and writes shared files)."""
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Initialise the default process group (once) and a 1-D device mesh.
+
+    Args:
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cuda"`` or ``"cpu"``.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if "RANK" not in os.environ or os.environ.get("FGRLHF_SINGLE_PROCESS") == "1":
+        # plain `python script.py` (or a second run in the same process): a world of one
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.update(FGRLHF_SINGLE_PROCESS="1", LOCAL_WORLD_SIZE="1")
+        if not dist.is_initialized():
+            os.environ["MASTER_PORT"] = str(_free_port())
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+    mesh = init_device_mesh(dev.type, (world,), mesh_dim_names=("dp",))
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev, mesh=mesh)
+
+
+def shutdown() -> None:
+    """Destroy the process group if one is up."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place SUM all-reduce over the default group (a no-op without one); returns ``t``."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of a Hugging Face decoder (``model.<base_model_prefix>.layers``)."""
+    base = getattr(model, model.base_model_prefix, model)
+    layers = getattr(base, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"{type(model).__name__}: no decoder layers at .{model.base_model_prefix}.layers")
+    return layers
+
+
+def parallelize(
+    model: nn.Module,
+    mesh: object,
+    param_dtype: str = "bfloat16",
+    reduce_dtype: str = "float32",
+    activation_checkpointing: bool = True,
+) -> nn.Module:
+    """Activation checkpointing, then FSDP2 per decoder layer, then the root (in place).
+
+    Call it on a model built on the ``meta`` device, then ``model.to_empty(device=...)`` and
+    load weights. Activation checkpointing is the Hugging Face one (non-reentrant
+    ``torch.utils.checkpoint`` around each decoder layer): it keeps parameter names unchanged,
+    so state dicts and ``save_pretrained`` need no renaming.
+
+    Args:
+        model: a Hugging Face decoder model (anything with ``.<base_model_prefix>.layers``).
+        mesh: the 1-D data-parallel device mesh.
+        param_dtype: dtype of the all-gathered parameters used in forward/backward
+            (``"bfloat16"`` on GPUs; ``"float32"`` on CPU). Sharded masters stay fp32.
+        reduce_dtype: dtype of the gradient reduce-scatter.
+        activation_checkpointing: recompute each layer's activations in backward.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    mp = MixedPrecisionPolicy(param_dtype=DTYPES[param_dtype], reduce_dtype=DTYPES[reduce_dtype])
+    layers = decoder_layers(model)
+    for i, layer in enumerate(layers):
+        # The last layer stays gathered after forward: backward needs it first.
+        fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=i < len(layers) - 1)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+    return model
