@@ -131,7 +131,11 @@ def load_config(cls: type[T], argv: list[str]) -> T:
             key = getattr(e, "full_key", None)
             msg = str(e).splitlines()[0]
             raise ConfigError(f"{where}: bad value for key {key!r}: {msg}") from None
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    try:
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"config key {key!r} has no value: set it in the YAML file or as {key}=...") from None
 
 
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
