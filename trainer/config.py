@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import inspect
 import textwrap
 from pathlib import Path
@@ -58,12 +59,6 @@ def config_help(cls: type, prefix: str = "") -> str:
         else:
             lines.append(f"{prefix}{f.name} = {default!r}  # {docs.get(f.name, '')}")
     return "\n".join(lines)
-
-
-def _missing_fields_docs(cls: type) -> list[str]:
-    """Fields without a docstring (tests assert there are none)."""
-    docs = field_docs(cls)
-    return [f.name for f in dataclasses.fields(cls) if f.name not in docs]
 
 
 def load_config(cls: type[T], argv: list[str]) -> T:
@@ -116,13 +111,21 @@ def load_config(cls: type[T], argv: list[str]) -> T:
             sources.append((f"override {o!r}", OmegaConf.from_dotlist([o])))
         except Exception as e:
             raise ConfigError(f"override {o!r}: cannot parse key {key!r} ({e})") from e
+    # ``???`` (required) in a file: merging it keeps the default, so track it by hand
+    required: set[str] = set()
+    for _, src in sources:
+        required = {k for k in required if OmegaConf.select(src, k, default=None) is None}
+        required |= set(OmegaConf.missing_keys(src))
+    if required:
+        key = sorted(required)[0]
+        raise ConfigError(f"config key {key!r} is required (??? in the YAML file): set it as {key}=...")
     for where, src in sources:
         try:
             merged = OmegaConf.merge(merged, src)
         except ConfigKeyError as e:
             bad = getattr(e, "full_key", None) or str(e)
             known = sorted(_all_keys(cls))
-            near = [k for k in known if k.split(".")[-1][:3] == str(bad).split(".")[-1][:3]][:5]
+            near = difflib.get_close_matches(str(bad), known, n=3, cutoff=0.6)
             hint = f"; did you mean one of {near}?" if near else ""
             raise ConfigError(
                 f"{where}: unknown config key {bad!r} for {cls.__name__}{hint} (see --help)"
@@ -135,7 +138,9 @@ def load_config(cls: type[T], argv: list[str]) -> T:
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
-        raise ConfigError(f"config key {key!r} has no value: set it in the YAML file or as {key}=...") from None
+        raise ConfigError(
+            f"config key {key!r} has no value: set it in the YAML file or as {key}=..."
+        ) from None
 
 
 def _all_keys(cls: type, prefix: str = "") -> list[str]:

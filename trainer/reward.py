@@ -202,6 +202,12 @@ def check_config(cfg: RewardConfig) -> None:
     for key in ("micro_batch_size", "grad_accum", "max_length", "eval_batch_size", "log_every"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"config key {key!r}: must be >= 1, got {getattr(cfg, key)}")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config key 'device': 'cuda' but this torch build sees no CUDA device")
+    for key in ("data", "eval_data", "init_from", "tokenizer"):
+        value = getattr(cfg, key)
+        if value and (value.startswith((".", "/")) or Path(value).suffix) and not Path(value).exists():
+            raise DataError(value, f"no such file or directory (config key {key!r})")
     if not 0 <= cfg.eval_fraction < 1:
         raise ConfigError(f"config key 'eval_fraction': must be in [0, 1), got {cfg.eval_fraction}")
     if len(cfg.betas) != 2:

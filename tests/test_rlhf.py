@@ -1,0 +1,136 @@
+"""trainer.rlhf on 3-element tensors, expected numbers worked out by hand in the comments."""
+
+import math
+
+import pytest
+import torch
+
+from trainer import rlhf
+
+ALL = torch.tensor([[True, True, True]])
+TWO = torch.tensor([[True, True, False]])
+
+
+def test_kl_estimators():
+    logp = torch.tensor([[-1.0, -2.0, -0.5]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5]])
+    # k1 = logp - ref
+    torch.testing.assert_close(rlhf.kl_penalty(logp, ref, "k1"), torch.tensor([[0.5, -1.0, 0.0]]))
+    # k3 = exp(-lr) - 1 + lr: e^-0.5 - 0.5 = 0.106531, e^1 - 2 = 0.718282, 0
+    torch.testing.assert_close(
+        rlhf.kl_penalty(logp, ref, "k3"), torch.tensor([[math.exp(-0.5) - 0.5, math.e - 2.0, 0.0]])
+    )
+    with pytest.raises(ValueError, match="estimator"):
+        rlhf.kl_penalty(logp, ref, "k2")
+
+
+def test_sequence_rewards_put_R_on_the_last_valid_token():
+    kl = torch.tensor([[0.5, -1.0, 7.0]])  # 7.0 is padding: never read
+    # beta = 0.1: [-0.05, +0.1 + R(2.0), 0]
+    out = rlhf.compute_rewards(kl, TWO, 0.1, "sequence", sequence_reward=torch.tensor([2.0]))
+    torch.testing.assert_close(out, torch.tensor([[-0.05, 2.1, 0.0]]))
+
+
+def test_token_rewards_add_the_per_token_kl_penalty():
+    kl = torch.tensor([[0.5, -1.0, 7.0]])
+    r = torch.tensor([[1.0, 2.0, float("nan")]])  # NaN in padding is selected away
+    # [1 - 0.05, 2 + 0.1, 0]
+    out = rlhf.compute_rewards(kl, TWO, 0.1, "token", token_reward=r)
+    torch.testing.assert_close(out, torch.tensor([[0.95, 2.1, 0.0]]))
+    # beta = 0: the reward model's rewards alone
+    torch.testing.assert_close(rlhf.compute_rewards(kl, TWO, 0.0, "token", token_reward=r)[0, :2], r[0, :2])
+
+
+def test_rewards_bad_arguments():
+    kl = torch.zeros(1, 3)
+    with pytest.raises(ValueError, match="sequence_reward"):
+        rlhf.compute_rewards(kl, ALL, 0.1, "sequence")
+    with pytest.raises(ValueError, match="token_reward"):
+        rlhf.compute_rewards(kl, ALL, 0.1, "token")
+    with pytest.raises(ValueError, match="kl_coef"):
+        rlhf.compute_rewards(kl, ALL, -1.0, "token", token_reward=kl)
+    with pytest.raises(ValueError, match="mode"):
+        rlhf.compute_rewards(kl, ALL, 0.1, "dense", token_reward=kl)
+
+
+def test_empty_row_gets_no_sequence_reward():
+    mask = torch.tensor([[False, False, False], [True, False, False]])
+    out = rlhf.compute_rewards(
+        torch.zeros(2, 3), mask, 0.1, "sequence", sequence_reward=torch.tensor([5.0, 3.0])
+    )
+    torch.testing.assert_close(out, torch.tensor([[0.0, 0.0, 0.0], [3.0, 0.0, 0.0]]))
+
+
+def test_ppo_policy_loss_by_hand():
+    # ratios [1, 1.5, 0.5], A = [1, 1, -1], eps = 0.2:
+    #   t0: -min(1, 1) = -1;  t1: -min(1.5, 1.2) = -1.2;  t2: -min(-0.5, -0.8) = 0.8
+    #   loss = (-1 - 1.2 + 0.8) / 3 = -0.466667
+    old = torch.zeros(1, 3)
+    logp = torch.log(torch.tensor([[1.0, 1.5, 0.5]])).requires_grad_()
+    adv = torch.tensor([[1.0, 1.0, -1.0]])
+    loss, stats = rlhf.ppo_policy_loss(logp, old, adv, ALL, 0.2, num_tokens=3)
+    torch.testing.assert_close(loss, torch.tensor(-1.4 / 3))
+    # clipped tokens: t1, t2; approx_kl = (0.5 - ln 1.5) + (-0.5 + ln 2)
+    assert stats.clipfrac_sum.item() == 2.0
+    torch.testing.assert_close(stats.approx_kl_sum, torch.tensor(0.5 - math.log(1.5) - 0.5 + math.log(2.0)))
+    # gradient flows only through the unclipped term of t0: d/dlogp (-A rho) / 3 = -1/3
+    (grad,) = torch.autograd.grad(loss, logp)
+    torch.testing.assert_close(grad, torch.tensor([[-1 / 3, 0.0, 0.0]]))
+
+
+def test_ppo_loss_is_normalised_by_the_global_token_count():
+    old = torch.zeros(1, 3)
+    logp = torch.zeros(1, 3)
+    adv = torch.tensor([[1.0, 2.0, 100.0]])
+    # two valid tokens, 8 in the whole step: -(1 + 2) / 8
+    loss, _ = rlhf.ppo_policy_loss(logp, old, adv, TWO, 0.2, num_tokens=8)
+    torch.testing.assert_close(loss, torch.tensor(-3.0 / 8))
+
+
+def test_value_loss_by_hand():
+    # V = [1, 2, 3], V_old = [1, 1.5, 4], G = 2, eps = 0.2:
+    #   t0: V_clip = 1   -> max(1, 1) = 1
+    #   t1: V_clip = 1.7 -> max(0, 0.09) = 0.09
+    #   t2: V_clip = 3.8 -> max(1, 3.24) = 3.24
+    #   loss = 0.5 * 4.33 / 3 = 0.721667; clipped term larger at t1, t2
+    loss, clipfrac = rlhf.value_loss(
+        torch.tensor([[1.0, 2.0, 3.0]]),
+        torch.tensor([[1.0, 1.5, 4.0]]),
+        torch.full((1, 3), 2.0),
+        ALL,
+        0.2,
+        num_tokens=3,
+    )
+    torch.testing.assert_close(loss, torch.tensor(0.5 * 4.33 / 3))
+    assert clipfrac.item() == 2.0
+
+
+def test_entropy_bonus_and_explained_variance():
+    torch.testing.assert_close(
+        rlhf.entropy_bonus(torch.tensor([[1.0, 2.0, 9.0]]), TWO, 0.01, num_tokens=2), torch.tensor(-0.015)
+    )
+    g = torch.tensor([[1.0, 2.0, 3.0]])
+    torch.testing.assert_close(rlhf.explained_variance(g, g, ALL), torch.tensor(1.0))
+    torch.testing.assert_close(rlhf.explained_variance(torch.zeros(1, 3), g, ALL), torch.tensor(0.0))
+
+
+def test_adaptive_kl_controller():
+    # KL 9 vs target 6: error clipped to +0.2; beta *= 1 + 0.2 * 256 / 10000
+    ctl = rlhf.AdaptiveKLController(value=0.1, target=6.0, horizon=10000)
+    ctl.update(current_kl=9.0, n_steps=256)
+    assert ctl.value == pytest.approx(0.1 * 1.00512)
+    ctl.update(current_kl=3.0, n_steps=10000)  # error -0.5 -> -0.2: beta *= 0.8
+    assert ctl.value == pytest.approx(0.1 * 1.00512 * 0.8)
+    fixed = rlhf.FixedKLController(0.05)
+    fixed.update(100.0, 1000)
+    assert fixed.value == 0.05
+
+
+def test_running_moments_merge():
+    # 10 values with mean 2, var 4, then 10 values all 4: mean 3, E[x^2] = (80 + 160) / 20 = 12, var 3
+    m = rlhf.RunningMoments()
+    m.update(2.0, 4.0, 10)
+    m.update(4.0, 0.0, 10)
+    assert m.mean == pytest.approx(3.0)
+    assert m.var == pytest.approx(3.0)
+    assert m.std == pytest.approx(math.sqrt(3.0))

@@ -1,0 +1,220 @@
+"""The RLHF math of PPO with token-level rewards, as small pure functions (SPEC §4).
+
+Every function takes [B, T] tensors over *response* tokens with a boolean ``mask`` of the
+valid ones (right-padded) and never reads masked positions. Losses are *sums* divided by
+a caller-given ``num_tokens`` — the global count of valid tokens over every micro-batch and
+rank of the optimiser step — never a mean of per-batch means, which would silently re-weight
+token-level rewards (long responses would count less).
+
+Notation: ``logp`` = log π(a_t | s_t) under the current policy, ``old_logp`` under the
+policy that sampled (behaviour), ``ref_logp`` under the frozen SFT reference.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+
+KLEstimator = Literal["k1", "k3"]
+RewardMode = Literal["sequence", "token"]
+
+
+# --------------------------------------------------------------------------------------
+# Masked reductions
+# --------------------------------------------------------------------------------------
+def masked_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ x over valid positions (masked entries are selected away, so inf/NaN there is
+    harmless). x, mask: [B, T] -> fp32 scalar."""
+    return torch.where(mask, x.float(), 0.0).sum()
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x over valid positions of this batch (0 when none). x, mask: [B, T] -> scalar."""
+    return masked_sum(x, mask) / mask.sum().clamp(min=1)
+
+
+# --------------------------------------------------------------------------------------
+# KL penalty and rewards
+# --------------------------------------------------------------------------------------
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(π || π_ref) from samples of π, [B, T] fp32.
+
+    k1 = log π − log π_ref (unbiased, can be negative per token);
+    k3 = (r − 1) − log r with r = π_ref / π (unbiased, always ≥ 0, lower variance;
+    Schulman, "Approximating KL divergence", 2020).
+    """
+    log_ratio = logp.float() - ref_logp.float()
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"estimator={estimator!r} is not 'k1' or 'k3'")
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last valid token of each row of a right-padded mask, [B] int64
+    (-1 for an empty row)."""
+    return mask.long().sum(dim=1) - 1
+
+
+def compute_rewards(
+    kl: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    mode: RewardMode,
+    sequence_reward: torch.Tensor | None = None,
+    token_reward: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The per-token reward vector PPO optimises, [B, T] fp32 (0 at masked positions).
+
+    * ``sequence`` (PPO-RLHF): r = [−β·KL_1, …, −β·KL_{n−1}, R − β·KL_n] with R =
+      ``sequence_reward`` [B] placed on each row's last valid token.
+    * ``token`` (fine-grained token-level PPO): r_t = R_t − β·KL_t with R_t =
+      ``token_reward`` [B, T] from the token-level reward model (β may be 0).
+
+    Args:
+        kl: per-token KL estimate [B, T] (see :func:`kl_penalty`).
+        mask: valid response tokens [B, T] bool, right-padded.
+        kl_coef: β ≥ 0.
+    """
+    if kl_coef < 0:
+        raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
+    rewards = torch.where(mask, -kl_coef * kl.float(), 0.0)
+    if mode == "sequence":
+        if sequence_reward is None:
+            raise ValueError("mode='sequence' needs sequence_reward [B]")
+        last = last_token_index(mask)
+        rows = torch.arange(mask.shape[0], device=mask.device)
+        has = last >= 0
+        rewards[rows[has], last[has]] += sequence_reward.float()[has]
+        return rewards
+    if mode == "token":
+        if token_reward is None:
+            raise ValueError("mode='token' needs token_reward [B, T]")
+        return rewards + torch.where(mask, token_reward.float(), 0.0)
+    raise ValueError(f"mode={mode!r} is not 'sequence' or 'token'")
+
+
+# --------------------------------------------------------------------------------------
+# KL controllers (Ziegler et al. 2019)
+# --------------------------------------------------------------------------------------
+@dataclass
+class FixedKLController:
+    """β stays at ``value``."""
+
+    value: float
+
+    def update(self, current_kl: float, n_steps: int) -> None:  # noqa: ARG002 - same API
+        return None
+
+
+@dataclass
+class AdaptiveKLController:
+    """β ← β·(1 + clip(KL/target − 1, −0.2, 0.2)·n_steps/horizon) (Ziegler et al. 2019):
+    raises β when the policy drifts past ``target`` nats per sequence, lowers it below."""
+
+    value: float
+    target: float
+    horizon: int
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+
+
+# --------------------------------------------------------------------------------------
+# Reward normalisation
+# --------------------------------------------------------------------------------------
+@dataclass
+class RunningMoments:
+    """Running mean/std of scalar rewards (Chan et al. parallel update), for optional reward
+    normalisation: r ← (r − mean) / std. Feed it globally reduced batch statistics."""
+
+    mean: float = 0.0
+    var: float = 1.0
+    count: float = 1e-8
+
+    def update(self, batch_mean: float, batch_var: float, batch_count: float) -> None:
+        delta = batch_mean - self.mean
+        total = self.count + batch_count
+        m2 = (
+            self.var * self.count + batch_var * batch_count + delta * delta * self.count * batch_count / total
+        )
+        self.mean += delta * batch_count / total
+        self.var = m2 / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(max(self.var, 1e-12))
+
+
+# --------------------------------------------------------------------------------------
+# PPO losses
+# --------------------------------------------------------------------------------------
+class PolicyLossStats(NamedTuple):
+    """Detached diagnostics, summed over valid tokens (divide by ``num_tokens`` to log)."""
+
+    approx_kl_sum: torch.Tensor  # Σ k3(old → new): (ρ − 1) − log ρ
+    clipfrac_sum: torch.Tensor  # Σ 1[|ρ − 1| > ε]
+
+
+def ppo_policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float,
+    num_tokens: float | torch.Tensor,
+) -> tuple[torch.Tensor, PolicyLossStats]:
+    """Clipped surrogate: Σ_t −min(ρ_t A_t, clip(ρ_t, 1−ε, 1+ε) A_t) / num_tokens,
+    ρ_t = exp(log π − log π_old). Inputs [B, T]; returns (scalar loss, stats)."""
+    log_ratio = torch.where(mask, logp.float() - old_logp.float(), 0.0)
+    ratio = torch.exp(log_ratio)
+    adv = advantages.float()
+    surrogate = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps))
+    loss = masked_sum(surrogate, mask) / num_tokens
+    with torch.no_grad():
+        stats = PolicyLossStats(
+            approx_kl_sum=masked_sum(torch.expm1(log_ratio) - log_ratio, mask),
+            clipfrac_sum=masked_sum(((ratio - 1.0).abs() > clip_eps).float(), mask),
+        )
+    return loss, stats
+
+
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float,
+    num_tokens: float | torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss Σ_t ½·max((V − G)², (V_clip − G)²) / num_tokens with
+    V_clip = V_old + clip(V − V_old, −ε, ε). Returns (loss, Σ 1[clipped term larger])."""
+    v = values.float()
+    v_clip = old_values.float() + (v - old_values.float()).clamp(-clip_eps, clip_eps)
+    g = returns.float()
+    unclipped, clipped = (v - g) ** 2, (v_clip - g) ** 2
+    loss = 0.5 * masked_sum(torch.maximum(unclipped, clipped), mask) / num_tokens
+    with torch.no_grad():
+        clipfrac_sum = masked_sum((clipped > unclipped).float(), mask)
+    return loss, clipfrac_sum
+
+
+def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor, coef: float, num_tokens) -> torch.Tensor:
+    """−coef·Σ_t H_t / num_tokens, added to the policy loss to keep exploration."""
+    return -coef * masked_sum(entropy, mask) / num_tokens
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 − Var[G − V] / Var[G] over valid tokens (1 = perfect critic, ≤ 0 = useless);
+    NaN when the returns have no variance."""
+    g, v = returns.float(), values.float()
+    var_g = masked_mean((g - masked_mean(g, mask)) ** 2, mask)
+    resid = g - v
+    var_r = masked_mean((resid - masked_mean(resid, mask)) ** 2, mask)
+    return 1.0 - var_r / var_g
