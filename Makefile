@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 # build. On a CUDA machine override it, e.g. TORCH_SPEC="torch==2.13.0 --index-url ...".
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install run test bench lint format build clean
+.PHONY: install run test bench bench-quick lint format build clean
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,9 +20,14 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 
 install: $(VENV)/.installed
 
-## The main job. Until the PPO entry point exists this is the kernel benchmark suite on
-## small CPU shapes (every op, every backend available here, vs its eager reference).
+## The main job on its embedded default: the tiny CPU run of the real pipeline (a 2-process
+## FSDP2 token-level reward model on the generated fine-grained set; outputs in runs/).
+NPROC ?= 2
 run: install
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) trainer/reward.py
+
+## Kernel benchmarks on small shapes (a smoke run; nothing recorded).
+bench-quick: install
 	$(PY) bench/run_all.py --quick
 
 ## The test suite (CI runs exactly this). pytest's exit 5 (no tests collected) fails too.
