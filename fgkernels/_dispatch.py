@@ -46,12 +46,7 @@ def native_available(op: str) -> bool:
 
 
 # --- Triton ----------------------------------------------------------------------------
-try:
-    import triton  # noqa: F401
-
-    TRITON_AVAILABLE = True
-except ImportError:  # e.g. macOS / aarch64 wheels without triton
-    TRITON_AVAILABLE = False
+from fgkernels._triton import HAS_TRITON as TRITON_AVAILABLE  # noqa: E402
 
 
 def triton_interpret() -> bool:

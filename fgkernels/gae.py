@@ -33,10 +33,9 @@ import math
 import numbers
 
 import torch
-import triton
-import triton.language as tl
 
 from fgkernels import _dispatch
+from fgkernels._triton import TRITON_DTYPE, device_ctx, tl, triton
 
 __all__ = ["gae", "gae_reference", "masked_whiten", "triton_aot_specs", "GAEFunction"]
 
@@ -130,24 +129,22 @@ def _gae_triton_fwd(
         return adv, ret
     cfg = _triton_config(B, T)
     grid = (triton.cdiv(B, cfg["BLOCK_B"]),)
-    _gae_fwd_kernel[grid](
-        rewards,
-        values,
-        mask.view(torch.uint8),
-        adv,
-        ret,
-        B,
-        T,
-        float(gamma),
-        float(gamma) * float(lam),
-        BLOCK_B=cfg["BLOCK_B"],
-        BLOCK_T=cfg["BLOCK_T"],
-        num_warps=cfg["num_warps"],
-    )
+    with device_ctx(rewards):
+        _gae_fwd_kernel[grid](
+            rewards,
+            values,
+            mask.view(torch.uint8),
+            adv,
+            ret,
+            B,
+            T,
+            float(gamma),
+            float(gamma) * float(lam),
+            BLOCK_B=cfg["BLOCK_B"],
+            BLOCK_T=cfg["BLOCK_T"],
+            num_warps=cfg["num_warps"],
+        )
     return adv, ret
-
-
-_TRITON_DTYPE = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}
 
 
 def triton_aot_specs() -> list[dict]:
@@ -155,15 +152,15 @@ def triton_aot_specs() -> list[dict]:
     ahead-of-time compilation (see ``fgkernels.aot``)."""
     specs = []
     for block_b, block_t, num_warps in _CONFIGS.values():
-        for r_dtype, r_sig in _TRITON_DTYPE.items():
-            for v_dtype, v_sig in _TRITON_DTYPE.items():
+        for r_dtype, r_ty in TRITON_DTYPE.items():
+            for v_dtype, v_ty in TRITON_DTYPE.items():
                 specs.append(
                     {
                         "name": f"_gae_fwd_kernel[r={r_dtype},v={v_dtype}]",
                         "fn": _gae_fwd_kernel,
                         "signature": {
-                            "rewards_ptr": r_sig,
-                            "values_ptr": v_sig,
+                            "rewards_ptr": f"*{r_ty}",
+                            "values_ptr": f"*{v_ty}",
                             "mask_ptr": "*u8",
                             "adv_ptr": "*fp32",
                             "ret_ptr": "*fp32",

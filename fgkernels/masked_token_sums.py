@@ -19,21 +19,12 @@ token-level Bradley–Terry loss (``fgkernels.token_bt_loss``).
 
 from __future__ import annotations
 
-import contextlib
 from typing import NamedTuple
 
 import torch
 
 from fgkernels import _dispatch
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # no Triton wheel on this platform: the kernels below are defined, never launched
-    from types import SimpleNamespace
-
-    triton = SimpleNamespace(jit=lambda fn: fn, next_power_of_2=lambda n: 1 << max(n - 1, 0).bit_length())
-    tl = SimpleNamespace(constexpr=object)
+from fgkernels._triton import TRITON_DTYPE, device_ctx, tl, triton
 
 _OP = "masked_token_sums"
 
@@ -150,17 +141,13 @@ def _all_configs(kernel: str) -> list[dict]:
     return seen
 
 
-def _device_ctx(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def _mts_forward_triton(rewards: torch.Tensor, mask: torch.Tensor, changed: torch.Tensor):
     B, T = rewards.shape
     outs = [torch.empty(B, dtype=torch.float32, device=rewards.device) for _ in range(6)]
     if B == 0:
         return tuple(outs)
     cfg = _triton_config("fwd", T)
-    with _device_ctx(rewards):
+    with device_ctx(rewards):
         _mts_fwd_kernel[(B,)](
             rewards,
             mask.view(torch.uint8),
@@ -180,7 +167,7 @@ def _mts_backward_triton(g_sum, g_changed, g_unchanged, mask, changed, dtype):
         return grad
     cfg = _triton_config("bwd", T)
     grid = (B, triton.cdiv(T, cfg["BLOCK"]))
-    with _device_ctx(mask):
+    with device_ctx(mask):
         _mts_bwd_kernel[grid](
             g_sum,
             g_changed,
@@ -195,13 +182,10 @@ def _mts_backward_triton(g_sum, g_changed, g_unchanged, mask, changed, dtype):
     return grad
 
 
-_TRITON_DTYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
 def triton_aot_specs() -> list[dict]:
     """Every kernel × accepted dtype × launch config, for ``triton.compile`` (``fgkernels.aot``)."""
     specs = []
-    for dtype, ty in _TRITON_DTYPE.items():
+    for dtype, ty in TRITON_DTYPE.items():
         for cfg in _all_configs("fwd"):
             sig = {"r_ptr": f"*{ty}", "m_ptr": "*u8", "c_ptr": "*u8"}
             sig |= {name: "*fp32" for name in ("sum_ptr", "cnt_ptr", "sum_c_ptr", "cnt_c_ptr")}

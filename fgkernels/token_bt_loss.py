@@ -23,22 +23,13 @@ loss needs (the selected sum and the valid count).
 
 from __future__ import annotations
 
-import contextlib
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from fgkernels import _dispatch
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # no Triton wheel on this platform: the kernels below are defined, never launched
-    from types import SimpleNamespace
-
-    triton = SimpleNamespace(jit=lambda fn: fn, next_power_of_2=lambda n: 1 << max(n - 1, 0).bit_length())
-    tl = SimpleNamespace(constexpr=object)
+from fgkernels._triton import TRITON_DTYPE, device_ctx, tl, triton
 
 _OP = "token_bt_loss"
 VARIANTS = ("exact", "changed")
@@ -171,10 +162,6 @@ def _all_configs(kernel: str) -> list[dict]:
     return seen
 
 
-def _device_ctx(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def _u8(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.uint8)
 
@@ -186,7 +173,7 @@ def _bt_forward_triton(r_c, r_r, m_c, m_r, ch_c, ch_r, changed_only: bool):
     if B == 0:
         return tuple(outs)
     cfg = _triton_config("fwd", max(Tc, Tr))
-    with _device_ctx(r_c):
+    with device_ctx(r_c):
         _bt_fwd_kernel[(B,)](
             r_c,
             r_r,
@@ -210,7 +197,7 @@ def _bt_backward_side_triton(g, coef, mask, changed, scale: float, changed_only:
     if grad.numel() == 0:
         return grad
     cfg = _triton_config("bwd", T)
-    with _device_ctx(mask):
+    with device_ctx(mask):
         _bt_bwd_kernel[(B, triton.cdiv(T, cfg["BLOCK"]))](
             g,
             coef,
@@ -227,13 +214,10 @@ def _bt_backward_side_triton(g, coef, mask, changed, scale: float, changed_only:
     return grad
 
 
-_TRITON_DTYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
 def triton_aot_specs() -> list[dict]:
     """Every kernel × accepted dtype × CHANGED_ONLY × launch config, for ``triton.compile``."""
     specs = []
-    for dtype, ty in _TRITON_DTYPE.items():
+    for dtype, ty in TRITON_DTYPE.items():
         for changed_only in (False, True):
             for cfg in _all_configs("fwd"):
                 sig = {"rc_ptr": f"*{ty}", "rr_ptr": f"*{ty}"}

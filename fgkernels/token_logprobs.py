@@ -36,15 +36,7 @@ import math
 import torch
 
 from fgkernels import _dispatch
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # no Triton wheel on this platform: the kernels below are defined, never launched
-    from types import SimpleNamespace
-
-    triton = SimpleNamespace(jit=lambda fn: fn, next_power_of_2=lambda n: 1 << max(n - 1, 0).bit_length())
-    tl = SimpleNamespace(constexpr=object)
+from fgkernels._triton import TRITON_DTYPE, device_ctx, tl, triton
 
 _OP = "token_logprobs"
 
@@ -147,7 +139,6 @@ def _token_logprobs_bwd_kernel(
 
 
 # --- host launchers --------------------------------------------------------------------
-_TRITON_DTYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 _CONFIGS = ((1024, 4), (2048, 8), (4096, 8))  # (BLOCK, num_warps), smallest first
 
 
@@ -174,19 +165,20 @@ def _triton_fwd(
     ent = torch.empty(N if with_entropy else 0, **f32)
     if N:
         cfg = _triton_config(V)
-        _token_logprobs_fwd_kernel[(N,)](
-            logits,
-            labels,
-            logp,
-            lse,
-            ent if with_entropy else logp,  # dummy pointer, never written
-            V,
-            inv_tau,
-            ignore_index,
-            BLOCK=cfg["BLOCK"],
-            WITH_ENTROPY=with_entropy,
-            num_warps=cfg["num_warps"],
-        )
+        with device_ctx(logits):
+            _token_logprobs_fwd_kernel[(N,)](
+                logits,
+                labels,
+                logp,
+                lse,
+                ent if with_entropy else logp,  # dummy pointer, never written
+                V,
+                inv_tau,
+                ignore_index,
+                BLOCK=cfg["BLOCK"],
+                WITH_ENTROPY=with_entropy,
+                num_warps=cfg["num_warps"],
+            )
     return logp, lse, ent
 
 
@@ -206,28 +198,29 @@ def _triton_bwd(
     grad = torch.empty_like(logits)
     if N:
         cfg = _triton_config(V)
-        _token_logprobs_bwd_kernel[(N,)](
-            logits,
-            labels,
-            lse,
-            ent if with_entropy else lse,
-            g_logp,
-            g_ent if with_entropy else g_logp,
-            grad,
-            V,
-            inv_tau,
-            ignore_index,
-            BLOCK=cfg["BLOCK"],
-            WITH_ENTROPY=with_entropy,
-            num_warps=cfg["num_warps"],
-        )
+        with device_ctx(logits):
+            _token_logprobs_bwd_kernel[(N,)](
+                logits,
+                labels,
+                lse,
+                ent if with_entropy else lse,
+                g_logp,
+                g_ent if with_entropy else g_logp,
+                grad,
+                V,
+                inv_tau,
+                ignore_index,
+                BLOCK=cfg["BLOCK"],
+                WITH_ENTROPY=with_entropy,
+                num_warps=cfg["num_warps"],
+            )
     return grad
 
 
 def triton_aot_specs() -> list[dict]:
     """Every kernel × accepted dtype × launch config × entropy mode, for ``triton.compile``."""
     specs = []
-    for dtype, ty in _TRITON_DTYPE.items():
+    for dtype, ty in TRITON_DTYPE.items():
         for block, warps in _CONFIGS:
             for with_entropy in (False, True):
                 constexprs = {"BLOCK": block, "WITH_ENTROPY": with_entropy}
