@@ -20,11 +20,12 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 
 install: $(VENV)/.installed
 
-## The main job on its embedded default: the tiny CPU run of the real pipeline (a 2-process
-## FSDP2 token-level reward model on the generated fine-grained set; outputs in runs/).
+## The main job on its embedded default: the tiny CPU run of the real pipeline — token-level
+## PPO over FSDP2 (2 processes) with a token-level RM it first trains on a generated
+## fine-grained set; outputs in runs/ppo.
 NPROC ?= 2
 run: install
-	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) trainer/reward.py
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) trainer/ppo.py
 
 ## Kernel benchmarks on small shapes (a smoke run; nothing recorded).
 bench-quick: install

@@ -56,14 +56,14 @@ def init_distributed(device: str = "auto") -> DistInfo:
     """
     from torch.distributed.device_mesh import init_device_mesh
 
-    if "RANK" not in os.environ or os.environ.get("FGRLHF_SINGLE_PROCESS") == "1":
-        # plain `python script.py` (or a second run in the same process): a world of one
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.update(FGRLHF_SINGLE_PROCESS="1", LOCAL_WORLD_SIZE="1")
-        if not dist.is_initialized():
-            os.environ["MASTER_PORT"] = str(_free_port())
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    # Under torchrun the launcher's env (RANK, WORLD_SIZE, MASTER_*) says everything. Without it
+    # (`python script.py`, or a test calling this in-process) this is a world of one on a private
+    # TCP port; os.environ is left untouched, so child processes (e.g. a torchrun started later
+    # by the same process) never inherit a fake rank or port.
+    single = "RANK" not in os.environ
+    rank = 0 if single else int(os.environ["RANK"])
+    world = 1 if single else int(os.environ["WORLD_SIZE"])
+    local_rank = 0 if single else int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda:
         torch.cuda.set_device(local_rank)
@@ -71,7 +71,13 @@ def init_distributed(device: str = "auto") -> DistInfo:
     else:
         dev = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+        backend = "nccl" if use_cuda else "gloo"
+        if single:
+            init = f"tcp://127.0.0.1:{_free_port()}"
+            dist.init_process_group(backend=backend, init_method=init, rank=0, world_size=1)
+        else:
+            dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    rank, world = dist.get_rank(), dist.get_world_size()
     mesh = init_device_mesh(dev.type, (world,), mesh_dim_names=("dp",))
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev, mesh=mesh)
 

@@ -615,7 +615,9 @@ def train(cfg: RewardConfig) -> dict:
     bar = tqdm(
         total=end_step, initial=step, disable=not (di.is_main and cfg.progress), desc=f"rm[{cfg.mode}]"
     )
-    acc = torch.zeros(4, dtype=torch.float64)  # loss sum, correct, margin sum, pairs (since last log)
+    # loss sum, correct, margin sum, pairs (since the last log); kept on the device: no host
+    # sync in the loop, one at the log point
+    acc = torch.zeros(4, dtype=torch.float64, device=di.device)
     t_last, tokens = time.perf_counter(), 0
     metrics: dict = {}
     if eval_data.edited or eval_data.original:
@@ -626,7 +628,8 @@ def train(cfg: RewardConfig) -> dict:
     while step < end_step:
         micro = [collate_pairs([train_pairs[i] for i in idx], pad_id) for idx in batch_indices(step)]
         # 4a. the global number of pairs of this step (one all-reduce, before the micro-batches)
-        n_global = all_reduce_sum(torch.tensor([float(sum(b["input_ids"].shape[0] // 2 for b in micro))]))
+        n_local = float(sum(b["input_ids"].shape[0] // 2 for b in micro))
+        n_global = all_reduce_sum(torch.tensor([n_local], device=di.device))  # on device: NCCL needs it
         for k, batch in enumerate(micro):
             batch = {key: v.to(di.device) for key, v in batch.items()}
             model.set_requires_gradient_sync(k == len(micro) - 1)  # reduce-scatter once per step
@@ -634,18 +637,14 @@ def train(cfg: RewardConfig) -> dict:
             scores = per_token_scores(model, batch["input_ids"], batch["attention_mask"])
             loss_b, margin = pair_loss(scores, batch, cfg.mode, cfg.variant)
             # 4c. backward of Σ loss / N_global; FSDP averages gradients over ranks, so × world
-            (loss_b.sum() * (di.world_size / n_global.to(di.device))).backward()
-            acc += (
-                torch.stack(
-                    [
-                        loss_b.detach().sum(),
-                        (margin > 0).sum(),
-                        margin.sum(),
-                        torch.tensor(float(len(margin))),
-                    ]
-                )
-                .double()
-                .cpu()
+            (loss_b.sum() * (di.world_size / n_global)).backward()
+            acc += torch.stack(
+                [
+                    loss_b.detach().sum().double(),
+                    (margin > 0).sum().double(),
+                    margin.sum().double(),
+                    torch.full((), float(len(margin)), dtype=torch.float64, device=di.device),
+                ]
             )
             tokens += int(batch["attention_mask"].shape[0] * batch["attention_mask"].shape[1])
         # 4d. clip, step, schedule

@@ -1,0 +1,317 @@
+"""trainer/ppo.py and trainer/rollout.py: KV-cache generation against ``transformers``' greedy
+decoding, FSDP2 generation against the unsharded model (2 processes), 2-process PPO runs in
+each reward mode with exact resume, the learning test on a known per-token reward, the memory
+estimate and its refusal.
+
+Run as a script under torchrun (``torchrun --nproc_per_node=2 tests/test_ppo.py gen OUT``), this
+file is also the 2-process worker of the FSDP2 generation test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pytest
+import torch
+
+_DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _clean_env() -> dict:
+    """os.environ without distributed variables, so a child torchrun sets up its own world."""
+    return {k: v for k, v in os.environ.items() if k not in _DIST_VARS and not k.startswith("TORCHELASTIC")}
+
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = [
+    "progress=false",
+    "synthetic.n_pairs=300",
+    "rm_epochs=1",
+    "rollout_batch_size=16",
+    "micro_batch_size=4",
+]
+
+
+def torchrun(script: str, args: list[str], nproc: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=nproc script args`` (gloo, CPU)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    env = {**_clean_env(), "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
+    p = subprocess.run(
+        cmd + [script, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert p.returncode == 0, f"torchrun failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
+    return p
+
+
+def metrics(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _tiny_lm(vocab: int = 50, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+        intermediate_size=64, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # sharper logits than the 0.02 init, so greedy choices are not near-ties
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.3)
+    return model
+
+
+def _prompts(vocab: int = 50):
+    from trainer.ppo import prompt_batch
+
+    g = torch.Generator().manual_seed(1)
+    prompts = [[1] + torch.randint(3, vocab, (n,), generator=g).tolist() for n in (3, 7, 1, 5)]
+    return prompt_batch(prompts, list(range(len(prompts))), 0, torch.device("cpu"))
+
+
+# --- 1. generation ---------------------------------------------------------------------------
+def test_kv_cache_generation_matches_transformers_greedy():
+    """Our KV-cache loop over left-padded prompts == HF ``generate`` (greedy), row by row."""
+    from trainer.rollout import generate
+
+    model = _tiny_lm()
+    ids, mask = _prompts()
+    resp, rmask = generate(model, ids, mask, 12, eos_token_id=None, pad_token_id=0, greedy=True)
+    for b in range(ids.shape[0]):  # each prompt alone, unpadded: no padding effects at all
+        p = ids[b, mask[b]][None]
+        ref = model.generate(p, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)[
+            0, p.shape[1] :
+        ]
+        assert resp[b].tolist() == ref.tolist(), f"row {b}"
+    assert rmask.all()
+
+
+def test_generation_stops_at_eos_and_masks_after():
+    from trainer.rollout import generate
+
+    model = _tiny_lm()
+    ids, mask = _prompts()
+    free, _ = generate(model, ids, mask, 10, eos_token_id=None, pad_token_id=0, greedy=True)
+    eos = int(free[0, 2])  # make row 0's third greedy token the EOS
+    resp, rmask = generate(model, ids, mask, 10, eos_token_id=eos, pad_token_id=0, greedy=True)
+    assert rmask[0].tolist()[:3] == [True] * 3 and not rmask[0, 3:].any()
+    assert (resp[0, 3:] == 0).all()
+    for b in range(resp.shape[0]):  # a row ends at its first EOS, included
+        hits = (resp[b] == eos).nonzero()
+        n = int(hits[0]) + 1 if len(hits) else resp.shape[1]
+        assert int(rmask[b].sum()) == n
+
+
+def test_top_p_keeps_only_the_nucleus():
+    from trainer.rollout import sample_next
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(2000, 4)
+    tok = sample_next(logits, top_p=0.7)
+    assert set(tok.tolist()) <= {0, 1}  # 0.5 < 0.7 ≤ 0.8: tokens 0 and 1 only
+    assert set(sample_next(logits, top_p=1.0).tolist()) == {0, 1, 2, 3}
+
+
+def _gen_worker(out: str) -> None:
+    """2-process worker: greedy tokens of the FSDP2 actor == the unsharded model's; parameters
+    stay gathered for the whole rollout and are sharded again after."""
+    from torch.distributed.tensor import DTensor
+    from transformers import AutoModelForCausalLM
+
+    from trainer.dist import init_distributed, shutdown
+    from trainer.ppo import PPOConfig, build_sharded
+    from trainer.rollout import generate, unsharded
+
+    di = init_distributed("cpu")
+    plain = _tiny_lm(seed=0)
+    sd = {k: v.clone() for k, v in plain.state_dict().items()}
+    sharded = build_sharded(
+        AutoModelForCausalLM, plain.config, sd if di.is_main else None, di, PPOConfig(), train=False
+    )
+    ids, mask = _prompts()
+    ids, mask = ids[di.rank :: 2], mask[di.rank :: 2]
+    want, _ = generate(plain, ids, mask, 12, None, 0, greedy=True)
+    with unsharded(sharded):
+        got, _ = generate(sharded, ids, mask, 12, None, 0, greedy=True)
+        gathered_during = not any(isinstance(p, DTensor) for p in sharded.parameters())
+    sharded_after = all(isinstance(p, DTensor) for p in sharded.parameters())
+    res = {
+        "equal": got.tolist() == want.tolist(),
+        "gathered_during": gathered_during,
+        "sharded_after": sharded_after,
+    }
+    Path(out, f"rank{di.rank}.json").write_text(json.dumps(res))
+    shutdown()
+
+
+def test_fsdp2_generation_equals_unsharded_greedy(tmp_path):
+    torchrun("tests/test_ppo.py", ["gen", str(tmp_path)])
+    for r in range(2):
+        res = json.loads((tmp_path / f"rank{r}.json").read_text())
+        assert res == {"equal": True, "gathered_during": True, "sharded_after": True}, (r, res)
+
+
+# --- 2. 2-process PPO runs ---------------------------------------------------------------------
+def _initial_actor_weights(out_dir: Path) -> dict:
+    """The actor's initial weights, rebuilt the way build_models does (seed 0, random init)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.ppo import PPOConfig, actor_config
+
+    tok = AutoTokenizer.from_pretrained(out_dir / "synthetic" / "tokenizer")
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(actor_config(PPOConfig(), tok), dtype=torch.float32).state_dict()
+
+
+def _check_run(out_dir: Path, n: int) -> list[dict]:
+    from safetensors.torch import load_file
+
+    recs = metrics(out_dir)
+    assert [r["iteration"] for r in recs] == list(range(1, n + 1))
+    for r in recs:
+        bad = {k: v for k, v in r.items() if k != "explained_variance" and not math.isfinite(v)}
+        assert not bad, f"non-finite metrics {bad}"
+    assert recs[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # actor == reference before any update
+    assert recs[-1]["kl"] != 0.0 and recs[-1]["approx_kl"] > 0
+    init, final = (
+        _initial_actor_weights(out_dir),
+        load_file(out_dir / "final" / "actor" / "model.safetensors"),
+    )
+    changed = [k for k in init if not torch.equal(init[k], final[k])]
+    assert len(changed) >= len(init) // 2, f"only {len(changed)}/{len(init)} actor tensors changed"
+    for model in ("actor", "critic"):
+        assert (out_dir / "checkpoints" / model / f"step_{n:08d}" / ".metadata").exists()
+    return recs
+
+
+def test_ppo_token_mode_learned_rm_and_exact_resume(tmp_path):
+    """Token mode with a token-level RM trained on the fly; then the same run stopped after 2
+    iterations and resumed continues with identical losses."""
+    full, split = tmp_path / "full", tmp_path / "split"
+    args = [*TINY, "reward_mode=token", "iterations=4", "checkpoint_every=2"]
+    torchrun("trainer/ppo.py", [*args, f"output_dir={full}"])
+    recs = _check_run(full, 4)
+    rm = full / "rm" / "final"
+    assert rm.exists()
+    split_args = [*args, f"output_dir={split}", f"reward_model={rm}"]
+    torchrun("trainer/ppo.py", [*split_args, "stop_after_iterations=2"])
+    assert [r["iteration"] for r in metrics(split)] == [1, 2]
+    p = torchrun("trainer/ppo.py", split_args)
+    assert "resumed from iteration 2" in p.stdout + p.stderr
+    resumed = metrics(split)
+    for a, b in zip(recs, resumed, strict=True):
+        for k in ("policy_loss", "value_loss", "reward", "kl", "approx_kl", "clipfrac"):
+            assert a[k] == b[k], (a["iteration"], k, a[k], b[k])
+
+
+def test_ppo_sequence_mode_adaptive_kl_k3(tmp_path):
+    out = tmp_path / "seq"
+    torchrun(
+        "trainer/ppo.py",
+        [*TINY, "reward_mode=sequence", "reward_source=gold", "kl_controller=adaptive", "kl_estimator=k3",
+         "entropy_coef=0.01", "reward_norm=true", "iterations=3", f"output_dir={out}"],
+    )  # fmt: skip
+    recs = _check_run(out, 3)
+    assert recs[-1]["kl_coef"] != recs[0]["kl_coef"]  # the adaptive controller moved β
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    """SIGTERM mid-run (one process): the iteration finishes, a checkpoint is written, exit 0."""
+    import signal
+    import time
+
+    out = tmp_path / "term"
+    cmd = [sys.executable, "trainer/ppo.py", "reward_source=gold", "iterations=1000", "checkpoint_every=0",
+           "progress=false", f"output_dir={out}"]  # fmt: skip
+    env = {**_clean_env(), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while (
+        not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text())
+        and time.time() < deadline
+    ):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    log, _ = p.communicate(timeout=120)
+    assert p.returncode == 0, log[-3000:]
+    n = len(metrics(out))
+    assert 1 <= n < 1000 and "SIGTERM: checkpoint saved" in log
+    for model in ("actor", "critic"):
+        assert (out / "checkpoints" / model / f"step_{n:08d}" / ".metadata").exists()
+
+
+# --- 3. the learning test ------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ppo_learns_a_known_per_token_reward(tmp_path):
+    """Gold per-token reward (+1 good word, −1.5 bad word, 0 otherwise): a few hundred PPO
+    steps must raise the mean per-token reward far beyond its noise."""
+    out = tmp_path / "learn"
+    n = 50
+    torchrun(
+        "trainer/ppo.py",
+        ["progress=false", "reward_source=gold", "reward_mode=token", f"iterations={n}", "checkpoint_every=0",
+         "save_final=false", f"output_dir={out}"],
+    )  # fmt: skip
+    recs = metrics(out)
+    first = sum(r["reward_per_token"] for r in recs[:5]) / 5
+    last = sum(r["reward_per_token"] for r in recs[-5:]) / 5
+    assert first < 0.1, first  # a random policy: 24 good, 24 bad of ~150 tokens
+    assert last > first + 0.5, (first, last)
+
+
+# --- 4. memory estimate -----------------------------------------------------------------------------
+def test_memory_estimate_7b_fits_8xa100_and_refusal(tmp_path):
+    from transformers import LlamaConfig
+
+    from trainer.config import ConfigError, load_config
+    from trainer.ppo import PPOConfig, check_memory, estimate_memory
+
+    cfg = load_config(
+        PPOConfig,
+        [
+            "--config",
+            str(ROOT / "configs/llama7b_8xa100/ppo.yaml"),
+            "init_from=/x",
+            "reward_model=/y",
+            "prompts=/z",
+        ],
+    )
+    llama7b = LlamaConfig(
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        intermediate_size=11008,
+        vocab_size=32000,
+    )
+    est = estimate_memory(cfg, llama7b, world=8, prompt_len=cfg.max_prompt_length)
+    gib = 1024**3
+    assert 6.5e9 < est["generation"] / 2 < 7.0e9  # the bf16 actor, all-gathered: 2 bytes × 6.7B
+    assert est["params"] == pytest.approx(16 * est["generation"] / 2 / 8)  # 4 fp32 models / 8 ranks
+    assert 20 * gib < est["total"] < 80 * gib
+    check_memory(cfg, est, torch.device("cpu"))  # 80 GiB limit in the YAML: fits
+    cfg.memory_limit_gb = 10.0
+    with pytest.raises(ConfigError, match="GiB per device but 10.0 GiB"):
+        check_memory(cfg, est, torch.device("cpu"))
+
+
+def test_unknown_key_and_bad_split_rejected(capsys):
+    from trainer.ppo import main
+
+    assert main(["no_such_key=1"]) == 2
+    assert "unknown config key" in capsys.readouterr().err
+    assert main(["rollout_batch_size=10", "num_minibatches=3"]) == 2
+    assert "equal minibatches" in capsys.readouterr().err
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "gen":
+    _gen_worker(sys.argv[2])
