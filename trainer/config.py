@@ -15,6 +15,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any, TypeVar
@@ -159,3 +160,26 @@ def to_yaml(cfg: Any) -> str:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def cli_main(config_cls: type[T], train: Any, doc: str | None, argv: list[str] | None = None) -> int:
+    """The body of every entry point's ``main``: ``--help`` prints ``doc`` and every config
+    key; otherwise parse ``argv`` (``--config FILE`` then ``key=value``) into ``config_cls``,
+    run ``train(cfg)``, and turn a bad config or bad input into a one-line error and exit 2.
+    The process group is always shut down."""
+    from trainer.data import DataError
+    from trainer.dist import shutdown
+
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(doc)
+        print(config_help(config_cls))
+        return 0
+    try:
+        train(load_config(config_cls, argv))
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        shutdown()
+    return 0

@@ -50,7 +50,7 @@ from torch import nn
 import fgkernels as fk
 from trainer import rlhf
 from trainer.checkpoint import Checkpointer
-from trainer.config import ConfigError, config_help, load_config, to_yaml
+from trainer.config import ConfigError, cli_main, to_yaml
 from trainer.data import DataError, read_records
 from trainer.examples import render_prompt
 from trainer.rollout import Rollout, generate, position_ids, unsharded
@@ -918,23 +918,8 @@ def save_causal_lm(sd: dict, config: Any, out: Path, tokenizer: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` (``--config FILE`` then ``key=value``), train, report errors cleanly."""
-    from trainer.dist import shutdown
-
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        print(config_help(PPOConfig))
-        return 0
-    try:
-        cfg = load_config(PPOConfig, argv)
-        train(cfg)
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
-    finally:
-        shutdown()
-    return 0
+    """``--help``, or parse ``argv`` (``--config FILE`` then ``key=value``) and train."""
+    return cli_main(PPOConfig, train, __doc__, argv)
 
 
 if __name__ == "__main__":

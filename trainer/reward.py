@@ -52,7 +52,7 @@ import torch.nn.functional as F
 
 import fgkernels as fk
 from trainer.checkpoint import Checkpointer
-from trainer.config import ConfigError, config_help, load_config, to_yaml
+from trainer.config import ConfigError, cli_main, to_yaml
 from trainer.data import DataError, read_records
 from trainer.examples import TokenizedExample, build_example, build_pair, collate
 from trainer.models import (
@@ -708,23 +708,8 @@ def train(cfg: RewardConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` (``--config FILE`` then ``key=value``), train, report errors cleanly."""
-    from trainer.dist import shutdown
-
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        print(config_help(RewardConfig))
-        return 0
-    try:
-        cfg = load_config(RewardConfig, argv)
-        train(cfg)
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
-    finally:
-        shutdown()
-    return 0
+    """``--help``, or parse ``argv`` (``--config FILE`` then ``key=value``) and train."""
+    return cli_main(RewardConfig, train, __doc__, argv)
 
 
 if __name__ == "__main__":
