@@ -315,3 +315,15 @@ def test_unknown_key_and_bad_split_rejected(capsys):
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "gen":
     _gen_worker(sys.argv[2])
+
+
+def test_no_dropout_zeroes_every_dropout_probability():
+    from transformers import GPT2Config
+
+    from trainer.ppo import no_dropout
+
+    cfg = no_dropout(GPT2Config(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1, summary_first_dropout=0.1))
+    assert (cfg.resid_pdrop, cfg.embd_pdrop, cfg.attn_pdrop, cfg.summary_first_dropout) == (0.0,) * 4
+    from transformers import LlamaConfig
+
+    assert no_dropout(LlamaConfig(attention_dropout=0.3)).attention_dropout == 0.0

@@ -121,6 +121,10 @@ def test_adaptive_kl_controller():
     assert ctl.value == pytest.approx(0.1 * 1.00512)
     ctl.update(current_kl=3.0, n_steps=10000)  # error -0.5 -> -0.2: beta *= 0.8
     assert ctl.value == pytest.approx(0.1 * 1.00512 * 0.8)
+    # a batch larger than the horizon moves beta by at most 20% and never below 0
+    ctl = rlhf.AdaptiveKLController(value=0.05, target=6.0, horizon=100)
+    ctl.update(current_kl=0.0, n_steps=512)
+    assert ctl.value == pytest.approx(0.05 * 0.8)
     fixed = rlhf.FixedKLController(0.05)
     fixed.update(100.0, 1000)
     assert fixed.value == 0.05

@@ -98,7 +98,8 @@ class PPOConfig:
     temperature: float = 1.0
     """Sampling temperature (log-probs are taken at the same temperature)."""
     top_p: float = 1.0
-    """Nucleus sampling threshold (1: plain sampling)."""
+    """Nucleus sampling threshold (1: plain sampling). Below 1, sampling is from the truncated
+    distribution while log-probs use the full one: slightly off-policy (a warning says so)."""
 
     init_from: str = ""
     """SFT checkpoint of the actor (and reference); empty: a random-init tiny LLaMA (below)."""
@@ -230,6 +231,12 @@ def check_config(cfg: PPOConfig, world: int) -> None:
         )
     if cfg.kl_coef < 0 or cfg.temperature <= 0 or not 0 < cfg.top_p <= 1:
         raise ConfigError("config keys kl_coef >= 0, temperature > 0 and 0 < top_p <= 1 are required")
+    if cfg.top_p < 1:
+        warnings.warn(
+            "top_p < 1: tokens are sampled from the truncated nucleus, but old/reference log-probs "
+            "use the full softmax(z/τ), so PPO's ratio and the KL are slightly off-policy",
+            stacklevel=2,
+        )
     if cfg.reward_source == "gold" and cfg.prompts:
         raise ConfigError(
             "config key 'reward_source': gold rewards exist only for the synthetic world (prompts='')"
@@ -318,12 +325,22 @@ def build_sharded(
     return model
 
 
+def no_dropout(config: Any) -> Any:
+    """Set every dropout probability of a ``transformers`` config to 0 (as TRL does): with
+    dropout on, old log-probs and values scored in train mode would carry noise that the
+    reference model's do not, biasing the KL and making ρ ≠ 1 at the first PPO step."""
+    for name, value in vars(config).items():
+        if ("dropout" in name or name.endswith("pdrop")) and isinstance(value, float):
+            setattr(config, name, 0.0)
+    return config
+
+
 def actor_config(cfg: PPOConfig, tokenizer: Any):
-    """The actor's ``transformers`` config: ``init_from``'s, or a tiny LLaMA."""
+    """The actor's ``transformers`` config (dropout off): ``init_from``'s, or a tiny LLaMA."""
     from transformers import AutoConfig, LlamaConfig
 
     if cfg.init_from:
-        return AutoConfig.from_pretrained(cfg.init_from)
+        return no_dropout(AutoConfig.from_pretrained(cfg.init_from))
     return LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
@@ -375,7 +392,7 @@ def build_models(cfg: PPOConfig, di: Any, tokenizer: Any, rm_dir: Path | None, s
     else:
         c_cfg = reward_model_config(critic_src, len(tokenizer), tokenizer.pad_token_id)
         critic_sd = init_state_dict(c_cfg, critic_src, cfg.seed + 1) if di.is_main else None
-    critic = build_sharded(AutoModelForTokenClassification, c_cfg, critic_sd, di, cfg, train=True)
+    critic = build_sharded(AutoModelForTokenClassification, no_dropout(c_cfg), critic_sd, di, cfg, train=True)
 
     if cfg.reward_source == "gold":
         rm = GoldTokenReward(tokenizer, syn).to(di.device)
@@ -383,9 +400,14 @@ def build_models(cfg: PPOConfig, di: Any, tokenizer: Any, rm_dir: Path | None, s
         r_cfg = reward_model_config(str(rm_dir), len(tokenizer), tokenizer.pad_token_id)
         rm_sd = init_state_dict(r_cfg, str(rm_dir), 0) if di.is_main else None
         meta = json.loads((rm_dir / RM_META_FILE).read_text()) if (rm_dir / RM_META_FILE).exists() else {}
+        rm_mode = meta.get("mode", "token")
+        if rm_mode == "sequence" and cfg.reward_mode == "token":
+            raise ConfigError(
+                f"config key 'reward_mode': 'token' needs a token-level reward model, but {rm_dir} was "
+                "trained in sequence mode (only its last-token score is meaningful): use reward_mode=sequence"
+            )
         rm = RewardModel(
-            build_sharded(AutoModelForTokenClassification, r_cfg, rm_sd, di, cfg, False),
-            meta.get("mode", "token"),
+            build_sharded(AutoModelForTokenClassification, r_cfg, rm_sd, di, cfg, False), rm_mode
         )
         rm.eval()
     return actor, ref, critic, rm, a_cfg, critic_src

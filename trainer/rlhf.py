@@ -113,8 +113,10 @@ class FixedKLController:
 
 @dataclass
 class AdaptiveKLController:
-    """β ← β·(1 + clip(KL/target − 1, −0.2, 0.2)·n_steps/horizon) (Ziegler et al. 2019):
-    raises β when the policy drifts past ``target`` nats per sequence, lowers it below."""
+    """β ← β·(1 + clip(KL/target − 1, −0.2, 0.2)·min(n_steps/horizon, 1)) (Ziegler et al.
+    2019): raises β when the policy drifts past ``target`` nats per sequence, lowers it below.
+    The step fraction is capped at 1, so one update moves β by at most ±20% and β stays
+    positive even when a batch holds more samples than ``horizon``."""
 
     value: float
     target: float
@@ -122,7 +124,7 @@ class AdaptiveKLController:
 
     def update(self, current_kl: float, n_steps: int) -> None:
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + error * n_steps / self.horizon
+        self.value *= 1.0 + error * min(n_steps / self.horizon, 1.0)
 
 
 # --------------------------------------------------------------------------------------
