@@ -28,4 +28,16 @@ def device_ctx(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-__all__ = ["HAS_TRITON", "TRITON_DTYPE", "device_ctx", "tl", "triton"]
+def distinct_configs(config_fn, kernel: str) -> list[dict]:
+    """Every distinct launch config ``config_fn(kernel, T)`` returns for T = 2^0 .. 2^31 (the
+    configs are step functions of T, so powers of two reach every step): the AOT specs of a
+    launcher whose only size input is the row length T."""
+    seen: list[dict] = []
+    for k in range(32):
+        cfg = config_fn(kernel, 1 << k)
+        if cfg not in seen:
+            seen.append(cfg)
+    return seen
+
+
+__all__ = ["HAS_TRITON", "TRITON_DTYPE", "device_ctx", "distinct_configs", "tl", "triton"]

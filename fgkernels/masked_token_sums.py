@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 
 from fgkernels import _dispatch
-from fgkernels._triton import TRITON_DTYPE, device_ctx, tl, triton
+from fgkernels._triton import TRITON_DTYPE, device_ctx, distinct_configs, tl, triton
 
 _OP = "masked_token_sums"
 
@@ -131,16 +131,6 @@ def _triton_config(kernel: str, T: int) -> dict:
     raise ValueError(f"kernel={kernel!r} is not 'fwd' or 'bwd'")
 
 
-def _all_configs(kernel: str) -> list[dict]:
-    """Every distinct config ``_triton_config(kernel, T)`` returns, probing T = 2^0 .. 2^31."""
-    seen: list[dict] = []
-    for k in range(32):
-        cfg = _triton_config(kernel, 1 << k)
-        if cfg not in seen:
-            seen.append(cfg)
-    return seen
-
-
 def _mts_forward_triton(rewards: torch.Tensor, mask: torch.Tensor, changed: torch.Tensor):
     B, T = rewards.shape
     outs = [torch.empty(B, dtype=torch.float32, device=rewards.device) for _ in range(6)]
@@ -186,7 +176,7 @@ def triton_aot_specs() -> list[dict]:
     """Every kernel × accepted dtype × launch config, for ``triton.compile`` (``fgkernels.aot``)."""
     specs = []
     for dtype, ty in TRITON_DTYPE.items():
-        for cfg in _all_configs("fwd"):
+        for cfg in distinct_configs(_triton_config, "fwd"):
             sig = {"r_ptr": f"*{ty}", "m_ptr": "*u8", "c_ptr": "*u8"}
             sig |= {name: "*fp32" for name in ("sum_ptr", "cnt_ptr", "sum_c_ptr", "cnt_c_ptr")}
             sig |= {"sum_u_ptr": "*fp32", "cnt_u_ptr": "*fp32", "T": "i32", "BLOCK": "constexpr"}
@@ -199,7 +189,7 @@ def triton_aot_specs() -> list[dict]:
                     "num_warps": cfg["num_warps"],
                 }
             )
-        for cfg in _all_configs("bwd"):
+        for cfg in distinct_configs(_triton_config, "bwd"):
             sig = {
                 "g_sum_ptr": "*fp32",
                 "g_c_ptr": "*fp32",

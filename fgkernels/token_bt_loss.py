@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from fgkernels import _dispatch
-from fgkernels._triton import TRITON_DTYPE, device_ctx, tl, triton
+from fgkernels._triton import TRITON_DTYPE, device_ctx, distinct_configs, tl, triton
 
 _OP = "token_bt_loss"
 VARIANTS = ("exact", "changed")
@@ -152,16 +152,6 @@ def _triton_config(kernel: str, T: int) -> dict:
     raise ValueError(f"kernel={kernel!r} is not 'fwd' or 'bwd'")
 
 
-def _all_configs(kernel: str) -> list[dict]:
-    """Every distinct config ``_triton_config(kernel, T)`` returns, probing T = 2^0 .. 2^31."""
-    seen: list[dict] = []
-    for k in range(32):
-        cfg = _triton_config(kernel, 1 << k)
-        if cfg not in seen:
-            seen.append(cfg)
-    return seen
-
-
 def _u8(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.uint8)
 
@@ -219,7 +209,7 @@ def triton_aot_specs() -> list[dict]:
     specs = []
     for dtype, ty in TRITON_DTYPE.items():
         for changed_only in (False, True):
-            for cfg in _all_configs("fwd"):
+            for cfg in distinct_configs(_triton_config, "fwd"):
                 sig = {"rc_ptr": f"*{ty}", "rr_ptr": f"*{ty}"}
                 sig |= {name: "*u8" for name in ("mc_ptr", "mr_ptr", "cc_ptr", "cr_ptr")}
                 sig |= {
@@ -236,7 +226,7 @@ def triton_aot_specs() -> list[dict]:
                         "num_warps": cfg["num_warps"],
                     }
                 )
-            for cfg in _all_configs("bwd"):
+            for cfg in distinct_configs(_triton_config, "bwd"):
                 sig = {
                     "g_ptr": "*fp32",
                     "coef_ptr": "*fp32",

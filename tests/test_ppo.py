@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,14 +20,7 @@ if __package__ in (None, ""):
 
 import pytest
 import torch
-
-_DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def _clean_env() -> dict:
-    """os.environ without distributed variables, so a child torchrun sets up its own world."""
-    return {k: v for k, v in os.environ.items() if k not in _DIST_VARS and not k.startswith("TORCHELASTIC")}
-
+from _utils import clean_env
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
@@ -43,7 +35,7 @@ TINY = [
 def torchrun(script: str, args: list[str], nproc: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node=nproc script args`` (gloo, CPU)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    env = {**_clean_env(), "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
+    env = {**clean_env(), "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
     p = subprocess.run(
         cmd + [script, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -233,7 +225,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     out = tmp_path / "term"
     cmd = [sys.executable, "trainer/ppo.py", "reward_source=gold", "iterations=1000", "checkpoint_every=0",
            "progress=false", f"output_dir={out}"]  # fmt: skip
-    env = {**_clean_env(), "OMP_NUM_THREADS": "1"}
+    env = {**clean_env(), "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while (

@@ -4,7 +4,6 @@ runs (token and sequence mode), exact kill-and-resume, the saved model, bad inpu
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,20 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from _utils import clean_env
 
 from fgkernels.token_bt_loss import token_bt_loss_reference
 from trainer.config import load_config
 from trainer.models import per_token_scores, reward_model_config
 from trainer.reward import RewardConfig, collate_pairs, evaluate, load_pair_data, main, pair_loss
 from trainer.synthetic import SyntheticConfig, build_tokenizer, write_synthetic
-
-_DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def _clean_env() -> dict:
-    """os.environ without distributed variables, so a child torchrun sets up its own world."""
-    return {k: v for k, v in os.environ.items() if k not in _DIST_VARS and not k.startswith("TORCHELASTIC")}
-
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
@@ -40,7 +32,7 @@ TINY = [
 def torchrun(args: list[str], nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node=nproc trainer/reward.py args`` (gloo, CPU)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    env = {**_clean_env(), "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
+    env = {**clean_env(), "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
     p = subprocess.run(
         cmd + ["trainer/reward.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
