@@ -1,4 +1,4 @@
-"""Token alignment (trainer.align): LCS property tests, char-span masks, and real human edits
+"""Token alignment (trainer.data.align): LCS property tests, char-span masks, and real human edits
 (qa-feedback dev set) tokenised with the real LLaMA SentencePiece tokenizer."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trainer.align import aligned_pairs, char_spans_to_token_mask, token_diff, token_similarity
+from trainer.data.align import aligned_pairs, char_spans_to_token_mask, token_diff, token_similarity
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TOKENIZER_DIR = SHARED_DATA / "llama_tokenizer"
@@ -206,13 +206,13 @@ def test_byte_fallback_and_leading_space(llama_tokenizer):
     assert sum(oc) == sum(ec) == 1
 
 
-# 5. training examples (trainer.examples) with the real tokenizer
+# 5. training examples (trainer.data.examples) with the real tokenizer
 def _decode(tok, ids):
     return tok.decode(ids, skip_special_tokens=False)
 
 
 def test_build_example_masks_and_special_tokens(llama_tokenizer):
-    from trainer.examples import build_example
+    from trainer.data.examples import build_example
 
     tok = llama_tokenizer
     ex = build_example(tok, "What is 2+2?", "It is 4 😀.")
@@ -227,7 +227,7 @@ def test_build_example_masks_and_special_tokens(llama_tokenizer):
 
 
 def test_build_pair_masks_follow_the_diff(llama_tokenizer, qa_feedback):
-    from trainer.examples import build_pair
+    from trainer.data.examples import build_pair
 
     tok = llama_tokenizer
     for ex in qa_feedback[:50]:
@@ -246,7 +246,7 @@ def test_build_pair_masks_follow_the_diff(llama_tokenizer, qa_feedback):
 
 
 def test_build_example_char_spans(llama_tokenizer, qa_feedback):
-    from trainer.examples import build_example
+    from trainer.data.examples import build_example
 
     tok = llama_tokenizer
     ex = qa_feedback[0]
@@ -265,7 +265,7 @@ def test_build_example_char_spans(llama_tokenizer, qa_feedback):
 
 @pytest.mark.parametrize("max_length", [8, 20, 40, 1000])
 def test_truncation_keeps_masks_aligned(llama_tokenizer, qa_feedback, max_length):
-    from trainer.examples import build_example, build_pair
+    from trainer.data.examples import build_example, build_pair
 
     tok = llama_tokenizer
     ex = qa_feedback[1]
@@ -300,7 +300,7 @@ def test_truncation_keeps_masks_aligned(llama_tokenizer, qa_feedback, max_length
 
 
 def test_chat_template_is_used(llama_tokenizer):
-    from trainer.examples import build_example, render_prompt
+    from trainer.data.examples import build_example, render_prompt
 
     tok = llama_tokenizer
     tok.chat_template = "{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
@@ -314,7 +314,7 @@ def test_chat_template_is_used(llama_tokenizer):
 
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_collate(side):
-    from trainer.examples import TokenizedExample, collate
+    from trainer.data.examples import TokenizedExample, collate
 
     a = TokenizedExample([1, 5, 6, 7], [False, False, True, True], [False, False, True, False], 2)
     b = TokenizedExample([1, 5, 8], [False, False, True], [False, False, False], 2)

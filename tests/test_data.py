@@ -1,4 +1,4 @@
-"""Preference-pair loading (trainer.data): every input format and file type, every bad-input
+"""Preference-pair loading (trainer.data.formats): every input format and file type, every bad-input
 case, and the real samples in ../shared/data (skipped when absent)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.data import DataError, detect_format, load_pairs, pair_id
+from trainer.data.formats import DataError, detect_format, load_pairs, pair_id
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

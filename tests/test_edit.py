@@ -1,4 +1,4 @@
-"""The minimal-edit collector (trainer.edit, `fgrlhf edit`): the real `anthropic` SDK against a
+"""The minimal-edit collector (trainer.data.edit, `fgrlhf edit`): the real `anthropic` SDK against a
 local Messages API server (tests/fake_anthropic.py) with scripted failures, the quality gates,
 crash safety (SIGKILL mid-run, then resume) and the API key never leaking."""
 
@@ -21,7 +21,7 @@ pytest.importorskip("anthropic")
 
 from fake_anthropic import FakeMessagesServer  # noqa: E402
 
-from trainer.edit import (  # noqa: E402
+from trainer.data.edit import (  # noqa: E402
     ClaudeEditor,
     EditConfig,
     EditLog,
@@ -311,7 +311,7 @@ def test_limit_skip_invalid_and_dry_run(server, tmp_path):
     with open(inp, "a") as fh:
         fh.write('{"prompt": "x", "chosen": "y"}\n')
     cfg = EditConfig(str(inp), str(out), model="claude-sonnet-4-6", limit=3, dry_run=True, progress=False)
-    from trainer.data import DataError
+    from trainer.data.formats import DataError
 
     with pytest.raises(DataError, match=r"in\.jsonl: line 6: field 'rejected': missing"):
         run_edit(cfg, out=io.StringIO())
@@ -416,7 +416,7 @@ def test_cli_kill_and_resume(tmp_path):
     lines = out.read_text().splitlines()
     rows = [json.loads(line) for line in lines]  # no truncated or corrupt line
     ids = [r["id"] for r in rows]
-    from trainer.data import pair_id
+    from trainer.data.formats import pair_id
 
     expected = {pair_id(r["prompt"], r["chosen"], r["rejected"]) for r in recs}
     assert len(ids) == len(set(ids)) == 40 and set(ids) == expected

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from trainer.config import ConfigError, field_docs, load_config
+from trainer.data.synthetic import SyntheticConfig
+from trainer.infra.config import ConfigError, field_docs, load_config
 from trainer.models import (
     RewardModel,
     last_token_index,
@@ -19,7 +20,6 @@ from trainer.models import (
 )
 from trainer.reward import RewardConfig
 from trainer.rm_metrics import auroc, pair_stats
-from trainer.synthetic import SyntheticConfig
 
 
 def test_auroc_hand_worked():

@@ -120,7 +120,7 @@ def _gen_worker(out: str) -> None:
     from torch.distributed.tensor import DTensor
     from transformers import AutoModelForCausalLM
 
-    from trainer.dist import init_distributed, shutdown
+    from trainer.infra.dist import init_distributed, shutdown
     from trainer.ppo import PPOConfig, build_sharded
     from trainer.rollout import generate, unsharded
 
@@ -265,7 +265,7 @@ def test_ppo_learns_a_known_per_token_reward(tmp_path):
 def test_memory_estimate_7b_fits_8xa100_and_refusal(tmp_path):
     from transformers import LlamaConfig
 
-    from trainer.config import ConfigError, load_config
+    from trainer.infra.config import ConfigError, load_config
     from trainer.ppo import PPOConfig, check_memory, estimate_memory
 
     cfg = load_config(

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from _utils import clean_env
 
 from fgkernels.token_bt_loss import token_bt_loss_reference
-from trainer.config import load_config
+from trainer.data.synthetic import SyntheticConfig, build_tokenizer, write_synthetic
+from trainer.infra.config import load_config
 from trainer.models import per_token_scores, reward_model_config
 from trainer.reward import RewardConfig, collate_pairs, evaluate, load_pair_data, main, pair_loss
-from trainer.synthetic import SyntheticConfig, build_tokenizer, write_synthetic
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
@@ -196,7 +196,7 @@ def test_bad_records_are_counted_or_named(tmp_path):
         "original_too_long": 1,
         "edit_status_not_minimal": 1,
     }
-    from trainer.data import DataError
+    from trainer.data.formats import DataError
 
     with pytest.raises(DataError, match="line 5: response longer than max_length=64"):
         load_pair_data(

@@ -16,9 +16,9 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, fields
 
-from trainer import edit as edit_mod
-from trainer.data import FORMATS, DataError
-from trainer.edit import DEFAULT_MODEL, EditConfig
+from trainer.data import edit as edit_mod
+from trainer.data.edit import DEFAULT_MODEL, EditConfig
+from trainer.data.formats import FORMATS, DataError
 
 log = logging.getLogger("fgrlhf")
 
@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    """``fgrlhf edit``: see :mod:`trainer.edit`."""
-    from trainer.edit import run_edit
+    """``fgrlhf edit``: see :mod:`trainer.data.edit`."""
+    from trainer.data.edit import run_edit
 
     names = {f.name for f in fields(EditConfig)}
     cfg = EditConfig(**{k: v for k, v in vars(args).items() if k in names})

@@ -152,7 +152,7 @@ def build_sharded_model(
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from transformers import AutoModelForTokenClassification
 
-    from trainer.dist import parallelize
+    from trainer.infra.dist import parallelize
 
     impl = attn_implementation(attn, dist_info.device)
     # 1. the skeleton on meta: no memory, no init
@@ -192,7 +192,7 @@ def save_reward_model(
     """
     from transformers import AutoModelForTokenClassification
 
-    from trainer.dist import DTYPES
+    from trainer.infra.dist import DTYPES
 
     out = Path(out_dir)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

@@ -49,12 +49,12 @@ from torch import nn
 
 import fgkernels as fk
 from trainer import rlhf
-from trainer.checkpoint import Checkpointer
-from trainer.config import ConfigError, cli_main, to_yaml
-from trainer.data import DataError, read_records
-from trainer.examples import render_prompt
+from trainer.data.examples import render_prompt
+from trainer.data.formats import DataError, read_records
+from trainer.data.synthetic import SyntheticConfig, word_quality, write_synthetic
+from trainer.infra.checkpoint import Checkpointer
+from trainer.infra.config import ConfigError, cli_main, to_yaml
 from trainer.rollout import Rollout, generate, position_ids, unsharded
-from trainer.synthetic import SyntheticConfig, word_quality, write_synthetic
 
 warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
 
@@ -306,7 +306,7 @@ def build_sharded(
     weights ``full_sd`` broadcast from rank 0 (None elsewhere). Frozen when not ``train``."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    from trainer.dist import parallelize
+    from trainer.infra.dist import parallelize
     from trainer.models import _reset_nonpersistent_buffers, attn_implementation
 
     with torch.device("meta"):
@@ -435,7 +435,7 @@ def estimate_memory(cfg: PPOConfig, model_cfg: Any, world: int, prompt_len: int)
         (one micro-batch with or without activation checkpointing, plus its logits),
         and ``total`` = params + grads + optimizer + max(generation + kv_cache, activations).
     """
-    from trainer.dist import DTYPES
+    from trainer.infra.dist import DTYPES
 
     h, L, V = model_cfg.hidden_size, model_cfg.num_hidden_layers, model_cfg.vocab_size
     inter = getattr(model_cfg, "intermediate_size", 4 * h)
@@ -598,7 +598,7 @@ def train(cfg: PPOConfig) -> dict:
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    from trainer.dist import all_reduce_sum, init_distributed
+    from trainer.infra.dist import all_reduce_sum, init_distributed
 
     # 0. processes, threads, determinism, outputs
     if cfg.deterministic:

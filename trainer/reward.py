@@ -21,7 +21,7 @@ Modes (``mode=``):
   edited pairs instead, the paper's "fine-grained PPO" arm).
 
 Input: the edited-pairs JSONL of ``fgrlhf edit`` (``id``, ``prompt``, ``original``, ``edited``,
-``chosen``, ``status``); with ``data=""`` a synthetic set is generated (``trainer/synthetic.py``).
+``chosen``, ``status``); with ``data=""`` a synthetic set is generated (``trainer/data/synthetic.py``).
 Outputs under ``output_dir``: ``config.yaml``, ``metrics.jsonl`` (append-only), ``checkpoints/``
 (DCP, exact resume: rerunning the same command continues from the newest one), ``best/`` (best
 held-out accuracy of the mode's own pair kind) and ``final/`` (plain ``transformers`` directories).
@@ -51,10 +51,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import fgkernels as fk
-from trainer.checkpoint import Checkpointer
-from trainer.config import ConfigError, cli_main, to_yaml
-from trainer.data import DataError, read_records
-from trainer.examples import TokenizedExample, build_example, build_pair, collate
+from trainer.data.examples import TokenizedExample, build_example, build_pair, collate
+from trainer.data.formats import DataError, read_records
+from trainer.data.synthetic import SyntheticConfig, write_synthetic
+from trainer.infra.checkpoint import Checkpointer
+from trainer.infra.config import ConfigError, cli_main, to_yaml
 from trainer.models import (
     build_sharded_model,
     full_state_dict,
@@ -64,7 +65,6 @@ from trainer.models import (
     sequence_rewards,
 )
 from trainer.rm_metrics import auroc, changed_unchanged_sums, pair_stats
-from trainer.synthetic import SyntheticConfig, write_synthetic
 
 # Our forward returns ``logits`` (a view) and nothing ever modifies it in place, which is the
 # case FSDP2's warning is about: silence that one message.
@@ -248,7 +248,7 @@ def load_pair_data(path: str, tokenizer: Any, cfg: RewardConfig, split: str | No
     """Read an edited-pairs file and tokenise it.
 
     Args:
-        path: JSONL/JSON/parquet file (trainer.data.read_records).
+        path: JSONL/JSON/parquet file (trainer.data.formats.read_records).
         tokenizer: the model's tokenizer.
         cfg: the run config (max_length, on_too_long, skip_invalid, eval_fraction).
         split: ``"train"`` / ``"eval"`` (held-out by id hash) or None (every record).
@@ -490,7 +490,7 @@ def train(cfg: RewardConfig) -> dict:
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    from trainer.dist import all_reduce_sum, init_distributed
+    from trainer.infra.dist import all_reduce_sum, init_distributed
 
     check_config(cfg)
     # 0. processes, threads, determinism

@@ -12,13 +12,13 @@ The world (see ``/work/shared/SIM_NOTES.md`` for why it looks like this):
   good word, and sometimes a good word is inserted ("add helpful content"), so an edit always
   improves the gold score. A few records are rejected edits (``status`` ``unchanged``).
 
-Records follow the edited-pairs schema of :mod:`trainer.edit` (``id``, ``prompt``,
+Records follow the edited-pairs schema of :mod:`trainer.data.edit` (``id``, ``prompt``,
 ``original``, ``edited``, ``chosen``, ``status``, ``similarity``, ...) plus a ``gold`` field
 with the three gold scores, so the same file serves both reward-model modes. A word-level
 tokenizer (one token per word, plus ``<s>``, ``</s>``, ``<pad>``, ``<unk>``) is saved next to
 it as a ``transformers`` tokenizer directory::
 
-    python -m trainer.synthetic runs/data            # writes pairs.jsonl and tokenizer/
+    python -m trainer.data.synthetic runs/data            # writes pairs.jsonl and tokenizer/
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.align import token_similarity
+from trainer.data.align import token_similarity
 
 __all__ = ["SyntheticConfig", "build_tokenizer", "generate", "word_quality", "write_synthetic"]
 

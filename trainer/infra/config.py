@@ -167,8 +167,8 @@ def cli_main(config_cls: type[T], train: Any, doc: str | None, argv: list[str] |
     key; otherwise parse ``argv`` (``--config FILE`` then ``key=value``) into ``config_cls``,
     run ``train(cfg)``, and turn a bad config or bad input into a one-line error and exit 2.
     The process group is always shut down."""
-    from trainer.data import DataError
-    from trainer.dist import shutdown
+    from trainer.data.formats import DataError
+    from trainer.infra.dist import shutdown
 
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):

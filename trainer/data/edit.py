@@ -10,7 +10,7 @@ prompt; the answer passes quality gates and is appended to a JSONL file, one rec
 Output record (one JSON object per line; ``datasets.load_dataset("json", data_files=...)``
 reads it)::
 
-    id              str    the input pair's id (trainer.data: explicit or content hash)
+    id              str    the input pair's id (trainer.data.formats: explicit or content hash)
     prompt          str    the prompt
     original        str    the less-preferred response (tau^j)
     edited          str    the editor's text between <edited> tags ("" if none) (tau^i)
@@ -51,8 +51,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
-from trainer.align import token_similarity
-from trainer.data import LoadResult, PreferencePair, load_pairs
+from trainer.data.align import token_similarity
+from trainer.data.formats import LoadResult, PreferencePair, load_pairs
 
 log = logging.getLogger(__name__)
 
@@ -599,7 +599,7 @@ def run_edit(cfg: EditConfig, editor: Editor | None = None, out: IO[str] | None 
         The :class:`EditSummary`.
 
     Raises:
-        trainer.data.DataError: unreadable input or (without ``skip_invalid``) a bad record.
+        trainer.data.formats.DataError: unreadable input or (without ``skip_invalid``) a bad record.
         RuntimeError: no ``ANTHROPIC_API_KEY`` for a real run, or the output is locked.
     """
     out = out or sys.stdout

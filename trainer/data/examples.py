@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from trainer.align import char_spans_to_token_mask, token_diff
+from trainer.data.align import char_spans_to_token_mask, token_diff
 
 __all__ = ["TokenizedExample", "build_example", "build_pair", "collate", "render_prompt"]
 
@@ -140,7 +140,7 @@ def build_example(
         response: response text.
         changed: per response token (as tokenised here, without EOS), True where changed.
         bad_spans: alternatively, character spans ``[start, end)`` of ``response`` marked bad;
-            mapped to tokens through the offsets (:func:`trainer.align.char_spans_to_token_mask`).
+            mapped to tokens through the offsets (:func:`trainer.data.align.char_spans_to_token_mask`).
         max_length: truncate to at most this many tokens (see :func:`_assemble`).
         min_response_tokens: response tokens kept at least when the prompt is cut.
         prompt_template: used when the tokenizer has no chat template.
