@@ -123,10 +123,21 @@ def fmt_bytes(n: float) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
+def command_line(argv: list[str] | None = None) -> str:
+    """``python <script> <args>`` with the script relative to the repository root (so a
+    recorded command reproduces on any checkout, not only this machine's path)."""
+    argv = list(sys.argv if argv is None else argv)
+    root = Path(__file__).resolve().parent.parent
+    script = Path(argv[0]).resolve() if argv else None
+    if script is not None and script.is_relative_to(root):
+        argv[0] = str(script.relative_to(root))
+    return "python " + " ".join(argv)
+
+
 def record(title: str, header: list[str], rows: list[list[str]], notes: str = "") -> str:
     """Append a markdown table (with command, machine and date) to bench/RESULTS.md and
     return it. Append-only: earlier results are never rewritten."""
-    cmd = "python " + " ".join(sys.argv)
+    cmd = command_line()
     lines = [
         f"\n## {title}",
         "",

@@ -28,6 +28,28 @@ def device_ctx(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
+def row_reduce_config(kernel: str, T: int) -> dict:
+    """BLOCK and num_warps of the row-reduction kernels of ``masked_token_sums`` and
+    ``token_bt_loss`` (one table, so a spill fix is made once).
+
+    ``kernel="fwd"``: one program walks a whole row (T = the row length, or the longer side of a
+    pair) with fp32 accumulator vectors; ``"bwd"``: one program per BLOCK-wide tile of a row.
+    The single source of truth for these launch parameters: each op's ``triton_aot_specs``
+    enumerates every value it can return.
+    """
+    if kernel == "fwd":
+        if T <= 256:
+            return {"BLOCK": 256, "num_warps": 2}
+        if T <= 1024:
+            return {"BLOCK": 1024, "num_warps": 4}
+        return {"BLOCK": 2048, "num_warps": 8}
+    if kernel == "bwd":
+        if T <= 256:
+            return {"BLOCK": 256, "num_warps": 2}
+        return {"BLOCK": 1024, "num_warps": 4}
+    raise ValueError(f"kernel={kernel!r} is not 'fwd' or 'bwd'")
+
+
 def distinct_configs(config_fn, kernel: str) -> list[dict]:
     """Every distinct launch config ``config_fn(kernel, T)`` returns for T = 2^0 .. 2^31 (the
     configs are step functions of T, so powers of two reach every step): the AOT specs of a
@@ -40,4 +62,12 @@ def distinct_configs(config_fn, kernel: str) -> list[dict]:
     return seen
 
 
-__all__ = ["HAS_TRITON", "TRITON_DTYPE", "device_ctx", "distinct_configs", "tl", "triton"]
+__all__ = [
+    "HAS_TRITON",
+    "TRITON_DTYPE",
+    "device_ctx",
+    "distinct_configs",
+    "row_reduce_config",
+    "tl",
+    "triton",
+]

@@ -3,12 +3,12 @@
 The Triton interpreter (``TRITON_INTERPRET=1``, our only way to *run* the kernels on
 this project's CPU machines) accepts code that the real compiler rejects. This module
 closes that gap: each op module exposes ``triton_aot_specs()`` — built from the same
-``_triton_config`` its launcher uses, so the two cannot drift — and here every spec is
+launch-config function its launcher uses, so the two cannot drift — and here every spec is
 compiled with ``triton.compile(..., target=GPUTarget("cuda", cap, 32))`` to PTX and a
 cubin, whose resource usage is read back with the ``cuobjdump`` that ships with Triton.
 
     python -m fgkernels.aot                  # compile all for sm_80 and sm_90, print a table
-    python -m fgkernels.aot --record         # ... and append it to bench/RESULTS.md
+    python bench/aot_record.py               # ... and append it to bench/RESULTS.md
 
 Must run with ``TRITON_INTERPRET`` unset (kernels defined under the interpreter are not
 compilable); ``tests/test_triton_aot.py`` runs it in a subprocess.
@@ -187,16 +187,18 @@ def compile_all(ops=OPS, capabilities=CAPABILITIES) -> list[CompileResult]:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ops", nargs="*", default=list(OPS))
-    parser.add_argument("--capabilities", nargs="*", type=int, default=list(CAPABILITIES))
-    parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
-    args = parser.parse_args(argv)
+HEADER = ["op", "kernel", "dtype", "config", "sm", "shared B", "regs", "spill B", "stack B", "problems"]
+NOTES = (
+    "compiled on a CPU-only machine with triton.compile(ASTSource, GPUTarget); registers and static "
+    "shared memory from cuobjdump -res-usage, spills and stack from Triton's ptxas -v log; shared = "
+    "static + Triton dynamic; 'generic' = as declared, 'aligned' = i32 ints + 16-divisible "
+    "pointers/ints (the usual run-time specialisation)"
+)
 
-    results = compile_all(args.ops, args.capabilities)
-    header = ["op", "kernel", "dtype", "config", "sm", "shared B", "regs", "spill B", "stack B", "problems"]
-    rows = [
+
+def table_rows(results: list[CompileResult]) -> list[list[str]]:
+    """One row of :data:`HEADER` per compilation."""
+    return [
         [
             r.op,
             r.kernel,
@@ -211,25 +213,30 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for r in results
     ]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)] if rows else []
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ops", nargs="*", default=list(OPS))
+    parser.add_argument("--capabilities", nargs="*", type=int, default=list(CAPABILITIES))
+    return parser.parse_args(argv)
+
+
+def report(results: list[CompileResult]) -> int:
+    """Print the table and a count of problems; 1 when any compilation has a problem."""
+    rows = table_rows(results)
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(HEADER)] if rows else []
+    print("  ".join(h.ljust(w) for h, w in zip(HEADER, widths)))
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
     bad = [r for r in results if r.problems]
     print(f"\n{len(results)} compilations, {len(bad)} with problems")
-    if args.record:
-        from bench.common import record  # run from the repository root
-
-        record(
-            "Triton AOT compilation (sm_80 = A100, sm_90 = H100)",
-            header,
-            rows,
-            notes="compiled on a CPU-only machine with triton.compile(ASTSource, GPUTarget); "
-            "registers and static shared memory from cuobjdump -res-usage, spills and stack from "
-            "Triton's ptxas -v log; shared = static + Triton dynamic; 'generic' = as declared, 'aligned' "
-            "= i32 ints + 16-divisible pointers/ints (the usual run-time specialisation)",
-        )
     return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return report(compile_all(args.ops, args.capabilities))
 
 
 if __name__ == "__main__":

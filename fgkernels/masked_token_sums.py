@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 
 from fgkernels import _dispatch
-from fgkernels._triton import TRITON_DTYPE, device_ctx, distinct_configs, tl, triton
+from fgkernels._triton import TRITON_DTYPE, device_ctx, distinct_configs, row_reduce_config, tl, triton
 
 _OP = "masked_token_sums"
 
@@ -111,32 +111,12 @@ def _mts_bwd_kernel(
 
 
 # --- host launchers --------------------------------------------------------------------
-def _triton_config(kernel: str, T: int) -> dict:
-    """BLOCK and num_warps for ``kernel`` ("fwd" | "bwd") on rows of length T.
-
-    The single source of truth for launch parameters (``triton_aot_specs`` enumerates
-    every value it can return). fwd: one program walks a whole row with four fp32
-    accumulator vectors; bwd: one program per BLOCK-wide tile of a row.
-    """
-    if kernel == "fwd":
-        if T <= 256:
-            return {"BLOCK": 256, "num_warps": 2}
-        if T <= 1024:
-            return {"BLOCK": 1024, "num_warps": 4}
-        return {"BLOCK": 2048, "num_warps": 8}
-    if kernel == "bwd":
-        if T <= 256:
-            return {"BLOCK": 256, "num_warps": 2}
-        return {"BLOCK": 1024, "num_warps": 4}
-    raise ValueError(f"kernel={kernel!r} is not 'fwd' or 'bwd'")
-
-
 def _mts_forward_triton(rewards: torch.Tensor, mask: torch.Tensor, changed: torch.Tensor):
     B, T = rewards.shape
     outs = [torch.empty(B, dtype=torch.float32, device=rewards.device) for _ in range(6)]
     if B == 0:
         return tuple(outs)
-    cfg = _triton_config("fwd", T)
+    cfg = row_reduce_config("fwd", T)
     with device_ctx(rewards):
         _mts_fwd_kernel[(B,)](
             rewards,
@@ -155,7 +135,7 @@ def _mts_backward_triton(g_sum, g_changed, g_unchanged, mask, changed, dtype):
     grad = torch.empty((B, T), dtype=dtype, device=mask.device)
     if grad.numel() == 0:
         return grad
-    cfg = _triton_config("bwd", T)
+    cfg = row_reduce_config("bwd", T)
     grid = (B, triton.cdiv(T, cfg["BLOCK"]))
     with device_ctx(mask):
         _mts_bwd_kernel[grid](
@@ -176,7 +156,7 @@ def triton_aot_specs() -> list[dict]:
     """Every kernel × accepted dtype × launch config, for ``triton.compile`` (``fgkernels.aot``)."""
     specs = []
     for dtype, ty in TRITON_DTYPE.items():
-        for cfg in distinct_configs(_triton_config, "fwd"):
+        for cfg in distinct_configs(row_reduce_config, "fwd"):
             sig = {"r_ptr": f"*{ty}", "m_ptr": "*u8", "c_ptr": "*u8"}
             sig |= {name: "*fp32" for name in ("sum_ptr", "cnt_ptr", "sum_c_ptr", "cnt_c_ptr")}
             sig |= {"sum_u_ptr": "*fp32", "cnt_u_ptr": "*fp32", "T": "i32", "BLOCK": "constexpr"}
@@ -189,7 +169,7 @@ def triton_aot_specs() -> list[dict]:
                     "num_warps": cfg["num_warps"],
                 }
             )
-        for cfg in distinct_configs(_triton_config, "bwd"):
+        for cfg in distinct_configs(row_reduce_config, "bwd"):
             sig = {
                 "g_sum_ptr": "*fp32",
                 "g_c_ptr": "*fp32",

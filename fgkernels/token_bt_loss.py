@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from fgkernels import _dispatch
-from fgkernels._triton import TRITON_DTYPE, device_ctx, distinct_configs, tl, triton
+from fgkernels._triton import TRITON_DTYPE, device_ctx, distinct_configs, row_reduce_config, tl, triton
 
 _OP = "token_bt_loss"
 VARIANTS = ("exact", "changed")
@@ -136,22 +136,6 @@ def _bt_bwd_kernel(
 
 
 # --- host launchers --------------------------------------------------------------------
-def _triton_config(kernel: str, T: int) -> dict:
-    """BLOCK and num_warps for ``kernel`` ("fwd" | "bwd"); T = the longer side (fwd) or the
-    side's length (bwd). The single source of truth for launch parameters."""
-    if kernel == "fwd":
-        if T <= 256:
-            return {"BLOCK": 256, "num_warps": 2}
-        if T <= 1024:
-            return {"BLOCK": 1024, "num_warps": 4}
-        return {"BLOCK": 2048, "num_warps": 8}
-    if kernel == "bwd":
-        if T <= 256:
-            return {"BLOCK": 256, "num_warps": 2}
-        return {"BLOCK": 1024, "num_warps": 4}
-    raise ValueError(f"kernel={kernel!r} is not 'fwd' or 'bwd'")
-
-
 def _u8(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.uint8)
 
@@ -162,7 +146,7 @@ def _bt_forward_triton(r_c, r_r, m_c, m_r, ch_c, ch_r, changed_only: bool):
     outs = [torch.empty(B, dtype=torch.float32, device=r_c.device) for _ in range(5)]
     if B == 0:
         return tuple(outs)
-    cfg = _triton_config("fwd", max(Tc, Tr))
+    cfg = row_reduce_config("fwd", max(Tc, Tr))
     with device_ctx(r_c):
         _bt_fwd_kernel[(B,)](
             r_c,
@@ -186,7 +170,7 @@ def _bt_backward_side_triton(g, coef, mask, changed, scale: float, changed_only:
     grad = torch.empty((B, T), dtype=dtype, device=mask.device)
     if grad.numel() == 0:
         return grad
-    cfg = _triton_config("bwd", T)
+    cfg = row_reduce_config("bwd", T)
     with device_ctx(mask):
         _bt_bwd_kernel[(B, triton.cdiv(T, cfg["BLOCK"]))](
             g,
@@ -209,7 +193,7 @@ def triton_aot_specs() -> list[dict]:
     specs = []
     for dtype, ty in TRITON_DTYPE.items():
         for changed_only in (False, True):
-            for cfg in distinct_configs(_triton_config, "fwd"):
+            for cfg in distinct_configs(row_reduce_config, "fwd"):
                 sig = {"rc_ptr": f"*{ty}", "rr_ptr": f"*{ty}"}
                 sig |= {name: "*u8" for name in ("mc_ptr", "mr_ptr", "cc_ptr", "cr_ptr")}
                 sig |= {
@@ -226,7 +210,7 @@ def triton_aot_specs() -> list[dict]:
                         "num_warps": cfg["num_warps"],
                     }
                 )
-            for cfg in distinct_configs(_triton_config, "bwd"):
+            for cfg in distinct_configs(row_reduce_config, "bwd"):
                 sig = {
                     "g_ptr": "*fp32",
                     "coef_ptr": "*fp32",

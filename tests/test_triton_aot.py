@@ -60,7 +60,7 @@ _SWEEP = sorted(
 def _launcher_choices(op: str, module) -> list[dict]:
     """Every config the op's launcher picks over a sweep of realistic and odd sizes."""
     if op in ("masked_token_sums", "token_bt_loss"):
-        return [module._triton_config(k, t) for k in ("fwd", "bwd") for t in _SWEEP]
+        return [module.row_reduce_config(k, t) for k in ("fwd", "bwd") for t in _SWEEP]
     if op == "gae":
         return [module._triton_config(b, t) for b in (1, 3, 64, 513) for t in _SWEEP]
     if op == "token_logprobs":

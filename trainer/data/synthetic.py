@@ -1,6 +1,7 @@
 """A small generated fine-grained preference set: the tiny default of ``trainer/reward.py``.
 
-The world (see ``/work/shared/SIM_NOTES.md`` for why it looks like this):
+The world (shaped to avoid the usual ways such a study is rigged: noisy annotators at a
+realistic agreement, edits that also add good content, not only remove bad words):
 
 * A vocabulary of words with a hidden gold quality per word: ``g*`` words are good (+1),
   ``n*`` words neutral (0), ``b*`` words bad (``bad_quality``, −1.5 by default); ``p*`` words
