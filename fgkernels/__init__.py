@@ -5,8 +5,8 @@ and an eager PyTorch reference living next to the kernel:
 
 * :func:`masked_token_sums` — per-row sums/counts of per-token rewards over valid,
   changed and unchanged tokens.
-* :func:`token_bt_loss` — the token-level Bradley–Terry loss (SPEC §3, eq. 3/4).
-* :func:`gae` — generalized advantage estimation as a reversed scan (SPEC §4).
+* :func:`token_bt_loss` — the token-level Bradley–Terry loss (Xu et al. 2024, eqs. 3/4).
+* :func:`gae` — generalized advantage estimation as a reversed scan (Schulman et al. 2016).
 * :func:`token_logprobs` — per-token log-probabilities (and entropy) without a
   [B, T, V] fp32 log-softmax.
 

@@ -1,6 +1,6 @@
 """Generalised advantage estimation (GAE) as a fused reversed linear recurrence.
 
-For each row b (one response) with rewards r, values V and a valid-token mask m (SPEC §4):
+For each row b (one response) with rewards r, values V and a valid-token mask m (GAE, Schulman et al. 2016):
 
     v_next_t = m_{t+1} V_{t+1}                 (0 at t = T-1 and past the last valid token)
     δ_t      = r_t + γ v_next_t − V_t

@@ -1,4 +1,4 @@
-"""Masked per-row token sums, split by the U0/U1 alignment (SPEC §2-§3).
+"""Masked per-row token sums, split by the U0/U1 alignment (U0 unchanged / U1 changed tokens, Xu et al. 2024 eqs. 3/4).
 
 For rewards ``r`` [B, T], the valid-token mask ``m`` [B, T] and the "changed" mask ``c``
 [B, T] (token in U1), one pass over each row gives six fp32 [B] vectors:
@@ -260,7 +260,7 @@ def masked_token_sums(
         rewards: [B, T] fp32/bf16/fp16 per-token values (e.g. token-level rewards).
         mask: [B, T] bool, True on valid response tokens (padding and prompt are False;
             their ``rewards`` are never read into a sum, so they may hold anything).
-        changed: [B, T] bool, True on tokens in U1 (changed by the edit, SPEC §2); only
+        changed: [B, T] bool, True on tokens in U1 (changed by the edit); only
             its valid positions matter.
         backend: ``None`` (auto), ``"triton"``, ``"cpu"`` or ``"reference"``; see
             ``fgkernels._dispatch``.

@@ -1,4 +1,4 @@
-"""Token-level Bradley–Terry loss of the fine-grained reward model (SPEC §3, paper eqs. 1-4).
+"""Token-level Bradley–Terry loss of the fine-grained reward model (Xu et al. 2024, eqs. 1-4).
 
 One preference pair per row b: the chosen (edited) response τ^i with per-token rewards
 r_c [B, Tc] and the rejected (original) response τ^j with r_r [B, Tr]. With m the
@@ -338,7 +338,7 @@ def token_bt_loss(
         mask_chosen, mask_rejected: bool, shaped like their rewards: valid response tokens.
             T of a side is its mask sum (its own length); T = 0 makes that side's term 0.
         changed_chosen, changed_rejected: bool, shaped like their rewards: tokens in U1
-            (SPEC §2). Used only by ``variant="changed"``.
+            (U1 of the token alignment). Used only by ``variant="changed"``.
         variant: ``"exact"`` (Δ = R(τ^i) − R(τ^j), the mean reward over all valid tokens
             of each side) or ``"changed"`` (paper eq. 4: each side's changed-token sum
             divided by its full length).

@@ -1,5 +1,5 @@
 """Per-token log-probabilities (and entropies) straight from the logits, never materialising
-a [B, T, V] fp32 log-softmax (SPEC §4: log π, log π_ref, log π_old for ρ and the KL
+a [B, T, V] fp32 log-softmax (PPO: log π, log π_ref, log π_old for ρ and the KL
 penalty; the entropy bonus).
 
 For logits ``z`` [B, T, V], labels ``y`` [B, T] and a temperature τ > 0, with s = z / τ:

@@ -337,13 +337,24 @@ def test_no_api_key(tmp_path, monkeypatch):
         run_edit(EditConfig(str(inp), str(tmp_path / "o.jsonl"), progress=False), out=io.StringIO())
 
 
+def test_output_equal_to_input_is_refused_up_front(tmp_path):
+    """-o naming the input file stops before anything is read or written, with that reason."""
+    inp = tmp_path / "in.jsonl"
+    write_pairs(inp, 2)
+    inp.write_text(inp.read_text().rstrip("\n"))  # no final newline: a repair would cut a record
+    before = inp.read_bytes()
+    with pytest.raises(ValueError, match="output is the input file"):
+        run_edit(EditConfig(str(inp), str(inp), progress=False), out=io.StringIO())
+    assert inp.read_bytes() == before
+
+
 # 5. crash safety of the output
 def test_editlog_repairs_partial_last_line(tmp_path):
     out = tmp_path / "o.jsonl"
     good = json.dumps({"id": "a", "status": "ok"}) + "\n"
     out.write_text(good + '{"id": "b", "sta')
     log = EditLog(out)
-    assert log.done == {"a": "ok"} and log.repaired_bytes == len('{"id": "b", "sta')
+    assert log.done == {"a": "ok"} and out.read_text() == good  # the torn tail is gone
     log.append({"id": "b", "status": "ok"})
     log.close()
     assert read_jsonl(out) == [{"id": "a", "status": "ok"}, {"id": "b", "status": "ok"}]

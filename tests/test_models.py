@@ -11,12 +11,12 @@ from trainer.data.synthetic import SyntheticConfig
 from trainer.infra.config import ConfigError, field_docs, load_config
 from trainer.models import (
     RewardModel,
-    last_token_index,
     per_token_scores,
-    reward_model_config,
-    save_reward_model,
-    sequence_rewards,
-    token_rewards,
+    read_reward_meta,
+    save_pretrained,
+    scalar_head_config,
+    sequence_reward,
+    tiny_llama_config,
 )
 from trainer.reward import RewardConfig
 from trainer.rm_metrics import auroc, pair_stats
@@ -42,10 +42,8 @@ def test_pair_stats_and_reward_helpers():
     assert st["accuracy"] == pytest.approx(2 / 3) and st["margin"] == pytest.approx(1 / 3)
     scores = torch.tensor([[9.0, 1.0, 2.0, 3.0, 9.0], [9.0, 9.0, 4.0, 9.0, 9.0], [5.0, 5.0, 5.0, 5.0, 5.0]])
     m = torch.tensor([[0, 1, 1, 1, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0]]).bool()
-    assert last_token_index(m).tolist() == [3, 2, 0]
-    assert token_rewards(scores, m)[0].tolist() == [0.0, 1.0, 2.0, 3.0, 0.0]
-    assert sequence_rewards(scores, m, "token").tolist() == [2.0, 4.0, 0.0]  # mean; empty -> 0
-    assert sequence_rewards(scores, m, "sequence").tolist() == [3.0, 4.0, 0.0]  # last token; empty -> 0
+    assert sequence_reward(scores, m, "token").tolist() == [2.0, 4.0, 0.0]  # mean; empty -> 0
+    assert sequence_reward(scores, m, "sequence").tolist() == [3.0, 4.0, 0.0]  # last token; empty -> 0
 
 
 def test_every_config_field_documented_and_yaml_configs_load(tmp_path):
@@ -57,7 +55,7 @@ def test_every_config_field_documented_and_yaml_configs_load(tmp_path):
     cfg = load_config(
         RewardConfig, ["--config", "configs/tiny_cpu/reward.yaml", "lr=0.5", "synthetic.n_pairs=7"]
     )
-    assert cfg.lr == 0.5 and cfg.synthetic.n_pairs == 7 and cfg.mode == "token"
+    assert cfg.lr == 0.5 and cfg.synthetic.n_pairs == 7 and cfg.rm_level == "token"
     big = load_config(
         RewardConfig, ["--config", "configs/llama7b_8xa100/reward.yaml", "data=e.jsonl", "init_from=/m"]
     )
@@ -69,7 +67,7 @@ def test_every_config_field_documented_and_yaml_configs_load(tmp_path):
     with pytest.raises(ConfigError, match="unknown config key 'synthetic.nope'"):
         load_config(RewardConfig, ["synthetic.nope=1"])
     bad_yaml = tmp_path / "bad.yaml"
-    bad_yaml.write_text("mode: token\nwarmup_step: 3\n")
+    bad_yaml.write_text("rm_level: token\nwarmup_step: 3\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key 'warmup_step'"):
         load_config(RewardConfig, ["--config", str(bad_yaml)])
     with pytest.raises(ConfigError, match="bad value for key 'max_steps'"):
@@ -78,11 +76,22 @@ def test_every_config_field_documented_and_yaml_configs_load(tmp_path):
         load_config(RewardConfig, ["token"])
 
 
+class _Tok:
+    """The three things a config needs of a tokenizer."""
+
+    def __init__(self, vocab: int):
+        self.vocab, self.pad_token_id, self.bos_token_id, self.eos_token_id = vocab, 0, 1, 2
+
+    def __len__(self) -> int:
+        return self.vocab
+
+
 def _tiny_model(vocab: int = 40, seed: int = 0):
     from transformers import AutoModelForTokenClassification
 
     torch.manual_seed(seed)
-    cfg = reward_model_config("", vocab, 0, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
+    sizes = RewardConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
+    cfg = scalar_head_config(tiny_llama_config(sizes, _Tok(vocab)), pad_id=0)
     return cfg, AutoModelForTokenClassification.from_config(cfg).eval()
 
 
@@ -90,7 +99,8 @@ def test_save_load_plain_transformers_scores_identically(tmp_path):
     from transformers import AutoModelForTokenClassification
 
     cfg, model = _tiny_model()
-    save_reward_model(model.state_dict(), cfg, tmp_path / "rm", meta={"mode": "sequence"})
+    save_pretrained(model.state_dict(), cfg, "scalar_head", tmp_path / "rm", reward_meta={"level": "sequence"})
+    assert read_reward_meta(tmp_path / "rm")["level"] == "sequence"
     assert (tmp_path / "rm" / "model.safetensors").exists()
     ids = torch.randint(1, 40, (3, 9))
     att = torch.ones(3, 9, dtype=torch.bool)
@@ -102,9 +112,8 @@ def test_save_load_plain_transformers_scores_identically(tmp_path):
         plain = AutoModelForTokenClassification.from_pretrained(tmp_path / "rm").eval()
         got = plain(input_ids=ids, attention_mask=att.long()).logits[..., 0]
         rm = RewardModel.from_pretrained(tmp_path / "rm").eval()
-        assert rm.mode == "sequence"
-        r = rm.token_rewards(ids, att, resp)
-        R = rm.sequence_rewards(ids, att, resp)
+        assert rm.level == "sequence"
+        r, R = rm.score(ids, att, resp)
     torch.testing.assert_close(got[att], want[att], rtol=0, atol=1e-6)
     torch.testing.assert_close(r, torch.where(resp, want, 0.0), rtol=0, atol=1e-6)
     assert R.tolist() == pytest.approx([want[0, 8].item(), want[1, 5].item(), want[2, 8].item()], abs=1e-6)

@@ -16,7 +16,7 @@ from _utils import clean_env
 from fgkernels.token_bt_loss import token_bt_loss_reference
 from trainer.data.synthetic import SyntheticConfig, build_tokenizer, write_synthetic
 from trainer.infra.config import load_config
-from trainer.models import per_token_scores, reward_model_config
+from trainer.models import per_token_scores, scalar_head_config, tiny_llama_config
 from trainer.reward import RewardConfig, collate_pairs, evaluate, load_pair_data, main, pair_loss
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +50,7 @@ def _tiny_batch(tmp_path, mode: str):
     syn = SyntheticConfig(n_pairs=40, seed=3)
     pairs_path, _ = write_synthetic(tmp_path / "syn", syn)
     tok = build_tokenizer(syn)
-    cfg = RewardConfig(mode=mode, max_length=64, eval_fraction=0.0)
+    cfg = RewardConfig(rm_level=mode, max_length=64, eval_fraction=0.0)
     data = load_pair_data(str(pairs_path), tok, cfg, split=None)
     pairs = (data.edited if mode == "token" else data.original)[:6]
     return tok, collate_pairs(pairs, tok.pad_token_id)
@@ -61,7 +61,8 @@ def test_training_step_matches_reference_composition(tmp_path, mode, variant):
     from transformers import AutoModelForTokenClassification
 
     tok, batch = _tiny_batch(tmp_path, mode)
-    hf = reward_model_config("", len(tok), tok.pad_token_id, hidden_size=32, num_layers=2, num_heads=4)
+    sizes = RewardConfig(hidden_size=32, num_layers=2, num_heads=4)
+    hf = scalar_head_config(tiny_llama_config(sizes, tok), tok.pad_token_id)
     model = AutoModelForTokenClassification.from_config(hf)
     B = batch["input_ids"].shape[0] // 2
 
@@ -111,13 +112,13 @@ def test_torchrun_token_mode_learns(token_run):
 
 def test_torchrun_sequence_mode_runs(tmp_path):
     torchrun(
-        [f"output_dir={tmp_path}", "mode=sequence", "max_steps=10", "eval_every=0", "log_every=5", *TINY]
+        [f"output_dir={tmp_path}", "rm_level=sequence", "max_steps=10", "eval_every=0", "log_every=5", *TINY]
     )
     tr, ev = records(tmp_path, "train"), records(tmp_path, "eval")
     assert [r["step"] for r in tr] == [5, 10] and all(r["loss"] > 0 for r in tr)
     assert ev[-1]["step"] == 10 and 0 <= ev[-1]["original_accuracy"] <= 1
     meta = json.loads((tmp_path / "final" / "fgrlhf_reward.json").read_text())
-    assert meta["mode"] == "sequence"
+    assert meta["level"] == "sequence"
 
 
 # --- 3. kill and resume ----------------------------------------------------------------------
@@ -166,8 +167,10 @@ def test_malformed_config_key_is_a_clear_error(capsys):
     assert main(["micro_batch=3"]) == 2
     err = capsys.readouterr().err
     assert "unknown config key 'micro_batch'" in err and "micro_batch_size" in err
-    assert main(["mode=tokens"]) == 2
-    assert "'mode': 'tokens' is not one of" in capsys.readouterr().err
+    assert main(["rm_level=tokens"]) == 2
+    assert "'rm_level': 'tokens' is not one of" in capsys.readouterr().err
+    assert main(["keep_checkpoints=0"]) == 2  # a declared lower bound
+    assert "'keep_checkpoints': must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_bad_records_are_counted_or_named(tmp_path):

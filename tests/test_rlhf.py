@@ -110,8 +110,27 @@ def test_entropy_bonus_and_explained_variance():
         rlhf.entropy_bonus(torch.tensor([[1.0, 2.0, 9.0]]), TWO, 0.01, num_tokens=2), torch.tensor(-0.015)
     )
     g = torch.tensor([[1.0, 2.0, 3.0]])
-    torch.testing.assert_close(rlhf.explained_variance(g, g, ALL), torch.tensor(1.0))
-    torch.testing.assert_close(rlhf.explained_variance(torch.zeros(1, 3), g, ALL), torch.tensor(0.0))
+    assert rlhf.explained_variance(g, g, ALL) == pytest.approx(1.0)
+    assert rlhf.explained_variance(torch.zeros(1, 3), g, ALL) == pytest.approx(0.0)
+    # by hand: G = [1, 2, 3] (Var 2/3), V = [1, 1, 1] -> G - V = [0, 1, 2] (Var 2/3): EV = 0;
+    # V = [1, 2, 2] -> G - V = [0, 0, 1] (Var 2/9): EV = 1 - (2/9)/(2/3) = 2/3
+    assert rlhf.explained_variance(torch.tensor([[1.0, 2.0, 2.0]]), g, ALL) == pytest.approx(2 / 3)
+    # masked tokens are ignored, and sums over two halves (two ranks) give the same number
+    v = torch.tensor([[1.0, 2.0, 2.0, 50.0]])
+    g4 = torch.tensor([[1.0, 2.0, 3.0, -7.0]])
+    m4 = torch.tensor([[True, True, True, False]])
+    assert rlhf.explained_variance(v, g4, m4) == pytest.approx(2 / 3)
+    halves = rlhf.explained_variance_sums(v[:, :1], g4[:, :1], m4[:, :1]) + rlhf.explained_variance_sums(
+        v[:, 1:], g4[:, 1:], m4[:, 1:]
+    )
+    assert rlhf.explained_variance_from_sums(halves) == pytest.approx(2 / 3)
+    assert math.isnan(rlhf.explained_variance_from_sums([3, 6.0, 12.0, 0.0, 0.0]))  # constant G
+
+
+def test_last_token_index_one_contract():
+    """Last True per row, any padding; -1 for an empty row (by hand)."""
+    m = torch.tensor([[True, True, False], [False, True, True], [False, False, False]])
+    assert rlhf.last_token_index(m).tolist() == [1, 2, -1]
 
 
 def test_adaptive_kl_controller():

@@ -1,21 +1,30 @@
-"""Reward models: a Hugging Face decoder with a scalar head on every position (SPEC §3).
+"""Models: the one build / load / save path of every trainer, the reward-model heads and scoring,
+and the synthetic world's gold reward.
 
-The model is ``AutoModelForTokenClassification`` with ``num_labels=1`` (for LLaMA,
-``LlamaForTokenClassification``): a causal backbone whose ``score`` Linear maps every hidden
-state to one number, so ``r_t`` is the head's output at response token ``t``. Both reward
-models use it:
+Two kinds of ``transformers`` model are built here (``KINDS``):
 
-* ``token`` mode (the fine-grained RM): sequence reward R(τ) = mean of r_t over the response
-  (eq. 1);
-* ``sequence`` mode (the PPO-RLHF baseline): R(τ) = the head at the last response token.
+* ``causal_lm`` — ``AutoModelForCausalLM``: the policy (actor) and its frozen reference;
+* ``scalar_head`` — ``AutoModelForTokenClassification`` with ``num_labels=1`` (for LLaMA,
+  ``LlamaForTokenClassification``): a causal backbone whose ``score`` Linear maps every hidden
+  state to one number. The reward model and the critic are this kind; ``r_t`` is the head's
+  output at response token ``t``.
 
-A saved reward model is a plain ``transformers`` directory (``config.json`` + safetensors,
-plus the tokenizer and ``fgrlhf_reward.json`` naming the mode), so it loads back with::
+A reward model is *token-level* or *sequence-level* (its ``level``, recorded in
+``fgrlhf_reward.json`` next to the weights):
+
+* ``token`` (the fine-grained RM): sequence reward R(τ) = mean of r_t over the response
+  (the paper's eq. 1);
+* ``sequence`` (the PPO-RLHF baseline): R(τ) = the head at the last response token.
+
+Every model is built the torchtitan way (:func:`build_sharded`): on ``meta``, ``parallelize``
+(FSDP2), materialise, then the full weights broadcast from rank 0. A saved model
+(:func:`save_pretrained`) is a plain ``transformers`` directory (``config.json`` + safetensors +
+the tokenizer), so a reward model loads back with::
 
     from transformers import AutoModelForTokenClassification
     model = AutoModelForTokenClassification.from_pretrained(path)   # logits [B, T, 1]
 
-or, with the mode-aware helpers PPO uses, ``RewardModel.from_pretrained(path)``.
+or, level-aware, ``RewardModel.from_pretrained(path)``.
 """
 
 from __future__ import annotations
@@ -25,31 +34,50 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from trainer.rlhf import last_token_index
+
 __all__ = [
+    "KINDS",
+    "LEVELS",
     "RM_META_FILE",
+    "GoldReward",
     "RewardModel",
+    "RewardScores",
     "attn_implementation",
-    "build_sharded_model",
+    "build_sharded",
     "full_state_dict",
-    "init_state_dict",
-    "last_token_index",
+    "initial_state_dict",
+    "no_dropout",
     "per_token_scores",
-    "reward_model_config",
-    "save_reward_model",
-    "sequence_rewards",
-    "token_rewards",
+    "position_ids",
+    "read_reward_meta",
+    "save_pretrained",
+    "scalar_head_config",
+    "sequence_reward",
+    "tiny_llama_config",
 ]
 
 RM_META_FILE = "fgrlhf_reward.json"
-MODES = ("token", "sequence")
+LEVELS = ("token", "sequence")
+KINDS = ("causal_lm", "scalar_head")
 
 
-# --- configs and building ------------------------------------------------------------------
+def _auto_class(kind: str):
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+
+    if kind == "causal_lm":
+        return AutoModelForCausalLM
+    if kind == "scalar_head":
+        return AutoModelForTokenClassification
+    raise ValueError(f"kind={kind!r} is not one of {KINDS}")
+
+
+# --- configs -------------------------------------------------------------------------------
 def attn_implementation(choice: str = "auto", device: torch.device | None = None) -> str:
     """``"flash_attention_2"`` when ``flash_attn`` is installed and the device is CUDA, else
     ``"sdpa"`` (for ``choice="auto"``); any other choice is passed through."""
@@ -59,63 +87,78 @@ def attn_implementation(choice: str = "auto", device: torch.device | None = None
     return "flash_attention_2" if on_cuda and importlib.util.find_spec("flash_attn") else "sdpa"
 
 
-def reward_model_config(
-    init_from: str,
-    vocab_size: int,
-    pad_token_id: int | None,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    intermediate_size: int = 256,
-    max_position_embeddings: int = 2048,
-):
-    """The ``transformers`` config of the reward model: the one at ``init_from`` (a directory
-    or hub name), or a tiny random-init LLaMA when ``init_from`` is empty; either way with a
-    one-output head (``num_labels=1``) and no head dropout.
+def tiny_llama_config(cfg: Any, tokenizer: Any, max_position_embeddings: int = 256):
+    """A random-init LLaMA of ``cfg``'s tiny sizes (``hidden_size``, ``num_layers``,
+    ``num_heads``, ``intermediate_size``) over ``tokenizer``'s vocabulary."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size, max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=False, pad_token_id=pad_token_id(tokenizer),
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+
+
+def pad_token_id(tokenizer: Any) -> int | None:
+    """The tokenizer's pad id, else its EOS id (written into padding, never attended)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def base_config(cfg: Any, tokenizer: Any, max_position_embeddings: int = 256):
+    """The backbone config of a trainer: ``cfg.init_from``'s, or :func:`tiny_llama_config`.
 
     Raises:
         ValueError: the tokenizer has more tokens than the checkpoint's embedding.
     """
-    from transformers import AutoConfig, LlamaConfig
+    from transformers import AutoConfig
 
-    if init_from:
-        config = AutoConfig.from_pretrained(init_from)
-        if vocab_size > config.vocab_size:
-            raise ValueError(
-                f"init_from={init_from}: the tokenizer has {vocab_size} tokens but the model's "
-                f"embedding only {config.vocab_size}"
-            )
-    else:
-        config = LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=hidden_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            num_key_value_heads=num_heads,
-            intermediate_size=intermediate_size,
-            max_position_embeddings=max_position_embeddings,
-            tie_word_embeddings=False,
+    if not cfg.init_from:
+        return tiny_llama_config(cfg, tokenizer, max_position_embeddings)
+    config = AutoConfig.from_pretrained(cfg.init_from)
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(
+            f"init_from={cfg.init_from}: the tokenizer has {len(tokenizer)} tokens but the model's "
+            f"embedding only {config.vocab_size}"
         )
-    config.num_labels = 1
-    config.classifier_dropout = 0.0
-    config.id2label, config.label2id = {0: "reward"}, {"reward": 0}
-    if pad_token_id is not None:
-        config.pad_token_id = pad_token_id
-    config.use_cache = False
     return config
 
 
-def init_state_dict(config: Any, init_from: str, seed: int) -> dict[str, torch.Tensor]:
-    """The full initial weights on the CPU in fp32 (call it on rank 0 only): loaded from
-    ``init_from`` (a causal-LM checkpoint gets a freshly initialised head, seeded by ``seed``)
-    or a random init of ``config``."""
-    from transformers import AutoModelForTokenClassification
+def scalar_head_config(config: Any, pad_id: int | None = None):
+    """A copy of ``config`` (any decoder's) for a one-output head on every position
+    (``num_labels=1``, no head dropout, no KV cache)."""
+    out = type(config).from_dict(config.to_dict())
+    out.num_labels = 1
+    out.classifier_dropout = 0.0
+    out.id2label, out.label2id = {0: "reward"}, {"reward": 0}
+    if pad_id is not None:
+        out.pad_token_id = pad_id
+    out.use_cache = False
+    return out
 
+
+def no_dropout(config: Any) -> Any:
+    """Set every dropout probability of a ``transformers`` config to 0 (as TRL does for PPO):
+    with dropout on, old log-probs and values scored in train mode would carry noise that the
+    reference model's do not, biasing the KL and making ρ ≠ 1 at the first PPO step."""
+    for name, value in vars(config).items():
+        if ("dropout" in name or name.endswith("pdrop")) and isinstance(value, float):
+            setattr(config, name, 0.0)
+    return config
+
+
+# --- build, load, save ---------------------------------------------------------------------
+def initial_state_dict(kind: str, config: Any, init_from: str, seed: int) -> dict[str, torch.Tensor]:
+    """The full initial weights on the CPU in fp32 (call it on rank 0 only): loaded from
+    ``init_from`` (a causal LM loaded as ``scalar_head`` gets a fresh head, seeded by ``seed``)
+    or a random init of ``config``."""
+    auto = _auto_class(kind)
     torch.manual_seed(seed)
     if init_from:
-        model = AutoModelForTokenClassification.from_pretrained(init_from, config=config, dtype=torch.float32)
+        model = auto.from_pretrained(init_from, config=config, dtype=torch.float32)
     else:
-        model = AutoModelForTokenClassification.from_config(config, dtype=torch.float32)
+        model = auto.from_config(config, dtype=torch.float32)
     return model.state_dict()
 
 
@@ -133,40 +176,48 @@ def _reset_nonpersistent_buffers(model: nn.Module) -> None:
                 getattr(module, name).copy_(getattr(fresh, name))
 
 
-def build_sharded_model(
+def build_sharded(
+    kind: str,
     config: Any,
-    init_from: str,
-    seed: int,
-    dist_info: Any,
-    param_dtype: str = "bfloat16",
-    reduce_dtype: str = "float32",
-    activation_checkpointing: bool = True,
-    attn: str = "auto",
+    full_sd: dict[str, torch.Tensor] | None,
+    di: Any,
+    cfg: Any,
+    train: bool = True,
 ) -> nn.Module:
-    """Build the reward model the torchtitan way: on ``meta``, shard (FSDP2), materialise,
-    then load the full initial weights from rank 0 (broadcast, sharded on arrival).
+    """Build a model the torchtitan way: ``from_config`` on ``meta`` → ``parallelize`` (activation
+    checkpointing when ``train`` and ``cfg.activation_checkpointing``, FSDP2 per layer + root with
+    ``cfg.param_dtype`` / ``cfg.reduce_dtype``) → ``to_empty`` → the full weights ``full_sd``
+    (rank 0; None elsewhere) broadcast and sharded on arrival. Frozen (eval, no grad) unless
+    ``train``.
 
-    Returns:
-        The FSDP2-sharded ``AutoModelForTokenClassification`` on ``dist_info.device``.
+    Args:
+        kind: ``causal_lm`` or ``scalar_head``.
+        config: the ``transformers`` config.
+        full_sd: the full state dict on rank 0 (consumed: its values are replaced), None elsewhere.
+        di: the process's ``DistInfo`` (device, mesh).
+        cfg: the trainer config (``param_dtype``, ``reduce_dtype``, ``activation_checkpointing``,
+            ``attn_implementation``).
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    from transformers import AutoModelForTokenClassification
 
     from trainer.infra.dist import parallelize
 
-    impl = attn_implementation(attn, dist_info.device)
+    impl = attn_implementation(cfg.attn_implementation, di.device)
     # 1. the skeleton on meta: no memory, no init
     with torch.device("meta"):
-        model = AutoModelForTokenClassification.from_config(config, attn_implementation=impl)
+        model = _auto_class(kind).from_config(config, attn_implementation=impl)
     # 2. activation checkpointing + fully_shard per layer, then the root
-    parallelize(model, dist_info.mesh, param_dtype, reduce_dtype, activation_checkpointing)
+    ac = train and cfg.activation_checkpointing
+    parallelize(model, di.mesh, cfg.param_dtype, cfg.reduce_dtype, ac)
     # 3. materialise the local shards, then the full weights from rank 0
-    model.to_empty(device=dist_info.device)
-    full = init_state_dict(config, init_from, seed) if dist_info.is_main else {}
+    model.to_empty(device=di.device)
     set_model_state_dict(
-        model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        model, full_sd or {}, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
     )
     _reset_nonpersistent_buffers(model)
+    model.train(train)
+    if not train:
+        model.requires_grad_(False)
     return model
 
 
@@ -178,19 +229,20 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def save_reward_model(
+def save_pretrained(
     state_dict: dict[str, torch.Tensor],
     config: Any,
+    kind: str,
     out_dir: str | Path,
     tokenizer: Any = None,
-    meta: dict | None = None,
+    reward_meta: dict | None = None,
     dtype: str = "float32",
 ) -> Path:
-    """Write a reward model as a plain ``transformers`` directory (safetensors + config), plus
-    the tokenizer and ``fgrlhf_reward.json`` (``meta``: mode, variant, ...). Atomic: written to
-    a temp directory, then renamed over ``out_dir``. Call on one rank only.
+    """Write a model as a plain ``transformers`` directory (safetensors + config), plus the
+    tokenizer and, for a reward model, ``fgrlhf_reward.json`` (``reward_meta``: level, variant,
+    ...). Atomic: written to a temp directory, then renamed over ``out_dir``. Call on one rank.
     """
-    from transformers import AutoModelForTokenClassification
+    from transformers.utils import logging as hf_logging
 
     from trainer.infra.dist import DTYPES
 
@@ -198,17 +250,17 @@ def save_reward_model(
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     with torch.device("meta"):
-        model = AutoModelForTokenClassification.from_config(config)
+        model = _auto_class(kind).from_config(config)
     sd = {k: v.to(DTYPES[dtype]) for k, v in state_dict.items()}
     model.load_state_dict(sd, assign=True, strict=True)
     model.config.dtype = dtype
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     model.save_pretrained(str(tmp), state_dict=sd, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
-    (tmp / RM_META_FILE).write_text(json.dumps(meta or {}, indent=2, sort_keys=True) + "\n")
+    if reward_meta is not None:
+        (tmp / RM_META_FILE).write_text(json.dumps(reward_meta, indent=2, sort_keys=True) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     if out.exists():
         os.replace(out, old)
@@ -217,12 +269,33 @@ def save_reward_model(
     return out
 
 
+def read_reward_meta(path: str | Path) -> dict:
+    """The reward metadata a reward-model directory carries (``level``: token | sequence, the
+    loss variant, the step, the last evaluation); ``{"level": "token"}`` when the file is absent.
+
+    Raises:
+        ValueError: the file names an unknown level.
+    """
+    meta_path = Path(path) / RM_META_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta.setdefault("level", "token")
+    if meta["level"] not in LEVELS:
+        raise ValueError(f"{meta_path}: level {meta['level']!r} is not one of {LEVELS}")
+    return meta
+
+
 # --- scoring -------------------------------------------------------------------------------
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` positions counting real tokens only (left, middle or right padding), so a row
+    scores the same however it is padded, in generation and in scoring."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
 def per_token_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The head's output at every position.
+    """The scalar head's output at every position.
 
     Args:
-        model: an ``AutoModelForTokenClassification`` with ``num_labels=1`` (sharded or not).
+        model: a ``scalar_head`` model (sharded or not).
         input_ids: ``[B, T]`` int64.
         attention_mask: ``[B, T]`` bool/int, 1 on real tokens (left or right padding).
 
@@ -230,51 +303,50 @@ def per_token_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: 
         ``[B, T]`` fp32 scores (meaningless on padding).
     """
     mask = attention_mask.long()
-    # positions count real tokens only, so left- and right-padded rows score the same
-    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
     return out.logits[..., 0].float()
 
 
-def last_token_index(response_mask: torch.Tensor) -> torch.Tensor:
-    """``[B]`` index of the last True of each row of ``response_mask`` ``[B, T]`` (0 when empty)."""
-    T = response_mask.shape[-1]
-    pos = torch.arange(T, device=response_mask.device).expand_as(response_mask)
-    return torch.where(response_mask, pos, -1).amax(-1).clamp_min(0)
+def sequence_reward(scores: torch.Tensor, response_mask: torch.Tensor, level: str) -> torch.Tensor:
+    """``[B]`` sequence reward R(τ) from per-position ``scores`` ``[B, T]``: the mean over
+    ``response_mask`` (``token`` level, eq. 1) or the score at its last True (``sequence``
+    level). An empty response gets 0."""
+    mask = response_mask.bool()
+    if level == "token":
+        n = mask.sum(-1).clamp_min(1).to(scores.dtype)
+        return torch.where(mask, scores, 0.0).sum(-1) / n
+    if level == "sequence":
+        last = last_token_index(mask)
+        r = scores.gather(-1, last.clamp_min(0)[:, None])[:, 0]
+        return torch.where(last >= 0, r, torch.zeros_like(r))
+    raise ValueError(f"level={level!r} is not one of {LEVELS}")
 
 
-def token_rewards(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """``[B, T]`` per-token rewards: ``scores`` on response tokens, 0 elsewhere."""
-    return torch.where(response_mask, scores, torch.zeros((), dtype=scores.dtype, device=scores.device))
+class RewardScores(NamedTuple):
+    """What a reward scores for a batch (one forward gives both).
 
+    Attributes:
+        token: ``[B, T]`` fp32 per-token rewards r_t, 0 outside the response.
+        sequence: ``[B]`` fp32 sequence rewards R(τ) (the level's rule, :func:`sequence_reward`).
+    """
 
-def sequence_rewards(scores: torch.Tensor, response_mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """``[B]`` sequence reward R(τ): the mean response-token score (``token`` mode, eq. 1) or
-    the score at the last response token (``sequence`` mode). An empty response gets 0."""
-    if mode == "token":
-        n = response_mask.sum(-1).clamp_min(1).to(scores.dtype)
-        return token_rewards(scores, response_mask).sum(-1) / n
-    if mode == "sequence":
-        r = scores.gather(-1, last_token_index(response_mask)[:, None])[:, 0]
-        return torch.where(response_mask.any(-1), r, torch.zeros_like(r))
-    raise ValueError(f"mode={mode!r} is not one of {MODES}")
+    token: torch.Tensor
+    sequence: torch.Tensor
 
 
 class RewardModel(nn.Module):
-    """A trained reward model for inference (PPO scoring), wrapping the ``transformers`` model.
-
-    Example::
+    """A trained reward model for inference (PPO scoring, judging), wrapping the ``scalar_head``
+    model. The interface every reward shares (also :class:`GoldReward`)::
 
         rm = RewardModel.from_pretrained("runs/reward/final").eval()
-        r = rm.token_rewards(input_ids, attention_mask, response_mask)   # [B, T]
-        R = rm.sequence_rewards(input_ids, attention_mask, response_mask)  # [B]
+        s = rm.score(input_ids, attention_mask, response_mask)   # s.token [B, T], s.sequence [B]
     """
 
-    def __init__(self, model: nn.Module, mode: str = "token"):
+    def __init__(self, model: nn.Module, level: str = "token"):
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"mode={mode!r} is not one of {MODES}")
-        self.model, self.mode = model, mode
+        if level not in LEVELS:
+            raise ValueError(f"level={level!r} is not one of {LEVELS}")
+        self.model, self.level = model, level
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> RewardModel:
@@ -282,23 +354,41 @@ class RewardModel(nn.Module):
         ``AutoModelForTokenClassification.from_pretrained``, e.g. ``dtype``, ``device_map``)."""
         from transformers import AutoModelForTokenClassification
 
-        meta_path = Path(path) / RM_META_FILE
-        mode = json.loads(meta_path.read_text()).get("mode", "token") if meta_path.exists() else "token"
-        return cls(AutoModelForTokenClassification.from_pretrained(str(path), **kwargs), mode)
+        level = read_reward_meta(path)["level"]
+        return cls(AutoModelForTokenClassification.from_pretrained(str(path), **kwargs), level)
 
-    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """``[B, T]`` fp32 head outputs at every position."""
-        return per_token_scores(self.model, input_ids, attention_mask)
-
-    def token_rewards(
+    def score(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Per-token rewards ``[B, T]`` fp32 for (prompt + response) ids ``[B, T]`` (left or
-        right padded); zero outside ``response_mask`` ``[B, T]`` bool."""
-        return token_rewards(self.scores(input_ids, attention_mask), response_mask.bool())
+    ) -> RewardScores:
+        """Rewards of (prompt + response) rows ``[B, T]`` (left or right padded) whose response
+        tokens are ``response_mask`` ``[B, T]`` bool: one forward, both views."""
+        scores = per_token_scores(self.model, input_ids, attention_mask)
+        mask = response_mask.bool()
+        return RewardScores(torch.where(mask, scores, 0.0), sequence_reward(scores, mask, self.level))
 
-    def sequence_rewards(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Sequence rewards ``[B]`` fp32 (the mode's R(τ), see :func:`sequence_rewards`)."""
-        return sequence_rewards(self.scores(input_ids, attention_mask), response_mask.bool(), self.mode)
+
+class GoldReward(nn.Module):
+    """The synthetic world's known reward, same interface as :class:`RewardModel`: r_t = the gold
+    quality of token t (good word +1, bad word ``bad_quality``, anything else 0), R(τ) = mean r_t
+    (eq. 1)."""
+
+    def __init__(self, tokenizer: Any, syn: Any):
+        super().__init__()
+        from trainer.data.synthetic import word_quality
+
+        table = torch.zeros(len(tokenizer))
+        for word, i in tokenizer.get_vocab().items():
+            table[i] = word_quality(word, syn) if not word.startswith("<") else 0.0
+        self.register_buffer("table", table)
+        self.level = "token"
+
+    def score(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,  # noqa: ARG002 - same interface
+        response_mask: torch.Tensor,
+    ) -> RewardScores:
+        """``[B, T]`` table lookups at response tokens (0 elsewhere) and their ``[B]`` mean."""
+        mask = response_mask.bool()
+        token = torch.where(mask, self.table[input_ids], 0.0)
+        return RewardScores(token, token.sum(-1) / mask.sum(-1).clamp_min(1))

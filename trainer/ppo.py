@@ -1,4 +1,4 @@
-"""PPO with token-level rewards (SPEC §4): a lean, hand-written loop over FSDP2.
+"""PPO with token-level rewards (Xu et al. 2024, §2.2): a lean, hand-written loop over FSDP2.
 
 Tiny default (a tiny random-init LLaMA actor, a tiny token-level reward model trained on the fly
 on the synthetic fine-grained set, prompts from that set; a minute or two on 2 CPU cores; the

@@ -4,88 +4,110 @@ Tiny default (a tiny random-init LLaMA on a generated fine-grained set, a few mi
 cores; same code path as the real job)::
 
     torchrun --standalone --nproc_per_node=2 trainer/reward.py
-    python trainer/reward.py mode=sequence            # one process, no torchrun
+    python trainer/reward.py rm_level=sequence        # one process, no torchrun
 
 The real job (LLaMA-7B from an SFT checkpoint, one node with 8×A100-80G)::
 
     torchrun --standalone --nproc_per_node=8 trainer/reward.py \\
         --config configs/llama7b_8xa100/reward.yaml init_from=/ckpt/llama7b-sft data=edits.jsonl
 
-Modes (``mode=``):
+Levels (``rm_level=``). Every pair is (chosen ≻ rejected): an *edited* pair is (edited ≻
+original), an *original* pair is (the input's chosen ≻ original).
 
-* ``token`` — the fine-grained RM on (edited ≻ original) pairs with ``fgkernels.token_bt_loss``
-  (``variant=exact``: −log σ(R(τ^i) − R(τ^j)) with R the mean per-token reward; ``variant=changed``:
-  the paper's eq. 4, changed tokens only, each side divided by its own length);
-* ``sequence`` — the PPO-RLHF baseline: the head at the last response token, −log σ(r_w − r_l)
-  on the original preference pairs (chosen ≻ original; ``seq_pairs=edited`` trains it on the
-  edited pairs instead, the paper's "fine-grained PPO" arm).
+* ``token`` — the fine-grained RM on edited pairs with ``fgkernels.token_bt_loss``
+  (``variant=exact``: −log σ(R(chosen) − R(rejected)) with R the mean per-token reward, eq. 3;
+  ``variant=changed``: eq. 4, changed tokens only, each side divided by its own length);
+* ``sequence`` — the PPO-RLHF baseline: the head at the last response token, −log σ(r_c − r_r)
+  on the original pairs (``seq_pairs=edited`` trains it on the edited pairs instead, the paper's
+  "fine-grained PPO" arm).
 
-Input: the edited-pairs JSONL of ``fgrlhf edit`` (``id``, ``prompt``, ``original``, ``edited``,
-``chosen``, ``status``); with ``data=""`` a synthetic set is generated (``trainer/data/synthetic.py``).
+Input: the edited-pairs JSONL of ``fgrlhf edit`` (:class:`trainer.data.formats.EditRecord`);
+with ``data=""`` a synthetic set is generated (``trainer/data/synthetic.py``).
 Outputs under ``output_dir``: ``config.yaml``, ``metrics.jsonl`` (append-only), ``checkpoints/``
-(DCP, exact resume: rerunning the same command continues from the newest one), ``best/`` (best
-held-out accuracy of the mode's own pair kind) and ``final/`` (plain ``transformers`` directories).
+(DCP, exact resume: rerunning the same command continues from the newest intact one), ``best/`` (best
+held-out accuracy on the level's own kind of pairs) and ``final/`` (plain ``transformers`` directories).
 ``python trainer/reward.py --help`` lists every config key.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 import sys
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 if __package__ in (None, ""):  # `python trainer/reward.py` / `torchrun trainer/reward.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import warnings
-
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 import fgkernels as fk
+from trainer import rm_metrics
 from trainer.data.examples import TokenizedExample, build_example, build_pair, collate
-from trainer.data.formats import DataError, read_records
-from trainer.data.synthetic import SyntheticConfig, write_synthetic
+from trainer.data.formats import DataError, EditRecord, read_records
+from trainer.data.synthetic import SyntheticConfig, bootstrap
 from trainer.infra.checkpoint import Checkpointer
-from trainer.infra.config import ConfigError, cli_main, to_yaml
+from trainer.infra.config import ConfigError, TrainConfig, cli_main
+from trainer.infra.dist import all_reduce_sum, gather_objects
+from trainer.infra.metrics import MetricsLog
+from trainer.infra.runtime import Run, build_optimizer, lr_lambda, start_run
 from trainer.models import (
-    build_sharded_model,
+    base_config,
+    build_sharded,
     full_state_dict,
+    initial_state_dict,
+    pad_token_id,
     per_token_scores,
-    reward_model_config,
-    save_reward_model,
-    sequence_rewards,
+    save_pretrained,
+    scalar_head_config,
+    sequence_reward,
 )
-from trainer.rm_metrics import auroc, changed_unchanged_sums, pair_stats
 
 # Our forward returns ``logits`` (a view) and nothing ever modifies it in place, which is the
 # case FSDP2's warning is about: silence that one message.
 warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
 
-__all__ = ["RewardConfig", "PairData", "load_pair_data", "pair_loss", "main", "train"]
+__all__ = ["RewardConfig", "PairData", "evaluate", "load_pair_data", "pair_loss", "main", "train"]
+
+Pair = tuple[TokenizedExample, TokenizedExample]  # (chosen, rejected)
 
 
 # --------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------
 @dataclass
-class RewardConfig:
+class RewardConfig(TrainConfig):
     """Everything ``trainer/reward.py`` reads. YAML (``--config``) + ``key=value`` overrides."""
 
-    mode: str = "token"
-    """``token`` (fine-grained RM, token_bt_loss on edited pairs) or ``sequence`` (baseline)."""
+    CHOICES: ClassVar[dict] = {
+        "rm_level": ("token", "sequence"),
+        "variant": ("exact", "changed"),
+        "seq_pairs": ("original", "edited"),
+        "on_too_long": ("skip", "error"),
+        "save_dtype": ("float32", "bfloat16"),
+    }
+    AT_LEAST: ClassVar[dict] = {
+        "max_length": 2, "min_response_tokens": 0, "micro_batch_size": 1, "grad_accum": 1, "epochs": 0,
+        "max_steps": 0, "stop_after_steps": 0, "lr": 0, "min_lr_ratio": 0, "warmup_steps": 0,
+        "log_every": 1, "eval_every": 0, "eval_batch_size": 1,
+    }  # fmt: skip
+    PATHS: ClassVar[dict] = {"data": None, "eval_data": None}
+
+    rm_level: str = "token"
+    """``token`` (the fine-grained RM: token_bt_loss on edited pairs) or ``sequence`` (the
+    PPO-RLHF baseline: the last token's score)."""
     variant: str = "exact"
-    """Token mode loss: ``exact`` (R = mean reward over all response tokens) or ``changed`` (eq. 4)."""
+    """Token-level loss: ``exact`` (eq. 3: R = mean reward over all response tokens) or
+    ``changed`` (eq. 4: changed tokens only)."""
     seq_pairs: str = "original"
-    """Sequence mode training pairs: ``original`` (chosen ≻ original) or ``edited`` (edited ≻ original)."""
+    """Sequence-level training pairs: ``original`` (chosen ≻ original) or ``edited`` (edited ≻
+    original: the paper's "fine-grained PPO" arm)."""
 
     data: str = ""
     """Edited-pairs JSONL (``fgrlhf edit`` output); empty: generate the synthetic set."""
@@ -99,19 +121,6 @@ class RewardConfig:
     """A pair whose response does not fit ``max_length``: ``skip`` (counted) or ``error``."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     """The generated set used when ``data`` is empty."""
-
-    tokenizer: str = ""
-    """Tokenizer directory or hub name; empty: ``init_from``'s (or the synthetic set's)."""
-    init_from: str = ""
-    """SFT/base checkpoint directory or hub name; empty: a random-init tiny LLaMA (below)."""
-    hidden_size: int = 64
-    """Tiny LLaMA (``init_from`` empty): hidden size."""
-    num_layers: int = 2
-    """Tiny LLaMA: decoder layers."""
-    num_heads: int = 4
-    """Tiny LLaMA: attention heads."""
-    intermediate_size: int = 256
-    """Tiny LLaMA: MLP width."""
     max_length: int = 128
     """Longest prompt + response in tokens (the prompt is cut from the left first)."""
     min_response_tokens: int = 16
@@ -134,32 +143,6 @@ class RewardConfig:
     """Cosine decay floor, as a fraction of ``lr``."""
     warmup_steps: int = 10
     """Linear warmup steps."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    """AdamW betas."""
-    optimizer: str = "adamw"
-    """``adamw`` (torch) or ``adamw8bit`` (bitsandbytes, CUDA only)."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping threshold (global L2 norm); 0 disables."""
-
-    param_dtype: str = "float32"
-    """FSDP2 compute dtype of parameters: ``bfloat16`` on GPUs; ``float32`` on CPU (bf16 matmuls
-    are slow there)."""
-    reduce_dtype: str = "float32"
-    """FSDP2 gradient reduce-scatter dtype."""
-    activation_checkpointing: bool = False
-    """Recompute each decoder layer in backward (saves memory; on for 7B)."""
-    attn_implementation: str = "auto"
-    """``auto`` (flash_attention_2 when installed on CUDA, else sdpa), ``sdpa``, ``eager``, ..."""
-    device: str = "auto"
-    """``auto``, ``cuda`` or ``cpu``."""
-    num_threads: int = 0
-    """CPU threads per process; 0: cores / processes on this node."""
-    deterministic: bool = True
-    """``torch.use_deterministic_algorithms(True)`` (exact resume on CPU)."""
-    seed: int = 0
-    """Seed of the initial weights and the data order."""
 
     output_dir: str = "runs/reward"
     """Where config, metrics, checkpoints and models go."""
@@ -169,49 +152,20 @@ class RewardConfig:
     """Evaluate on held-out pairs every this many steps (and at the end); 0: only at the end."""
     eval_batch_size: int = 32
     """Pairs per rank per evaluation forward."""
-    checkpoint_every: int = 100
-    """Write a resumable checkpoint every this many steps (and at the end); 0: only at the end."""
-    keep_checkpoints: int = 2
-    """Complete checkpoints kept (oldest removed)."""
-    resume: bool = True
-    """Continue from the newest checkpoint in ``output_dir/checkpoints`` when there is one."""
     save_dtype: str = "float32"
     """dtype of the saved ``best/`` and ``final/`` weights (``float32`` or ``bfloat16``)."""
     save_best: bool = True
     """Keep ``best/``: the model with the best held-out accuracy on its own kind of pairs."""
-    progress: bool = True
-    """Show a tqdm progress bar (rank 0)."""
 
+    @property
+    def own_pairs(self) -> str:
+        """The kind of pairs this RM trains on: ``edited`` or ``original``."""
+        return "edited" if self.rm_level == "token" or self.seq_pairs == "edited" else "original"
 
-def check_config(cfg: RewardConfig) -> None:
-    """Reject values no run can use (names the key)."""
-    choices = {
-        "mode": ("token", "sequence"),
-        "variant": ("exact", "changed"),
-        "seq_pairs": ("original", "edited"),
-        "on_too_long": ("skip", "error"),
-        "optimizer": ("adamw", "adamw8bit"),
-        "param_dtype": ("float32", "bfloat16", "float16"),
-        "reduce_dtype": ("float32", "bfloat16"),
-        "save_dtype": ("float32", "bfloat16"),
-        "device": ("auto", "cuda", "cpu"),
-    }
-    for key, allowed in choices.items():
-        if getattr(cfg, key) not in allowed:
-            raise ConfigError(f"config key {key!r}: {getattr(cfg, key)!r} is not one of {allowed}")
-    for key in ("micro_batch_size", "grad_accum", "max_length", "eval_batch_size", "log_every"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"config key {key!r}: must be >= 1, got {getattr(cfg, key)}")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("config key 'device': 'cuda' but this torch build sees no CUDA device")
-    for key in ("data", "eval_data", "init_from", "tokenizer"):
-        value = getattr(cfg, key)
-        if value and (value.startswith((".", "/")) or Path(value).suffix) and not Path(value).exists():
-            raise DataError(value, f"no such file or directory (config key {key!r})")
-    if not 0 <= cfg.eval_fraction < 1:
-        raise ConfigError(f"config key 'eval_fraction': must be in [0, 1), got {cfg.eval_fraction}")
-    if len(cfg.betas) != 2:
-        raise ConfigError(f"config key 'betas': expected two numbers, got {cfg.betas}")
+    def check(self) -> None:
+        super().check()
+        if not 0 <= self.eval_fraction < 1:
+            raise ConfigError(f"config key 'eval_fraction': must be in [0, 1), got {self.eval_fraction}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,7 +173,7 @@ def check_config(cfg: RewardConfig) -> None:
 # --------------------------------------------------------------------------------------------
 @dataclass
 class PairData:
-    """Tokenised pairs of one split, ``preferred[i]`` ≻ ``other[i]``.
+    """Tokenised pairs of one split, each ``(chosen, rejected)``.
 
     Attributes:
         edited: (edited, original) examples with changed-token masks, from ``ok`` records.
@@ -228,8 +182,8 @@ class PairData:
         skipped: why records were left out, counted.
     """
 
-    edited: list[tuple[TokenizedExample, TokenizedExample]] = field(default_factory=list)
-    original: list[tuple[TokenizedExample, TokenizedExample]] = field(default_factory=list)
+    edited: list[Pair] = field(default_factory=list)
+    original: list[Pair] = field(default_factory=list)
     gold: list[float] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
 
@@ -260,212 +214,208 @@ def load_pair_data(path: str, tokenizer: Any, cfg: RewardConfig, split: str | No
     out = PairData()
     eos = tokenizer.eos_token_id
     kw = {"max_length": cfg.max_length, "min_response_tokens": cfg.min_response_tokens}
+
+    def fits(kind: str, pair: Pair, where: str) -> bool:
+        if not (_response_cut(pair[0], eos) or _response_cut(pair[1], eos)):
+            return True
+        if cfg.on_too_long == "error":
+            raise DataError(path, f"response longer than max_length={cfg.max_length}", where)
+        out.skipped[f"{kind}_too_long"] += 1
+        return False
+
     for where, rec in read_records(path):
         try:
             if isinstance(rec, DataError):
                 raise rec
-            if not isinstance(rec, dict):
-                raise DataError(path, f"expected a JSON object, got {type(rec).__name__}", where)
-            rec_id = str(rec.get("id", f"{where}"))
-            if split is not None and _is_eval(rec_id, cfg.eval_fraction) != (split == "eval"):
-                continue
-            for key in ("prompt", "original"):
-                if not isinstance(rec.get(key), str):
-                    raise DataError(path, "missing or not a string", where, key)
-            prompt, original = rec["prompt"], rec["original"]
-            chosen, edited = rec.get("chosen", rec.get("rejected")), rec.get("edited")
-            status = rec.get("status", "ok")
+            if split is not None and isinstance(rec, dict):
+                rec_id = str(rec.get("id", where))
+                if _is_eval(rec_id, cfg.eval_fraction) != (split == "eval"):
+                    continue
+            r = EditRecord.from_json(rec, path, where)
         except DataError:
             if not cfg.skip_invalid:
                 raise
             out.skipped["invalid_record"] += 1
             continue
-        if not original.strip():
+        if not r.original.strip():
             out.skipped["empty_original"] += 1
             continue
         # (a) edited pairs: edited ≻ original
-        if status != "ok":
-            out.skipped[f"edit_status_{status}"] += 1
-        elif not isinstance(edited, str) or not edited.strip():
+        if r.status != "ok":
+            out.skipped[f"edit_status_{r.status}"] += 1
+        elif not r.edited.strip():
             out.skipped["empty_edited"] += 1
         else:
-            e, o = build_pair(tokenizer, prompt, original, edited, **kw)
-            if _response_cut(e, eos) or _response_cut(o, eos):
-                if cfg.on_too_long == "error":
-                    raise DataError(path, f"response longer than max_length={cfg.max_length}", where)
-                out.skipped["edited_too_long"] += 1
-            else:
-                out.edited.append((e, o))
+            pair = build_pair(tokenizer, r.prompt, r.original, r.edited, **kw)
+            if fits("edited", pair, where):
+                out.edited.append(pair)
         # (b) original pairs: chosen ≻ original
-        if not isinstance(chosen, str) or not chosen.strip():
+        if not r.chosen.strip():
             out.skipped["empty_chosen"] += 1
             continue
-        c, o = (
-            build_example(tokenizer, prompt, chosen, **kw),
-            build_example(tokenizer, prompt, original, **kw),
+        pair = (
+            build_example(tokenizer, r.prompt, r.chosen, **kw),
+            build_example(tokenizer, r.prompt, r.original, **kw),
         )
-        if _response_cut(c, eos) or _response_cut(o, eos):
-            if cfg.on_too_long == "error":
-                raise DataError(path, f"response longer than max_length={cfg.max_length}", where)
-            out.skipped["original_too_long"] += 1
-            continue
-        out.original.append((c, o))
-        g = rec.get("gold")
-        if isinstance(g, dict) and "chosen" in g and "original" in g:
-            out.gold.append(float(g["chosen"]) - float(g["original"]))
+        if fits("original", pair, where):
+            out.original.append(pair)
+            if r.gold is not None:
+                out.gold.append(float(r.gold["chosen"]) - float(r.gold["original"]))
     return out
 
 
-def collate_pairs(pairs: list[tuple[TokenizedExample, TokenizedExample]], pad_id: int) -> dict:
-    """B pairs -> one right-padded batch of 2B rows: preferred ``[0:B]``, other ``[B:2B]``
+def collate_pairs(pairs: list[Pair], pad_id: int) -> dict:
+    """B pairs -> one right-padded batch of 2B rows: chosen ``[0:B]``, rejected ``[B:2B]``
     (``input_ids``, ``attention_mask``, ``response_mask``, ``changed_mask``: ``[2B, T]``)."""
-    return collate([p for p, _ in pairs] + [o for _, o in pairs], pad_id)
+    return collate([c for c, _ in pairs] + [r for _, r in pairs], pad_id)
+
+
+def step_batches(step: int, n_pairs: int, world_batch: int, cfg: RewardConfig, rank: int, world: int):
+    """This rank's micro-batches (pair indices) of optimizer step ``step``: a pure function of
+    (seed, step), so the data position is just the step. An epoch is a fresh permutation; its
+    last partial global batch is dropped."""
+    steps_per_epoch = n_pairs // world_batch
+    epoch, i = divmod(step, steps_per_epoch)
+    g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    perm = torch.randperm(n_pairs, generator=g)[i * world_batch : (i + 1) * world_batch]
+    mine = perm[rank::world].tolist()
+    return [mine[k : k + cfg.micro_batch_size] for k in range(0, len(mine), cfg.micro_batch_size)]
 
 
 # --------------------------------------------------------------------------------------------
 # The loss
 # --------------------------------------------------------------------------------------------
 def pair_loss(
-    scores: torch.Tensor, batch: dict, mode: str, variant: str
+    scores: torch.Tensor, batch: dict, level: str, variant: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair loss and margin from the head's scores.
 
     Args:
-        scores: ``[2B, T]`` fp32 per-position head outputs (preferred rows first).
+        scores: ``[2B, T]`` fp32 per-position head outputs (chosen rows first).
         batch: from :func:`collate_pairs` (``response_mask``, ``changed_mask`` ``[2B, T]``).
-        mode: ``token`` (fgkernels.token_bt_loss, ``variant``) or ``sequence`` (last token).
+        level: ``token`` (fgkernels.token_bt_loss, ``variant``) or ``sequence`` (last token).
 
     Returns:
         ``(loss [B], margin [B])``: −log σ(Δ) per pair (differentiable) and Δ (detached).
     """
     B = scores.shape[0] // 2
     m, c = batch["response_mask"], batch["changed_mask"]
-    if mode == "token":
+    if level == "token":
         out = fk.token_bt_loss(scores[:B], scores[B:], m[:B], m[B:], c[:B], c[B:], variant, reduction="none")
         return out.loss, out.margin
-    r = sequence_rewards(scores, m, "sequence")
+    r = sequence_reward(scores, m, "sequence")
     delta = r[:B] - r[B:]
     return F.softplus(-delta), delta.detach()
 
 
 # --------------------------------------------------------------------------------------------
-# Schedule, optimizer
+# Evaluation: collective scoring, then pure metric formulas (trainer.rm_metrics)
 # --------------------------------------------------------------------------------------------
-def lr_lambda(warmup: int, total: int, min_ratio: float):
-    """Linear warmup to 1 over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total``."""
+@dataclass
+class PairScores:
+    """One kind of held-out pairs scored, gathered from every rank (rows in gather order).
 
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    Attributes:
+        chosen, rejected: ``[N]`` sequence rewards R of each side.
+        index: ``[N]`` each row's position in the pair list.
+        loss: ``[N]`` the training loss of each pair (own kind only, else empty).
+        token_sums: ``[2, 4]`` :func:`rm_metrics.changed_unchanged_sums` of the chosen / rejected
+            sides (edited pairs only).
+        added, removed: per-token (score, changed-label) of the chosen sides and (−score, label)
+            of the rejected sides, for AUROC (edited pairs only).
+    """
 
-    return f
-
-
-def build_optimizer(model: torch.nn.Module, cfg: RewardConfig) -> torch.optim.Optimizer:
-    """AdamW over all parameters (``adamw8bit``: bitsandbytes, imported only when chosen)."""
-    kw = {"lr": cfg.lr, "betas": tuple(cfg.betas), "weight_decay": cfg.weight_decay}
-    if cfg.optimizer == "adamw8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError as e:
-            raise ConfigError(
-                "optimizer='adamw8bit' needs bitsandbytes (pip install 'bitsandbytes>=0.44'); "
-                "or use optimizer=adamw"
-            ) from e
-        return bnb.optim.AdamW8bit(model.parameters(), **kw)
-    return torch.optim.AdamW(model.parameters(), **kw)
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    index: torch.Tensor
+    loss: torch.Tensor
+    token_sums: torch.Tensor
+    added: tuple[torch.Tensor, torch.Tensor]
+    removed: tuple[torch.Tensor, torch.Tensor]
 
 
-# --------------------------------------------------------------------------------------------
-# Evaluation
-# --------------------------------------------------------------------------------------------
-def _gather(obj: Any) -> list:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return [obj]
-    out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
+def score_pairs(
+    model: torch.nn.Module,
+    pairs: list[Pair],
+    cfg: RewardConfig,
+    pad_id: int,
+    device,
+    loss: bool,
+    tokens: bool,
+) -> PairScores:
+    """Score ``pairs`` on every rank's share and gather (collective: every rank runs the same
+    number of forwards, as FSDP needs; a rank with nothing left scores a dummy batch)."""
+    from trainer.infra.dist import get_rank, get_world_size
+
+    rank, world = get_rank(), get_world_size()
+    mine = list(range(rank, len(pairs), world))
+    n_batches = math.ceil(math.ceil(len(pairs) / world) / cfg.eval_batch_size)
+    parts: dict[str, list] = {k: [] for k in ("c", "r", "loss", "sa", "la", "sr", "lr")}
+    token_sums = torch.zeros(2, 4)
+    for b in range(n_batches):
+        idx = mine[b * cfg.eval_batch_size : (b + 1) * cfg.eval_batch_size]
+        real = len(idx)
+        idx = idx or [0]
+        batch = {k: v.to(device) for k, v in collate_pairs([pairs[i] for i in idx], pad_id).items()}
+        scores = per_token_scores(model, batch["input_ids"], batch["attention_mask"])
+        if real == 0:
+            continue
+        B, m, c = len(idx), batch["response_mask"], batch["changed_mask"]
+        R = sequence_reward(scores, m, cfg.rm_level)
+        parts["c"].append(R[:B].cpu())
+        parts["r"].append(R[B:].cpu())
+        if loss:
+            parts["loss"].append(pair_loss(scores, batch, cfg.rm_level, cfg.variant)[0].cpu())
+        if tokens:
+            token_sums[0] += rm_metrics.changed_unchanged_sums(scores[:B], m[:B], c[:B]).cpu()
+            token_sums[1] += rm_metrics.changed_unchanged_sums(scores[B:], m[B:], c[B:]).cpu()
+            parts["sa"].append(scores[:B][m[:B]].cpu())
+            parts["la"].append(c[:B][m[:B]].cpu())
+            parts["sr"].append(-scores[B:][m[B:]].cpu())
+            parts["lr"].append(c[B:][m[B:]].cpu())
+    local = {k: torch.cat(v) if v else torch.zeros(0) for k, v in parts.items()}
+    local["idx"] = torch.tensor(mine, dtype=torch.long)
+    local["tok"] = token_sums
+    gathered = gather_objects(local)
+    cat = {k: torch.cat([g[k] for g in gathered]) for k in local if k != "tok"}
+    return PairScores(
+        chosen=cat["c"],
+        rejected=cat["r"],
+        index=cat["idx"],
+        loss=cat["loss"],
+        token_sums=sum(g["tok"] for g in gathered),
+        added=(cat["sa"], cat["la"].bool()),
+        removed=(cat["sr"], cat["lr"].bool()),
+    )
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: PairData, cfg: RewardConfig, pad_id: int, device) -> dict:
     """Held-out metrics (every rank returns the same dict).
 
-    ``accuracy``/``margin``/``loss``: on the mode's own kind of pairs (token: edited;
-    sequence: ``seq_pairs``). ``edited_*``: R(edited) vs R(original); ``original_*``:
-    R(chosen) vs R(original) (the noisy human labels); ``gold_accuracy``: agreement with the
-    gold order on original pairs (synthetic data only). ``reward_{changed,unchanged}_{edited,
-    original}``: mean per-token reward; ``auroc_added``: AUROC of r for changed vs kept tokens of
-    edited responses; ``auroc_removed``: AUROC of −r for removed vs kept tokens of originals.
+    ``accuracy``/``margin``/``loss``: on the level's own kind of pairs (``cfg.own_pairs``).
+    ``edited_*``: R(edited) vs R(original); ``original_*``: R(chosen) vs R(original) (the noisy
+    human labels); ``gold_accuracy``: agreement with the gold order on original pairs (synthetic
+    data only); the per-token means and AUROCs of :func:`rm_metrics.token_reward_metrics`.
     """
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
     was_training = model.training
     model.eval()
-    own = "edited" if cfg.mode == "token" or cfg.seq_pairs == "edited" else "original"
+    own = cfg.own_pairs
     res: dict[str, Any] = {}
     for kind in ("edited", "original"):
         pairs = getattr(data, kind)
-        mine = list(range(rank, len(pairs), world))
-        # every rank runs the same number of forwards (FSDP collectives); extras are dropped
-        n_batches = math.ceil(math.ceil(len(pairs) / world) / cfg.eval_batch_size)
-        r_pref, r_other, losses, tok_sums = [], [], [], torch.zeros(2, 4)
-        scores_added, labels_added, scores_removed, labels_removed = [], [], [], []
-        for b in range(n_batches):
-            idx = mine[b * cfg.eval_batch_size : (b + 1) * cfg.eval_batch_size]
-            real = len(idx)
-            idx = idx or [0]
-            batch = {k: v.to(device) for k, v in collate_pairs([pairs[i] for i in idx], pad_id).items()}
-            scores = per_token_scores(model, batch["input_ids"], batch["attention_mask"])[: 2 * len(idx)]
-            if real == 0:
-                continue
-            B, m, c = len(idx), batch["response_mask"], batch["changed_mask"]
-            R = sequence_rewards(scores, m, cfg.mode)
-            r_pref.append(R[:B].cpu())
-            r_other.append(R[B:].cpu())
-            if kind == own:
-                losses.append(pair_loss(scores, batch, cfg.mode, cfg.variant)[0].cpu())
-            if kind == "edited":
-                tok_sums[0] += changed_unchanged_sums(scores[:B], m[:B], c[:B]).cpu()
-                tok_sums[1] += changed_unchanged_sums(scores[B:], m[B:], c[B:]).cpu()
-                scores_added.append(scores[:B][m[:B]].cpu())
-                labels_added.append(c[:B][m[:B]].cpu())
-                scores_removed.append(-scores[B:][m[B:]].cpu())
-                labels_removed.append(c[B:][m[B:]].cpu())
-        local = {
-            "pref": torch.cat(r_pref) if r_pref else torch.zeros(0),
-            "other": torch.cat(r_other) if r_other else torch.zeros(0),
-            "idx": torch.tensor(mine, dtype=torch.long),
-            "loss": torch.cat(losses) if losses else torch.zeros(0),
-            "tok": tok_sums,
-            "sa": torch.cat(scores_added) if scores_added else torch.zeros(0),
-            "la": torch.cat(labels_added) if labels_added else torch.zeros(0, dtype=torch.bool),
-            "sr": torch.cat(scores_removed) if scores_removed else torch.zeros(0),
-            "lr": torch.cat(labels_removed) if labels_removed else torch.zeros(0, dtype=torch.bool),
-        }
-        parts = _gather(local)
-        cat = {k: torch.cat([p[k] for p in parts]) for k in local if k != "tok"}
-        stats = pair_stats(cat["pref"], cat["other"])
-        res[f"{kind}_accuracy"], res[f"{kind}_margin"] = stats["accuracy"], stats["margin"]
+        s = score_pairs(model, pairs, cfg, pad_id, device, loss=kind == own, tokens=kind == "edited")
+        stats = rm_metrics.pair_stats(s.chosen, s.rejected)
+        res.update({f"{kind}_accuracy": stats["accuracy"], f"{kind}_margin": stats["margin"]})
         res[f"{kind}_pairs"] = len(pairs)
         if kind == own:
-            res["loss"] = cat["loss"].double().mean().item() if cat["loss"].numel() else float("nan")
+            res["loss"] = s.loss.double().mean().item() if s.loss.numel() else float("nan")
             res["accuracy"], res["margin"] = stats["accuracy"], stats["margin"]
         if kind == "edited":
-            tok = sum(p["tok"] for p in parts)
-            for side, name in ((0, "edited"), (1, "original")):
-                res[f"reward_changed_{name}"] = (tok[side, 0] / tok[side, 1].clamp_min(1)).item()
-                res[f"reward_unchanged_{name}"] = (tok[side, 2] / tok[side, 3].clamp_min(1)).item()
-            res["auroc_added"] = auroc(cat["sa"], cat["la"])
-            res["auroc_removed"] = auroc(cat["sr"], cat["lr"])
-        if kind == "original" and len(data.gold) == len(pairs) and pairs:
-            gold = torch.tensor(data.gold, dtype=torch.float64)[cat["idx"]]
-            diff = (cat["pref"] - cat["other"]).double()
-            keep = gold != 0
-            agree = (torch.sign(diff[keep]) == torch.sign(gold[keep])).double()
-            res["gold_accuracy"] = agree.mean().item() if keep.any() else float("nan")
+            res.update(rm_metrics.token_reward_metrics(s.token_sums, s.added, s.removed))
+        if kind == "original" and pairs and len(data.gold) == len(pairs):
+            gold = torch.tensor(data.gold, dtype=torch.float64)[s.index]
+            res["gold_accuracy"] = rm_metrics.gold_accuracy(s.chosen - s.rejected, gold)
     model.train(was_training)
     return res
 
@@ -473,59 +423,20 @@ def evaluate(model: torch.nn.Module, data: PairData, cfg: RewardConfig, pad_id: 
 # --------------------------------------------------------------------------------------------
 # The recipe
 # --------------------------------------------------------------------------------------------
-class MetricsLog:
-    """Append-only JSONL of metric records (rank 0 writes; flushed per line)."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
-
-
-def train(cfg: RewardConfig) -> dict:
-    """Run the recipe (called on every rank). Returns the last evaluation's metrics."""
-    from tqdm import tqdm
+def load_data(run: Run) -> tuple[Any, list[Pair], PairData, str]:
+    """The tokenizer, the training pairs of the level's own kind, the held-out pairs and the data
+    path (the synthetic set when ``data`` is empty)."""
     from transformers import AutoTokenizer
 
-    from trainer.infra.dist import all_reduce_sum, init_distributed
-
-    check_config(cfg)
-    # 0. processes, threads, determinism
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    di = init_distributed(cfg.device)
-    if di.device.type == "cpu":
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // local_world))
-    out_dir = Path(cfg.output_dir)
-    if di.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(to_yaml(cfg))
-        print(f"[reward] resolved config:\n{to_yaml(cfg)}", flush=True)
-    log = MetricsLog(out_dir / "metrics.jsonl", di.is_main)
-
-    def say(msg: str) -> None:
-        if di.is_main:
-            tqdm.write(f"[reward] {msg}")
-
-    # 1. data: tokenizer, train/held-out pairs
+    cfg = run.cfg
     data_path, tok_name = cfg.data, cfg.tokenizer or cfg.init_from
     if not data_path:
-        syn_dir = out_dir / "synthetic"
-        if di.is_main:
-            write_synthetic(syn_dir, cfg.synthetic)
-        if dist.is_initialized():
-            dist.barrier()
-        data_path, tok_name = str(syn_dir / "pairs.jsonl"), cfg.tokenizer or str(syn_dir / "tokenizer")
+        pairs_path, tok_dir = bootstrap(run.out_dir / "synthetic", cfg.synthetic)
+        data_path, tok_name = str(pairs_path), cfg.tokenizer or str(tok_dir)
     if not tok_name:
         raise ConfigError("config key 'tokenizer': needed when 'data' is given and 'init_from' is empty")
     tokenizer = AutoTokenizer.from_pretrained(tok_name)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
+    if pad_token_id(tokenizer) is None:
         raise ConfigError(f"tokenizer {tok_name}: has neither a pad nor an eos token")
     if cfg.eval_data:
         train_data = load_pair_data(data_path, tokenizer, cfg, split=None)
@@ -533,100 +444,104 @@ def train(cfg: RewardConfig) -> dict:
     else:
         train_data = load_pair_data(data_path, tokenizer, cfg, split="train")
         eval_data = load_pair_data(data_path, tokenizer, cfg, split="eval")
-    own = "edited" if cfg.mode == "token" or cfg.seq_pairs == "edited" else "original"
-    train_pairs = getattr(train_data, own)
-    say(
-        f"data {data_path}: train {len(train_pairs)} {own} pairs, held-out {len(eval_data.edited)} edited / "
-        f"{len(eval_data.original)} original; skipped train {dict(train_data.skipped)}, "
+    train_pairs = getattr(train_data, cfg.own_pairs)
+    run.say(
+        f"data {data_path}: train {len(train_pairs)} {cfg.own_pairs} pairs, held-out {len(eval_data.edited)} "
+        f"edited / {len(eval_data.original)} original; skipped train {dict(train_data.skipped)}, "
         f"held-out {dict(eval_data.skipped)}"
     )
+    return tokenizer, train_pairs, eval_data, data_path
+
+
+def save_reward_model(run: Run, model, hf_config, tokenizer, name: str, step: int, metrics: dict) -> None:
+    """``output_dir/<name>`` as a plain ``transformers`` directory with the reward metadata
+    (collective: gathers the full weights; rank 0 writes)."""
+    cfg = run.cfg
+    sd = full_state_dict(model)
+    if run.di.is_main:
+        meta = {"level": cfg.rm_level, "variant": cfg.variant, "seq_pairs": cfg.seq_pairs, "step": step}
+        save_pretrained(
+            sd,
+            hf_config,
+            "scalar_head",
+            run.out_dir / name,
+            tokenizer,
+            {**meta, "eval": metrics},
+            cfg.save_dtype,
+        )
+
+
+def train(cfg: RewardConfig) -> dict:
+    """Run the recipe (called on every rank). Returns the last evaluation's metrics."""
+    from tqdm import tqdm
+
+    # 0. set-up: config check, processes, threads, determinism, output directory
+    run = start_run(cfg, "reward")
+    di = run.di
+    log = MetricsLog(run.out_dir / "metrics.jsonl", di.is_main)
+
+    # 1. data: tokenizer, train/held-out pairs, the schedule's length
+    tokenizer, train_pairs, eval_data, data_path = load_data(run)
+    pad_id = pad_token_id(tokenizer)
+    has_eval = bool(eval_data.edited or eval_data.original)
     world_batch = cfg.micro_batch_size * cfg.grad_accum * di.world_size
     if len(train_pairs) < world_batch:
         raise DataError(
-            data_path, f"{len(train_pairs)} usable {own} pairs, fewer than one global batch ({world_batch})"
+            data_path,
+            f"{len(train_pairs)} usable {cfg.own_pairs} pairs, fewer than one global batch ({world_batch})",
         )
-    steps_per_epoch = len(train_pairs) // world_batch  # the last partial batch of an epoch is dropped
+    steps_per_epoch = len(train_pairs) // world_batch
     total_steps = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
     end_step = min(total_steps, cfg.stop_after_steps) if cfg.stop_after_steps else total_steps
 
-    # 2. model: meta -> FSDP2 -> materialise -> weights from rank 0
-    hf_config = reward_model_config(
-        cfg.init_from, len(tokenizer), pad_id, cfg.hidden_size, cfg.num_layers, cfg.num_heads,
-        cfg.intermediate_size, max(cfg.max_length, 128),
-    )  # fmt: skip
-    model = build_sharded_model(
-        hf_config, cfg.init_from, cfg.seed, di, cfg.param_dtype, cfg.reduce_dtype,
-        cfg.activation_checkpointing, cfg.attn_implementation,
-    )  # fmt: skip
+    # 2. model (meta -> FSDP2 -> materialise -> weights from rank 0), optimizer, schedule
+    hf_config = scalar_head_config(base_config(cfg, tokenizer, max(cfg.max_length, 128)), pad_id)
+    full = initial_state_dict("scalar_head", hf_config, cfg.init_from, cfg.seed) if di.is_main else None
+    model = build_sharded("scalar_head", hf_config, full, di, cfg, train=True)
     n_params = sum(p.numel() for p in model.parameters())
-    say(
+    run.say(
         f"model: {type(model).__name__.removeprefix('FSDP')} {n_params / 1e6:.2f}M params, attn "
         f"{model.config._attn_implementation}, world {di.world_size} on {di.device}, params "
         f"{cfg.param_dtype}/reduce {cfg.reduce_dtype}\nkernels: {fk.backend_report()}"
     )
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg.lr, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
     )
 
-    # 3. resume: model, optimizer, scheduler, data position, RNG, best-so-far
-    ckpt = Checkpointer(out_dir / "checkpoints", cfg.keep_checkpoints)
+    # 3. resume: model, optimizer, scheduler, data position (= the step), RNG, best-so-far
+    ckpt = Checkpointer(run.out_dir / "checkpoints", cfg.keep_checkpoints, say=run.say)
     step, best = 0, -math.inf
-    latest = ckpt.latest() if cfg.resume else None
-    if latest is not None:
-        extra = ckpt.load(latest, model, optimizer)
+    resumed = ckpt.load_latest({"model": (model, optimizer)}) if cfg.resume else None
+    if resumed is not None:
+        step, extra = resumed
         scheduler.load_state_dict(extra["scheduler"])
-        step, best = extra["step"], extra["best"]
-        say(f"resumed from {latest} at step {step} (epoch {extra['epoch']})")
+        best = extra["best"]
+        dropped = log.resume_at(step)
+        run.say(f"resumed from step {step} (epoch {extra['epoch']}); {dropped} later metrics records dropped")
     torch.manual_seed(cfg.seed + 1000 * di.rank + step)
-
-    def batch_indices(s: int) -> list[list[int]]:
-        """This rank's micro-batches of step ``s``: a pure function of (seed, s), so the data
-        position is just the step."""
-        epoch, i = divmod(s, steps_per_epoch)
-        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        perm = torch.randperm(len(train_pairs), generator=g)[i * world_batch : (i + 1) * world_batch]
-        mine = perm[di.rank :: di.world_size].tolist()
-        return [mine[k : k + cfg.micro_batch_size] for k in range(0, len(mine), cfg.micro_batch_size)]
-
-    def save_model(name: str, metrics: dict) -> None:
-        sd = full_state_dict(model)  # collective
-        if di.is_main:
-            meta = {"mode": cfg.mode, "variant": cfg.variant, "seq_pairs": cfg.seq_pairs, "step": step}
-            save_reward_model(
-                sd, hf_config, out_dir / name, tokenizer, {**meta, "eval": metrics}, cfg.save_dtype
-            )
-
-    def run_eval() -> dict:
-        nonlocal best
-        metrics = evaluate(model, eval_data, cfg, pad_id, di.device)
-        log.write({"split": "eval", "step": step, **metrics})
-        say(
-            f"eval step {step}: "
-            + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-        )
-        if cfg.save_best and metrics.get("accuracy", -math.inf) > best:
-            best = metrics["accuracy"]
-            save_model("best", metrics)
-        return metrics
 
     # 4. the loop
     model.train()
     bar = tqdm(
-        total=end_step, initial=step, disable=not (di.is_main and cfg.progress), desc=f"rm[{cfg.mode}]"
+        total=end_step, initial=step, disable=not (di.is_main and cfg.progress), desc=f"rm[{cfg.rm_level}]"
     )
     # loss sum, correct, margin sum, pairs (since the last log); kept on the device: no host
     # sync in the loop, one at the log point
-    acc = torch.zeros(4, dtype=torch.float64, device=di.device)
+    sums = torch.zeros(4, dtype=torch.float64, device=di.device)
     t_last, tokens = time.perf_counter(), 0
     metrics: dict = {}
-    if eval_data.edited or eval_data.original:
-        if step == 0 and cfg.eval_every:
-            metrics = run_eval()
-    else:
-        say("no held-out pairs: evaluation is skipped")
+    if not has_eval:
+        run.say("no held-out pairs: evaluation is skipped")
+    elif step == 0 and cfg.eval_every:
+        metrics, best = evaluate_and_keep_best(
+            run, model, eval_data, pad_id, step, best, log, hf_config, tokenizer
+        )
     while step < end_step:
-        micro = [collate_pairs([train_pairs[i] for i in idx], pad_id) for idx in batch_indices(step)]
+        micro = [
+            collate_pairs([train_pairs[i] for i in idx], pad_id)
+            for idx in step_batches(step, len(train_pairs), world_batch, cfg, di.rank, di.world_size)
+        ]
         # 4a. the global number of pairs of this step (one all-reduce, before the micro-batches)
         n_local = float(sum(b["input_ids"].shape[0] // 2 for b in micro))
         n_global = all_reduce_sum(torch.tensor([n_local], device=di.device))  # on device: NCCL needs it
@@ -635,10 +550,10 @@ def train(cfg: RewardConfig) -> dict:
             model.set_requires_gradient_sync(k == len(micro) - 1)  # reduce-scatter once per step
             # 4b. forward: per-token head -> per-pair loss
             scores = per_token_scores(model, batch["input_ids"], batch["attention_mask"])
-            loss_b, margin = pair_loss(scores, batch, cfg.mode, cfg.variant)
+            loss_b, margin = pair_loss(scores, batch, cfg.rm_level, cfg.variant)
             # 4c. backward of Σ loss / N_global; FSDP averages gradients over ranks, so × world
             (loss_b.sum() * (di.world_size / n_global)).backward()
-            acc += torch.stack(
+            sums += torch.stack(
                 [
                     loss_b.detach().sum().double(),
                     (margin > 0).sum().double(),
@@ -646,7 +561,7 @@ def train(cfg: RewardConfig) -> dict:
                     torch.full((), float(len(margin)), dtype=torch.float64, device=di.device),
                 ]
             )
-            tokens += int(batch["attention_mask"].shape[0] * batch["attention_mask"].shape[1])
+            tokens += int(batch["attention_mask"].numel())
         # 4d. clip, step, schedule
         grad_norm = (
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -661,33 +576,30 @@ def train(cfg: RewardConfig) -> dict:
         bar.update(1)
         # 4e. log (host syncs happen here only)
         if step % cfg.log_every == 0 or step == end_step:
-            totals = all_reduce_sum(acc.clone())
+            totals = all_reduce_sum(sums.clone()).tolist()  # host sync (log point)
             dt = time.perf_counter() - t_last
             gn = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
             rec = {
                 "split": "train",
                 "step": step,
-                "loss": (totals[0] / totals[3]).item(),  # host sync (log point)
-                "accuracy": (totals[1] / totals[3]).item(),
-                "margin": (totals[2] / totals[3]).item(),
+                "loss": totals[0] / totals[3],
+                "accuracy": totals[1] / totals[3],
+                "margin": totals[2] / totals[3],
                 "lr": lr,
                 "grad_norm": float(gn) if gn is not None else None,
-                "pairs_per_s": totals[3].item() / dt,
+                "pairs_per_s": totals[3] / dt,
                 "tokens_per_s": tokens * di.world_size / dt,
                 "epoch": step / steps_per_epoch,
             }
             log.write(rec)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec['accuracy']:.3f}")
-            acc.zero_()
+            sums.zero_()
             t_last, tokens = time.perf_counter(), 0
         # 4f. evaluate / checkpoint
-        if (
-            cfg.eval_every
-            and step % cfg.eval_every == 0
-            and step < end_step
-            and (eval_data.edited or eval_data.original)
-        ):
-            metrics = run_eval()
+        if has_eval and cfg.eval_every and step % cfg.eval_every == 0 and step < end_step:
+            metrics, best = evaluate_and_keep_best(
+                run, model, eval_data, pad_id, step, best, log, hf_config, tokenizer
+            )
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == end_step:
             extra = {
                 "scheduler": scheduler.state_dict(),
@@ -695,16 +607,44 @@ def train(cfg: RewardConfig) -> dict:
                 "epoch": step // steps_per_epoch,
                 "best": best,
             }
-            ckpt.save(step, model, optimizer, extra)
+            ckpt.save(step, {"model": (model, optimizer)}, extra)
     bar.close()
 
     # 5. final evaluation and model
-    if eval_data.edited or eval_data.original:
-        metrics = run_eval()
+    if has_eval:
+        metrics, best = evaluate_and_keep_best(
+            run, model, eval_data, pad_id, step, best, log, hf_config, tokenizer
+        )
     if step >= total_steps:
-        save_model("final", metrics)
-        say(f"saved {out_dir / 'final'} (load: AutoModelForTokenClassification.from_pretrained)")
+        save_reward_model(run, model, hf_config, tokenizer, "final", step, metrics)
+        run.say(f"saved {run.out_dir / 'final'} (load: AutoModelForTokenClassification.from_pretrained)")
+    log.close()
     return metrics
+
+
+def evaluate_and_keep_best(
+    run: Run,
+    model,
+    eval_data: PairData,
+    pad_id: int,
+    step: int,
+    best: float,
+    log: MetricsLog,
+    hf_config,
+    tokenizer,
+) -> tuple[dict, float]:
+    """Evaluate, log, and save ``best/`` when the own-kind accuracy beats ``best``; returns the
+    metrics and the new best."""
+    cfg = run.cfg
+    metrics = evaluate(model, eval_data, cfg, pad_id, run.di.device)
+    log.write({"split": "eval", "step": step, **metrics})
+    run.say(
+        f"eval step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+    )
+    if cfg.save_best and metrics.get("accuracy", -math.inf) > best:
+        best = metrics["accuracy"]
+        save_reward_model(run, model, hf_config, tokenizer, "best", step, metrics)
+    return metrics, best
 
 
 def main(argv: list[str] | None = None) -> int:

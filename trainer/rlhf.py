@@ -1,4 +1,4 @@
-"""The RLHF math of PPO with token-level rewards, as small pure functions (SPEC §4).
+"""The RLHF math of PPO with token-level rewards, as small pure functions (Xu et al. 2024, §2.2: [R_1 … R_n] vs PPO-RLHF's [−KL_1, …, R − KL_n]).
 
 Every function takes [B, T] tensors over *response* tokens with a boolean ``mask`` of the
 valid ones (right-padded) and never reads masked positions. Losses are *sums* divided by
@@ -55,9 +55,13 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimato
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last valid token of each row of a right-padded mask, [B] int64
-    (-1 for an empty row)."""
-    return mask.long().sum(dim=1) - 1
+    """Index of the last True of each row of ``mask`` [B, T] (any padding: right-padded response
+    masks and full-sequence masks alike), [B] int64; −1 for an empty row.
+
+    Example (by hand): [[T, T, F], [F, T, T], [F, F, F]] -> [1, 2, -1].
+    """
+    pos = torch.arange(mask.shape[-1], device=mask.device).expand_as(mask)
+    return torch.where(mask.bool(), pos, -1).amax(-1)
 
 
 def compute_rewards(
@@ -212,11 +216,26 @@ def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor, coef: float, num_to
     return -coef * masked_sum(entropy, mask) / num_tokens
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def explained_variance_sums(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The [5] fp64 sums that :func:`explained_variance_from_sums` needs: (n, Σ G, Σ G², Σ (G − V),
+    Σ (G − V)²) over valid tokens. Summable over micro-batches and ranks (one all-reduce)."""
+    m = mask.double()
+    g, r = returns.double() * m, (returns.double() - values.double()) * m
+    return torch.stack([m.sum(), g.sum(), (g * g).sum(), r.sum(), (r * r).sum()])
+
+
+def explained_variance_from_sums(sums) -> float:
+    """1 − Var[G − V] / Var[G] from :func:`explained_variance_sums` (any sequence of 5 numbers);
+    NaN when the returns have no variance or there are no tokens."""
+    n, sg, sg2, sr, sr2 = (float(x) for x in sums)
+    if n <= 0:
+        return float("nan")
+    var_g = sg2 / n - (sg / n) ** 2
+    var_r = sr2 / n - (sr / n) ** 2
+    return 1.0 - var_r / var_g if var_g > 0 else float("nan")
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
     """1 − Var[G − V] / Var[G] over valid tokens (1 = perfect critic, ≤ 0 = useless);
     NaN when the returns have no variance."""
-    g, v = returns.float(), values.float()
-    var_g = masked_mean((g - masked_mean(g, mask)) ** 2, mask)
-    resid = g - v
-    var_r = masked_mean((resid - masked_mean(resid, mask)) ** 2, mask)
-    return 1.0 - var_r / var_g
+    return explained_variance_from_sums(explained_variance_sums(values, returns, mask))

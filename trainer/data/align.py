@@ -1,4 +1,4 @@
-"""Token-level alignment of an original response with its minimal edit (SPEC §2).
+"""Token-level alignment of an original response with its minimal edit (the paper's §2.2: U0 unchanged, U1 changed).
 
 Two ways to mark tokens as *changed*:
 
@@ -49,7 +49,7 @@ def aligned_pairs(original_ids: Sequence[int], edited_ids: Sequence[int]) -> lis
 
 
 def token_diff(original_ids: Sequence[int], edited_ids: Sequence[int]) -> tuple[list[bool], list[bool]]:
-    """Changed-token masks of an (original, edited) pair of token-id sequences (SPEC §2).
+    """Changed-token masks of an (original, edited) pair of token-id sequences (the paper's §2.2: U0 unchanged, U1 changed).
 
     Args:
         original_ids: ids of the original (less-preferred) response, length ``T_j``.

@@ -1,4 +1,4 @@
-"""The minimal-edit collector behind ``fgrlhf edit`` (SPEC §1).
+"""The minimal-edit collector behind ``fgrlhf edit`` (Xu et al. 2024, §2.1: minimal editing).
 
 For each preference pair, the less-preferred response is sent to an :class:`Editor` (Claude
 through the official ``anthropic`` SDK, or later a simulated editor) with a minimal-editing
@@ -52,14 +52,14 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from trainer.data.align import token_similarity
-from trainer.data.formats import LoadResult, PreferencePair, load_pairs
+from trainer.data.formats import EDIT_STATUSES, EditRecord, LoadResult, PreferencePair, load_pairs
 
 log = logging.getLogger(__name__)
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 DEFAULT_PROMPT_VERSION = "minimal-edit-v1"
 DEFAULT_MODEL = "claude-sonnet-4-6"
-STATUSES = ("ok", "unchanged", "empty", "refusal", "commentary", "not_minimal", "truncated")
+STATUSES = EDIT_STATUSES
 
 # USD per million (input, output) tokens, for the estimate only: check current pricing.
 PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
@@ -371,7 +371,7 @@ class EditLog:
         except OSError as e:
             self._lock_fh.close()
             raise RuntimeError(f"{self.path}: another `fgrlhf edit` is writing this file") from e
-        self.repaired_bytes = self._repair()
+        self._repair()
         self.done: dict[str, str] = self._read_done()
         self._fh: IO[str] = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
 
@@ -565,22 +565,22 @@ def estimate_tokens(text: str) -> int:
 def make_record(
     pair: PreferencePair, result: EditResult, status: str, similarity: float, version: str
 ) -> dict:
-    """The output record of the module docstring's schema."""
-    return {
-        "id": pair.id,
-        "prompt": pair.prompt,
-        "original": pair.rejected,
-        "edited": result.text if result.text is not None else "",
-        "chosen": pair.chosen,
-        "status": status,
-        "similarity": round(float(similarity), 6),
-        "model": result.model,
-        "prompt_version": version,
-        "stop_reason": result.stop_reason or "",
-        "usage": {"input_tokens": int(result.input_tokens), "output_tokens": int(result.output_tokens)},
-        "source": pair.source,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    """The output line of one finished edit (the :class:`~trainer.data.formats.EditRecord` schema)."""
+    return EditRecord(
+        id=pair.id,
+        prompt=pair.prompt,
+        original=pair.rejected,
+        edited=result.text if result.text is not None else "",
+        chosen=pair.chosen,
+        status=status,
+        similarity=round(float(similarity), 6),
+        model=result.model,
+        prompt_version=version,
+        stop_reason=result.stop_reason or "",
+        usage={"input_tokens": int(result.input_tokens), "output_tokens": int(result.output_tokens)},
+        source=pair.source,
+        created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    ).to_json()
 
 
 def _select(loaded: LoadResult, cfg: EditConfig) -> list[PreferencePair]:
@@ -603,6 +603,8 @@ def run_edit(cfg: EditConfig, editor: Editor | None = None, out: IO[str] | None 
         RuntimeError: no ``ANTHROPIC_API_KEY`` for a real run, or the output is locked.
     """
     out = out or sys.stdout
+    if Path(cfg.input).exists() and Path(cfg.output).exists() and Path(cfg.input).samefile(cfg.output):
+        raise ValueError(f"{cfg.output}: output is the input file; give -o a new file (or an earlier edits file)")
     template = PromptTemplate.load(cfg.prompt_file)
     # 1. load and validate the input
     loaded = load_pairs(cfg.input, fmt=cfg.format, split=cfg.split, skip_invalid=cfg.skip_invalid)

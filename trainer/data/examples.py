@@ -1,5 +1,5 @@
 """Training examples from (prompt, response) text: token ids, response and changed-token masks,
-truncation and collation into padded batches. Used by the token-level reward model and FIGA.
+truncation and collation into padded batches. Used by the reward models and by PPO's prompts.
 
 Tokenisation, and the pitfalls it avoids:
 
@@ -17,7 +17,7 @@ Tokenisation, and the pitfalls it avoids:
   character spans reach them through the offsets (all pieces of one character share its range).
 
 Masks are over the whole sequence: ``response_mask`` is True on response tokens (never prompt
-or padding), ``changed_mask`` is True on changed response tokens (U1, SPEC §2) and always a
+or padding), ``changed_mask`` is True on changed response tokens (U1, the paper's §3.2 alignment) and always a
 subset of ``response_mask``.
 """
 
@@ -31,7 +31,7 @@ import torch
 
 from trainer.data.align import char_spans_to_token_mask, token_diff
 
-__all__ = ["TokenizedExample", "build_example", "build_pair", "collate", "render_prompt"]
+__all__ = ["TokenizedExample", "build_example", "build_pair", "build_prompt", "collate", "render_prompt"]
 
 DEFAULT_PROMPT_TEMPLATE = "{prompt}\n"
 
@@ -170,6 +170,27 @@ def build_example(
     )
 
 
+def build_prompt(
+    tokenizer: Any,
+    prompt: str,
+    max_length: int | None = None,
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+) -> TokenizedExample:
+    """Tokenise a prompt alone (for generation: PPO rollouts, evaluation), rendered and
+    BOS-prefixed exactly as :func:`build_example` renders it for training, cut from the left to
+    ``max_length`` tokens (BOS kept). Collate with ``padding_side="left"``."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return _assemble(
+        _prompt_ids(tokenizer, prompt, prompt_template, add_bos=True),
+        [],
+        [],
+        None,
+        max_length,
+        0,
+        keep_first_prompt_token=bos is not None,
+    )
+
+
 def build_pair(
     tokenizer: Any,
     prompt: str,
@@ -183,7 +204,8 @@ def build_pair(
     alignment. Keyword arguments go to :func:`build_example`.
 
     Returns:
-        ``(edited_example, original_example)`` — tau^i (preferred) first, as in SPEC §3.
+        ``(edited_example, original_example)``: the chosen side (τⁱ, edited) first, then the
+        rejected side (τʲ, original), as in the paper's eq. 3.
     """
     orig_ids, _ = _encode(tokenizer, original)
     edit_ids, _ = _encode(tokenizer, edited)

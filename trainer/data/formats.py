@@ -35,12 +35,15 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "EDIT_STATUSES",
     "FORMATS",
+    "EditRecord",
     "DataError",
     "LoadResult",
     "PreferencePair",
     "detect_format",
     "load_pairs",
+    "prompt_text",
     "read_records",
 ]
 
@@ -83,6 +86,83 @@ class PreferencePair:
     rejected: str
     source: str = ""
     format: str = ""
+
+
+EDIT_STATUSES = ("ok", "unchanged", "empty", "refusal", "commentary", "not_minimal", "truncated")
+
+
+@dataclass
+class EditRecord:
+    """One line of an edited-pairs JSONL: what ``fgrlhf edit`` (and the synthetic world) writes
+    and what the reward trainer reads. The one definition of that schema.
+
+    Attributes:
+        id: the input pair's id (explicit or content hash, :func:`pair_id`).
+        prompt: the prompt.
+        original: the less-preferred response (τʲ), the one that was edited.
+        edited: the editor's text (τⁱ); ``""`` when there was none.
+        chosen: the input pair's preferred response (for the sequence-level baseline).
+        status: ``ok``, or why the edit was rejected (:data:`EDIT_STATUSES`).
+        similarity: token-level LCS similarity of original and edited, in [0, 1].
+        model: the editor that answered (Claude model id, ``synthetic``).
+        prompt_version: ``minimal-edit-v1``, ``file:<name>:<sha12>``, ``synthetic-v1``.
+        stop_reason: the API's stop reason (``""`` when none).
+        usage: ``{"input_tokens": int, "output_tokens": int}``.
+        source: ``"<input file>:<line N|record N>"``.
+        created_at: UTC ISO-8601 time of writing (``""`` when unknown).
+        gold: the synthetic world's gold scores ``{"chosen", "original", "edited"}``, else None.
+    """
+
+    id: str
+    prompt: str
+    original: str
+    edited: str = ""
+    chosen: str = ""
+    status: str = "ok"
+    similarity: float = 0.0
+    model: str = ""
+    prompt_version: str = ""
+    stop_reason: str = ""
+    usage: dict = field(default_factory=lambda: {"input_tokens": 0, "output_tokens": 0})
+    source: str = ""
+    created_at: str = ""
+    gold: dict | None = None
+
+    def to_json(self) -> dict:
+        """The JSON object of one output line (``gold`` only when set)."""
+        out = {k: v for k, v in self.__dict__.items() if k != "gold"}
+        if self.gold is not None:
+            out["gold"] = self.gold
+        return out
+
+    @classmethod
+    def from_json(cls, rec: Any, src: str, where: str) -> EditRecord:
+        """Validate one parsed line. ``prompt`` and ``original`` are required strings;
+        ``edited``, ``chosen``, ``status`` optional strings; ``id`` defaults to ``where``.
+
+        Raises:
+            DataError: naming ``src``, ``where`` and the field.
+        """
+        if not isinstance(rec, dict):
+            raise DataError(src, f"expected a JSON object, got {type(rec).__name__}", where)
+        kw: dict[str, Any] = {
+            "id": str(rec["id"]) if rec.get("id") is not None else where,
+            "prompt": _text(rec, "prompt", src, where),
+            "original": _text(rec, "original", src, where),
+        }
+        for key in ("edited", "chosen", "status", "model", "prompt_version", "stop_reason", "source"):
+            if rec.get(key) is not None:
+                kw[key] = _text(rec, key, src, where)
+        if "status" in kw and kw["status"] not in EDIT_STATUSES:
+            raise DataError(src, f"unknown status {kw['status']!r}, expected one of {EDIT_STATUSES}", where)
+        gold = rec.get("gold")
+        if gold is not None:
+            if not isinstance(gold, dict) or not all(
+                isinstance(gold.get(k), (int, float)) for k in ("chosen", "original")
+            ):
+                raise DataError(src, "expected {chosen: number, original: number, ...}", where, "gold")
+            kw["gold"] = gold
+        return cls(**kw)
 
 
 @dataclass
@@ -233,6 +313,30 @@ def _short(val: Any) -> str:
     return s if len(s) <= 40 else s[:37] + "..."
 
 
+def alpaca_prompt(instruction: str, input: str = "") -> str:  # noqa: A002 - the field's name
+    """The prompt of an Alpaca-style record: ``instruction``, plus ``"\n\n" + input`` when the
+    input is not blank. The one rule for training data and PPO/evaluation prompts alike."""
+    return f"{instruction}\n\n{input}" if input.strip() else instruction
+
+
+def prompt_text(rec: Any, src: str, where: str) -> str:
+    """The prompt of a prompt-file record: its ``prompt`` string, or the Alpaca rule over
+    ``instruction`` (+ optional ``input``).
+
+    Raises:
+        DataError: neither field is a string (names the record).
+    """
+    if not isinstance(rec, dict):
+        raise DataError(src, f"expected a JSON object, got {type(rec).__name__}", where)
+    if rec.get("prompt") is not None:
+        return _text(rec, "prompt", src, where)
+    if rec.get("instruction") is not None:
+        return alpaca_prompt(
+            _text(rec, "instruction", src, where), _text(rec, "input", src, where, optional=True)
+        )
+    raise DataError(src, "no 'prompt' (or 'instruction') string", where)
+
+
 def _split_hh(dialogue: str, src: str, where: str, key: str) -> tuple[str, str]:
     cut = dialogue.rfind(HH_ASSISTANT)
     if cut < 0:
@@ -262,7 +366,7 @@ def parse_record(rec: Any, fmt: str, src: str, where: str) -> PreferencePair:
             raise DataError(
                 src, f"expected 1 or 2, got {type(pref).__name__} {_short(pref)}", where, "preference"
             )
-        prompt = f"{instruction}\n\n{inp}" if inp.strip() else instruction
+        prompt = alpaca_prompt(instruction, inp)
         chosen, rejected = outs[pref], outs[3 - pref]
     elif fmt == "hh":
         prompt, chosen = _split_hh(_text(rec, "chosen", src, where), src, where, "chosen")

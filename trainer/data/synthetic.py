@@ -13,9 +13,8 @@ realistic agreement, edits that also add good content, not only remove bad words
   good word, and sometimes a good word is inserted ("add helpful content"), so an edit always
   improves the gold score. A few records are rejected edits (``status`` ``unchanged``).
 
-Records follow the edited-pairs schema of :mod:`trainer.data.edit` (``id``, ``prompt``,
-``original``, ``edited``, ``chosen``, ``status``, ``similarity``, ...) plus a ``gold`` field
-with the three gold scores, so the same file serves both reward-model modes. A word-level
+Records are :class:`trainer.data.formats.EditRecord` lines (the schema ``fgrlhf edit`` writes)
+with the ``gold`` field set to the three gold scores, so the same file serves both reward-model modes. A word-level
 tokenizer (one token per word, plus ``<s>``, ``</s>``, ``<pad>``, ``<unk>``) is saved next to
 it as a ``transformers`` tokenizer directory::
 
@@ -31,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.data.align import token_similarity
+from trainer.data.formats import EditRecord
 
-__all__ = ["SyntheticConfig", "build_tokenizer", "generate", "word_quality", "write_synthetic"]
+__all__ = ["SyntheticConfig", "bootstrap", "build_tokenizer", "generate", "word_quality", "write_synthetic"]
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>"]
 
@@ -121,23 +121,23 @@ def generate(cfg: SyntheticConfig) -> list[dict]:
         edited = list(rejected) if rejected_edit else _edit(rng, rejected, good, neutral)
         original_text, edited_text, chosen_text = " ".join(rejected), " ".join(edited), " ".join(chosen)
         records.append(
-            {
-                "id": f"syn-{i:05d}",
-                "prompt": prompt,
-                "original": original_text,
-                "edited": edited_text,
-                "chosen": chosen_text,
-                "status": "unchanged" if rejected_edit else "ok",
-                "similarity": token_similarity(rejected, edited),
-                "model": "synthetic",
-                "prompt_version": "synthetic-v1",
-                "source": f"synthetic:{i + 1}",
-                "gold": {
+            EditRecord(
+                id=f"syn-{i:05d}",
+                prompt=prompt,
+                original=original_text,
+                edited=edited_text,
+                chosen=chosen_text,
+                status="unchanged" if rejected_edit else "ok",
+                similarity=token_similarity(rejected, edited),
+                model="synthetic",
+                prompt_version="synthetic-v1",
+                source=f"synthetic:{i + 1}",
+                gold={
                     "chosen": _gold(chosen_text, cfg),
                     "original": _gold(original_text, cfg),
                     "edited": _gold(edited_text, cfg),
                 },
-            }
+            ).to_json()
         )
     return records
 
@@ -181,6 +181,18 @@ def write_synthetic(out_dir: str | Path, cfg: SyntheticConfig | None = None) -> 
     build_tokenizer(cfg).save_pretrained(str(tok_dir))
     stamp.write_text(want)
     return pairs, tok_dir
+
+
+def bootstrap(out_dir: str | Path, cfg: SyntheticConfig) -> tuple[Path, Path]:
+    """Every trainer's synthetic default: rank 0 writes the set under ``out_dir`` (unless it is
+    already there), every rank waits for it. Returns ``(pairs_path, tokenizer_dir)``."""
+    from trainer.infra.dist import barrier, get_rank
+
+    out = Path(out_dir)
+    if get_rank() == 0:
+        write_synthetic(out, cfg)
+    barrier()
+    return out / "pairs.jsonl", out / "tokenizer"
 
 
 if __name__ == "__main__":

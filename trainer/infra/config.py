@@ -18,9 +18,18 @@ import inspect
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-__all__ = ["ConfigError", "config_help", "field_docs", "load_config", "to_yaml"]
+__all__ = [
+    "ConfigError",
+    "TrainConfig",
+    "check_declared",
+    "cli_main",
+    "config_help",
+    "field_docs",
+    "load_config",
+    "to_yaml",
+]
 
 T = TypeVar("T")
 
@@ -30,20 +39,140 @@ class ConfigError(ValueError):
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """``{field: docstring}`` of a dataclass, read from the string literal after each field."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(nxt, ast.Expr)
-            and isinstance(nxt.value, ast.Constant)
-            and isinstance(nxt.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
+    """``{field: docstring}`` of a dataclass, read from the string literal after each field
+    (over the class and its dataclass bases; a subclass's re-declaration wins)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass) or klass is object:
+            continue
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
+
+
+def _declared(cls: type, name: str) -> dict:
+    """A ``ClassVar`` dict (``CHOICES``, ``AT_LEAST``, ``PATHS``) merged over the MRO."""
+    out: dict = {}
+    for klass in reversed(cls.__mro__):
+        out.update(vars(klass).get(name, {}))
+    return out
+
+
+def check_declared(cfg: Any) -> None:
+    """Validate ``cfg`` against what its class declares (one mechanism for every trainer):
+
+    * ``CHOICES: ClassVar[dict[str, tuple]]`` — the allowed values of a key;
+    * ``AT_LEAST: ClassVar[dict[str, float]]`` — the smallest allowed value of a numeric key;
+    * ``PATHS: ClassVar[tuple[str, ...]]`` (as dict keys) — keys naming a local file or
+      directory: when set and path-like (``./``, ``/`` or a file suffix), it must exist.
+
+    Raises:
+        ConfigError / trainer.data.formats.DataError: naming the key and the bad value.
+    """
+    from trainer.data.formats import DataError
+
+    cls = type(cfg)
+    for key, allowed in _declared(cls, "CHOICES").items():
+        if getattr(cfg, key) not in allowed:
+            raise ConfigError(f"config key {key!r}: {getattr(cfg, key)!r} is not one of {tuple(allowed)}")
+    for key, low in _declared(cls, "AT_LEAST").items():
+        if getattr(cfg, key) < low:
+            raise ConfigError(f"config key {key!r}: must be >= {low}, got {getattr(cfg, key)}")
+    for key in _declared(cls, "PATHS"):
+        value = getattr(cfg, key)
+        if value and (value.startswith((".", "/")) or Path(value).suffix) and not Path(value).exists():
+            raise DataError(value, f"no such file or directory (config key {key!r})")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The keys every trainer shares (model size, optimizer, FSDP2, devices, outputs). Each
+    entry point's config extends it; :meth:`check` validates the declared ranges and choices."""
+
+    CHOICES: ClassVar[dict] = {
+        "optimizer": ("adamw", "adamw8bit"),
+        "param_dtype": ("float32", "bfloat16", "float16"),
+        "reduce_dtype": ("float32", "bfloat16"),
+        "device": ("auto", "cuda", "cpu"),
+    }
+    AT_LEAST: ClassVar[dict] = {
+        "hidden_size": 1, "num_layers": 1, "num_heads": 1, "intermediate_size": 1, "weight_decay": 0,
+        "max_grad_norm": 0, "num_threads": 0, "checkpoint_every": 0, "keep_checkpoints": 1,
+    }  # fmt: skip
+    PATHS: ClassVar[dict] = {"init_from": None, "tokenizer": None}
+
+    tokenizer: str = ""
+    """Tokenizer directory or hub name; empty: ``init_from``'s (or the synthetic world's)."""
+    init_from: str = ""
+    """Pretrained/SFT checkpoint directory or hub name; empty: a random-init tiny LLaMA (below)."""
+    hidden_size: int = 64
+    """Tiny LLaMA (``init_from`` empty): hidden size."""
+    num_layers: int = 2
+    """Tiny LLaMA: decoder layers."""
+    num_heads: int = 4
+    """Tiny LLaMA: attention heads."""
+    intermediate_size: int = 256
+    """Tiny LLaMA: MLP width."""
+
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.95])
+    """AdamW betas."""
+    optimizer: str = "adamw"
+    """``adamw`` (torch) or ``adamw8bit`` (bitsandbytes, CUDA only)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping threshold (global L2 norm of each model); 0 disables."""
+
+    param_dtype: str = "float32"
+    """FSDP2 compute dtype of parameters: ``bfloat16`` on GPUs; ``float32`` on CPU (bf16 matmuls
+    are slow there)."""
+    reduce_dtype: str = "float32"
+    """FSDP2 gradient reduce-scatter dtype."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer in backward (saves memory; on for 7B)."""
+    attn_implementation: str = "auto"
+    """``auto`` (flash_attention_2 when installed on CUDA, else sdpa), ``sdpa``, ``eager``, ..."""
+    device: str = "auto"
+    """``auto``, ``cuda`` or ``cpu``."""
+    num_threads: int = 0
+    """CPU threads per process; 0: cores / processes on this node."""
+    deterministic: bool = True
+    """``torch.use_deterministic_algorithms(True)`` (exact resume on CPU)."""
+    seed: int = 0
+    """Seed of the initial weights, the data order and sampling."""
+
+    output_dir: str = "runs/train"
+    """Where config, metrics, checkpoints and models go."""
+    checkpoint_every: int = 100
+    """Write a resumable checkpoint every this many steps (and at the end); 0: only at the end."""
+    keep_checkpoints: int = 2
+    """Complete checkpoints kept (oldest removed); a damaged newest one falls back to the next."""
+    resume: bool = True
+    """Continue from the newest intact checkpoint in ``output_dir/checkpoints`` when there is one."""
+    progress: bool = True
+    """Show a tqdm progress bar (rank 0)."""
+
+    def check(self) -> None:
+        """Reject values no run can use (names the key): the declared choices, lower bounds and
+        paths, then each trainer's own cross-key rules (overrides call ``super().check()``)."""
+        import torch
+
+        check_declared(self)
+        if len(self.betas) != 2:
+            raise ConfigError(f"config key 'betas': expected two numbers, got {self.betas}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("config key 'device': 'cuda' but this torch build sees no CUDA device")
+        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            raise ConfigError(f"config key 'output_dir': {self.output_dir} exists and is not a directory")
 
 
 def config_help(cls: type, prefix: str = "") -> str:
