@@ -1,4 +1,4 @@
-"""Masked per-row token sums, split by the U0/U1 alignment (U0 unchanged / U1 changed tokens, Xu et al. 2024 eqs. 3/4).
+"""Masked per-row token sums, split into unchanged (U0) and changed (U1) tokens (Xu et al. 2024, eqs. 3/4).
 
 For rewards ``r`` [B, T], the valid-token mask ``m`` [B, T] and the "changed" mask ``c``
 [B, T] (token in U1), one pass over each row gives six fp32 [B] vectors:

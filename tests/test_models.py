@@ -99,7 +99,9 @@ def test_save_load_plain_transformers_scores_identically(tmp_path):
     from transformers import AutoModelForTokenClassification
 
     cfg, model = _tiny_model()
-    save_pretrained(model.state_dict(), cfg, "scalar_head", tmp_path / "rm", reward_meta={"level": "sequence"})
+    save_pretrained(
+        model.state_dict(), cfg, "scalar_head", tmp_path / "rm", reward_meta={"level": "sequence"}
+    )
     assert read_reward_meta(tmp_path / "rm")["level"] == "sequence"
     assert (tmp_path / "rm" / "model.safetensors").exists()
     ids = torch.randint(1, 40, (3, 9))

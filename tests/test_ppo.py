@@ -22,6 +22,8 @@ import pytest
 import torch
 from _utils import clean_env
 
+from trainer.infra.checkpoint import Checkpointer
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
     "progress=false",
@@ -65,11 +67,13 @@ def _tiny_lm(vocab: int = 50, seed: int = 0):
 
 
 def _prompts(vocab: int = 50):
-    from trainer.ppo import prompt_batch
+    from trainer.data.examples import TokenizedExample, collate
 
     g = torch.Generator().manual_seed(1)
     prompts = [[1] + torch.randint(3, vocab, (n,), generator=g).tolist() for n in (3, 7, 1, 5)]
-    return prompt_batch(prompts, list(range(len(prompts))), 0, torch.device("cpu"))
+    examples = [TokenizedExample(p, [False] * len(p), [False] * len(p), len(p)) for p in prompts]
+    batch = collate(examples, 0, padding_side="left")
+    return batch["input_ids"], batch["attention_mask"]
 
 
 # --- 1. generation ---------------------------------------------------------------------------
@@ -118,17 +122,17 @@ def _gen_worker(out: str) -> None:
     """2-process worker: greedy tokens of the FSDP2 actor == the unsharded model's; parameters
     stay gathered for the whole rollout and are sharded again after."""
     from torch.distributed.tensor import DTensor
-    from transformers import AutoModelForCausalLM
 
     from trainer.infra.dist import init_distributed, shutdown
-    from trainer.ppo import PPOConfig, build_sharded
+    from trainer.models import build_sharded
+    from trainer.ppo import PPOConfig
     from trainer.rollout import generate, unsharded
 
     di = init_distributed("cpu")
     plain = _tiny_lm(seed=0)
     sd = {k: v.clone() for k, v in plain.state_dict().items()}
     sharded = build_sharded(
-        AutoModelForCausalLM, plain.config, sd if di.is_main else None, di, PPOConfig(), train=False
+        "causal_lm", plain.config, sd if di.is_main else None, di, PPOConfig(), train=False
     )
     ids, mask = _prompts()
     ids, mask = ids[di.rank :: 2], mask[di.rank :: 2]
@@ -158,11 +162,13 @@ def _initial_actor_weights(out_dir: Path) -> dict:
     """The actor's initial weights, rebuilt the way build_models does (seed 0, random init)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.ppo import PPOConfig, actor_config
+    from trainer.models import no_dropout, tiny_llama_config
+    from trainer.ppo import PPOConfig
 
     tok = AutoTokenizer.from_pretrained(out_dir / "synthetic" / "tokenizer")
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(actor_config(PPOConfig(), tok), dtype=torch.float32).state_dict()
+    config = no_dropout(tiny_llama_config(PPOConfig(), tok))
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).state_dict()
 
 
 def _check_run(out_dir: Path, n: int) -> list[dict]:
@@ -181,8 +187,7 @@ def _check_run(out_dir: Path, n: int) -> list[dict]:
     )
     changed = [k for k in init if not torch.equal(init[k], final[k])]
     assert len(changed) >= len(init) // 2, f"only {len(changed)}/{len(init)} actor tensors changed"
-    for model in ("actor", "critic"):
-        assert (out_dir / "checkpoints" / model / f"step_{n:08d}" / ".metadata").exists()
+    assert Checkpointer.damage(out_dir / "checkpoints" / f"step_{n:08d}") is None  # actor + critic, intact
     return recs
 
 
@@ -190,7 +195,7 @@ def test_ppo_token_mode_learned_rm_and_exact_resume(tmp_path):
     """Token mode with a token-level RM trained on the fly; then the same run stopped after 2
     iterations and resumed continues with identical losses."""
     full, split = tmp_path / "full", tmp_path / "split"
-    args = [*TINY, "reward_mode=token", "iterations=4", "checkpoint_every=2"]
+    args = [*TINY, "reward_level=token", "iterations=4", "checkpoint_every=2"]
     torchrun("trainer/ppo.py", [*args, f"output_dir={full}"])
     recs = _check_run(full, 4)
     rm = full / "rm" / "final"
@@ -210,7 +215,7 @@ def test_ppo_sequence_mode_adaptive_kl_k3(tmp_path):
     out = tmp_path / "seq"
     torchrun(
         "trainer/ppo.py",
-        [*TINY, "reward_mode=sequence", "reward_source=gold", "kl_controller=adaptive", "kl_estimator=k3",
+        [*TINY, "reward_level=sequence", "reward_source=gold", "kl_controller=adaptive", "kl_estimator=k3",
          "entropy_coef=0.01", "reward_norm=true", "iterations=3", f"output_dir={out}"],
     )  # fmt: skip
     recs = _check_run(out, 3)
@@ -238,8 +243,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert p.returncode == 0, log[-3000:]
     n = len(metrics(out))
     assert 1 <= n < 1000 and "SIGTERM: checkpoint saved" in log
-    for model in ("actor", "critic"):
-        assert (out / "checkpoints" / model / f"step_{n:08d}" / ".metadata").exists()
+    assert Checkpointer.damage(out / "checkpoints" / f"step_{n:08d}") is None
 
 
 # --- 3. the learning test ------------------------------------------------------------------------
@@ -251,8 +255,8 @@ def test_ppo_learns_a_known_per_token_reward(tmp_path):
     n = 50
     torchrun(
         "trainer/ppo.py",
-        ["progress=false", "reward_source=gold", "reward_mode=token", f"iterations={n}", "checkpoint_every=0",
-         "save_final=false", f"output_dir={out}"],
+        ["progress=false", "reward_source=gold", "reward_level=token", f"iterations={n}",
+         "checkpoint_every=0", "save_final=false", f"output_dir={out}"],
     )  # fmt: skip
     recs = metrics(out)
     first = sum(r["reward_per_token"] for r in recs[:5]) / 5
@@ -312,7 +316,7 @@ if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "gen":
 def test_no_dropout_zeroes_every_dropout_probability():
     from transformers import GPT2Config
 
-    from trainer.ppo import no_dropout
+    from trainer.models import no_dropout
 
     cfg = no_dropout(GPT2Config(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1, summary_first_dropout=0.1))
     assert (cfg.resid_pdrop, cfg.embd_pdrop, cfg.attn_pdrop, cfg.summary_first_dropout) == (0.0,) * 4

@@ -49,7 +49,7 @@ def test_rewards_bad_arguments():
         rlhf.compute_rewards(kl, ALL, 0.1, "token")
     with pytest.raises(ValueError, match="kl_coef"):
         rlhf.compute_rewards(kl, ALL, -1.0, "token", token_reward=kl)
-    with pytest.raises(ValueError, match="mode"):
+    with pytest.raises(ValueError, match="level"):
         rlhf.compute_rewards(kl, ALL, 0.1, "dense", token_reward=kl)
 
 

@@ -54,7 +54,7 @@ from trainer.data.formats import DataError, EditRecord, read_records
 from trainer.data.synthetic import SyntheticConfig, bootstrap
 from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import ConfigError, TrainConfig, cli_main
-from trainer.infra.dist import all_reduce_sum, gather_objects
+from trainer.infra.dist import all_reduce_sum, barrier, gather_objects
 from trainer.infra.metrics import MetricsLog
 from trainer.infra.runtime import Run, build_optimizer, lr_lambda, start_run
 from trainer.models import (
@@ -469,6 +469,7 @@ def save_reward_model(run: Run, model, hf_config, tokenizer, name: str, step: in
             {**meta, "eval": metrics},
             cfg.save_dtype,
         )
+    barrier()  # every rank leaves together (a rank tearing down gloo mid-save aborts rank 0)
 
 
 def train(cfg: RewardConfig) -> dict:

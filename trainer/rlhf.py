@@ -1,4 +1,7 @@
-"""The RLHF math of PPO with token-level rewards, as small pure functions (Xu et al. 2024, §2.2: [R_1 … R_n] vs PPO-RLHF's [−KL_1, …, R − KL_n]).
+"""The RLHF math of PPO with token-level rewards, as small pure functions.
+
+The reward vectors are those of Xu et al. 2024, §2.2: [R_1 … R_n] from a token-level reward model
+(fine-grained token-level PPO) vs PPO-RLHF's [−KL_1, …, R − KL_n].
 
 Every function takes [B, T] tensors over *response* tokens with a boolean ``mask`` of the
 valid ones (right-padded) and never reads masked positions. Losses are *sums* divided by
@@ -19,7 +22,7 @@ from typing import Literal, NamedTuple
 import torch
 
 KLEstimator = Literal["k1", "k3"]
-RewardMode = Literal["sequence", "token"]
+RewardLevel = Literal["sequence", "token"]
 
 
 # --------------------------------------------------------------------------------------
@@ -68,11 +71,11 @@ def compute_rewards(
     kl: torch.Tensor,
     mask: torch.Tensor,
     kl_coef: float,
-    mode: RewardMode,
+    level: RewardLevel,
     sequence_reward: torch.Tensor | None = None,
     token_reward: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The per-token reward vector PPO optimises, [B, T] fp32 (0 at masked positions).
+    """The per-token reward vector PPO optimises, [B, T] fp32 (0 at masked positions), by ``level``:
 
     * ``sequence`` (PPO-RLHF): r = [−β·KL_1, …, −β·KL_{n−1}, R − β·KL_n] with R =
       ``sequence_reward`` [B] placed on each row's last valid token.
@@ -87,19 +90,19 @@ def compute_rewards(
     if kl_coef < 0:
         raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
     rewards = torch.where(mask, -kl_coef * kl.float(), 0.0)
-    if mode == "sequence":
+    if level == "sequence":
         if sequence_reward is None:
-            raise ValueError("mode='sequence' needs sequence_reward [B]")
+            raise ValueError("level='sequence' needs sequence_reward [B]")
         last = last_token_index(mask)
         rows = torch.arange(mask.shape[0], device=mask.device)
         has = last >= 0
         rewards[rows[has], last[has]] += sequence_reward.float()[has]
         return rewards
-    if mode == "token":
+    if level == "token":
         if token_reward is None:
-            raise ValueError("mode='token' needs token_reward [B, T]")
+            raise ValueError("level='token' needs token_reward [B, T]")
         return rewards + torch.where(mask, token_reward.float(), 0.0)
-    raise ValueError(f"mode={mode!r} is not 'sequence' or 'token'")
+    raise ValueError(f"level={level!r} is not 'sequence' or 'token'")
 
 
 # --------------------------------------------------------------------------------------

@@ -19,16 +19,14 @@ import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-__all__ = ["Rollout", "generate", "sample_next", "unsharded", "position_ids"]
+from trainer.models import position_ids
 
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """``[B, T]`` positions counting real tokens only (left, middle or right padding)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+__all__ = ["Rollout", "generate", "sample_next", "unsharded"]
 
 
 @dataclass
@@ -40,8 +38,11 @@ class Rollout:
         prompt_ids: ``[B, P]`` int64. prompt_mask: ``[B, P]`` bool.
         response_ids: ``[B, R]`` int64. response_mask: ``[B, R]`` bool (EOS included).
         old_logp: ``[B, R]`` log π_old(a_t) of the sampling policy (at the sampling temperature).
+        entropy: ``[B, R]`` H(π_old(· | s_t)) at the sampling temperature.
         ref_logp: ``[B, R]`` log π_ref(a_t) of the frozen reference.
         values: ``[B, R]`` V(s_t) of the critic before the update.
+        token_scores: ``[B, R]`` the reward model's per-token rewards r_t.
+        sequence_scores: ``[B]`` the reward model's sequence reward R(τ).
         rewards: ``[B, R]`` the per-token reward PPO optimises (RM part + KL penalty).
         advantages: ``[B, R]`` GAE advantages (whitened over all ranks when asked).
         returns: ``[B, R]`` advantages + values (unwhitened), the critic's target.
@@ -52,11 +53,19 @@ class Rollout:
     response_ids: torch.Tensor
     response_mask: torch.Tensor
     old_logp: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
     values: torch.Tensor | None = None
+    token_scores: torch.Tensor | None = None
+    sequence_scores: torch.Tensor | None = None
     rewards: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
+
+    # the fields step 2 (score) fills
+    SCORED: ClassVar[tuple[str, ...]] = (
+        "old_logp", "entropy", "ref_logp", "values", "token_scores", "sequence_scores",
+    )  # fmt: skip
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]

@@ -1,4 +1,5 @@
-"""Token-level alignment of an original response with its minimal edit (the paper's §2.2: U0 unchanged, U1 changed).
+"""Token-level alignment of an original response with its minimal edit (Xu et al. 2024, §2.2:
+U0 = unchanged tokens, U1 = changed ones).
 
 Two ways to mark tokens as *changed*:
 
@@ -49,7 +50,7 @@ def aligned_pairs(original_ids: Sequence[int], edited_ids: Sequence[int]) -> lis
 
 
 def token_diff(original_ids: Sequence[int], edited_ids: Sequence[int]) -> tuple[list[bool], list[bool]]:
-    """Changed-token masks of an (original, edited) pair of token-id sequences (the paper's §2.2: U0 unchanged, U1 changed).
+    """Changed-token masks (U1) of an (original, edited) pair of token-id sequences.
 
     Args:
         original_ids: ids of the original (less-preferred) response, length ``T_j``.

@@ -604,7 +604,9 @@ def run_edit(cfg: EditConfig, editor: Editor | None = None, out: IO[str] | None 
     """
     out = out or sys.stdout
     if Path(cfg.input).exists() and Path(cfg.output).exists() and Path(cfg.input).samefile(cfg.output):
-        raise ValueError(f"{cfg.output}: output is the input file; give -o a new file (or an earlier edits file)")
+        raise ValueError(
+            f"{cfg.output}: output is the input file; give -o a new file (or an earlier edits file)"
+        )
     template = PromptTemplate.load(cfg.prompt_file)
     # 1. load and validate the input
     loaded = load_pairs(cfg.input, fmt=cfg.format, split=cfg.split, skip_invalid=cfg.skip_invalid)

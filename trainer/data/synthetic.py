@@ -14,9 +14,9 @@ realistic agreement, edits that also add good content, not only remove bad words
   improves the gold score. A few records are rejected edits (``status`` ``unchanged``).
 
 Records are :class:`trainer.data.formats.EditRecord` lines (the schema ``fgrlhf edit`` writes)
-with the ``gold`` field set to the three gold scores, so the same file serves both reward-model modes. A word-level
-tokenizer (one token per word, plus ``<s>``, ``</s>``, ``<pad>``, ``<unk>``) is saved next to
-it as a ``transformers`` tokenizer directory::
+with the ``gold`` field set to the three gold scores, so the same file serves both reward-model
+levels. A word-level tokenizer (one token per word, plus ``<s>``, ``</s>``, ``<pad>``, ``<unk>``)
+is saved next to it as a ``transformers`` tokenizer directory::
 
     python -m trainer.data.synthetic runs/data            # writes pairs.jsonl and tokenizer/
 """
