@@ -250,3 +250,40 @@ def test_real_alpaca_farm(tmp_path):
     res = load_pairs(labelled)
     assert res.format == "alpaca" and len(res.pairs) == len(records)
     assert res.pairs[0].rejected == records[0]["output_2"] and res.pairs[1].rejected == records[1]["output_1"]
+
+
+def test_edit_record_is_one_schema_and_names_bad_fields():
+    """EditRecord: what `fgrlhf edit` and the synthetic world write is what the trainer parses."""
+    from trainer.data.formats import EditRecord
+    from trainer.data.synthetic import SyntheticConfig, generate
+
+    rec = generate(SyntheticConfig(n_pairs=2))[0]
+    back = EditRecord.from_json(rec, "f.jsonl", "line 1")
+    assert back.to_json() == rec and back.gold is not None
+    with pytest.raises(DataError, match=r"f.jsonl: line 3: field 'edited': expected a string, got int 123"):
+        EditRecord.from_json({**rec, "edited": 123}, "f.jsonl", "line 3")
+    with pytest.raises(DataError, match=r"line 4: field 'prompt': missing"):
+        EditRecord.from_json({"original": "x"}, "f.jsonl", "line 4")
+    with pytest.raises(DataError, match="unknown status 'maybe'"):
+        EditRecord.from_json({**rec, "status": "maybe"}, "f.jsonl", "line 5")
+
+
+def test_one_alpaca_prompt_rule_for_training_and_ppo_prompts(tmp_path):
+    """A whitespace-only `input` renders the same prompt in preference data and in PPO prompts."""
+    from trainer.data.formats import prompt_text
+
+    rec = {
+        "instruction": "Name a colour.",
+        "input": "   ",
+        "output_1": "Red.",
+        "output_2": "Uh",
+        "preference": 1,
+    }
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps([rec]))
+    train_prompt = load_pairs(path).pairs[0].prompt
+    assert train_prompt == "Name a colour." == prompt_text(rec, "a.json", "record 1")
+    with_input = {**rec, "input": "Pick one."}
+    assert prompt_text(with_input, "a.json", "record 1") == "Name a colour.\n\nPick one."
+    with pytest.raises(DataError, match="record 2: no 'prompt'"):
+        prompt_text({"text": "x"}, "a.json", "record 2")

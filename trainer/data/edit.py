@@ -1,7 +1,7 @@
 """The minimal-edit collector behind ``fgrlhf edit`` (Xu et al. 2024, §2.1: minimal editing).
 
 For each preference pair, the less-preferred response is sent to an :class:`Editor` (Claude
-through the official ``anthropic`` SDK, or later a simulated editor) with a minimal-editing
+through the official ``anthropic`` SDK) with a minimal-editing
 prompt; the answer passes quality gates and is appended to a JSONL file, one record per pair::
 
     fgrlhf edit pairs.jsonl -o edits.jsonl --model claude-sonnet-4-6 --concurrency 8
@@ -142,8 +142,8 @@ class EditResult:
 
 
 class Editor(Protocol):
-    """Rewrites a response minimally. Implementations: :class:`ClaudeEditor` (a simulated
-    editor for the demo can implement the same two members)."""
+    """Rewrites a response minimally. Implemented by :class:`ClaudeEditor`; any object with
+    these two members (tests use scripted ones) plugs into :func:`run_edit`."""
 
     prompt_version: str
 

@@ -225,7 +225,7 @@ def collate(
     """Pad a list of examples into a batch.
 
     Right padding (the default) keeps every sequence at positions ``0..T_b-1``: what training
-    the reward model and FIGA wants. Left padding aligns the *ends*, what batched generation
+    the reward model wants. Left padding aligns the *ends*, what batched generation
     wants; position ids must then be derived from ``attention_mask``.
 
     Args:

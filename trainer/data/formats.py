@@ -150,9 +150,28 @@ class EditRecord:
             "prompt": _text(rec, "prompt", src, where),
             "original": _text(rec, "original", src, where),
         }
-        for key in ("edited", "chosen", "status", "model", "prompt_version", "stop_reason", "source"):
+        for key in (
+            "edited",
+            "chosen",
+            "status",
+            "model",
+            "prompt_version",
+            "stop_reason",
+            "source",
+            "created_at",
+        ):
             if rec.get(key) is not None:
                 kw[key] = _text(rec, key, src, where)
+        if rec.get("similarity") is not None:
+            if isinstance(rec["similarity"], bool) or not isinstance(rec["similarity"], (int, float)):
+                raise DataError(
+                    src, f"expected a number, got {_short(rec['similarity'])}", where, "similarity"
+                )
+            kw["similarity"] = float(rec["similarity"])
+        if rec.get("usage") is not None:
+            if not isinstance(rec["usage"], dict):
+                raise DataError(src, "expected {input_tokens, output_tokens}", where, "usage")
+            kw["usage"] = rec["usage"]
         if "status" in kw and kw["status"] not in EDIT_STATUSES:
             raise DataError(src, f"unknown status {kw['status']!r}, expected one of {EDIT_STATUSES}", where)
         gold = rec.get("gold")

@@ -294,9 +294,11 @@ def to_yaml(cfg: Any) -> str:
 def cli_main(config_cls: type[T], train: Any, doc: str | None, argv: list[str] | None = None) -> int:
     """The body of every entry point's ``main``: ``--help`` prints ``doc`` and every config
     key; otherwise parse ``argv`` (``--config FILE`` then ``key=value``) into ``config_cls``,
-    run ``train(cfg)``, and turn a bad config or bad input into a one-line error and exit 2.
+    run ``train(cfg)``, and turn a bad config, bad input or no intact checkpoint into a one-line
+    error and exit 2.
     The process group is always shut down."""
     from trainer.data.formats import DataError
+    from trainer.infra.checkpoint import CheckpointError
     from trainer.infra.dist import shutdown
 
     argv = sys.argv[1:] if argv is None else argv
@@ -306,7 +308,7 @@ def cli_main(config_cls: type[T], train: Any, doc: str | None, argv: list[str] |
         return 0
     try:
         train(load_config(config_cls, argv))
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     finally:

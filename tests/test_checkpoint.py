@@ -1,0 +1,141 @@
+"""trainer.infra.checkpoint: exact RNG round trip through weights_only files, and checkpoints that
+survive damage (a truncated shard, a missing .metadata, a missing per-rank extra file): the newest
+intact one is loaded with a one-line notice, and a clear error names the directory when none is."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _utils import clean_env
+
+from trainer.infra.checkpoint import Checkpointer, CheckpointError, get_rng_state, set_rng_state
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def world():
+    """A process group of one (DCP and the collectives need one)."""
+    from trainer.infra.dist import init_distributed
+
+    return init_distributed("cpu")
+
+
+def _parts(seed: int):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Linear(5, 3))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(torch.randn(4, 7)).sum().backward()
+    opt.step()
+    return {"model": (model, opt)}
+
+
+def _weights(parts) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in parts["model"][0].parameters()]
+
+
+def _save_three(root: Path, notices: list[str]) -> tuple[Checkpointer, list[list[torch.Tensor]]]:
+    ck = Checkpointer(root, keep=3, say=notices.append)
+    saved = []
+    for step in (1, 2, 3):
+        parts = _parts(step)
+        ck.save(step, parts, {"step": step, "best": 0.5 * step, "sched": {"last_epoch": step, "lrs": [0.1]}})
+        saved.append(_weights(parts))
+    return ck, saved
+
+
+def test_rng_state_round_trips_through_weights_only(tmp_path):
+    torch.manual_seed(3)
+    random.seed(4)
+    np.random.seed(5)  # noqa: NPY002 - the global state is what a checkpoint restores
+    torch.save(get_rng_state(), tmp_path / "rng.pt")
+    want = (torch.rand(3), random.random(), np.random.rand())  # noqa: NPY002
+    torch.manual_seed(0), random.seed(0), np.random.seed(0)  # noqa: NPY002
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    got = (torch.rand(3), random.random(), np.random.rand())  # noqa: NPY002
+    assert torch.equal(want[0], got[0]) and want[1:] == got[1:]
+
+
+def test_intact_checkpoint_loads_newest_exactly(tmp_path, world):
+    notices: list[str] = []
+    ck, saved = _save_three(tmp_path / "ck", notices)
+    target = _parts(99)
+    step, extra = ck.load_latest(target)
+    assert step == 3 and extra["best"] == 1.5 and extra["sched"] == {"last_epoch": 3, "lrs": [0.1]}
+    assert all(torch.equal(a, b) for a, b in zip(_weights(target), saved[2]))
+    assert notices == []
+    manifest = json.loads((tmp_path / "ck" / "step_00000003" / "manifest.json").read_text())
+    assert manifest["world_size"] == 1 and ".metadata" in manifest["files"]
+
+
+@pytest.mark.parametrize("damage", ["truncated_shard", "missing_metadata", "missing_extra"])
+def test_damaged_newest_falls_back_to_the_previous(tmp_path, world, damage):
+    notices: list[str] = []
+    ck, saved = _save_three(tmp_path / "ck", notices)
+    newest = tmp_path / "ck" / "step_00000003"
+    if damage == "truncated_shard":
+        shard = next(p for p in newest.iterdir() if p.suffix == ".distcp")
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    elif damage == "missing_metadata":
+        (newest / ".metadata").unlink()
+    else:
+        (newest / "extra_rank0.pt").unlink()
+    assert ck.damage(newest) is not None
+    target = _parts(99)
+    step, extra = ck.load_latest(target)
+    assert step == 2 and extra["step"] == 2
+    assert all(torch.equal(a, b) for a, b in zip(_weights(target), saved[1]))
+    assert len(notices) == 1 and "step_00000003 is damaged" in notices[0], notices
+
+
+def test_no_intact_checkpoint_is_a_clear_error(tmp_path, world):
+    ck, _ = _save_three(tmp_path / "ck", [])
+    for p in (tmp_path / "ck").iterdir():
+        (p / "manifest.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"ck: no intact checkpoint to resume from"):
+        ck.load_latest(_parts(0))
+    assert Checkpointer(tmp_path / "none").load_latest(_parts(0)) is None  # nothing saved: a fresh run
+
+
+def test_reward_run_resumes_past_a_truncated_checkpoint(tmp_path):
+    """End to end (the case that used to end in a raw CheckpointException): the newest checkpoint
+    of a stopped run is truncated; rerunning the same command says so, resumes from the previous
+    one and finishes; with every checkpoint damaged, it stops with exit 2 naming the directory."""
+    out = tmp_path / "rm"
+    args = [
+        f"output_dir={out}", "synthetic.n_pairs=200", "micro_batch_size=8", "hidden_size=32",
+        "intermediate_size=64", "max_steps=6", "checkpoint_every=2", "eval_every=0", "log_every=1",
+        "save_best=false", "progress=false",
+    ]  # fmt: skip
+    env = {**clean_env(), "OMP_NUM_THREADS": "1"}
+
+    def run(extra: list[str]) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "trainer/reward.py", *args, *extra]
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    first = run(["stop_after_steps=4"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    newest = out / "checkpoints" / "step_00000004"
+    shard = next(p for p in newest.iterdir() if p.suffix == ".distcp")
+    shard.write_bytes(shard.read_bytes()[:100])
+    again = run([])
+    log = again.stdout + again.stderr
+    assert again.returncode == 0, log[-3000:]
+    assert "step_00000004 is damaged" in log and "resumed from step 2" in log
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in recs if r["split"] == "train"]
+    assert steps == [1, 2, 3, 4, 5, 6]  # records past the checkpoint were dropped and logged again
+    assert (out / "final" / "model.safetensors").exists()
+    for p in (out / "checkpoints").iterdir():
+        (p / ".metadata").unlink()
+    broken = run(["max_steps=8"])
+    assert broken.returncode == 2
+    assert f"{out / 'checkpoints'}: no intact checkpoint" in broken.stderr
+    assert "Traceback" not in broken.stderr
