@@ -806,4 +806,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from trainer.infra.dist import exit_process
+
+    exit_process(main())

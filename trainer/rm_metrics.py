@@ -1,6 +1,6 @@
 """Reward-model evaluation metrics: pure functions on tensors.
 
-* pairwise accuracy (the paper's Table 2 metric) and mean margin of R(preferred) − R(other);
+* pairwise accuracy (the paper's Table 2 metric) and mean margin of R(chosen) − R(rejected);
 * mean per-token reward of changed vs unchanged tokens (``fgkernels.masked_token_sums``);
 * AUROC of per-token rewards (rank-based Mann–Whitney U, ties counted one half);
 * agreement with a gold order (the synthetic world).

@@ -27,6 +27,7 @@ __all__ = [
     "barrier",
     "broadcast_object",
     "collective_device",
+    "exit_process",
     "gather_objects",
     "get_rank",
     "get_world_size",
@@ -99,6 +100,20 @@ def shutdown() -> None:
     """Destroy the process group if one is up."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> None:
+    """End an entry-point process with ``code`` right away: flush stdout/stderr, then
+    ``os._exit``. Interpreter finalization is skipped on purpose: gloo worker threads can still
+    hold tensors then, and releasing them without a live interpreter aborts the process
+    (SIGABRT, "terminate called without an active exception"; seen here once in a few dozen
+    2-process runs, after every output was written; pytorch/pytorch#179291). Every output is
+    already closed and renamed into place when ``main`` returns."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def get_rank() -> int:
