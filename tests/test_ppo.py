@@ -265,7 +265,30 @@ def test_ppo_learns_a_known_per_token_reward(tmp_path):
     assert last > first + 0.5, (first, last)
 
 
-# --- 4. memory estimate -----------------------------------------------------------------------------
+# --- 4. iteration statistics -------------------------------------------------------------------
+def test_iteration_stats_sum_then_ratio_by_hand():
+    """Two micro-batches' sums -> one vector -> the logged means (worked by hand)."""
+    from trainer.ppo import IterationStats, iteration_metrics
+
+    st = IterationStats()
+    # 2 rollouts of 3 and 1 valid tokens: RM sequence rewards 1 and 3, per-token rewards sum 2
+    st.add(n_seq=2.0, n_tok=torch.tensor(4.0, dtype=torch.float64), seq_reward=torch.tensor(4.0).double())
+    st.add(tok_reward=2.0, kl=torch.tensor(0.5).double(), entropy=8.0, gen_tokens=4.0)
+    # two optimizer steps with losses 0.25 and 0.75; 10 trained tokens, 2 clipped
+    st.add(policy_loss=0.25, value_loss=1.0, n_train_tok=5.0, clipfrac=1.0, n_steps=1.0)
+    st.add(policy_loss=0.75, value_loss=3.0, n_train_tok=5.0, clipfrac=1.0, n_steps=1.0)
+    # G = [1, 2, 3], V = [1, 2, 2]: EV = 2/3 (see test_rlhf)
+    st.add(ev=torch.tensor([3.0, 6.0, 14.0, 1.0, 1.0], dtype=torch.float64))
+    t = st.all_reduce(torch.device("cpu"))  # no process group: the local sums
+    m = iteration_metrics(t, kl_coef=0.05, gold=False)
+    assert m["reward"] == 2.0 and m["reward_per_token"] == 0.5 and m["kl"] == 0.25
+    assert m["entropy"] == 2.0 and m["response_length"] == 2.0 and m["kl_coef"] == 0.05
+    assert m["policy_loss"] == 0.5 and m["value_loss"] == 2.0 and m["clipfrac"] == 0.2
+    assert m["explained_variance"] == pytest.approx(2 / 3)
+    assert "gold_reward_per_token" not in m
+
+
+# --- 5. memory estimate -----------------------------------------------------------------------------
 def test_memory_estimate_7b_fits_8xa100_and_refusal(tmp_path):
     from transformers import LlamaConfig
 

@@ -54,7 +54,7 @@ from trainer.data.formats import DataError, prompt_text, read_records
 from trainer.data.synthetic import SyntheticConfig, bootstrap
 from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import ConfigError, TrainConfig, cli_main
-from trainer.infra.dist import all_reduce_sum, barrier
+from trainer.infra.dist import all_reduce_sum, barrier, get_world_size
 from trainer.infra.metrics import MetricsLog
 from trainer.infra.runtime import Run, build_optimizer, device_sync, peak_memory_mb, start_run
 from trainer.models import (
@@ -450,7 +450,7 @@ class IterationStats:
         for f, p in zip(fields(self), parts):
             out[f.name] = flat[i] if p.numel() == 1 else flat[i : i + p.numel()]
             i += p.numel()
-        out["n_steps"] /= max(1, dist.get_world_size() if dist.is_initialized() else 1)
+        out["n_steps"] /= get_world_size()  # every rank counted each step
         return out
 
 
