@@ -222,8 +222,9 @@ def test_ppo_sequence_mode_adaptive_kl_k3(tmp_path):
     assert recs[-1]["kl_coef"] != recs[0]["kl_coef"]  # the adaptive controller moved β
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
-    """SIGTERM mid-run (one process): the iteration finishes, a checkpoint is written, exit 0."""
+def test_sigterm_saves_a_checkpoint_and_exits_preempted(tmp_path):
+    """SIGTERM mid-run (one process): the iteration finishes, a checkpoint is written, exit 75
+    (pre-empted, distinct from a finished run) and a PREEMPTED marker; a rerun resumes."""
     import signal
     import time
 
@@ -240,10 +241,23 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
         time.sleep(0.2)
     p.send_signal(signal.SIGTERM)
     log, _ = p.communicate(timeout=120)
-    assert p.returncode == 0, log[-3000:]
+    assert p.returncode == 75, log[-3000:]
     n = len(metrics(out))
-    assert 1 <= n < 1000 and "SIGTERM: checkpoint saved" in log
+    assert 1 <= n < 1000 and "SIGTERM: checkpoint saved" in log and "Traceback" not in log
     assert Checkpointer.damage(out / "checkpoints" / f"step_{n:08d}") is None
+    assert (out / "PREEMPTED").read_text() == f"step {n}\n"
+    again = subprocess.run(
+        [*cmd[:3], f"iterations={n + 1}", *cmd[4:]],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # iterations may grow on resume: an allowed change
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from iteration {n}" in again.stdout + again.stderr
+    assert "changed keys (allowed): iterations" in again.stdout + again.stderr
+    assert not (out / "PREEMPTED").exists() and len(metrics(out)) == n + 1
 
 
 # --- 3. the learning test ------------------------------------------------------------------------

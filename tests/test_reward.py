@@ -214,6 +214,79 @@ def test_bad_records_are_counted_or_named(tmp_path):
     assert lenient.skipped["invalid_record"] == 2 and len(lenient.edited) == 1
 
 
+def test_out_of_range_values_and_a_file_as_output_dir_are_refused(tmp_path, capsys):
+    """Ranges come from the config declaration (one mechanism): each bad value names its key."""
+    for bad, msg in (
+        ("checkpoint_every=-1", "'checkpoint_every': must be >= 0, got -1"),
+        ("keep_checkpoints=-1", "'keep_checkpoints': must be >= 1, got -1"),
+        ("eval_every=-5", "'eval_every': must be >= 0, got -5"),
+    ):
+        assert main([bad, f"output_dir={tmp_path}/o"]) == 2, bad
+        assert msg in capsys.readouterr().err, bad
+    from trainer.ppo import main as ppo_main  # memory_limit_gb is PPO's
+
+    assert ppo_main(["memory_limit_gb=-1", f"output_dir={tmp_path}/p"]) == 2
+    assert "'memory_limit_gb': must be >= 0, got -1" in capsys.readouterr().err
+    afile = tmp_path / "a_file"
+    afile.write_text("x")
+    assert main([f"output_dir={afile}"]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+
+
+def test_second_run_on_the_same_output_dir_is_refused(tmp_path):
+    """An OS-level lock on output_dir: a second run is refused while the first holds it."""
+    import fcntl
+
+    out = tmp_path / "o"
+    out.mkdir()
+    with open(out / ".lock", "a+") as fh:  # another process's run holds the lock
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        cmd = [sys.executable, "trainer/reward.py", f"output_dir={out}", "progress=false", "max_steps=1"]
+        p = subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "another run is using" in p.stderr and "Traceback" not in p.stderr
+    assert not (out / "metrics.jsonl").exists()
+
+
+def test_resume_with_a_changed_model_key_is_refused_with_the_diff(tmp_path):
+    common = [f"output_dir={tmp_path}/o", "max_steps=4", "checkpoint_every=2", "eval_every=0", *TINY]
+    p = subprocess.run(
+        [sys.executable, "trainer/reward.py", *common, "stop_after_steps=2"],
+        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    saved = (tmp_path / "o" / "config.yaml").read_text()
+    p = subprocess.run(
+        [sys.executable, "trainer/reward.py", *common, "hidden_size=48"],
+        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "hidden_size: 32 -> 48" in p.stderr and "['hidden_size']" in p.stderr
+    assert (tmp_path / "o" / "config.yaml").read_text() == saved  # the first run's config is kept
+
+
+def test_sigterm_checkpoints_the_step_and_exits_75(tmp_path):
+    """reward.py under SIGTERM: finishes the step, checkpoints, exits 75; a rerun resumes."""
+    import signal
+    import time
+
+    out = tmp_path / "o"
+    cmd = [sys.executable, "trainer/reward.py", f"output_dir={out}", "max_steps=100000", "checkpoint_every=0",
+           "eval_every=0", "log_every=1", "save_best=false", *TINY]  # fmt: skip
+    env = {**clean_env(), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not ((out / "metrics.jsonl").exists() and "train" in (out / "metrics.jsonl").read_text()):
+        assert time.time() < deadline and p.poll() is None
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    log, _ = p.communicate(timeout=120)
+    assert p.returncode == 75, log[-3000:]
+    assert "SIGTERM: checkpoint saved at step" in log and "Traceback" not in log
+    step = int((out / "PREEMPTED").read_text().split()[1])
+    assert (out / "checkpoints" / f"step_{step:08d}" / "manifest.json").exists()
+
+
 def test_too_few_pairs_stops_before_training(tmp_path, capsys):
     syn = tmp_path / "d"
     pairs_path, tok_dir = write_synthetic(syn, SyntheticConfig(n_pairs=10))

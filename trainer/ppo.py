@@ -27,12 +27,12 @@ losses divided by the global valid-token count), ``# 6. log / checkpoint``
 Outputs under ``output_dir``: ``config.yaml``, ``metrics.jsonl`` (one record per iteration),
 ``checkpoints/step_*`` (DCP of actor + critic, exact resume: rerunning the same command continues
 from the newest intact checkpoint), ``final/actor`` (a plain ``transformers`` causal LM). SIGTERM
-saves a checkpoint and exits 0. ``python trainer/ppo.py --help`` lists every config key.
+finishes the iteration, saves a checkpoint and exits 75 (rerun to resume; exit codes: ``--help``).
+``python trainer/ppo.py --help`` lists every config key.
 """
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 import warnings
@@ -56,7 +56,15 @@ from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import ConfigError, TrainConfig, cli_main
 from trainer.infra.dist import all_reduce_sum, barrier, get_world_size
 from trainer.infra.metrics import MetricsLog
-from trainer.infra.runtime import Run, build_optimizer, device_sync, peak_memory_mb, start_run
+from trainer.infra.runtime import (
+    STOP,
+    Preempted,
+    Run,
+    build_optimizer,
+    device_sync,
+    peak_memory_mb,
+    start_run,
+)
 from trainer.models import (
     GoldReward,
     RewardModel,
@@ -101,6 +109,16 @@ class PPOConfig(TrainConfig):
         "kl_horizon": 1, "memory_limit_gb": 0, "lam": 0, "gamma": 0,
     }  # fmt: skip
     PATHS: ClassVar[dict] = {"prompts": None, "reward_model": None}
+    RESUME_SAFE: ClassVar[dict] = dict.fromkeys(
+        (
+            "iterations",
+            "stop_after_iterations",
+            "save_final",
+            "tensorboard",
+            "memory_limit_gb",
+            "forward_batch_size",
+        )
+    )
 
     reward_level: str = "token"
     """``token``: r_t = R_t − β·KL_t from the RM's per-token scores (fine-grained token-level PPO);
@@ -691,8 +709,6 @@ def train(cfg: PPOConfig) -> dict:
     S = setup(cfg)
     run, di, models, ro_rows = S.run, S.run.di, S.models, cfg.rollout_batch_size
     group = dist.group.WORLD if dist.is_initialized() and di.world_size > 1 else None
-    stop = {"flag": False}  # SIGTERM: finish this iteration, checkpoint, exit cleanly
-    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))
     bar = tqdm(
         total=S.end,
         initial=S.iteration,
@@ -751,7 +767,8 @@ def train(cfg: PPOConfig) -> dict:
                 kl=(rlhf.kl_penalty(ro.old_logp, ro.ref_logp, "k1").double() * maskf).sum(),
                 entropy=(ro.entropy.double() * maskf).sum(),
                 ev=rlhf.explained_variance_sums(ro.values, ro.returns, mask),
-                gen_tokens=maskf.sum(), seq_tokens=ro.attention_mask.sum().double(), stop=float(stop["flag"]),
+                gen_tokens=maskf.sum(), seq_tokens=ro.attention_mask.sum().double(),
+                stop=float(STOP.requested),
             )  # fmt: skip
             if S.gold is not None:
                 stats.add(
@@ -782,9 +799,8 @@ def train(cfg: PPOConfig) -> dict:
         ):
             extra = {"iteration": iteration, "kl_coef": S.kl_ctl.value, "moments": vars(S.moments).copy()}
             S.ckpt.save(iteration, checkpoint_parts(models, S.opts), extra)
-        if terminated:
-            run.say(f"SIGTERM: checkpoint saved at iteration {iteration}; exiting")
-            break
+        if terminated:  # SIGTERM on some rank: the checkpoint above is written; exit 75
+            raise Preempted(run.out_dir, iteration)
     bar.close()
     S.log.close()
 

@@ -26,7 +26,8 @@ with ``data=""`` a synthetic set is generated (``trainer/data/synthetic.py``).
 Outputs under ``output_dir``: ``config.yaml``, ``metrics.jsonl`` (append-only), ``checkpoints/``
 (DCP, exact resume: rerunning the same command continues from the newest intact one), ``best/`` (best
 held-out accuracy on the level's own kind of pairs) and ``final/`` (plain ``transformers`` directories).
-``python trainer/reward.py --help`` lists every config key.
+SIGTERM finishes the step, checkpoints and exits 75 (rerun to resume). ``python trainer/reward.py
+--help`` lists every config key and the exit codes.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import ConfigError, TrainConfig, cli_main
 from trainer.infra.dist import all_reduce_sum, barrier, gather_objects
 from trainer.infra.metrics import MetricsLog
-from trainer.infra.runtime import Run, build_optimizer, lr_lambda, start_run
+from trainer.infra.runtime import STOP, Preempted, Run, build_optimizer, lr_lambda, start_run
 from trainer.models import (
     base_config,
     build_sharded,
@@ -98,6 +99,9 @@ class RewardConfig(TrainConfig):
         "log_every": 1, "eval_every": 0, "eval_batch_size": 1,
     }  # fmt: skip
     PATHS: ClassVar[dict] = {"data": None, "eval_data": None}
+    RESUME_SAFE: ClassVar[dict] = dict.fromkeys(
+        ("log_every", "eval_every", "eval_batch_size", "stop_after_steps", "save_best", "save_dtype")
+    )
 
     rm_level: str = "token"
     """``token`` (the fine-grained RM: token_bt_loss on edited pairs) or ``sequence`` (the
@@ -543,9 +547,11 @@ def train(cfg: RewardConfig) -> dict:
             collate_pairs([train_pairs[i] for i in idx], pad_id)
             for idx in step_batches(step, len(train_pairs), world_batch, cfg, di.rank, di.world_size)
         ]
-        # 4a. the global number of pairs of this step (one all-reduce, before the micro-batches)
+        # 4a. the global number of pairs of this step and any rank's SIGTERM (one all-reduce,
+        # before the micro-batches; on the device: NCCL needs it)
         n_local = float(sum(b["input_ids"].shape[0] // 2 for b in micro))
-        n_global = all_reduce_sum(torch.tensor([n_local], device=di.device))  # on device: NCCL needs it
+        step_sums = all_reduce_sum(torch.tensor([n_local, float(STOP.requested)], device=di.device))
+        n_global = step_sums[:1]
         for k, batch in enumerate(micro):
             batch = {key: v.to(di.device) for key, v in batch.items()}
             model.set_requires_gradient_sync(k == len(micro) - 1)  # reduce-scatter once per step
@@ -601,7 +607,8 @@ def train(cfg: RewardConfig) -> dict:
             metrics, best = evaluate_and_keep_best(
                 run, model, eval_data, pad_id, step, best, log, hf_config, tokenizer
             )
-        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == end_step:
+        preempted = step_sums[1].item() > 0  # host sync (one per step): every rank agrees to stop
+        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == end_step or preempted:
             extra = {
                 "scheduler": scheduler.state_dict(),
                 "step": step,
@@ -609,6 +616,9 @@ def train(cfg: RewardConfig) -> dict:
                 "best": best,
             }
             ckpt.save(step, {"model": (model, optimizer)}, extra)
+        if preempted:  # SIGTERM on some rank: the checkpoint above is written; exit 75
+            bar.close()
+            raise Preempted(run.out_dir, step)
     bar.close()
 
     # 5. final evaluation and model

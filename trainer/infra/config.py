@@ -59,8 +59,9 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _declared(cls: type, name: str) -> dict:
-    """A ``ClassVar`` dict (``CHOICES``, ``AT_LEAST``, ``PATHS``) merged over the MRO."""
+def declared(cls: type, name: str) -> dict:
+    """A ``ClassVar`` dict (``CHOICES``, ``AT_LEAST``, ``PATHS``, ``RESUME_SAFE``) merged over
+    the MRO."""
     out: dict = {}
     for klass in reversed(cls.__mro__):
         out.update(vars(klass).get(name, {}))
@@ -72,8 +73,10 @@ def check_declared(cfg: Any) -> None:
 
     * ``CHOICES: ClassVar[dict[str, tuple]]`` — the allowed values of a key;
     * ``AT_LEAST: ClassVar[dict[str, float]]`` — the smallest allowed value of a numeric key;
-    * ``PATHS: ClassVar[tuple[str, ...]]`` (as dict keys) — keys naming a local file or
-      directory: when set and path-like (``./``, ``/`` or a file suffix), it must exist.
+    * ``PATHS: ClassVar[dict]`` (its keys) — keys naming a local file or directory: when set and
+      path-like (``./``, ``/``, ``~`` or a data-file suffix), it must exist;
+    * ``RESUME_SAFE: ClassVar[dict]`` (its keys, read on resume by ``infra.runtime``) — keys
+      that may change between a run and its resumption (logging, progress, stopping points).
 
     Raises:
         ConfigError / trainer.data.formats.DataError: naming the key and the bad value.
@@ -81,15 +84,17 @@ def check_declared(cfg: Any) -> None:
     from trainer.data.formats import DataError
 
     cls = type(cfg)
-    for key, allowed in _declared(cls, "CHOICES").items():
+    for key, allowed in declared(cls, "CHOICES").items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"config key {key!r}: {getattr(cfg, key)!r} is not one of {tuple(allowed)}")
-    for key, low in _declared(cls, "AT_LEAST").items():
+    for key, low in declared(cls, "AT_LEAST").items():
         if getattr(cfg, key) < low:
             raise ConfigError(f"config key {key!r}: must be >= {low}, got {getattr(cfg, key)}")
-    for key in _declared(cls, "PATHS"):
+    for key in declared(cls, "PATHS"):
         value = getattr(cfg, key)
-        if value and (value.startswith((".", "/")) or Path(value).suffix) and not Path(value).exists():
+        suffix = Path(value).suffix.lower()
+        pathlike = value.startswith((".", "/", "~")) or suffix in (".json", ".jsonl", ".gz", ".parquet")
+        if value and pathlike and not Path(value).expanduser().exists():
             raise DataError(value, f"no such file or directory (config key {key!r})")
 
 
@@ -109,6 +114,9 @@ class TrainConfig:
         "max_grad_norm": 0, "num_threads": 0, "checkpoint_every": 0, "keep_checkpoints": 1,
     }  # fmt: skip
     PATHS: ClassVar[dict] = {"init_from": None, "tokenizer": None}
+    RESUME_SAFE: ClassVar[dict] = dict.fromkeys(
+        ("progress", "checkpoint_every", "keep_checkpoints", "num_threads", "resume")
+    )
 
     tokenizer: str = ""
     """Tokenizer directory or hub name; empty: ``init_from``'s (or the synthetic world's)."""
@@ -295,15 +303,20 @@ def cli_main(config_cls: type[T], train: Any, doc: str | None, argv: list[str] |
     """The body of every entry point's ``main``: ``--help`` prints ``doc`` and every config
     key; otherwise parse ``argv`` (``--config FILE`` then ``key=value``) into ``config_cls``,
     run ``train(cfg)``, and turn a bad config, bad input or no intact checkpoint into a one-line
-    error and exit 2.
+    error and exit 2, and a SIGTERM pre-emption (checkpoint written) into exit 75.
     The process group is always shut down."""
     from trainer.data.formats import DataError
     from trainer.infra.checkpoint import CheckpointError
     from trainer.infra.dist import shutdown
+    from trainer.infra.runtime import EXIT_PREEMPTED, Preempted
 
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         print(doc)
+        print(
+            "Exit status: 0 finished; 1 a crash; 2 a bad config, bad input or no intact checkpoint;\n"
+            "75 pre-empted by SIGTERM (a checkpoint was written: rerun the same command to resume).\n"
+        )
         print(config_help(config_cls))
         return 0
     try:
@@ -311,6 +324,10 @@ def cli_main(config_cls: type[T], train: Any, doc: str | None, argv: list[str] |
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
+    except Preempted as e:
+        e.mark()
+        print(str(e), file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
     finally:
         shutdown()
     return 0

@@ -1,17 +1,25 @@
 """What every trainer does before its first step and around its loop, written once.
 
-:func:`start_run` is step 0 of every entry point: validate the config, determinism, the process
-group, CPU threads, the output directory and the resolved config (printed and saved). Also here:
-the optimizer, the learning-rate schedule, device timing and peak memory.
+:func:`start_run` is step 0 of every entry point: the SIGTERM handler (first), the config check,
+determinism, the process group, CPU threads, an exclusive lock on the output directory, the
+resolved config (printed, saved, compared with the saved one on resume). Also here: pre-emption
+(:data:`STOP`, :class:`Preempted`, exit code :data:`EXIT_PREEMPTED`), the optimizer, the
+learning-rate schedule, device timing and peak memory.
+
+Exit codes of every trainer: 0 finished; 1 a crash (traceback); 2 a bad config, bad input or no
+intact checkpoint (one line); 75 pre-empted by SIGTERM — a checkpoint was written and rerunning
+the same command resumes (``output_dir/PREEMPTED`` says so too, until the next start).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -19,7 +27,131 @@ from torch import nn
 from trainer.infra.config import ConfigError, TrainConfig, to_yaml
 from trainer.infra.dist import DistInfo, init_distributed
 
-__all__ = ["Run", "build_optimizer", "device_sync", "lr_lambda", "peak_memory_mb", "start_run"]
+__all__ = [
+    "EXIT_PREEMPTED",
+    "STOP",
+    "Preempted",
+    "Run",
+    "build_optimizer",
+    "device_sync",
+    "lr_lambda",
+    "peak_memory_mb",
+    "start_run",
+]
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM after a checkpoint; rerun to resume
+PREEMPTED_MARKER = "PREEMPTED"
+
+
+class _StopRequest:
+    """Set by SIGTERM; the loops read it at their next step (every rank agrees through the
+    step's all-reduce), checkpoint, and raise :class:`Preempted`."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def install(self) -> None:
+        """Route SIGTERM here (idempotent; the main thread only, as Python requires)."""
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, *_: Any) -> None:
+        self.requested = True
+
+
+STOP = _StopRequest()
+
+
+class Preempted(Exception):
+    """Raised after the checkpoint a SIGTERM asked for; the entry point exits 75."""
+
+    def __init__(self, out_dir: Path, step: int):
+        self.out_dir, self.step = out_dir, step
+        super().__init__(
+            f"SIGTERM: checkpoint saved at step {step} in {out_dir / 'checkpoints'}; "
+            f"rerun the same command to resume (exit {EXIT_PREEMPTED})"
+        )
+
+    def mark(self) -> None:
+        """Write ``output_dir/PREEMPTED`` (for schedulers that read files, not exit codes)."""
+        if int(os.environ.get("RANK", "0")) == 0:
+            (self.out_dir / PREEMPTED_MARKER).write_text(f"step {self.step}\n")
+
+
+_LOCKS: dict[str, IO] = {}
+
+
+def _lock_output_dir(out_dir: Path) -> None:
+    """An exclusive OS-level lock on ``out_dir/.lock`` (``flock``: released by the kernel when the
+    process dies, so a kill never leaves it stale). A second run on the same directory is refused.
+
+    Raises:
+        ConfigError: another process holds the lock.
+    """
+    import fcntl
+
+    key = str(out_dir.resolve())
+    if key in _LOCKS:  # this process ran here before (sequential runs in one process)
+        _LOCKS.pop(key).close()
+    fh = open(out_dir / ".lock", "a+")  # noqa: SIM115 - held for the life of the run
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise ConfigError(
+            f"config key 'output_dir': another run is using {out_dir} (it holds {out_dir / '.lock'}); "
+            "wait for it to finish or choose another output_dir"
+        ) from None
+    _LOCKS[key] = fh
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_resume_config(cfg: TrainConfig, out_dir: Path, say) -> None:
+    """Compare ``cfg`` with the ``config.yaml`` of the run it will resume (when checkpoints
+    exist and ``resume`` is on): keys outside the class's ``RESUME_SAFE`` refuse with the diff;
+    safe ones are logged and the new config is kept beside the old as
+    ``config.<UTC time>.yaml`` (``config.yaml`` stays the first run's).
+
+    Raises:
+        ConfigError: a change that alters the model, the data order or the schedule.
+    """
+    from omegaconf import OmegaConf
+
+    from trainer.infra.checkpoint import Checkpointer
+    from trainer.infra.config import declared
+
+    saved_path = out_dir / "config.yaml"
+    if not (cfg.resume and saved_path.exists() and Checkpointer(out_dir / "checkpoints").complete()):
+        saved_path.write_text(to_yaml(cfg))
+        return
+    old = _flatten(OmegaConf.to_container(OmegaConf.load(saved_path)))
+    new = _flatten(OmegaConf.to_container(OmegaConf.create(to_yaml(cfg))))
+    changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+    if not changed:
+        return
+    safe = declared(type(cfg), "RESUME_SAFE")
+    unsafe = {k: v for k, v in changed.items() if k not in safe}
+    diff = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+    if unsafe:
+        raise ConfigError(
+            f"{out_dir} holds checkpoints of a run with another config ({diff}); these keys change the "
+            f"model, data order or schedule: {sorted(unsafe)}. Use the saved config "
+            f"({saved_path}), another output_dir, or resume=false to start over"
+        )
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    (out_dir / f"config.{stamp}.yaml").write_text(to_yaml(cfg))
+    say(f"resuming with changed keys (allowed): {diff}; saved as config.{stamp}.yaml")
 
 
 @dataclass
@@ -47,9 +179,11 @@ class Run:
 
 
 def start_run(cfg: TrainConfig, name: str) -> Run:
-    """Step 0 of every trainer (called on every rank): ``cfg.check()``, deterministic algorithms,
-    the process group and device mesh, CPU threads (cores / local processes), the output
-    directory, and the resolved config printed and written to ``output_dir/config.yaml``."""
+    """Step 0 of every trainer (called on every rank): the SIGTERM handler, ``cfg.check()``,
+    deterministic algorithms, the process group and device mesh, CPU threads (cores / local
+    processes), the output directory with its lock (rank 0), and the resolved config printed and
+    written to ``output_dir/config.yaml`` (compared with the saved one when resuming)."""
+    STOP.install()
     cfg.check()
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -59,11 +193,26 @@ def start_run(cfg: TrainConfig, name: str) -> Run:
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // local_world))
     out_dir = Path(cfg.output_dir)
+    run = Run(cfg=cfg, di=di, out_dir=out_dir, name=name)
+    error = None
     if di.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(to_yaml(cfg))
-        print(f"[{name}] resolved config:\n{to_yaml(cfg)}", flush=True)
-    return Run(cfg=cfg, di=di, out_dir=out_dir, name=name)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            _lock_output_dir(out_dir)
+            print(f"[{name}] resolved config:\n{to_yaml(cfg)}", flush=True)
+            _check_resume_config(cfg, out_dir, run.say)
+            (out_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
+        except ConfigError as e:
+            error = str(e)
+        except OSError as e:
+            error = f"config key 'output_dir': cannot write {out_dir} ({e.strerror or e})"
+    # every rank stops on rank 0's refusal (none is left waiting in a collective)
+    from trainer.infra.dist import broadcast_object
+
+    error = broadcast_object(error)
+    if error is not None:
+        raise ConfigError(error)
+    return run
 
 
 def build_optimizer(model: nn.Module, lr: float, cfg: TrainConfig) -> torch.optim.Optimizer:
