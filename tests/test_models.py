@@ -133,3 +133,42 @@ def test_left_padding_scores_like_right_padding():
         a = per_token_scores(model, right, m_right)[m_right]
         b = per_token_scores(model, left, m_left)[m_left]
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    """A tiny causal LM, a tiny reward model (with its metadata) and a run root holding final/,
+    all over the synthetic world's vocabulary."""
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+
+    from trainer.data.synthetic import build_tokenizer
+
+    root = tmp_path_factory.mktemp("models")
+    tok = build_tokenizer(SyntheticConfig())
+    base = tiny_llama_config(
+        RewardConfig(hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64), tok
+    )
+    lm = AutoModelForCausalLM.from_config(base)
+    save_pretrained(lm.state_dict(), base, "causal_lm", root / "lm", tok)
+    head = scalar_head_config(base, 0)
+    rm = AutoModelForTokenClassification.from_config(head)
+    save_pretrained(rm.state_dict(), head, "scalar_head", root / "run" / "final", tok, {"level": "token"})
+    return root
+
+
+def test_wrong_model_paths_are_one_line_errors(model_dirs, tmp_path, capsys):
+    """A reward model that is not one, a run's root instead of final/, weights that do not fit:
+    each stops before training with an error naming the key (no traceback, exit 2)."""
+    from trainer.ppo import main
+
+    out = f"output_dir={tmp_path}/o"
+    assert main([f"reward_model={model_dirs / 'run'}", out]) == 2
+    err = capsys.readouterr().err
+    assert "'reward_model'" in err and "is a run directory; did you mean" in err and "final" in err
+    assert main([f"reward_model={model_dirs / 'lm'}", out]) == 2  # a causal LM: no reward metadata
+    assert "no fgrlhf_reward.json, so not a reward model" in capsys.readouterr().err
+    assert main([f"init_from={model_dirs / 'run' / 'final'}", "reward_source=gold", out]) == 2
+    err = capsys.readouterr().err
+    assert "config key 'init_from'" in err and "do not fit a causal_lm model" in err and "lm_head" in err
+    assert main([f"init_from={tmp_path}", "reward_source=gold", out]) == 2
+    assert "has no config.json: not a transformers model directory" in capsys.readouterr().err

@@ -50,8 +50,11 @@ __all__ = [
     "RewardScores",
     "attn_implementation",
     "build_sharded",
+    "check_model_dir",
     "full_state_dict",
     "initial_state_dict",
+    "load_on_rank0",
+    "load_tokenizer",
     "no_dropout",
     "per_token_scores",
     "position_ids",
@@ -110,15 +113,19 @@ def base_config(cfg: Any, tokenizer: Any, max_position_embeddings: int = 256):
     """The backbone config of a trainer: ``cfg.init_from``'s, or :func:`tiny_llama_config`.
 
     Raises:
-        ValueError: the tokenizer has more tokens than the checkpoint's embedding.
+        ConfigError: ``init_from`` is not a model directory, or the tokenizer has more tokens than
+            the checkpoint's embedding.
     """
     from transformers import AutoConfig
 
+    from trainer.infra.config import ConfigError
+
     if not cfg.init_from:
         return tiny_llama_config(cfg, tokenizer, max_position_embeddings)
+    check_model_dir(cfg.init_from, "init_from")
     config = AutoConfig.from_pretrained(cfg.init_from)
     if len(tokenizer) > config.vocab_size:
-        raise ValueError(
+        raise ConfigError(
             f"init_from={cfg.init_from}: the tokenizer has {len(tokenizer)} tokens but the model's "
             f"embedding only {config.vocab_size}"
         )
@@ -149,17 +156,82 @@ def no_dropout(config: Any) -> Any:
 
 
 # --- build, load, save ---------------------------------------------------------------------
-def initial_state_dict(kind: str, config: Any, init_from: str, seed: int) -> dict[str, torch.Tensor]:
-    """The full initial weights on the CPU in fp32 (call it on rank 0 only): loaded from
-    ``init_from`` (a causal LM loaded as ``scalar_head`` gets a fresh head, seeded by ``seed``)
-    or a random init of ``config``."""
+def initial_state_dict(
+    kind: str, config: Any, init_from: str, seed: int, new_head: bool = False, key: str = "init_from"
+) -> dict[str, torch.Tensor]:
+    """The full initial weights on the CPU in fp32 (call it on rank 0 only, or through
+    :func:`load_on_rank0`): loaded from ``init_from``, or a random init of ``config``.
+
+    Every weight of the model must come from the checkpoint and every checkpoint weight must be
+    used — except, with ``new_head``, a fresh ``scalar_head`` on a causal LM (its ``score`` head
+    initialised, seeded by ``seed``, and the LM head dropped).
+
+    Raises:
+        ConfigError: the checkpoint's weights do not fit this model (names the keys and ``key``).
+    """
+    from trainer.infra.config import ConfigError
+
     auto = _auto_class(kind)
     torch.manual_seed(seed)
-    if init_from:
-        model = auto.from_pretrained(init_from, config=config, dtype=torch.float32)
-    else:
-        model = auto.from_config(config, dtype=torch.float32)
+    if not init_from:
+        return auto.from_config(config, dtype=torch.float32).state_dict()
+    model, info = auto.from_pretrained(
+        init_from, config=config, dtype=torch.float32, output_loading_info=True
+    )
+    missing, unexpected = list(info.get("missing_keys", [])), list(info.get("unexpected_keys", []))
+    mismatched = [k for k, *_ in info.get("mismatched_keys", [])]
+    if new_head:
+        missing = [k for k in missing if not k.startswith("score.")]
+        unexpected = [k for k in unexpected if not k.startswith("lm_head.")]
+    if missing or unexpected or mismatched:
+        raise ConfigError(
+            f"config key {key!r}: the weights in {init_from} do not fit a {kind} model "
+            f"(missing {missing[:4]}, unexpected {unexpected[:4]}, wrong shape {mismatched[:4]}); "
+            "is it the right kind of model directory?"
+        )
     return model.state_dict()
+
+
+def load_on_rank0(
+    di: Any, kind: str, config: Any, init_from: str, seed: int, new_head: bool = False, key: str = "init_from"
+) -> dict[str, torch.Tensor] | None:
+    """:func:`initial_state_dict` on rank 0 (None elsewhere), with its refusal raised on every
+    rank (no rank is left waiting for weights that will never be broadcast)."""
+    from trainer.infra.config import ConfigError
+    from trainer.infra.dist import broadcast_object
+
+    sd, error = None, None
+    if di.is_main:
+        try:
+            sd = initial_state_dict(kind, config, init_from, seed, new_head, key)
+        except ConfigError as e:
+            error = str(e)
+    error = broadcast_object(error)
+    if error is not None:
+        raise ConfigError(error)
+    return sd
+
+
+def check_model_dir(path: str, key: str) -> None:
+    """A local ``path`` given for ``key`` must be a ``transformers`` model directory; a run's root
+    (which holds ``final/``) gets a hint. Hub names (no such local path) are left to ``transformers``.
+
+    Raises:
+        ConfigError: naming ``key`` and what the directory is instead.
+    """
+    from trainer.infra.config import ConfigError
+
+    p = Path(path)
+    if not path or not p.exists():
+        return
+    if not p.is_dir():
+        raise ConfigError(f"config key {key!r}: {path} is a file, expected a model directory")
+    if (p / "config.json").exists():
+        return
+    for sub in ("final", "final/actor", "best"):
+        if (p / sub / "config.json").exists():
+            raise ConfigError(f"config key {key!r}: {path} is a run directory; did you mean {p / sub}?")
+    raise ConfigError(f"config key {key!r}: {path} has no config.json: not a transformers model directory")
 
 
 def _reset_nonpersistent_buffers(model: nn.Module) -> None:
@@ -269,16 +341,39 @@ def save_pretrained(
     return out
 
 
+def load_tokenizer(name: str, key: str):
+    """``AutoTokenizer.from_pretrained(name)``, a failure being a one-line error naming ``key``."""
+    from transformers import AutoTokenizer
+
+    from trainer.infra.config import ConfigError
+
+    p = Path(name)
+    if p.is_dir() and not any((p / f).exists() for f in ("tokenizer_config.json", "tokenizer.json")):
+        check_model_dir(name, key)  # a run's root gets its hint
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"config key {key!r}: cannot load a tokenizer from {name} ({str(e).splitlines()[0][:200]})"
+        ) from None
+
+
 def read_reward_meta(path: str | Path) -> dict:
     """The reward metadata a reward-model directory carries (``level``: token | sequence, the
-    loss variant, the step, the last evaluation); ``{"level": "token"}`` when the file is absent.
+    loss variant, the step, the last evaluation), written by ``trainer/reward.py``.
 
     Raises:
-        ValueError: the file names an unknown level.
+        ValueError: no metadata file (not a reward model written by ``trainer/reward.py``), or an
+            unknown level.
     """
     meta_path = Path(path) / RM_META_FILE
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    meta.setdefault("level", "token")
+    if not meta_path.exists():
+        raise ValueError(
+            f"{path}: no {RM_META_FILE}, so not a reward model written by trainer/reward.py (a causal LM "
+            f"or another model's directory?); a reward model's directory is its run's final/ or best/"
+        )
+    meta = json.loads(meta_path.read_text())
+    meta.setdefault("level", meta.get("mode", "token"))  # "mode": the name before 0.1
     if meta["level"] not in LEVELS:
         raise ValueError(f"{meta_path}: level {meta['level']!r} is not one of {LEVELS}")
     return meta

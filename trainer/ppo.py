@@ -70,8 +70,11 @@ from trainer.models import (
     RewardModel,
     base_config,
     build_sharded,
+    check_model_dir,
     full_state_dict,
     initial_state_dict,
+    load_on_rank0,
+    load_tokenizer,
     no_dropout,
     pad_token_id,
     per_token_scores,
@@ -273,6 +276,20 @@ def train_reward_model_on_the_fly(cfg: PPOConfig, out_dir: Path, pairs: Path, to
     return final
 
 
+def reward_level_of(rm_dir: Path) -> str:
+    """The level of the reward model in ``rm_dir`` (``token`` / ``sequence``), after checking it is
+    a reward-model directory written by ``trainer/reward.py``.
+
+    Raises:
+        ConfigError: not a model directory (a run's root gets a hint), or no reward metadata.
+    """
+    check_model_dir(str(rm_dir), "reward_model")
+    try:
+        return read_reward_meta(rm_dir)["level"]
+    except ValueError as e:
+        raise ConfigError(f"config key 'reward_model': {e}") from None
+
+
 class Models(NamedTuple):
     """The four PPO models (FSDP2-sharded) and what they were built from."""
 
@@ -292,7 +309,7 @@ def build_models(run: Run, tokenizer: Any, rm_dir: Path | None, syn: SyntheticCo
     cfg, di = run.cfg, run.di
     pad_id = pad_token_id(tokenizer)
     a_cfg = no_dropout(base_config(cfg, tokenizer))
-    actor_sd = initial_state_dict("causal_lm", a_cfg, cfg.init_from, cfg.seed) if di.is_main else None
+    actor_sd = load_on_rank0(di, "causal_lm", a_cfg, cfg.init_from, cfg.seed)
     # (each model gets its own shallow copy: set_model_state_dict replaces the dict's values)
     actor = build_sharded("causal_lm", a_cfg, actor_sd and dict(actor_sd), di, cfg, train=True)
     ref = build_sharded("causal_lm", a_cfg, actor_sd and dict(actor_sd), di, cfg, train=False)
@@ -314,20 +331,22 @@ def build_models(run: Run, tokenizer: Any, rm_dir: Path | None, syn: SyntheticCo
             critic_sd = {k: (actor_sd[k] if k in actor_sd else v) for k, v in head.items()}
     else:
         c_cfg = scalar_head_config(AutoConfig.from_pretrained(critic_src), pad_id)
-        critic_sd = initial_state_dict("scalar_head", c_cfg, critic_src, cfg.seed + 1) if di.is_main else None
+        critic_sd = load_on_rank0(
+            di, "scalar_head", c_cfg, critic_src, cfg.seed + 1, new_head=True, key="critic_from"
+        )
     critic = build_sharded("scalar_head", no_dropout(c_cfg), critic_sd, di, cfg, train=True)
 
     if cfg.reward_source == "gold":
         reward = GoldReward(tokenizer, syn).to(di.device)
     else:
-        level = read_reward_meta(rm_dir)["level"]
+        level = reward_level_of(rm_dir)
         if level == "sequence" and cfg.reward_level == "token":
             raise ConfigError(
                 f"config key 'reward_level': 'token' needs a token-level reward model, but {rm_dir} is "
                 "sequence-level (only its last-token score is meaningful): use reward_level=sequence"
             )
         r_cfg = scalar_head_config(AutoConfig.from_pretrained(rm_dir), pad_id)
-        rm_sd = initial_state_dict("scalar_head", r_cfg, str(rm_dir), 0) if di.is_main else None
+        rm_sd = load_on_rank0(di, "scalar_head", r_cfg, str(rm_dir), 0, key="reward_model")
         reward = RewardModel(build_sharded("scalar_head", r_cfg, rm_sd, di, cfg, train=False), level).eval()
     return Models(actor, ref, critic, reward, a_cfg, critic_src)
 
@@ -620,11 +639,9 @@ class Setup:
 
 
 def setup(cfg: PPOConfig) -> Setup:
-    """``# 0. set-up`` (every rank): (a) run, (b) prompts and tokenizer, (c) the reward model
-    (trained on the fly when none is given) and the memory check, (d) the four models and their
-    optimizers, (e) resume from the newest intact checkpoint."""
-    from transformers import AutoTokenizer
-
+    """``# 0. set-up`` (every rank): (a) run, (b) prompts and tokenizer, (c) the memory check and
+    the reward model (checked, or trained on the fly when none is given), (d) the four models and
+    their optimizers, (e) resume from the newest intact checkpoint."""
     # (a) config check, processes, threads, determinism, outputs
     run = start_run(cfg, "ppo")
     di, out_dir = run.di, run.out_dir
@@ -632,32 +649,36 @@ def setup(cfg: PPOConfig) -> Setup:
     syn = None if cfg.prompts else cfg.synthetic
     if syn is None:
         prompt_file, tok_name = cfg.prompts, cfg.tokenizer or cfg.init_from or cfg.reward_model
+        tok_key = next(k for k in ("tokenizer", "init_from", "reward_model") if getattr(cfg, k) == tok_name)
     else:
         pairs_path, tok_dir = bootstrap(out_dir / "synthetic", syn)
         prompt_file, tok_name = str(pairs_path), cfg.tokenizer or str(tok_dir)
     if not tok_name:
         raise ConfigError("config key 'tokenizer': needed when 'prompts' is given and 'init_from' is empty")
-    tokenizer = AutoTokenizer.from_pretrained(tok_name)
+    tokenizer = load_tokenizer(tok_name, tok_key if syn is None else "tokenizer")
     prompts = load_prompts(prompt_file, tokenizer, cfg.max_prompt_length)
     gold = GoldReward(tokenizer, syn).to(di.device) if syn is not None else None
     run.say(f"prompts {prompt_file}: {len(prompts)}")
-    # (c) the reward model, then the memory plan
-    rm_dir = None
-    if cfg.reward_source == "learned":
-        if cfg.reward_model:
-            rm_dir = Path(cfg.reward_model)
-        elif syn is not None:
-            run.say("no reward_model given: training a tiny one with trainer/reward.py")
-            rm_dir = train_reward_model_on_the_fly(cfg, out_dir, pairs_path, tok_dir)
-            barrier()
-        else:
-            raise ConfigError("config key 'reward_model': required with a prompts file")
+    # (c) the memory plan (before anything is trained), then the reward model
     est = estimate_memory(cfg, base_config(cfg, tokenizer), di.world_size, max(len(p) for p in prompts))
     line, limit = check_memory(cfg, est, di.device)
     run.say(
         f"memory estimate: {line}"
         + (f" (limit {limit / 1024**3:.1f} GiB)" if limit else " (not checked on CPU)")
     )
+    if cfg.critic_from not in ("auto", "actor"):
+        check_model_dir(cfg.critic_from, "critic_from")
+    rm_dir = None
+    if cfg.reward_source == "learned":
+        if cfg.reward_model:
+            rm_dir = Path(cfg.reward_model)
+            reward_level_of(rm_dir)
+        elif syn is not None:
+            run.say("no reward_model given: training a tiny one with trainer/reward.py")
+            rm_dir = train_reward_model_on_the_fly(cfg, out_dir, pairs_path, tok_dir)
+            barrier()
+        else:
+            raise ConfigError("config key 'reward_model': required with a prompts file")
     # (d) models and optimizers
     models = build_models(run, tokenizer, rm_dir, syn)
     n_actor = sum(p.numel() for p in models.actor.parameters())

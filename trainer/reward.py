@@ -62,7 +62,8 @@ from trainer.models import (
     base_config,
     build_sharded,
     full_state_dict,
-    initial_state_dict,
+    load_on_rank0,
+    load_tokenizer,
     pad_token_id,
     per_token_scores,
     save_pretrained,
@@ -430,8 +431,6 @@ def evaluate(model: torch.nn.Module, data: PairData, cfg: RewardConfig, pad_id: 
 def load_data(run: Run) -> tuple[Any, list[Pair], PairData, str]:
     """The tokenizer, the training pairs of the level's own kind, the held-out pairs and the data
     path (the synthetic set when ``data`` is empty)."""
-    from transformers import AutoTokenizer
-
     cfg = run.cfg
     data_path, tok_name = cfg.data, cfg.tokenizer or cfg.init_from
     if not data_path:
@@ -439,7 +438,7 @@ def load_data(run: Run) -> tuple[Any, list[Pair], PairData, str]:
         data_path, tok_name = str(pairs_path), cfg.tokenizer or str(tok_dir)
     if not tok_name:
         raise ConfigError("config key 'tokenizer': needed when 'data' is given and 'init_from' is empty")
-    tokenizer = AutoTokenizer.from_pretrained(tok_name)
+    tokenizer = load_tokenizer(tok_name, "tokenizer" if cfg.tokenizer else "init_from")
     if pad_token_id(tokenizer) is None:
         raise ConfigError(f"tokenizer {tok_name}: has neither a pad nor an eos token")
     if cfg.eval_data:
@@ -501,7 +500,7 @@ def train(cfg: RewardConfig) -> dict:
 
     # 2. model (meta -> FSDP2 -> materialise -> weights from rank 0), optimizer, schedule
     hf_config = scalar_head_config(base_config(cfg, tokenizer, max(cfg.max_length, 128)), pad_id)
-    full = initial_state_dict("scalar_head", hf_config, cfg.init_from, cfg.seed) if di.is_main else None
+    full = load_on_rank0(di, "scalar_head", hf_config, cfg.init_from, cfg.seed, new_head=True)
     model = build_sharded("scalar_head", hf_config, full, di, cfg, train=True)
     n_params = sum(p.numel() for p in model.parameters())
     run.say(
