@@ -186,7 +186,7 @@ def test_unreadable_other_files(tmp_path):
         load_pairs(pq)
     bad_utf8 = tmp_path / "x.jsonl"
     bad_utf8.write_bytes(b'{"prompt": "\xff"}\n')
-    with pytest.raises(DataError, match="unreadable file"):
+    with pytest.raises(DataError, match="line 1: not valid UTF-8"):  # a bad line, named
         load_pairs(bad_utf8)
     csv = tmp_path / "x.csv"
     csv.write_text("prompt,chosen,rejected\n")
@@ -287,3 +287,15 @@ def test_one_alpaca_prompt_rule_for_training_and_ppo_prompts(tmp_path):
     assert prompt_text(with_input, "a.json", "record 1") == "Name a colour.\n\nPick one."
     with pytest.raises(DataError, match="record 2: no 'prompt'"):
         prompt_text({"text": "x"}, "a.json", "record 2")
+
+
+def test_a_bad_byte_is_a_bad_line_not_a_bad_file(tmp_path):
+    """One non-UTF-8 byte: that line is named (and skipped, counted, under skip_invalid)."""
+    path = tmp_path / "p.jsonl"
+    good = json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}).encode()
+    bad = b'{"prompt": "p\xff", "chosen": "a", "rejected": "c"}'
+    path.write_bytes(good + b"\n" + bad + b"\n" + good.replace(b'"b"', b'"d"') + b"\n")
+    with pytest.raises(DataError, match=r"p.jsonl: line 2: not valid UTF-8 \(byte 14 of the line\)"):
+        load_pairs(path)
+    res = load_pairs(path, skip_invalid=True)
+    assert len(res.pairs) == 2 and len(res.invalid) == 1 and res.invalid[0].where == "line 2"

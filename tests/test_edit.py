@@ -363,6 +363,35 @@ def test_editlog_repairs_partial_last_line(tmp_path):
     assert out.read_text() == ""
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        '[{"prompt": "p", "chosen": "a", "rejected": "b"}]',  # a one-line .json file, no final newline
+        '[\n  {"prompt": "p"}\n]',  # pretty-printed JSON
+        "just some notes",  # not JSON at all, no newline
+        '{"id": "a", "status": "ok"}\n{"prompt": "x"}\n',  # a complete line that is not an edit record
+    ],
+)
+def test_editlog_never_modifies_a_file_that_is_not_an_edits_file(tmp_path, content):
+    out = tmp_path / "o.json"
+    out.write_text(content)
+    with pytest.raises(ValueError, match="is not an edit record.*nothing was changed"):
+        EditLog(out)
+    assert out.read_text() == content
+    out.write_text("")
+    EditLog(out).close()  # the failed open released its lock
+
+
+def test_editlog_keeps_a_whole_last_record_without_newline(tmp_path):
+    out = tmp_path / "o.jsonl"
+    out.write_text('{"id": "a", "status": "ok"}\n{"id": "b", "status": "empty"}')
+    log = EditLog(out)
+    assert log.done == {"a": "ok", "b": "empty"}
+    log.append({"id": "c", "status": "ok"})
+    log.close()
+    assert [r["id"] for r in read_jsonl(out)] == ["a", "b", "c"]
+
+
 def test_editlog_rejects_corrupt_middle_and_concurrent_writer(tmp_path):
     out = tmp_path / "o.jsonl"
     out.write_text('{"id": "a", "status": "ok"}\nGARBAGE\n{"id": "b", "status": "ok"}\n')
@@ -451,5 +480,54 @@ def test_cli_bad_input_and_dry_run(tmp_path):
     assert f"{inp}: record 1: field 'preference': expected 1 or 2, got str" in err and "--skip-invalid" in err
     proc = run_cli([str(inp), "-o", str(tmp_path / "o.jsonl"), "--skip-invalid", "--dry-run"], env)
     stdout, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    assert "1 invalid skipped" in stdout and "would send      0" in stdout
+    assert proc.returncode == 2, err  # every record skipped: nothing to do is a failure, not success
+    assert "every record is invalid (1 skipped): nothing to edit" in err
+
+
+@pytest.mark.parametrize(
+    "flags,msg",
+    [
+        (["--min-similarity", "5"], "--min-similarity must be in [0, 1], got 5"),
+        (["--max-retries", "-1"], "--max-retries must be >= 0, got -1"),
+        (["--extra-attempts", "-1"], "--extra-attempts must be >= 0, got -1"),
+        (["--timeout", "-1"], "--timeout must be > 0, got -1"),
+        (["--concurrency", "0"], "--concurrency must be >= 1, got 0"),
+    ],
+)
+def test_cli_flag_ranges_are_usage_errors(tmp_path, flags, msg):
+    inp = tmp_path / "in.jsonl"
+    write_pairs(inp, 1)
+    env = dict(os.environ, PYTHONPATH=str(REPO), ANTHROPIC_API_KEY=SECRET)
+    proc = run_cli([str(inp), "-o", str(tmp_path / "o.jsonl"), *flags], env)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and msg in err and "Traceback" not in err
+
+
+def test_cli_output_errors_are_one_line(tmp_path):
+    """-o a directory, or an unwritable place: a sentence naming the path, not a traceback."""
+    inp = tmp_path / "in.jsonl"
+    write_pairs(inp, 1)
+    env = dict(
+        os.environ, PYTHONPATH=str(REPO), ANTHROPIC_API_KEY=SECRET, ANTHROPIC_BASE_URL="http://127.0.0.1:9"
+    )
+    (tmp_path / "adir").mkdir()
+    proc = run_cli([str(inp), "-o", str(tmp_path / "adir")], env)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Is a directory" in err and "adir" in err and "Traceback" not in err
+
+
+def test_cli_sigterm_prints_the_summary_and_exits_143(tmp_path):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_pairs(inp, 40)
+    with FakeMessagesServer(delay=0.2) as srv:
+        env = dict(os.environ, ANTHROPIC_API_KEY=SECRET, ANTHROPIC_BASE_URL=srv.url, PYTHONPATH=str(REPO))
+        proc = run_cli([str(inp), "-o", str(out), "--concurrency", "2", "--model", "claude-test"], env)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 2):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        stdout, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert "interrupted" in stdout and "done" in stdout and "Traceback" not in err
+    assert all(json.loads(line)["id"] for line in out.read_text().splitlines())  # whole lines only

@@ -212,6 +212,13 @@ def test_bad_records_are_counted_or_named(tmp_path):
         str(path), tok, RewardConfig(max_length=64, eval_fraction=0.0, skip_invalid=True), None
     )
     assert lenient.skipped["invalid_record"] == 2 and len(lenient.edited) == 1
+    # with a held-out split, a bad line is counted once over both passes, not twice
+    split_cfg = RewardConfig(max_length=64, eval_fraction=0.5, skip_invalid=True)
+    halves = [
+        load_pair_data(str(path), tok, split_cfg, split=s).skipped["invalid_record"]
+        for s in ("train", "eval")
+    ]
+    assert sum(halves) == 2, halves
 
 
 def test_out_of_range_values_and_a_file_as_output_dir_are_refused(tmp_path, capsys):

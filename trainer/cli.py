@@ -3,8 +3,10 @@
     fgrlhf edit INPUT -o OUTPUT [--model M] [--concurrency N] [--limit N] [--dry-run] ...
     python -m trainer.cli edit ...          # the same without the installed script
 
-Exit status: 0 done; 1 a usage or runtime error; 2 bad input data; 3 some requests failed
-(not written; rerun the same command to retry them).
+Exit status: 0 done; 1 a runtime error (e.g. the output cannot be written, no API key); 2 a
+usage error or bad input data; 3 some requests failed (not written; rerun the same command to
+retry them); 130 interrupted (Ctrl-C) or 143 terminated (SIGTERM): what was written is kept and
+the summary says how far it got.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, fields
@@ -86,15 +89,27 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
     names = {f.name for f in fields(EditConfig)}
     cfg = EditConfig(**{k: v for k, v in vars(args).items() if k in names})
-    if cfg.concurrency < 1 or cfg.max_tokens < 1 or (cfg.limit is not None and cfg.limit < 0):
-        log.error("--concurrency and --max-tokens must be >= 1 and --limit >= 0")
-        return 1
+    bad = _check_ranges(cfg)
+    if bad:
+        log.error("%s", bad)
+        return 2
     log.info("config %s", json.dumps(asdict(cfg)))
+    signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends like Ctrl-C: summary, then exit 143
     try:
         summary = run_edit(cfg)
     except DataError as e:
-        log.error("bad input: %s%s", e, "" if cfg.skip_invalid else " (--skip-invalid skips bad records)")
+        hint = (
+            ""
+            if cfg.skip_invalid or "every record is invalid" in str(e)
+            else " (--skip-invalid skips bad records)"
+        )
+        log.error("bad input: %s%s", e, hint)
         return 2
+    except KeyboardInterrupt:
+        return 143 if _TERMINATED else 130
+    except OSError as e:  # an unwritable or missing path, a full disk: one line naming the path
+        log.error("%s: %s", e.filename or cfg.output, e.strerror or e)
+        return 1
     except (RuntimeError, ValueError) as e:
         log.error("%s", e)
         return 1
@@ -102,6 +117,38 @@ def cmd_edit(args: argparse.Namespace) -> int:
         with open(args.summary_json, "w", encoding="utf-8") as fh:
             json.dump(summary.as_dict(), fh, indent=2)
     return 3 if summary.failed else 0
+
+
+_TERMINATED = False
+
+
+def _terminate(*_: object) -> None:
+    global _TERMINATED
+    _TERMINATED = True
+    raise KeyboardInterrupt
+
+
+def _check_ranges(cfg: EditConfig) -> str | None:
+    """The first flag out of its range, as a message naming it (None when all are fine)."""
+    checks = (
+        ("--concurrency", cfg.concurrency, 1, None),
+        ("--max-tokens", cfg.max_tokens, 1, None),
+        ("--limit", cfg.limit, 0, None),
+        ("--timeout", cfg.timeout, 1e-9, None),
+        ("--max-retries", cfg.max_retries, 0, None),
+        ("--extra-attempts", cfg.extra_attempts, 0, None),
+        ("--backoff", cfg.backoff, 0, None),
+        ("--min-similarity", cfg.min_similarity, 0, 1),
+    )
+    for flag, value, low, high in checks:
+        if value is None:
+            continue
+        if value < low or (high is not None and value > high):
+            span = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
+            if flag == "--timeout":
+                span = "> 0"
+            return f"{flag} must be {span}, got {value:g}"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

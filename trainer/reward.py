@@ -240,7 +240,8 @@ def load_pair_data(path: str, tokenizer: Any, cfg: RewardConfig, split: str | No
         except DataError:
             if not cfg.skip_invalid:
                 raise
-            out.skipped["invalid_record"] += 1
+            if split != "eval" or isinstance(rec, dict):  # an unparsable line: counted once (train)
+                out.skipped["invalid_record"] += 1
             continue
         if not r.original.strip():
             out.skipped["empty_original"] += 1

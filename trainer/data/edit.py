@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from trainer.data.align import token_similarity
-from trainer.data.formats import EDIT_STATUSES, EditRecord, LoadResult, PreferencePair, load_pairs
+from trainer.data.formats import EDIT_STATUSES, DataError, EditRecord, LoadResult, PreferencePair, load_pairs
 
 log = logging.getLogger(__name__)
 
@@ -371,56 +371,66 @@ class EditLog:
         except OSError as e:
             self._lock_fh.close()
             raise RuntimeError(f"{self.path}: another `fgrlhf edit` is writing this file") from e
-        self._repair()
-        self.done: dict[str, str] = self._read_done()
+        try:
+            self.done: dict[str, str] = self._check_and_repair()
+        except BaseException:
+            self._lock_fh.close()
+            raise
         self._fh: IO[str] = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
 
-    def _repair(self) -> int:
-        """Truncate a partial last line (no trailing newline); return the bytes dropped."""
-        if not self.path.exists():
-            return 0
-        with open(self.path, "rb+") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            if size == 0:
-                return 0
-            fh.seek(size - 1)
-            if fh.read(1) == b"\n":
-                return 0
-            # Scan back for the last newline.
-            pos, chunk = size, 65536
-            keep = 0
-            while pos > 0:
-                start = max(0, pos - chunk)
-                fh.seek(start)
-                block = fh.read(pos - start)
-                i = block.rfind(b"\n")
-                if i >= 0:
-                    keep = start + i + 1
-                    break
-                pos = start
-            fh.truncate(keep)
-            log.warning(
-                "%s: dropped a partial last record (%d bytes) left by an interrupted run",
-                self.path,
-                size - keep,
-            )
-            return size - keep
+    def _check_and_repair(self) -> dict[str, str]:
+        """Read the finished ids, touching the file only when it is safe.
 
-    def _read_done(self) -> dict[str, str]:
-        done: dict[str, str] = {}
+        Every complete line must be an edit record (a JSON object with ``id`` and ``status``):
+        otherwise nothing is modified and the error names the line. The tail after the last
+        newline (a kill mid-write) is dropped only when it is the start of a record as this
+        class writes them (``{"id"``) and not valid JSON; a whole record that merely lacks its
+        newline is kept and the newline added; any other tail is refused.
+
+        Raises:
+            ValueError: a line that is not an edit record (the file is left untouched).
+        """
         if not self.path.exists():
-            return done
-        with open(self.path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                    done[str(rec["id"])] = rec["status"]
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ValueError(
-                        f"{self.path}: line {n} is not an edit record ({e}); fix or remove it, then rerun"
-                    ) from e
+            return {}
+        data = self.path.read_bytes()
+        *lines, tail = data.split(b"\n")
+        done: dict[str, str] = {}
+
+        def record_of(raw: bytes, n: int) -> tuple[str, str]:
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+                return str(rec["id"]), str(rec["status"])
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(
+                    f"{self.path}: line {n} is not an edit record ({type(e).__name__}), so this is not an "
+                    "`fgrlhf edit` output; nothing was changed: give -o a new file or an edits file"
+                ) from None
+
+        for n, raw in enumerate(lines, start=1):
+            if raw.strip():
+                rid, status = record_of(raw, n)
+                done[rid] = status
+        if tail.strip():
+            try:
+                json.loads(tail.decode("utf-8"))
+                whole = True
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                whole = False
+            if whole:  # a complete record without its newline: keep it, add the newline
+                rid, status = record_of(tail, len(lines) + 1)
+                done[rid] = status
+                with open(self.path, "ab") as fh:
+                    fh.write(b"\n")
+            elif tail.lstrip().startswith(b'{"id"'):  # torn by a kill mid-write: drop it (redone)
+                with open(self.path, "rb+") as fh:
+                    fh.truncate(len(data) - len(tail))
+                log.warning(
+                    "%s: dropped a partial last record (%d bytes) left by an interrupted run",
+                    self.path,
+                    len(tail),
+                )
+            else:
+                record_of(tail, len(lines) + 1)  # not the start of a record we write: refuse
         return done
 
     def append(self, record: dict) -> None:
@@ -507,6 +517,7 @@ class EditSummary:
     output_tokens: int = 0
     estimated_cost_usd: float | None = None
     dry_run: bool = False
+    interrupted: bool = False
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -533,6 +544,8 @@ class EditSummary:
                 f"rejected        {sum(rejected.values())} {rejected if rejected else ''}".rstrip(),
                 f"failed          {self.failed}" + (" (rerun to retry)" if self.failed else ""),
             ]
+        if self.interrupted:
+            lines.append("interrupted     what is written is kept: rerun the same command to continue")
         est = "estimated " if self.dry_run else ""
         lines += [
             f"{est}tokens  in {self.input_tokens}, out {self.output_tokens}",
@@ -612,6 +625,10 @@ def run_edit(cfg: EditConfig, editor: Editor | None = None, out: IO[str] | None 
     loaded = load_pairs(cfg.input, fmt=cfg.format, split=cfg.split, skip_invalid=cfg.skip_invalid)
     for err in loaded.invalid[:20]:
         log.warning("skipped: %s", err)
+    if not loaded.pairs and loaded.invalid:
+        raise DataError(
+            cfg.input, f"every record is invalid ({len(loaded.invalid)} skipped): nothing to edit"
+        )
     pairs = _select(loaded, cfg)
     summary = EditSummary(
         input_records=loaded.total,
@@ -657,9 +674,17 @@ def run_edit(cfg: EditConfig, editor: Editor | None = None, out: IO[str] | None 
     try:
         todo = [p for p in pairs if p.id not in outlog.done]
         summary.already_done, summary.attempted = len(pairs) - len(todo), len(todo)
-        asyncio.run(_edit_all(todo, editor, outlog, errlog_path, cfg, summary, own_editor))
+        try:
+            asyncio.run(_edit_all(todo, editor, outlog, errlog_path, cfg, summary, own_editor))
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI maps it here): say what was written
+            summary.interrupted = True
+            summary.estimated_cost_usd = _cost(cfg.model, summary.input_tokens, summary.output_tokens, cfg)
+            print(summary.format(), file=out)
+            raise
     finally:
         outlog.close()
+    if summary.failed == 0 and len(outlog.done) >= len({p.id for p in pairs}):
+        errlog_path.unlink(missing_ok=True)  # every pair is done: earlier failures are stale
     summary.estimated_cost_usd = _cost(cfg.model, summary.input_tokens, summary.output_tokens, cfg)
     print(summary.format(), file=out)
     return summary

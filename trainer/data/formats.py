@@ -215,11 +215,18 @@ def pair_id(prompt: str, chosen: str, rejected: str) -> str:
 # --------------------------------------------------------------------------------------------
 # reading files
 # --------------------------------------------------------------------------------------------
-def _jsonl_lines(path: Path, text_lines: Iterator[str]) -> Iterator[tuple[str, dict | DataError]]:
-    for n, line in enumerate(text_lines, start=1):
+def _jsonl_lines(path: Path, raw_lines: Iterator[bytes]) -> Iterator[tuple[str, dict | DataError]]:
+    """Parse JSON lines one by one, each decoded on its own: a line with a bad byte or bad JSON is
+    a bad record (named by its line number), never the whole file."""
+    for n, raw in enumerate(raw_lines, start=1):
+        where = f"line {n}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield where, DataError(path, f"not valid UTF-8 (byte {e.start + 1} of the line)", where)
+            continue
         if not line.strip():
             continue
-        where = f"line {n}"
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
@@ -248,10 +255,10 @@ def read_records(source: str | Path, split: str = "train") -> Iterator[tuple[str
         raise DataError(source, "is a directory, expected a .json, .jsonl, .jsonl.gz or .parquet file")
     try:
         if name.endswith((".jsonl.gz", ".json.gz")):
-            with gzip.open(path, "rt", encoding="utf-8") as fh:
+            with gzip.open(path, "rb") as fh:
                 yield from _jsonl_lines(path, fh)
         elif name.endswith(".jsonl"):
-            with open(path, encoding="utf-8") as fh:
+            with open(path, "rb") as fh:
                 yield from _jsonl_lines(path, fh)
         elif name.endswith(".json"):
             try:

@@ -314,7 +314,8 @@ def cli_main(config_cls: type[T], train: Any, doc: str | None, argv: list[str] |
     if any(a in ("-h", "--help") for a in argv):
         print(doc)
         print(
-            "Exit status: 0 finished; 1 a crash; 2 a bad config, bad input or no intact checkpoint;\n"
+            "Exit status: 0 finished; 1 a crash, or an OS error (unwritable path, full disk: named);\n"
+            "2 a bad config, bad input or no intact checkpoint;\n"
             "75 pre-empted by SIGTERM (a checkpoint was written: rerun the same command to resume).\n"
         )
         print(config_help(config_cls))
@@ -328,6 +329,9 @@ def cli_main(config_cls: type[T], train: Any, doc: str | None, argv: list[str] |
         e.mark()
         print(str(e), file=sys.stderr, flush=True)
         return EXIT_PREEMPTED
+    except OSError as e:  # an unwritable output_dir, a full disk: one line naming the path
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr, flush=True)
+        return 1
     finally:
         shutdown()
     return 0

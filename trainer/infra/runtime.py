@@ -6,7 +6,7 @@ resolved config (printed, saved, compared with the saved one on resume). Also he
 (:data:`STOP`, :class:`Preempted`, exit code :data:`EXIT_PREEMPTED`), the optimizer, the
 learning-rate schedule, device timing and peak memory.
 
-Exit codes of every trainer: 0 finished; 1 a crash (traceback); 2 a bad config, bad input or no
+Exit codes of every trainer: 0 finished; 1 a crash (traceback) or an OS error (one line); 2 a bad config, bad input or no
 intact checkpoint (one line); 75 pre-empted by SIGTERM — a checkpoint was written and rerunning
 the same command resumes (``output_dir/PREEMPTED`` says so too, until the next start).
 """
