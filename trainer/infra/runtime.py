@@ -6,9 +6,12 @@ resolved config (printed, saved, compared with the saved one on resume). Also he
 (:data:`STOP`, :class:`Preempted`, exit code :data:`EXIT_PREEMPTED`), the optimizer, the
 learning-rate schedule, device timing and peak memory.
 
-Exit codes of every trainer: 0 finished; 1 a crash (traceback) or an OS error (one line); 2 a bad config, bad input or no
-intact checkpoint (one line); 75 pre-empted by SIGTERM — a checkpoint was written and rerunning
-the same command resumes (``output_dir/PREEMPTED`` says so too, until the next start).
+Exit codes of every trainer: 0 finished; 1 a crash (traceback) or an OS error (one line); 2 a bad
+config, bad input or no intact checkpoint (one line); 75 pre-empted by SIGTERM — a checkpoint was
+written and rerunning the same command resumes (``output_dir/PREEMPTED`` says so too, until the
+next start). Under ``torchrun`` the launcher itself exits 1 after forwarding SIGTERM (torch's
+``SignalException``); give the workers time to checkpoint with ``--shutdown-timeout`` (default
+30 s) and read ``PREEMPTED``.
 """
 
 from __future__ import annotations
