@@ -5,6 +5,7 @@ crash safety (SIGKILL mid-run, then resume) and the API key never leaking."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import io
 import json
@@ -286,6 +287,32 @@ def test_run_edit_statuses_resume_and_schema(server, tmp_path):
     datasets = pytest.importorskip("datasets")
     ds = datasets.load_dataset("json", data_files=str(out), split="train", cache_dir=str(tmp_path / "hf"))
     assert ds.num_rows == 8 and ds[0]["usage"]["input_tokens"] > 0
+
+
+def test_rerun_regates_stored_edits_and_refuses_stale_ones(server, tmp_path):
+    """A rerun with a stricter --min-similarity re-gates the stored edits without any request
+    (the last record of an id wins); another model is refused unless --redo-stale."""
+    from trainer.data.edit import UsageError
+
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_pairs(inp, 3)
+    cfg = EditConfig(str(inp), str(out), model="claude-test", concurrency=1, max_retries=0, progress=False)
+    run_edit(cfg, out=io.StringIO())
+    assert [r["status"] for r in read_jsonl(out)] == ["ok"] * 3
+    n = len(server.requests)
+    strict = dataclasses.replace(cfg, min_similarity=0.99)
+    again = run_edit(strict, out=io.StringIO())
+    assert len(server.requests) == n and again.regated == 3 and again.attempted == 0
+    rows = read_jsonl(out)
+    assert len(rows) == 6 and [r["status"] for r in rows[3:]] == ["not_minimal"] * 3
+    log = EditLog(out)
+    assert log.done == {r["id"]: "not_minimal" for r in rows}  # the last record of an id counts
+    log.close()
+    with pytest.raises(UsageError, match="3 stored edits were made with another prompt or model"):
+        run_edit(dataclasses.replace(cfg, model="claude-other"), out=io.StringIO())
+    redo = run_edit(dataclasses.replace(cfg, model="claude-other", redo_stale=True), out=io.StringIO())
+    assert redo.attempted == 3 and len(server.requests) == n + 3
+    assert {r["model"] for r in read_jsonl(out)[-3:]} == {"claude-other"}
 
 
 def test_failed_records_are_not_written_and_retried(server, tmp_path):

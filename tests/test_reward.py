@@ -212,6 +212,13 @@ def test_bad_records_are_counted_or_named(tmp_path):
         str(path), tok, RewardConfig(max_length=64, eval_fraction=0.0, skip_invalid=True), None
     )
     assert lenient.skipped["invalid_record"] == 2 and len(lenient.edited) == 1
+    # the last record of an id counts (fgrlhf edit appends a re-gated record after the first)
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "status": "not_minimal"}) + "\n")
+    later = load_pair_data(str(path), tok, cfg, split=None)
+    assert (
+        len(later.edited) == 0 and later.skipped["edit_status_not_minimal"] == 1 and len(later.original) == 1
+    )
+    path.write_text(json.dumps(good) + "\n" + json.dumps({"id": "x", "original": "n1"}) + "\n{oops\n")
     # with a held-out split, a bad line is counted once over both passes, not twice
     split_cfg = RewardConfig(max_length=64, eval_fraction=0.5, skip_invalid=True)
     halves = [

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, fields
 
 from trainer.data import edit as edit_mod
-from trainer.data.edit import DEFAULT_MODEL, EditConfig
+from trainer.data.edit import DEFAULT_MODEL, EditConfig, UsageError
 from trainer.data.formats import FORMATS, DataError
 
 log = logging.getLogger("fgrlhf")
@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--price-out", type=float, default=None, help="USD per million output tokens (estimate)")
     e.add_argument("--no-fsync", dest="fsync", action="store_false", help="flush without fsync")
     e.add_argument("--summary-json", default=None, help="also write the summary as JSON to this file")
+    e.add_argument("--redo-stale", action="store_true", help=_doc("redo_stale"))
     return parser
 
 
@@ -107,6 +108,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         return 143 if _TERMINATED else 130
+    except UsageError as e:
+        log.error("%s", e)
+        return 2
     except OSError as e:  # an unwritable or missing path, a full disk: one line naming the path
         log.error("%s: %s", e.filename or cfg.output, e.strerror or e)
         return 1

@@ -228,7 +228,13 @@ def load_pair_data(path: str, tokenizer: Any, cfg: RewardConfig, split: str | No
         out.skipped[f"{kind}_too_long"] += 1
         return False
 
+    # the last record of an id is the one that counts (a rerun of `fgrlhf edit` may re-gate or
+    # re-request a pair by appending it again); the first one's position is kept
+    latest: dict[str, tuple[str, Any]] = {}
     for where, rec in read_records(path):
+        key = f"id:{rec['id']}" if isinstance(rec, dict) and rec.get("id") is not None else f"at:{where}"
+        latest[key] = (where, rec)
+    for where, rec in latest.values():
         try:
             if isinstance(rec, DataError):
                 raise rec

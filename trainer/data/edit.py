@@ -390,6 +390,7 @@ class EditLog:
         Raises:
             ValueError: a line that is not an edit record (the file is left untouched).
         """
+        self.records: dict[str, dict] = {}
         if not self.path.exists():
             return {}
         data = self.path.read_bytes()
@@ -399,7 +400,9 @@ class EditLog:
         def record_of(raw: bytes, n: int) -> tuple[str, str]:
             try:
                 rec = json.loads(raw.decode("utf-8"))
-                return str(rec["id"]), str(rec["status"])
+                rid, status = str(rec["id"]), str(rec["status"])
+                self.records[rid] = rec  # the last record of an id is the one that counts
+                return rid, status
             except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
                 raise ValueError(
                     f"{self.path}: line {n} is not an edit record ({type(e).__name__}), so this is not an "
@@ -440,6 +443,7 @@ class EditLog:
         if self.fsync:
             os.fsync(self._fh.fileno())
         self.done[str(record["id"])] = record["status"]
+        self.records[str(record["id"])] = record
 
     def close(self) -> None:
         """Close the file and release the lock."""
@@ -475,6 +479,8 @@ class EditConfig:
         progress: show a progress bar (on a terminal).
         price_in, price_out: USD per million tokens for the cost estimate (default: table).
         fsync: fsync the output after every record.
+        redo_stale: request again the stored edits made with another prompt version or model
+            (without it, a rerun with another ``--prompt-file`` / ``--model`` is refused).
     """
 
     input: str
@@ -498,6 +504,7 @@ class EditConfig:
     price_in: float | None = None
     price_out: float | None = None
     fsync: bool = True
+    redo_stale: bool = False
 
 
 @dataclass
@@ -518,6 +525,7 @@ class EditSummary:
     estimated_cost_usd: float | None = None
     dry_run: bool = False
     interrupted: bool = False
+    regated: int = 0
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -535,7 +543,8 @@ class EditSummary:
         lines = [
             f"input records   {self.input_records} "
             f"({self.invalid} invalid skipped, {self.duplicates} duplicates)",
-            f"pairs           {self.pairs} ({self.already_done} already done)",
+            f"pairs           {self.pairs} ({self.already_done} already done"
+            + (f", {self.regated} stored edits re-gated to a new status)" if self.regated else ")"),
             f"{'would send' if self.dry_run else 'attempted'}      {self.attempted}",
         ]
         if not self.dry_run:
@@ -672,7 +681,9 @@ def run_edit(cfg: EditConfig, editor: Editor | None = None, out: IO[str] | None 
     outlog = EditLog(cfg.output, fsync=cfg.fsync)
     errlog_path = Path(cfg.output).with_name(Path(cfg.output).name + ".errors.jsonl")
     try:
-        todo = [p for p in pairs if p.id not in outlog.done]
+        redo = _stale_ids(outlog, pairs, editor.prompt_version, cfg)
+        summary.regated = _regate(outlog, pairs, redo, cfg)
+        todo = [p for p in pairs if p.id not in outlog.done or p.id in redo]
         summary.already_done, summary.attempted = len(pairs) - len(todo), len(todo)
         try:
             asyncio.run(_edit_all(todo, editor, outlog, errlog_path, cfg, summary, own_editor))
@@ -688,6 +699,62 @@ def run_edit(cfg: EditConfig, editor: Editor | None = None, out: IO[str] | None 
     summary.estimated_cost_usd = _cost(cfg.model, summary.input_tokens, summary.output_tokens, cfg)
     print(summary.format(), file=out)
     return summary
+
+
+class UsageError(ValueError):
+    """A rerun whose flags conflict with what the output already holds (exit 2)."""
+
+
+def _same_model(stored: str, requested: str) -> bool:
+    """The API reports a dated id (``claude-x-20260101``) for an alias (``claude-x``)."""
+    return not stored or stored.startswith(requested) or requested.startswith(stored)
+
+
+def _stale_ids(outlog: EditLog, pairs: list[PreferencePair], version: str, cfg: EditConfig) -> set[str]:
+    """Ids of this input whose stored edit came from another prompt version or model: refused
+    unless ``redo_stale`` (then they are requested again; the new record supersedes the old).
+
+    Raises:
+        UsageError: stale records without ``redo_stale`` (names one and how many).
+    """
+    stale = []
+    for p in pairs:
+        rec = outlog.records.get(p.id)
+        if rec is not None and (
+            rec.get("prompt_version", version) != version
+            or not _same_model(str(rec.get("model", "")), cfg.model)
+        ):
+            stale.append(rec)
+    if stale and not cfg.redo_stale:
+        r = stale[0]
+        raise UsageError(
+            f"{cfg.output}: {len(stale)} stored edits were made with another prompt or model (e.g. id "
+            f"{r['id']}: prompt {r.get('prompt_version')!r}, model {r.get('model')!r}; this run: "
+            f"{version!r}, {cfg.model!r}); rerun with --redo-stale to request them again, or with the same "
+            "--prompt-file / --model"
+        )
+    return {str(r["id"]) for r in stale}
+
+
+def _regate(outlog: EditLog, pairs: list[PreferencePair], skip: set[str], cfg: EditConfig) -> int:
+    """Apply this run's quality gates to the stored edits (no API call: the edit is in the file).
+    A record whose status changes (``--min-similarity`` changed, say) is appended again with
+    the new status; the last record of an id is the one every reader uses. Returns how many."""
+    changed = 0
+    for p in pairs:
+        rec = outlog.records.get(p.id)
+        if rec is None or p.id in skip or rec.get("status") not in ("ok", "not_minimal"):
+            continue  # refusals, truncations, empty/unchanged edits do not depend on thresholds
+        result = EditResult(
+            text=rec.get("edited", ""), raw=rec.get("edited", ""), stop_reason=rec.get("stop_reason")
+        )
+        status, sim = judge_edit(rec["original"], result, cfg.min_similarity)
+        if status != rec["status"]:
+            outlog.append({**rec, "status": status, "similarity": round(float(sim), 6)})
+            changed += 1
+    if changed:
+        log.info("re-applied the quality gates to stored edits: %d changed status", changed)
+    return changed
 
 
 def _peek_done(path: Path) -> set[str]:
