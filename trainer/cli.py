@@ -25,6 +25,12 @@ from trainer.data.formats import FORMATS, DataError
 
 log = logging.getLogger("fgrlhf")
 
+EXIT_STATUS = (
+    "Exit status: 0 done; 1 a runtime error (the output cannot be written, no API key); 2 a usage\n"
+    "error or bad input data; 3 some requests failed (not written: rerun to retry them); 130 / 143\n"
+    "interrupted by Ctrl-C / SIGTERM (what was written is kept; the summary says how far it got)."
+)
+
 
 def _doc(name: str) -> str:
     """The help text of an EditConfig field, from its docstring's Attributes section."""
@@ -57,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="collect minimal edits of the less-preferred responses from Claude",
         description=(edit_mod.__doc__ or "").split("\n\n")[0],
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument("input", help=_doc("input"))
     e.add_argument("-o", "--output", required=True, help=_doc("output"))

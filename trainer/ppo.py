@@ -27,7 +27,8 @@ losses divided by the global valid-token count), ``# 6. log / checkpoint``
 Outputs under ``output_dir``: ``config.yaml``, ``metrics.jsonl`` (one record per iteration),
 ``checkpoints/step_*`` (DCP of actor + critic, exact resume: rerunning the same command continues
 from the newest intact checkpoint), ``final/actor`` (a plain ``transformers`` causal LM). SIGTERM
-finishes the iteration, saves a checkpoint and exits 75 (rerun to resume; exit codes: ``--help``).
+finishes the current optimizer step (the iteration's remaining minibatches are skipped, and it
+counts as done), saves a checkpoint and exits 75 (rerun to resume; exit codes: ``--help``).
 ``python trainer/ppo.py --help`` lists every config key.
 """
 
@@ -567,14 +568,17 @@ def collect_rollout(
 
 def ppo_step(
     models: Models, opts: tuple, mini: Rollout, cfg: PPOConfig, stats: IterationStats, world: int
-) -> None:
+) -> bool:
     """One optimizer step of actor and critic over the minibatch ``mini``: micro-batches with
     gradient accumulation, clipped surrogate + entropy bonus and clipped value loss, each divided
-    by the minibatch's global valid-token count (one all-reduce); FSDP averages gradients over
-    ranks, so the losses are scaled by ``world`` to undo it."""
+    by the minibatch's global valid-token count; FSDP averages gradients over ranks, so the losses
+    are scaled by ``world`` to undo it. The count's all-reduce also carries every rank's SIGTERM:
+    returns True when some rank asked to stop (the caller ends the iteration after this step)."""
     actor, critic = models.actor, models.critic
     micro = list(mini.chunks(cfg.micro_batch_size))
-    n_tok = all_reduce_sum(mini.response_mask.sum().float())
+    stop = torch.tensor(float(STOP.requested), device=mini.response_mask.device)
+    sums = all_reduce_sum(torch.stack([mini.response_mask.sum().float(), stop]))
+    n_tok = sums[0]
     for k, mb in enumerate(micro):
         last = k == len(micro) - 1
         actor.set_requires_gradient_sync(last)  # reduce-scatter once per step
@@ -601,6 +605,7 @@ def ppo_step(
         opt.step()
         opt.zero_grad(set_to_none=True)
     stats.add(n_steps=1.0)
+    return sums[1].item() > 0  # host sync (one per optimizer step): every rank agrees to stop
 
 
 def normalise_scores(score: torch.Tensor, valid: torch.Tensor, moments: rlhf.RunningMoments) -> torch.Tensor:
@@ -769,12 +774,15 @@ def train(cfg: PPOConfig) -> dict:
         # 5. PPO epochs over shuffled minibatches (one optimizer step each)
         t0 = time.perf_counter()
         mb_rows = ro_rows // cfg.num_minibatches
+        stopping = False  # SIGTERM: the rest of this iteration's minibatches are skipped
         for epoch in range(cfg.ppo_epochs):
             gp = torch.Generator().manual_seed(((cfg.seed * 7919 + iteration) * 31 + epoch) * 131 + di.rank)
             perm = torch.randperm(len(ro), generator=gp)
             for m in range(cfg.num_minibatches):
+                if stopping:
+                    break
                 mini = ro.index(perm[m * mb_rows : (m + 1) * mb_rows].to(di.device))
-                ppo_step(models, S.opts, mini, cfg, stats, di.world_size)
+                stopping = ppo_step(models, S.opts, mini, cfg, stats, di.world_size)
         device_sync(di.device)
         times["train"] = time.perf_counter() - t0
         iteration += 1

@@ -626,7 +626,7 @@ def run_edit(cfg: EditConfig, editor: Editor | None = None, out: IO[str] | None 
     """
     out = out or sys.stdout
     if Path(cfg.input).exists() and Path(cfg.output).exists() and Path(cfg.input).samefile(cfg.output):
-        raise ValueError(
+        raise UsageError(
             f"{cfg.output}: output is the input file; give -o a new file (or an earlier edits file)"
         )
     template = PromptTemplate.load(cfg.prompt_file)
