@@ -3,10 +3,10 @@
     fgrlhf edit INPUT -o OUTPUT [--model M] [--concurrency N] [--limit N] [--dry-run] ...
     python -m trainer.cli edit ...          # the same without the installed script
 
-Exit status: 0 done; 1 a runtime error (e.g. the output cannot be written, no API key); 2 a
-usage error or bad input data; 3 some requests failed (not written; rerun the same command to
-retry them); 130 interrupted (Ctrl-C) or 143 terminated (SIGTERM): what was written is kept and
-the summary says how far it got.
+Exit status: 0 done; 1 a runtime error (the output cannot be written or is locked, no API key);
+2 a usage error (flags, -o, the prompt file) or bad input data; 3 some requests failed (not
+written; rerun the same command to retry them); 130 interrupted (Ctrl-C) or 143 terminated
+(SIGTERM): what was written is kept and the summary says how far it got.
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, fields
 
 from trainer.data import edit as edit_mod
-from trainer.data.edit import DEFAULT_MODEL, EditConfig, UsageError
+from trainer.data.edit import DEFAULT_MODEL, EditConfig
 from trainer.data.formats import FORMATS, DataError
 
 log = logging.getLogger("fgrlhf")
 
 EXIT_STATUS = (
-    "Exit status: 0 done; 1 a runtime error (the output cannot be written, no API key); 2 a usage\n"
-    "error or bad input data; 3 some requests failed (not written: rerun to retry them); 130 / 143\n"
-    "interrupted by Ctrl-C / SIGTERM (what was written is kept; the summary says how far it got)."
+    "Exit status: 0 done; 1 a runtime error (the output cannot be written or is locked, no API key);\n"
+    "2 a usage error (flags, -o, the prompt file) or bad input data; 3 some requests failed (not\n"
+    "written: rerun to retry them); 130 / 143 interrupted by Ctrl-C / SIGTERM (what was written is\n"
+    "kept; the summary says how far it got)."
 )
 
 
@@ -116,13 +117,13 @@ def cmd_edit(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         return 143 if _TERMINATED else 130
-    except UsageError as e:
-        log.error("%s", e)
-        return 2
     except OSError as e:  # an unwritable or missing path, a full disk: one line naming the path
         log.error("%s: %s", e.filename or cfg.output, e.strerror or e)
         return 1
-    except (RuntimeError, ValueError) as e:
+    except ValueError as e:  # a prompt file, -o or flags that cannot be used: a usage error
+        log.error("%s", e)
+        return 2
+    except RuntimeError as e:  # no API key, the output locked by another run
         log.error("%s", e)
         return 1
     if args.summary_json:

@@ -761,10 +761,10 @@ def _peek_done(path: Path) -> set[str]:
     """Finished ids of an existing output, read-only (for dry runs)."""
     done: set[str] = set()
     if path.exists():
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                with contextlib.suppress(json.JSONDecodeError, KeyError, TypeError):
-                    done.add(str(json.loads(line)["id"]))
+        with open(path, "rb") as fh:
+            for line in fh:  # each line decoded on its own: a bad byte spoils only its line
+                with contextlib.suppress(UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+                    done.add(str(json.loads(line.decode("utf-8"))["id"]))
     return done
 
 
