@@ -263,14 +263,15 @@ def test_sigterm_saves_a_checkpoint_and_exits_preempted(tmp_path):
 # --- 3. the learning test ------------------------------------------------------------------------
 @pytest.mark.slow
 def test_ppo_learns_a_known_per_token_reward(tmp_path):
-    """Gold per-token reward (+1 good word, −1.5 bad word, 0 otherwise): a few hundred PPO
-    steps must raise the mean per-token reward far beyond its noise."""
+    """Gold per-token reward (+1 good word, −1.5 bad word, 0 otherwise), used raw (the table has a
+    fixed level, 0 for neutral words): a few hundred PPO steps must raise the mean per-token
+    reward far beyond its noise."""
     out = tmp_path / "learn"
     n = 50
     torchrun(
         "trainer/ppo.py",
-        ["progress=false", "reward_source=gold", "reward_level=token", f"iterations={n}",
-         "checkpoint_every=0", "save_final=false", f"output_dir={out}"],
+        ["progress=false", "reward_source=gold", "reward_level=token", "token_reward_scale=raw",
+         f"iterations={n}", "checkpoint_every=0", "save_final=false", f"output_dir={out}"],
     )  # fmt: skip
     recs = metrics(out)
     first = sum(r["reward_per_token"] for r in recs[:5]) / 5

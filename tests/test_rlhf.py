@@ -157,3 +157,45 @@ def test_running_moments_merge():
     assert m.mean == pytest.approx(3.0)
     assert m.var == pytest.approx(3.0)
     assert m.std == pytest.approx(math.sqrt(3.0))
+
+
+def test_token_reward_scale_by_hand():
+    r = torch.tensor([[2.0, 4.0, 7.0]])
+    assert rlhf.scale_token_rewards(r, TWO, "raw").tolist() == [[2.0, 4.0, 0.0]]
+    assert rlhf.scale_token_rewards(r, TWO, "mean").tolist() == [[1.0, 2.0, 0.0]]  # Σ = R(τ) = 3
+    # a level shift c adds c·T to the raw return but the same c to every mean-scaled return
+    short, long = torch.tensor([[True, False, False]]), ALL
+    for c in (0.0, 5.0):
+        raw_gap = (
+            rlhf.scale_token_rewards(r + c, long, "raw").sum()
+            - rlhf.scale_token_rewards(r + c, short, "raw").sum()
+        )
+        mean_gap = (
+            rlhf.scale_token_rewards(r + c, long, "mean").sum()
+            - rlhf.scale_token_rewards(r + c, short, "mean").sum()
+        )
+        assert mean_gap.item() == pytest.approx(13 / 3 - 2)  # unchanged by c
+        assert raw_gap.item() == pytest.approx(11 + 2 * c)  # grows with c: a length incentive
+    with pytest.raises(ValueError, match="scale"):
+        rlhf.scale_token_rewards(r, TWO, "sum")
+
+
+def test_missing_eos_and_last_token_bonus_by_hand():
+    ids = torch.tensor([[5, 2, 0], [5, 6, 7], [0, 0, 0]])  # EOS = 2
+    mask = torch.tensor([[True, True, False], [True, True, True], [False, False, False]])
+    assert rlhf.missing_eos(ids, mask, 2).tolist() == [False, True, True]
+    assert rlhf.missing_eos(ids, mask, None).tolist() == [False, False, False]
+    out = rlhf.add_on_last_token(torch.zeros(3, 3), mask, torch.tensor([1.0, -2.0, 9.0]))
+    assert out.tolist() == [[0.0, 1.0, 0.0], [0.0, 0.0, -2.0], [0.0, 0.0, 0.0]]
+
+
+def test_prompt_order_is_one_pass_per_epoch_and_pure():
+    n, rows = 10, 4
+    seen = torch.cat([rlhf.prompt_order(i, rows, n, seed=3) for i in range(5)])  # 20 draws = 2 epochs
+    assert sorted(seen[:10].tolist()) == list(range(10)) and sorted(seen[10:].tolist()) == list(range(10))
+    assert torch.equal(rlhf.prompt_order(3, rows, n, seed=3), seen[12:16])  # resumable: pure in i
+    assert not torch.equal(seen[:10], seen[10:])  # a fresh permutation each epoch
+    assert (
+        rlhf.prompt_order(0, 3, 4, 0).tolist()
+        == torch.randperm(4, generator=torch.Generator().manual_seed(0))[:3].tolist()
+    )

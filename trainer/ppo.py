@@ -100,8 +100,9 @@ class PPOConfig(TrainConfig):
 
     CHOICES: ClassVar[dict] = {
         "reward_level": ("token", "sequence"),
+        "token_reward_scale": ("mean", "raw"),
         "reward_source": ("learned", "gold"),
-        "rm_level": ("token", "sequence"),
+        "rm_level": ("auto", "token", "sequence"),
         "kl_estimator": ("k1", "k3"),
         "kl_controller": ("fixed", "adaptive"),
     }
@@ -126,15 +127,29 @@ class PPOConfig(TrainConfig):
 
     reward_level: str = "token"
     """``token``: r_t = R_t − β·KL_t from the RM's per-token scores (fine-grained token-level PPO);
-    ``sequence``: [−β·KL_1, …, R − β·KL_n] with R the RM's sequence reward (PPO-RLHF)."""
+    ``sequence``: [−β·KL_1, …, R − β·KL_n] with R the RM's sequence reward (PPO-RLHF, and the
+    paper's "fine-grained PPO" arm with a sequence-level RM trained on edited pairs)."""
+    token_reward_scale: str = "mean"
+    """Token level: ``mean`` (r_t / T, so a response's rewards sum to the RM's R(τ) = mean r_t and
+    no response length is favoured by the RM's arbitrary reward level) or ``raw`` (the paper's
+    [R_1 … R_n], whose sum T·R(τ) pays for length whenever the level is positive)."""
+    missing_eos_penalty: float = 0.0
+    """Added to R of every response that did not end with EOS (cut at ``max_new_tokens``), as
+    TRL's ``missing_eos_penalty`` / AlpacaFarm's no-stop-token penalty; e.g. −1. 0: off."""
+    truncation_warn: float = 0.5
+    """Warn when more than this fraction of an iteration's responses is cut at ``max_new_tokens``."""
+    sequence_reward_from_token_rm: bool = False
+    """Allow ``reward_level=sequence`` with a token-level RM (R = its mean token reward): an
+    explicit variant, not the paper's "fine-grained PPO" arm (a sequence-level RM on edited pairs)."""
     reward_source: str = "learned"
     """``learned``: the reward model at ``reward_model`` (trained on the fly on the synthetic set
     when empty); ``gold``: the synthetic world's known per-token word quality (tests, studies)."""
     reward_model: str = ""
     """Directory written by ``trainer/reward.py`` (``final/`` or ``best/``); empty with
     ``reward_source=learned``: train a tiny one first under ``output_dir/rm``."""
-    rm_level: str = "token"
-    """The on-the-fly reward model's level (``token`` or ``sequence``), when one is trained."""
+    rm_level: str = "auto"
+    """The on-the-fly reward model's level (``token`` or ``sequence``; ``auto``: ``reward_level``'s),
+    when one is trained."""
     rm_epochs: float = 2.0
     """Epochs of the on-the-fly reward model."""
     reward_norm: bool = False
@@ -267,7 +282,8 @@ def train_reward_model_on_the_fly(cfg: PPOConfig, out_dir: Path, pairs: Path, to
     final = out_dir / "rm" / "final"
     if not final.exists():
         rcfg = RewardConfig(
-            rm_level=cfg.rm_level, data=str(pairs), tokenizer=str(tok_dir), output_dir=str(out_dir / "rm"),
+            rm_level=cfg.reward_level if cfg.rm_level == "auto" else cfg.rm_level, data=str(pairs),
+            tokenizer=str(tok_dir), output_dir=str(out_dir / "rm"),
             hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
             intermediate_size=cfg.intermediate_size, epochs=cfg.rm_epochs, eval_every=0,
             save_best=False, log_every=20, progress=False, seed=cfg.seed, device=cfg.device,
@@ -345,6 +361,12 @@ def build_models(run: Run, tokenizer: Any, rm_dir: Path | None, syn: SyntheticCo
             raise ConfigError(
                 f"config key 'reward_level': 'token' needs a token-level reward model, but {rm_dir} is "
                 "sequence-level (only its last-token score is meaningful): use reward_level=sequence"
+            )
+        if level == "token" and cfg.reward_level == "sequence" and not cfg.sequence_reward_from_token_rm:
+            raise ConfigError(
+                f"config key 'reward_level': 'sequence' with the token-level reward model {rm_dir}: the "
+                "paper's sequence-reward arms use a sequence-level RM (rm_level=sequence, seq_pairs=edited "
+                "for 'fine-grained PPO'); set sequence_reward_from_token_rm=true to use its mean instead"
             )
         r_cfg = scalar_head_config(AutoConfig.from_pretrained(rm_dir), pad_id)
         rm_sd = load_on_rank0(di, "scalar_head", r_cfg, str(rm_dir), 0, key="reward_model")
@@ -469,6 +491,7 @@ class IterationStats:
     n_train_tok: Any = 0.0  # tokens seen by the PPO epochs
     n_steps: Any = 0.0  # optimizer steps (the same on every rank: counted once)
     gen_tokens: Any = 0.0  # generated tokens
+    n_cut: Any = 0.0  # responses without EOS (cut at max_new_tokens)
     seq_tokens: Any = 0.0  # prompt + response tokens
     stop: Any = 0.0  # 1 on a rank that got SIGTERM
 
@@ -509,6 +532,7 @@ def iteration_metrics(t: dict[str, Any], kl_coef: float, gold: bool) -> dict[str
         "value_clipfrac": t["value_clipfrac"] / ntt,
         "explained_variance": rlhf.explained_variance_from_sums(t["ev"]),
         "response_length": t["gen_tokens"] / n_seq,
+        "truncated_fraction": t["n_cut"] / n_seq,
     }
     if gold:
         m["gold_reward_per_token"] = t["gold_tok"] / n_tok
@@ -745,17 +769,20 @@ def train(cfg: PPOConfig) -> dict:
     while iteration < S.end:
         stats, times = IterationStats(), {}
 
-        # 1. generate + 2. score: this rank's share of a seeded draw of prompts
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + iteration)
-        order = torch.randint(len(S.prompts), (ro_rows * di.world_size,), generator=g)[
-            di.rank :: di.world_size
-        ]
+        # 1. generate + 2. score: this rank's share of the iteration's prompts (per-epoch
+        # permutations: every prompt once per pass, a pure function of seed and iteration)
+        order = rlhf.prompt_order(iteration, ro_rows * di.world_size, len(S.prompts), cfg.seed)
+        order = order[di.rank :: di.world_size]
         ro = collect_rollout(models, S.prompts, order.tolist(), cfg, S.tokenizer, di.device, times)
         mask = ro.response_mask
 
-        # 3. rewards + KL
+        # 3. rewards + KL (token level: scaled per token, see token_reward_scale)
         token = cfg.reward_level == "token"
-        score = ro.token_scores if token else ro.sequence_scores
+        score = (
+            rlhf.scale_token_rewards(ro.token_scores, mask, cfg.token_reward_scale)
+            if token
+            else ro.sequence_scores
+        )
         if cfg.reward_norm:
             score = normalise_scores(
                 score, mask if token else torch.ones_like(score, dtype=torch.bool), S.moments
@@ -765,6 +792,9 @@ def train(cfg: PPOConfig) -> dict:
             kl, mask, S.kl_ctl.value, cfg.reward_level,
             token_reward=score if token else None, sequence_reward=None if token else score,
         )  # fmt: skip
+        cut = rlhf.missing_eos(ro.response_ids, mask, S.tokenizer.eos_token_id)
+        if cfg.missing_eos_penalty:  # added to R, i.e. at the last token, at either level
+            ro.rewards = rlhf.add_on_last_token(ro.rewards, mask, cut.float() * cfg.missing_eos_penalty)
 
         # 4. GAE (advantages whitened with statistics over all ranks)
         ro.advantages, ro.returns = fk.gae(
@@ -797,7 +827,7 @@ def train(cfg: PPOConfig) -> dict:
                 entropy=(ro.entropy.double() * maskf).sum(),
                 ev=rlhf.explained_variance_sums(ro.values, ro.returns, mask),
                 gen_tokens=maskf.sum(), seq_tokens=ro.attention_mask.sum().double(),
-                stop=float(STOP.requested),
+                n_cut=cut.sum().double(), stop=float(STOP.requested),
             )  # fmt: skip
             if S.gold is not None:
                 stats.add(
@@ -817,6 +847,13 @@ def train(cfg: PPOConfig) -> dict:
             metrics[f"tokens_per_s_{phase}"] = phase_tokens[phase] / dt
         metrics["peak_memory_mb"] = peak_memory_mb(di.device)
         S.kl_ctl.update(metrics["kl"], int(t["n_seq"]))
+        cut_frac = metrics["truncated_fraction"]
+        if cut_frac > cfg.truncation_warn and (iteration == S.iteration + 1 or iteration % 10 == 0):
+            run.say(
+                f"warning: iteration {iteration}: {cut_frac:.0%} of the responses hit "
+                f"max_new_tokens={cfg.max_new_tokens} without EOS (they are scored as if complete; "
+                "see missing_eos_penalty, and token_reward_scale for a length incentive)"
+            )
         S.log.write(metrics)
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.3f}")

@@ -67,6 +67,64 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.bool(), pos, -1).amax(-1)
 
 
+def scale_token_rewards(token_reward: torch.Tensor, mask: torch.Tensor, scale: str) -> torch.Tensor:
+    """The token-level reward PPO optimises, from the RM's per-token rewards r_t [B, T].
+
+    * ``raw`` — the paper's [R_1 … R_n]: the return Σ_t r_t = T·R(τ) grows with the response
+      length T, and because the Bradley–Terry loss cannot see a constant added to every token's
+      reward, whether longer responses pay is set by that arbitrary level, not by the data;
+    * ``mean`` — r̃_t = r_t / T (T = the row's valid tokens), so Σ_t r̃_t = R(τ) = (1/T) Σ_t r_t,
+      the sequence reward the RM was trained on (eq. 1): a level shift c adds the same c to every
+      response whatever its length, and the per-token credit (which tokens the RM blames) stays.
+
+    Example (by hand): r = [[2, 4, 0]], mask [[T, T, F]]: raw [[2, 4, 0]], mean [[1, 2, 0]].
+    """
+    r = torch.where(mask, token_reward.float(), 0.0)
+    if scale == "raw":
+        return r
+    if scale == "mean":
+        return r / mask.sum(-1, keepdim=True).clamp_min(1).to(r.dtype)
+    raise ValueError(f"scale={scale!r} is not 'raw' or 'mean'")
+
+
+def missing_eos(response_ids: torch.Tensor, mask: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
+    """[B] bool: the response did not end with EOS (cut at ``max_new_tokens``); all False when
+    there is no EOS token."""
+    if eos_token_id is None:
+        return torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
+    last = last_token_index(mask)
+    tok = response_ids.gather(-1, last.clamp_min(0)[:, None])[:, 0]
+    return (last < 0) | (tok != eos_token_id)
+
+
+def add_on_last_token(rewards: torch.Tensor, mask: torch.Tensor, bonus: torch.Tensor) -> torch.Tensor:
+    """``rewards`` [B, T] with ``bonus`` [B] added at each row's last valid token (empty rows
+    unchanged): how a sequence-level term (R, a missing-EOS penalty) enters a per-token vector."""
+    last = last_token_index(mask)
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    has = last >= 0
+    out = rewards.clone()
+    out[rows[has], last[has]] += bonus.to(out.dtype)[has]
+    return out
+
+
+def prompt_order(iteration: int, rows: int, n_prompts: int, seed: int) -> torch.Tensor:
+    """The ``rows`` prompt indices of ``iteration`` [rows] int64: consecutive slices of a stream of
+    per-epoch permutations of ``range(n_prompts)`` (each a pure function of ``seed`` and the epoch),
+    so every prompt is used once per epoch and a resumed run draws exactly what it would have.
+
+    Example: n_prompts 4, rows 3: iteration 0 takes epoch 0's first three, iteration 1 its last one
+    and epoch 1's first two.
+    """
+    start, stop = iteration * rows, (iteration + 1) * rows
+    parts = []
+    for epoch in range(start // n_prompts, (stop - 1) // n_prompts + 1):
+        perm = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        lo, hi = max(start - epoch * n_prompts, 0), min(stop - epoch * n_prompts, n_prompts)
+        parts.append(perm[lo:hi])
+    return torch.cat(parts)
+
+
 def compute_rewards(
     kl: torch.Tensor,
     mask: torch.Tensor,
@@ -93,11 +151,7 @@ def compute_rewards(
     if level == "sequence":
         if sequence_reward is None:
             raise ValueError("level='sequence' needs sequence_reward [B]")
-        last = last_token_index(mask)
-        rows = torch.arange(mask.shape[0], device=mask.device)
-        has = last >= 0
-        rewards[rows[has], last[has]] += sequence_reward.float()[has]
-        return rewards
+        return add_on_last_token(rewards, mask, sequence_reward.float())
     if level == "token":
         if token_reward is None:
             raise ValueError("level='token' needs token_reward [B, T]")
