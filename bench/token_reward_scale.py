@@ -29,6 +29,14 @@ SETTINGS = {
     "mean": ["token_reward_scale=mean"],
     "raw + eos penalty -1": ["token_reward_scale=raw", "missing_eos_penalty=-1"],
     "mean + eos penalty -1": ["token_reward_scale=mean", "missing_eos_penalty=-1"],
+    # a per-token baseline: running mean/std normalisation of the RM's token rewards (global), so
+    # an ordinary token earns ~0 and only better-than-usual tokens pay
+    "raw + reward_norm": ["token_reward_scale=raw", "reward_norm=true"],
+    "raw + reward_norm + eos penalty -1": [
+        "token_reward_scale=raw",
+        "reward_norm=true",
+        "missing_eos_penalty=-1",
+    ],
 }
 # Two starting policies: the tiny default's random-init LLaMA (it almost never emits EOS: ~90% of
 # its 16-token responses are cut, so the length axis is saturated from the start), and the same
@@ -130,6 +138,8 @@ def main() -> None:
     rows = []
     for regime, regime_args in REGIMES.items():
         for name, extra in SETTINGS.items():
+            if regime.startswith("random") and "norm" in name:
+                continue  # the length axis is saturated there: measured in the warm-started regime
             per_seed = []
             for seed in args.seeds:
                 out = root / f"{'warm' if regime_args else 'rand'}_{name.replace(' ', '_')}_s{seed}"

@@ -328,3 +328,23 @@ def test_collate(side):
     assert not (batch["response_mask"] & ~batch["attention_mask"]).any()
     with pytest.raises(ValueError, match="padding_side"):
         collate([a], 0, padding_side="middle")
+
+
+def test_prompt_templates_keep_instruction_and_input_apart():
+    """alpaca renders the with-input form only when there is an input; plain/chat join them."""
+    from trainer.data.examples import render_prompt
+    from trainer.data.formats import Prompt
+    from trainer.data.synthetic import SyntheticConfig, build_tokenizer
+
+    tok = build_tokenizer(SyntheticConfig(n_pairs=2))  # no chat template
+    with_input = render_prompt(tok, Prompt("Sum these.", "2 3"), "alpaca")
+    assert with_input.startswith("Below is an instruction that describes a task, paired with an input")
+    assert with_input.endswith("### Instruction:\nSum these.\n\n### Input:\n2 3\n\n### Response:")
+    no_input = render_prompt(tok, Prompt("Name a colour.", "  "), "alpaca")
+    assert "### Input" not in no_input and no_input.endswith(
+        "### Instruction:\nName a colour.\n\n### Response:"
+    )
+    assert render_prompt(tok, Prompt("Sum these.", "2 3"), "plain") == "Sum these.\n\n2 3\n"
+    assert render_prompt(tok, "Hi", "auto") == "Hi\n"  # no chat template: plain
+    with pytest.raises(ValueError, match="no chat template"):
+        render_prompt(tok, "Hi", "chat")

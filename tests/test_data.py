@@ -299,3 +299,20 @@ def test_a_bad_byte_is_a_bad_line_not_a_bad_file(tmp_path):
         load_pairs(path)
     res = load_pairs(path, skip_invalid=True)
     assert len(res.pairs) == 2 and len(res.invalid) == 1 and res.invalid[0].where == "line 2"
+
+
+def test_alpaca_instruction_and_input_travel_to_the_edit_record(tmp_path):
+    from trainer.data.formats import EditRecord, Prompt
+
+    rec = {"instruction": "Sum.", "input": "2 3", "output_1": "5", "output_2": "6", "preference": 1}
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps([rec]))
+    pair = load_pairs(path).pairs[0]
+    assert (pair.prompt, pair.instruction, pair.input) == ("Sum.\n\n2 3", "Sum.", "2 3")
+    er = EditRecord(
+        id=pair.id, prompt=pair.prompt, original="6", instruction=pair.instruction, input=pair.input
+    )
+    back = EditRecord.from_json(er.to_json(), "e.jsonl", "line 1")
+    assert back.prompt_parts == Prompt("Sum.", "2 3")
+    plain = EditRecord.from_json({"id": "x", "prompt": "Hi", "original": "o"}, "e.jsonl", "line 2")
+    assert plain.prompt_parts == Prompt("Hi") and "input" not in plain.to_json()

@@ -153,6 +153,8 @@ def model_dirs(tmp_path_factory):
     head = scalar_head_config(base, 0)
     rm = AutoModelForTokenClassification.from_config(head)
     save_pretrained(rm.state_dict(), head, "scalar_head", root / "run" / "final", tok, {"level": "token"})
+    meta = {"level": "token", "prompt_template": "alpaca"}
+    save_pretrained(rm.state_dict(), head, "scalar_head", root / "rm_alpaca", tok, meta)
     return root
 
 
@@ -172,3 +174,10 @@ def test_wrong_model_paths_are_one_line_errors(model_dirs, tmp_path, capsys):
     assert "config key 'init_from'" in err and "do not fit a causal_lm model" in err and "lm_head" in err
     assert main([f"init_from={tmp_path}", "reward_source=gold", out]) == 2
     assert "has no config.json: not a transformers model directory" in capsys.readouterr().err
+    # a token-level RM as a sequence reward: only as the explicit variant
+    assert main([f"reward_model={model_dirs / 'run' / 'final'}", "reward_level=sequence", out]) == 2
+    assert "sequence_reward_from_token_rm=true" in capsys.readouterr().err
+    # a reward model trained on Alpaca-rendered prompts, PPO rendering them plainly
+    assert main([f"reward_model={model_dirs / 'rm_alpaca'}", out]) == 2
+    err = capsys.readouterr().err
+    assert "renders prompts as 'plain'" in err and "trained on 'alpaca' prompts" in err

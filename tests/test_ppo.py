@@ -180,6 +180,7 @@ def _check_run(out_dir: Path, n: int) -> list[dict]:
         bad = {k: v for k, v in r.items() if k != "explained_variance" and not math.isfinite(v)}
         assert not bad, f"non-finite metrics {bad}"
     assert recs[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # actor == reference before any update
+    assert all(0.0 <= r["truncated_fraction"] <= 1.0 for r in recs)
     assert recs[-1]["kl"] != 0.0 and recs[-1]["approx_kl"] > 0
     init, final = (
         _initial_actor_weights(out_dir),

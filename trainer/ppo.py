@@ -50,8 +50,8 @@ from torch import nn
 
 import fgkernels as fk
 from trainer import rlhf
-from trainer.data.examples import TokenizedExample, build_prompt, collate
-from trainer.data.formats import DataError, prompt_text, read_records
+from trainer.data.examples import TokenizedExample, build_prompt, checked_template, collate
+from trainer.data.formats import DataError, prompt_parts, read_records
 from trainer.data.synthetic import SyntheticConfig, bootstrap
 from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import ConfigError, TrainConfig, cli_main
@@ -259,15 +259,15 @@ class PPOConfig(TrainConfig):
 # --------------------------------------------------------------------------------------------
 # Prompts and models
 # --------------------------------------------------------------------------------------------
-def load_prompts(path: str, tokenizer: Any, max_len: int) -> list[TokenizedExample]:
-    """Every prompt of ``path`` (``prompt``, or ``instruction`` [+ ``input``]: the one Alpaca rule
-    of :func:`trainer.data.formats.prompt_text`), tokenised by the same code as training examples
-    (:func:`trainer.data.examples.build_prompt`: template, BOS, cut from the left to ``max_len``)."""
+def load_prompts(path: str, tokenizer: Any, max_len: int, template: str = "auto") -> list[TokenizedExample]:
+    """Every prompt of ``path`` (``prompt``, or ``instruction`` [+ ``input``], kept apart:
+    :func:`trainer.data.formats.prompt_parts`), tokenised by the same code as training examples
+    (:func:`trainer.data.examples.build_prompt`: ``template``, BOS, cut from the left to ``max_len``)."""
     out = []
     for where, rec in read_records(path):
         if isinstance(rec, DataError):
             raise rec
-        out.append(build_prompt(tokenizer, prompt_text(rec, path, where), max_len))
+        out.append(build_prompt(tokenizer, prompt_parts(rec, path, where), max_len, template))
     if not out:
         raise DataError(path, "no prompts")
     return out
@@ -288,23 +288,33 @@ def train_reward_model_on_the_fly(cfg: PPOConfig, out_dir: Path, pairs: Path, to
             intermediate_size=cfg.intermediate_size, epochs=cfg.rm_epochs, eval_every=0,
             save_best=False, log_every=20, progress=False, seed=cfg.seed, device=cfg.device,
             num_threads=cfg.num_threads, checkpoint_every=0, deterministic=cfg.deterministic,
+            prompt_template=cfg.prompt_template,
         )  # fmt: skip
         train_rm(rcfg)
     return final
 
 
-def reward_level_of(rm_dir: Path) -> str:
+def reward_level_of(rm_dir: Path, template: str | None = None) -> str:
     """The level of the reward model in ``rm_dir`` (``token`` / ``sequence``), after checking it is
-    a reward-model directory written by ``trainer/reward.py``.
+    a reward-model directory written by ``trainer/reward.py`` and, given ``template`` (this run's
+    resolved prompt template), that the RM saw its prompts rendered the same way.
 
     Raises:
-        ConfigError: not a model directory (a run's root gets a hint), or no reward metadata.
+        ConfigError: not a model directory (a run's root gets a hint), no reward metadata, or
+            another prompt template.
     """
     check_model_dir(str(rm_dir), "reward_model")
     try:
-        return read_reward_meta(rm_dir)["level"]
+        meta = read_reward_meta(rm_dir)
     except ValueError as e:
         raise ConfigError(f"config key 'reward_model': {e}") from None
+    rm_template = meta.get("prompt_template")
+    if template is not None and rm_template is not None and rm_template != template:
+        raise ConfigError(
+            f"config key 'prompt_template': this run renders prompts as {template!r}, but the reward "
+            f"model {rm_dir} was trained on {rm_template!r} prompts: set prompt_template={rm_template}"
+        )
+    return meta["level"]
 
 
 class Models(NamedTuple):
@@ -685,7 +695,8 @@ def setup(cfg: PPOConfig) -> Setup:
     if not tok_name:
         raise ConfigError("config key 'tokenizer': needed when 'prompts' is given and 'init_from' is empty")
     tokenizer = load_tokenizer(tok_name, tok_key if syn is None else "tokenizer")
-    prompts = load_prompts(prompt_file, tokenizer, cfg.max_prompt_length)
+    template = checked_template(tokenizer, cfg.prompt_template)
+    prompts = load_prompts(prompt_file, tokenizer, cfg.max_prompt_length, template)
     gold = GoldReward(tokenizer, syn).to(di.device) if syn is not None else None
     run.say(f"prompts {prompt_file}: {len(prompts)}")
     # (c) the memory plan (before anything is trained), then the reward model
@@ -701,13 +712,13 @@ def setup(cfg: PPOConfig) -> Setup:
     if cfg.reward_source == "learned":
         if cfg.reward_model:
             rm_dir = Path(cfg.reward_model)
-            reward_level_of(rm_dir)
         elif syn is not None:
             run.say("no reward_model given: training a tiny one with trainer/reward.py")
             rm_dir = train_reward_model_on_the_fly(cfg, out_dir, pairs_path, tok_dir)
             barrier()
         else:
             raise ConfigError("config key 'reward_model': required with a prompts file")
+        reward_level_of(rm_dir, template)
     # (d) models and optimizers
     models = build_models(run, tokenizer, rm_dir, syn)
     n_actor = sum(p.numel() for p in models.actor.parameters())

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 import fgkernels as fk
 from trainer import rm_metrics
-from trainer.data.examples import TokenizedExample, build_example, build_pair, collate
+from trainer.data.examples import TokenizedExample, build_example, build_pair, checked_template, collate
 from trainer.data.formats import DataError, EditRecord, read_records
 from trainer.data.synthetic import SyntheticConfig, bootstrap
 from trainer.infra.checkpoint import Checkpointer
@@ -218,7 +218,11 @@ def load_pair_data(path: str, tokenizer: Any, cfg: RewardConfig, split: str | No
     """
     out = PairData()
     eos = tokenizer.eos_token_id
-    kw = {"max_length": cfg.max_length, "min_response_tokens": cfg.min_response_tokens}
+    kw = {
+        "max_length": cfg.max_length,
+        "min_response_tokens": cfg.min_response_tokens,
+        "prompt_template": cfg.prompt_template,
+    }
 
     def fits(kind: str, pair: Pair, where: str) -> bool:
         if not (_response_cut(pair[0], eos) or _response_cut(pair[1], eos)):
@@ -258,7 +262,7 @@ def load_pair_data(path: str, tokenizer: Any, cfg: RewardConfig, split: str | No
         elif not r.edited.strip():
             out.skipped["empty_edited"] += 1
         else:
-            pair = build_pair(tokenizer, r.prompt, r.original, r.edited, **kw)
+            pair = build_pair(tokenizer, r.prompt_parts, r.original, r.edited, **kw)
             if fits("edited", pair, where):
                 out.edited.append(pair)
         # (b) original pairs: chosen ≻ original
@@ -266,8 +270,8 @@ def load_pair_data(path: str, tokenizer: Any, cfg: RewardConfig, split: str | No
             out.skipped["empty_chosen"] += 1
             continue
         pair = (
-            build_example(tokenizer, r.prompt, r.chosen, **kw),
-            build_example(tokenizer, r.prompt, r.original, **kw),
+            build_example(tokenizer, r.prompt_parts, r.chosen, **kw),
+            build_example(tokenizer, r.prompt_parts, r.original, **kw),
         )
         if fits("original", pair, where):
             out.original.append(pair)
@@ -448,6 +452,7 @@ def load_data(run: Run) -> tuple[Any, list[Pair], PairData, str]:
     tokenizer = load_tokenizer(tok_name, "tokenizer" if cfg.tokenizer else "init_from")
     if pad_token_id(tokenizer) is None:
         raise ConfigError(f"tokenizer {tok_name}: has neither a pad nor an eos token")
+    cfg.prompt_template = checked_template(tokenizer, cfg.prompt_template)  # recorded resolved
     if cfg.eval_data:
         train_data = load_pair_data(data_path, tokenizer, cfg, split=None)
         eval_data = load_pair_data(cfg.eval_data, tokenizer, cfg, split=None)
@@ -469,7 +474,10 @@ def save_reward_model(run: Run, model, hf_config, tokenizer, name: str, step: in
     cfg = run.cfg
     sd = full_state_dict(model)
     if run.di.is_main:
-        meta = {"level": cfg.rm_level, "variant": cfg.variant, "seq_pairs": cfg.seq_pairs, "step": step}
+        meta = {
+            "level": cfg.rm_level, "variant": cfg.variant, "seq_pairs": cfg.seq_pairs, "step": step,
+            "prompt_template": cfg.prompt_template,
+        }  # fmt: skip
         save_pretrained(
             sd,
             hf_config,

@@ -602,6 +602,8 @@ def make_record(
         usage={"input_tokens": int(result.input_tokens), "output_tokens": int(result.output_tokens)},
         source=pair.source,
         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        instruction=pair.instruction,
+        input=pair.input,
     ).to_json()
 
 

@@ -3,8 +3,11 @@ truncation and collation into padded batches. Used by the reward models and by P
 
 Tokenisation, and the pitfalls it avoids:
 
-* The prompt is rendered with the tokenizer's chat template when it has one
-  (``apply_chat_template(..., add_generation_prompt=True)``), else with ``prompt_template``.
+* The prompt is rendered by template (:func:`render_prompt`): ``auto`` = the tokenizer's chat
+  template when it has one (``apply_chat_template(..., add_generation_prompt=True)``), else plain
+  ``"{prompt}\n"``; ``alpaca`` = the Alpaca template (with / without input) AlpacaFarm's SFT
+  model was trained on. Instruction and input stay separate (:class:`~trainer.data.formats.Prompt`)
+  until the template joins them.
 * Prompt and response are tokenised **separately** (``add_special_tokens=False``) and
   concatenated, so no token straddles the boundary and the response mask is exact. For
   SentencePiece tokenizers (LLaMA) the response then starts with a ``▁``-prefixed piece (a
@@ -30,10 +33,19 @@ from typing import Any
 import torch
 
 from trainer.data.align import char_spans_to_token_mask, token_diff
+from trainer.data.formats import Prompt
 
-__all__ = ["TokenizedExample", "build_example", "build_pair", "build_prompt", "collate", "render_prompt"]
-
-DEFAULT_PROMPT_TEMPLATE = "{prompt}\n"
+__all__ = [
+    "PROMPT_TEMPLATES",
+    "TokenizedExample",
+    "build_example",
+    "build_pair",
+    "build_prompt",
+    "checked_template",
+    "collate",
+    "render_prompt",
+    "resolve_template",
+]
 
 
 @dataclass
@@ -58,14 +70,71 @@ class TokenizedExample:
         return len(self.input_ids)
 
 
-def render_prompt(tokenizer: Any, prompt: str, prompt_template: str = DEFAULT_PROMPT_TEMPLATE) -> str:
-    """The prompt text the model sees: the chat template (one user turn plus the generation
-    prompt) when ``tokenizer.chat_template`` is set, else ``prompt_template.format(prompt=...)``."""
-    if getattr(tokenizer, "chat_template", None):
+PROMPT_TEMPLATES = ("auto", "plain", "alpaca", "chat")
+
+# The Alpaca prompt (Taori et al. 2023), on which AlpacaFarm's LLaMA-7B SFT model was trained:
+# one form with an input, one without.
+ALPACA_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+)
+ALPACA_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the "
+    "request.\n\n### Instruction:\n{instruction}\n\n### Response:"
+)
+
+
+def resolve_template(tokenizer: Any, template: str = "auto") -> str:
+    """The concrete template name: ``auto`` is ``chat`` when the tokenizer has a chat template,
+    else ``plain``.
+
+    Raises:
+        ValueError: an unknown name, or ``chat`` for a tokenizer without a chat template.
+    """
+    if template not in PROMPT_TEMPLATES:
+        raise ValueError(f"prompt_template={template!r} is not one of {PROMPT_TEMPLATES}")
+    has_chat = bool(getattr(tokenizer, "chat_template", None))
+    if template == "auto":
+        return "chat" if has_chat else "plain"
+    if template == "chat" and not has_chat:
+        raise ValueError("prompt_template='chat' but the tokenizer has no chat template")
+    return template
+
+
+def checked_template(tokenizer: Any, template: str) -> str:
+    """:func:`resolve_template` for a trainer: a template the tokenizer cannot render is a config
+    error naming the key."""
+    from trainer.infra.config import ConfigError
+
+    try:
+        return resolve_template(tokenizer, template)
+    except ValueError as e:
+        raise ConfigError(f"config key 'prompt_template': {e}") from None
+
+
+def render_prompt(tokenizer: Any, prompt: str | Prompt, prompt_template: str = "auto") -> str:
+    """The prompt text the model sees, by template (:func:`resolve_template`):
+
+    * ``chat`` — one user turn (instruction, then a blank line and the input) and the
+      generation prompt, through the tokenizer's chat template;
+    * ``plain`` — ``"{prompt}\n"`` with the same joined text;
+    * ``alpaca`` — the Alpaca template, its with-input form when the input is not blank.
+
+    ``prompt`` is a plain string (an instruction with no separate input) or a
+    :class:`~trainer.data.formats.Prompt`.
+    """
+    p = prompt if isinstance(prompt, Prompt) else Prompt(prompt)
+    template = resolve_template(tokenizer, prompt_template)
+    if template == "chat":
         return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": p.text}], tokenize=False, add_generation_prompt=True
         )
-    return prompt_template.replace("{prompt}", prompt)
+    if template == "alpaca":
+        if p.input.strip():
+            return ALPACA_WITH_INPUT.replace("{instruction}", p.instruction).replace("{input}", p.input)
+        return ALPACA_NO_INPUT.replace("{instruction}", p.instruction)
+    return p.text + "\n"
 
 
 def _encode(
@@ -75,7 +144,7 @@ def _encode(
     return list(enc["input_ids"]), ([tuple(o) for o in enc["offset_mapping"]] if offsets else None)
 
 
-def _prompt_ids(tokenizer: Any, prompt: str, prompt_template: str, add_bos: bool) -> list[int]:
+def _prompt_ids(tokenizer: Any, prompt: str | Prompt, prompt_template: str, add_bos: bool) -> list[int]:
     ids, _ = _encode(tokenizer, render_prompt(tokenizer, prompt, prompt_template))
     bos = getattr(tokenizer, "bos_token_id", None)
     if add_bos and bos is not None and (not ids or ids[0] != bos):
@@ -121,14 +190,14 @@ def _assemble(
 
 def build_example(
     tokenizer: Any,
-    prompt: str,
+    prompt: str | Prompt,
     response: str,
     *,
     changed: Sequence[bool] | None = None,
     bad_spans: Sequence[tuple[int, int]] | None = None,
     max_length: int | None = None,
     min_response_tokens: int = 16,
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    prompt_template: str = "auto",
     add_bos: bool = True,
     add_eos: bool = True,
 ) -> TokenizedExample:
@@ -136,14 +205,15 @@ def build_example(
 
     Args:
         tokenizer: a Hugging Face tokenizer (a fast one when ``bad_spans`` is given: offsets).
-        prompt: prompt text (rendered by :func:`render_prompt`).
+        prompt: the prompt (a string, or a :class:`~trainer.data.formats.Prompt` with a separate
+            input), rendered by :func:`render_prompt`.
         response: response text.
         changed: per response token (as tokenised here, without EOS), True where changed.
         bad_spans: alternatively, character spans ``[start, end)`` of ``response`` marked bad;
             mapped to tokens through the offsets (:func:`trainer.data.align.char_spans_to_token_mask`).
         max_length: truncate to at most this many tokens (see :func:`_assemble`).
         min_response_tokens: response tokens kept at least when the prompt is cut.
-        prompt_template: used when the tokenizer has no chat template.
+        prompt_template: ``auto`` | ``plain`` | ``alpaca`` | ``chat`` (:func:`render_prompt`).
         add_bos: prepend BOS when the tokenizer has one and the prompt does not start with it.
         add_eos: append EOS to a whole response.
 
@@ -172,9 +242,9 @@ def build_example(
 
 def build_prompt(
     tokenizer: Any,
-    prompt: str,
+    prompt: str | Prompt,
     max_length: int | None = None,
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    prompt_template: str = "auto",
 ) -> TokenizedExample:
     """Tokenise a prompt alone (for generation: PPO rollouts, evaluation), rendered and
     BOS-prefixed exactly as :func:`build_example` renders it for training, cut from the left to
@@ -193,7 +263,7 @@ def build_prompt(
 
 def build_pair(
     tokenizer: Any,
-    prompt: str,
+    prompt: str | Prompt,
     original: str,
     edited: str,
     **kwargs: Any,

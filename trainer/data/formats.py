@@ -41,8 +41,10 @@ __all__ = [
     "DataError",
     "LoadResult",
     "PreferencePair",
+    "Prompt",
     "detect_format",
     "load_pairs",
+    "prompt_parts",
     "prompt_text",
     "read_records",
 ]
@@ -78,6 +80,8 @@ class PreferencePair:
         rejected: the less-preferred response (the one the editor rewrites).
         source: ``"<file>:<line N|record N>"``, for messages.
         format: the input format name.
+        instruction, input: AlpacaFarm's two fields, kept apart (``prompt`` joins them); ``""``
+            for the other formats.
     """
 
     id: str
@@ -86,6 +90,29 @@ class PreferencePair:
     rejected: str
     source: str = ""
     format: str = ""
+    instruction: str = ""
+    input: str = ""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt as the data carries it: an instruction and an optional input (AlpacaFarm's
+    ``instruction`` / ``input``), kept apart until a template renders them
+    (:func:`trainer.data.examples.render_prompt`).
+
+    Attributes:
+        instruction: the instruction (or the whole prompt of a format without inputs).
+        input: the Alpaca input; ``""`` for none.
+    """
+
+    instruction: str
+    input: str = ""
+
+    @property
+    def text(self) -> str:
+        """Instruction and input as one text (the Alpaca rule, :func:`alpaca_prompt`): what the
+        editor sees and the ``plain`` / ``chat`` templates render."""
+        return alpaca_prompt(self.instruction, self.input)
 
 
 EDIT_STATUSES = ("ok", "unchanged", "empty", "refusal", "commentary", "not_minimal", "truncated")
@@ -126,11 +153,22 @@ class EditRecord:
     usage: dict = field(default_factory=lambda: {"input_tokens": 0, "output_tokens": 0})
     source: str = ""
     created_at: str = ""
+    instruction: str = ""
+    input: str = ""
     gold: dict | None = None
 
+    @property
+    def prompt_parts(self) -> Prompt:
+        """The prompt with its input kept apart (a record without ``input`` is all instruction)."""
+        return Prompt(self.instruction, self.input) if self.input.strip() else Prompt(self.prompt)
+
     def to_json(self) -> dict:
-        """The JSON object of one output line (``gold`` only when set)."""
-        out = {k: v for k, v in self.__dict__.items() if k != "gold"}
+        """The JSON object of one output line (``instruction``/``input`` only when the pair had an
+        input, ``gold`` only when set)."""
+        skip = {"gold", "instruction", "input"}
+        out = {k: v for k, v in self.__dict__.items() if k not in skip}
+        if self.input.strip():
+            out["instruction"], out["input"] = self.instruction, self.input
         if self.gold is not None:
             out["gold"] = self.gold
         return out
@@ -159,6 +197,8 @@ class EditRecord:
             "stop_reason",
             "source",
             "created_at",
+            "instruction",
+            "input",
         ):
             if rec.get(key) is not None:
                 kw[key] = _text(rec, key, src, where)
@@ -345,9 +385,9 @@ def alpaca_prompt(instruction: str, input: str = "") -> str:  # noqa: A002 - the
     return f"{instruction}\n\n{input}" if input.strip() else instruction
 
 
-def prompt_text(rec: Any, src: str, where: str) -> str:
-    """The prompt of a prompt-file record: its ``prompt`` string, or the Alpaca rule over
-    ``instruction`` (+ optional ``input``).
+def prompt_parts(rec: Any, src: str, where: str) -> Prompt:
+    """The prompt of a prompt-file record: its ``prompt`` string, or ``instruction`` (+ optional
+    ``input``) kept apart for the template.
 
     Raises:
         DataError: neither field is a string (names the record).
@@ -355,12 +395,15 @@ def prompt_text(rec: Any, src: str, where: str) -> str:
     if not isinstance(rec, dict):
         raise DataError(src, f"expected a JSON object, got {type(rec).__name__}", where)
     if rec.get("prompt") is not None:
-        return _text(rec, "prompt", src, where)
+        return Prompt(_text(rec, "prompt", src, where))
     if rec.get("instruction") is not None:
-        return alpaca_prompt(
-            _text(rec, "instruction", src, where), _text(rec, "input", src, where, optional=True)
-        )
+        return Prompt(_text(rec, "instruction", src, where), _text(rec, "input", src, where, optional=True))
     raise DataError(src, "no 'prompt' (or 'instruction') string", where)
+
+
+def prompt_text(rec: Any, src: str, where: str) -> str:
+    """:func:`prompt_parts` as one text (the Alpaca rule)."""
+    return prompt_parts(rec, src, where).text
 
 
 def _split_hh(dialogue: str, src: str, where: str, key: str) -> tuple[str, str]:
@@ -415,7 +458,8 @@ def parse_record(rec: Any, fmt: str, src: str, where: str) -> PreferencePair:
     if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (str, int))):
         raise DataError(src, f"expected a string or an int, got {type(rid).__name__}", where, "id")
     rid = str(rid) if rid is not None else pair_id(prompt, chosen, rejected)
-    return PreferencePair(rid, prompt, chosen, rejected, source=f"{src}:{where}", format=fmt)
+    parts = {"instruction": instruction, "input": inp} if fmt == "alpaca" else {}
+    return PreferencePair(rid, prompt, chosen, rejected, source=f"{src}:{where}", format=fmt, **parts)
 
 
 def load_pairs(

@@ -108,6 +108,7 @@ class TrainConfig:
         "param_dtype": ("float32", "bfloat16", "float16"),
         "reduce_dtype": ("float32", "bfloat16"),
         "device": ("auto", "cuda", "cpu"),
+        "prompt_template": ("auto", "plain", "alpaca", "chat"),
     }
     AT_LEAST: ClassVar[dict] = {
         "hidden_size": 1, "num_layers": 1, "num_heads": 1, "intermediate_size": 1, "weight_decay": 0,
@@ -120,6 +121,11 @@ class TrainConfig:
 
     tokenizer: str = ""
     """Tokenizer directory or hub name; empty: ``init_from``'s (or the synthetic world's)."""
+    prompt_template: str = "auto"
+    """How prompts are rendered: ``auto`` (the tokenizer's chat template when it has one, else
+    ``plain``), ``plain`` (``"{prompt}\n"``), ``alpaca`` (the Alpaca template with / without
+    input, what AlpacaFarm's LLaMA-7B SFT model was trained on), ``chat``. A reward model records
+    it; PPO refuses a reward model rendered another way."""
     init_from: str = ""
     """Pretrained/SFT checkpoint directory or hub name; empty: a random-init tiny LLaMA (below)."""
     hidden_size: int = 64
