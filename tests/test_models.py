@@ -47,7 +47,10 @@ def test_pair_stats_and_reward_helpers():
 
 
 def test_every_config_field_documented_and_yaml_configs_load(tmp_path):
-    for cls in (RewardConfig, SyntheticConfig):
+    from trainer.ppo import PPOConfig
+    from trainer.sft import SFTConfig
+
+    for cls in (RewardConfig, SyntheticConfig, PPOConfig, SFTConfig):
         import dataclasses
 
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in field_docs(cls)]
@@ -62,6 +65,10 @@ def test_every_config_field_documented_and_yaml_configs_load(tmp_path):
     assert big.param_dtype == "bfloat16" and big.activation_checkpointing and big.init_from == "/m"
     with pytest.raises(ConfigError, match="'init_from' is required"):
         load_config(RewardConfig, ["--config", "configs/llama7b_8xa100/reward.yaml", "data=e.jsonl"])
+    for name in ("tiny_cpu/sft.yaml", "llama7b_8xa100/sft.yaml"):
+        extra = ["data=e.jsonl", "init_from=/m"] if "7b" in name else []
+        sft = load_config(SFTConfig, ["--config", f"configs/{name}", *extra])
+        assert sft.objective in ("sft", "figa") and sft.figa_removed_weight == -0.5
     with pytest.raises(ConfigError, match="unknown config key 'lrr'.*'lr'"):
         load_config(RewardConfig, ["lrr=1"])
     with pytest.raises(ConfigError, match="unknown config key 'synthetic.nope'"):

@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from _utils import clean_env
 
 from fgkernels.token_bt_loss import token_bt_loss_reference
+from trainer.data.pairs import collate_pairs, load_pair_data
 from trainer.data.synthetic import SyntheticConfig, build_tokenizer, write_synthetic
 from trainer.infra.config import load_config
 from trainer.models import per_token_scores, scalar_head_config, tiny_llama_config
-from trainer.reward import RewardConfig, collate_pairs, evaluate, load_pair_data, main, pair_loss
+from trainer.reward import RewardConfig, evaluate, main, pair_loss
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [

@@ -32,12 +32,10 @@ SIGTERM finishes the step, checkpoints and exits 75 (rerun to resume). ``python 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 import time
 import warnings
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -50,8 +48,9 @@ import torch.nn.functional as F
 
 import fgkernels as fk
 from trainer import rm_metrics
-from trainer.data.examples import TokenizedExample, build_example, build_pair, checked_template, collate
-from trainer.data.formats import DataError, EditRecord, read_records
+from trainer.data.examples import checked_template
+from trainer.data.formats import DataError
+from trainer.data.pairs import Pair, PairData, collate_pairs, load_pair_data, step_batches
 from trainer.data.synthetic import SyntheticConfig, bootstrap
 from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import ConfigError, TrainConfig, cli_main
@@ -76,8 +75,6 @@ from trainer.models import (
 warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
 
 __all__ = ["RewardConfig", "PairData", "evaluate", "load_pair_data", "pair_loss", "main", "train"]
-
-Pair = tuple[TokenizedExample, TokenizedExample]  # (chosen, rejected)
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,131 +168,6 @@ class RewardConfig(TrainConfig):
         super().check()
         if not 0 <= self.eval_fraction < 1:
             raise ConfigError(f"config key 'eval_fraction': must be in [0, 1), got {self.eval_fraction}")
-
-
-# --------------------------------------------------------------------------------------------
-# Data: records -> tokenised pairs
-# --------------------------------------------------------------------------------------------
-@dataclass
-class PairData:
-    """Tokenised pairs of one split, each ``(chosen, rejected)``.
-
-    Attributes:
-        edited: (edited, original) examples with changed-token masks, from ``ok`` records.
-        original: (chosen, original) examples (changed masks all False).
-        gold: per original pair, gold(chosen) − gold(original) when the records carry ``gold``.
-        skipped: why records were left out, counted.
-    """
-
-    edited: list[Pair] = field(default_factory=list)
-    original: list[Pair] = field(default_factory=list)
-    gold: list[float] = field(default_factory=list)
-    skipped: Counter = field(default_factory=Counter)
-
-
-def _is_eval(rec_id: str, fraction: float) -> bool:
-    h = int(hashlib.sha256(rec_id.encode()).hexdigest()[:8], 16)
-    return h % 100_000 < fraction * 100_000
-
-
-def _response_cut(ex: TokenizedExample, eos_id: int | None) -> bool:
-    """True when truncation cut the response (a whole response ends with EOS)."""
-    return ex.truncated and (eos_id is None or ex.input_ids[-1] != eos_id)
-
-
-def load_pair_data(path: str, tokenizer: Any, cfg: RewardConfig, split: str | None) -> PairData:
-    """Read an edited-pairs file and tokenise it.
-
-    Args:
-        path: JSONL/JSON/parquet file (trainer.data.formats.read_records).
-        tokenizer: the model's tokenizer.
-        cfg: the run config (max_length, on_too_long, skip_invalid, eval_fraction).
-        split: ``"train"`` / ``"eval"`` (held-out by id hash) or None (every record).
-
-    Raises:
-        DataError: an unreadable file, a bad record (without ``skip_invalid``: names the line
-            and field), a too-long response with ``on_too_long=error``.
-    """
-    out = PairData()
-    eos = tokenizer.eos_token_id
-    kw = {
-        "max_length": cfg.max_length,
-        "min_response_tokens": cfg.min_response_tokens,
-        "prompt_template": cfg.prompt_template,
-    }
-
-    def fits(kind: str, pair: Pair, where: str) -> bool:
-        if not (_response_cut(pair[0], eos) or _response_cut(pair[1], eos)):
-            return True
-        if cfg.on_too_long == "error":
-            raise DataError(path, f"response longer than max_length={cfg.max_length}", where)
-        out.skipped[f"{kind}_too_long"] += 1
-        return False
-
-    # the last record of an id is the one that counts (a rerun of `fgrlhf edit` may re-gate or
-    # re-request a pair by appending it again); the first one's position is kept
-    latest: dict[str, tuple[str, Any]] = {}
-    for where, rec in read_records(path):
-        key = f"id:{rec['id']}" if isinstance(rec, dict) and rec.get("id") is not None else f"at:{where}"
-        latest[key] = (where, rec)
-    for where, rec in latest.values():
-        try:
-            if isinstance(rec, DataError):
-                raise rec
-            if split is not None and isinstance(rec, dict):
-                rec_id = str(rec.get("id", where))
-                if _is_eval(rec_id, cfg.eval_fraction) != (split == "eval"):
-                    continue
-            r = EditRecord.from_json(rec, path, where)
-        except DataError:
-            if not cfg.skip_invalid:
-                raise
-            if split != "eval" or isinstance(rec, dict):  # an unparsable line: counted once (train)
-                out.skipped["invalid_record"] += 1
-            continue
-        if not r.original.strip():
-            out.skipped["empty_original"] += 1
-            continue
-        # (a) edited pairs: edited ≻ original
-        if r.status != "ok":
-            out.skipped[f"edit_status_{r.status}"] += 1
-        elif not r.edited.strip():
-            out.skipped["empty_edited"] += 1
-        else:
-            pair = build_pair(tokenizer, r.prompt_parts, r.original, r.edited, **kw)
-            if fits("edited", pair, where):
-                out.edited.append(pair)
-        # (b) original pairs: chosen ≻ original
-        if not r.chosen.strip():
-            out.skipped["empty_chosen"] += 1
-            continue
-        pair = (
-            build_example(tokenizer, r.prompt_parts, r.chosen, **kw),
-            build_example(tokenizer, r.prompt_parts, r.original, **kw),
-        )
-        if fits("original", pair, where):
-            out.original.append(pair)
-            if r.gold is not None:
-                out.gold.append(float(r.gold["chosen"]) - float(r.gold["original"]))
-    return out
-
-
-def collate_pairs(pairs: list[Pair], pad_id: int) -> dict:
-    """B pairs -> one right-padded batch of 2B rows: chosen ``[0:B]``, rejected ``[B:2B]``
-    (``input_ids``, ``attention_mask``, ``response_mask``, ``changed_mask``: ``[2B, T]``)."""
-    return collate([c for c, _ in pairs] + [r for _, r in pairs], pad_id)
-
-
-def step_batches(step: int, n_pairs: int, world_batch: int, cfg: RewardConfig, rank: int, world: int):
-    """This rank's micro-batches (pair indices) of optimizer step ``step``: a pure function of
-    (seed, step), so the data position is just the step. An epoch is a fresh permutation; its
-    last partial global batch is dropped."""
-    steps_per_epoch = n_pairs // world_batch
-    epoch, i = divmod(step, steps_per_epoch)
-    g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    perm = torch.randperm(n_pairs, generator=g)[i * world_batch : (i + 1) * world_batch]
-    mine = perm[rank::world].tolist()
-    return [mine[k : k + cfg.micro_batch_size] for k in range(0, len(mine), cfg.micro_batch_size)]
 
 
 # --------------------------------------------------------------------------------------------

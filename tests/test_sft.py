@@ -1,0 +1,136 @@
+"""trainer/sft.py: FIGA's weighted loss by hand, the penalty that switches itself off, FIGA's
+weights on a tiny pair, a 2-process FIGA run that resumes exactly, and on the synthetic world FIGA
+raising the gold reward of greedy samples over the SFT model it starts from."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _utils import clean_env
+
+from trainer.sft import SFTConfig, figa_weights, weighted_token_loss
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = [
+    "progress=false",
+    "synthetic.n_pairs=300",
+    "micro_batch_size=8",
+    "hidden_size=32",
+    "intermediate_size=64",
+]
+
+
+def test_weighted_loss_by_hand():
+    # p = [0.5, 0.8, 0.5], w = [1, 0, -0.5], band [0.6, 1.0], N = 2 (the docstring's example):
+    # l = [0.693, 0.223, 0.693]: (0.693 - 0.5 * 0.693) / 2 = 0.1733
+    logp = torch.log(torch.tensor([[0.5, 0.8, 0.5]]))
+    w = torch.tensor([[1.0, 0.0, -0.5]])
+    loss, nll = weighted_token_loss(logp, w, 0.6, 1.0, 2)
+    assert loss.item() == pytest.approx(0.5 * math.log(2) / 2)
+    assert nll.item() == pytest.approx(math.log(2))  # only the positively weighted token
+    # the penalised token at p = 0.3 (l = 1.204, past the band): off -> 0.693 / 2
+    loss, _ = weighted_token_loss(torch.log(torch.tensor([[0.5, 0.8, 0.3]])), w, 0.6, 1.0, 2)
+    assert loss.item() == pytest.approx(math.log(2) / 2)
+    # ... and at p = 0.9 (l = 0.105, under the band): off too (the code's band)
+    loss, _ = weighted_token_loss(torch.log(torch.tensor([[0.5, 0.8, 0.9]])), w, 0.6, 1.0, 2)
+    assert loss.item() == pytest.approx(math.log(2) / 2)
+
+
+def test_penalty_stops_at_its_threshold():
+    """Gradient descent on the penalty alone cannot push a token's probability to 0: it stops
+    just past p = e^-1 (loss 1.0)."""
+    logits = torch.tensor([[1.2, 0.0, 0.0, 0.0]], requires_grad=True)  # p(token 0) ~ 0.5
+    opt = torch.optim.SGD([logits], lr=0.5)
+    w = torch.tensor([[-0.5]])
+    for _ in range(500):
+        logp = torch.log_softmax(logits, -1)[:, :1]
+        loss, _ = weighted_token_loss(logp, w, 0.6, 1.0, 1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    p = torch.softmax(logits, -1)[0, 0].item()
+    assert math.exp(-1.0) - 0.05 < p < math.exp(-1.0), p  # pushed down, then the term is off
+
+
+def test_figa_weights_on_a_tiny_pair():
+    # rows: edited [<s> p a X </s>], original [<s> p a Y </s>]; response = a X </s> / a Y </s>
+    eos = 2
+    batch = {
+        "input_ids": torch.tensor([[1, 7, 5, 9, eos], [1, 7, 5, 8, eos]]),
+        "response_mask": torch.tensor([[0, 0, 1, 1, 1], [0, 0, 1, 1, 1]]).bool(),
+        "changed_mask": torch.tensor([[0, 0, 0, 1, 0], [0, 0, 0, 1, 0]]).bool(),
+    }
+    w = figa_weights(batch, 1, eos, SFTConfig())
+    assert w.tolist() == [[0, 0, 0, 1, 1], [0, 0, 0, -0.5, 0]]
+    w = figa_weights(batch, 1, eos, SFTConfig(figa_unchanged_weight=0.25, figa_eos_weight=2.0))
+    assert w.tolist()[0] == [0, 0, 0.25, 1, 2]
+
+
+def _run(args: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
+    env = {**clean_env(), "OMP_NUM_THREADS": "1" if nproc > 1 else "2", "TRITON_INTERPRET": "1"}
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    else:
+        cmd = [sys.executable]
+    p = subprocess.run(
+        [*cmd, "trainer/sft.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert p.returncode == 0, p.stderr[-4000:]
+    return p
+
+
+def _train_losses(out: Path) -> dict[int, float]:
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in recs if r["split"] == "train"}
+
+
+def test_two_process_figa_trains_and_resumes_identically(tmp_path):
+    common = ["objective=figa", "max_steps=6", "checkpoint_every=3", "log_every=1", "eval_every=0", *TINY]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    _run([f"output_dir={full}", *common], nproc=2)
+    _run([f"output_dir={cut}", *common, "stop_after_steps=3"], nproc=2)
+    p = _run([f"output_dir={cut}", *common], nproc=2)
+    assert "resumed from step 3" in p.stdout + p.stderr
+    want, got = _train_losses(full), _train_losses(cut)
+    assert sorted(got) == list(range(1, 7)) and len(set(want.values())) > 1
+    for s, v in want.items():
+        assert got[s] == pytest.approx(v, abs=1e-6), s
+    assert (full / "final" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_figa_raises_the_gold_reward_over_its_sft_start(tmp_path):
+    """SFT on the world's responses, then FIGA on its edited pairs from that model: greedy
+    samples on held-out prompts carry more gold reward (the world's known per-token utility)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.data.examples import build_prompt, collate
+    from trainer.data.synthetic import SyntheticConfig, generate
+    from trainer.models import GoldReward
+    from trainer.rollout import generate as sample
+
+    sft, figa = tmp_path / "sft", tmp_path / "figa"
+    _run([f"output_dir={sft}", "max_steps=250", "eval_every=0", "progress=false"])
+    _run([f"output_dir={figa}", "objective=figa", f"init_from={sft / 'final'}", "max_steps=80", "lr=1e-3",
+          "eval_every=0", "progress=false"])  # fmt: skip
+    recs = generate(SyntheticConfig())[-150:]  # prompts of the held-out end of the world
+
+    def gold(model_dir: Path) -> float:
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        b = collate([build_prompt(tok, r["prompt"], 32) for r in recs], tok.pad_token_id, "left")
+        r, m = sample(
+            model, b["input_ids"], b["attention_mask"], 40, tok.eos_token_id, tok.pad_token_id, greedy=True
+        )
+        ids = torch.cat([b["input_ids"], r], 1)
+        resp = torch.cat([torch.zeros_like(b["attention_mask"]), m], 1)
+        return GoldReward(tok, SyntheticConfig()).score(ids, None, resp).sequence.mean().item()
+
+    g_sft, g_figa = gold(sft / "final"), gold(figa / "final")
+    assert g_figa > g_sft + 0.3, (g_sft, g_figa)

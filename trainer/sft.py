@@ -1,0 +1,500 @@
+"""Supervised alignment: plain SFT, or FIGA's token-weighted loss on (original, edited) pairs.
+
+Tiny default (a tiny random-init LLaMA on the generated fine-grained set; the same code path as
+the real job)::
+
+    torchrun --standalone --nproc_per_node=2 trainer/sft.py                  # objective=sft
+    torchrun --standalone --nproc_per_node=2 trainer/sft.py objective=figa init_from=runs/sft/final
+    python trainer/sft.py objective=figa                                      # one process
+
+The real job (LLaMA-7B, one node with 8×A100-80G)::
+
+    torchrun --standalone --nproc_per_node=8 trainer/sft.py --config configs/llama7b_8xa100/sft.yaml \\
+        objective=figa init_from=/ckpt/llama7b-sft data=edits.jsonl
+
+Objectives (``objective=``):
+
+* ``sft`` — next-token loss on (prompt, response): the edited responses of an ``fgrlhf edit``
+  file (``sft_response=edited``) or its preferred ones (``chosen``), or any JSONL with ``prompt`` +
+  ``response`` (AlpacaFarm ``instruction`` [+ ``input``] + ``output``).
+* ``figa`` — FIGA (Guo et al. 2023, "Beyond Imitation"): on the edited (good) response, the tokens
+  the edit added or changed, and EOS, are learned with weight ``figa_revised_weight`` (+1), the
+  unchanged ones with ``figa_unchanged_weight`` (0); on the original (bad) response, the tokens
+  the edit removed or replaced get ``figa_removed_weight`` (−0.5), i.e. their log-probability is
+  pushed *down* — but only while their token loss −log p lies in ``[figa_penalty_min_loss,
+  figa_penalty_max_loss]`` = [0.6, 1.0], so the push switches off once p < e^−1 ≈ 0.37 and cannot
+  run away. The weights and the band are those of FIGA's public code (RUCAIBox/FIGA); the paper's
+  text (α, β, γ = 1, 0.5, 0) agrees on the weights; the band and the EOS weight are the code's.
+
+Every loss is Σ w_t·(−log p_t) over tokens, divided by the global count of tokens with a non-zero
+weight (over every micro-batch and rank of the step; the FIGA code divides per micro-batch and
+also counts only penalised tokens inside the band: a documented difference). Per-token log-probs
+come from ``fgkernels.token_logprobs`` (no [B, T, V] fp32 log-softmax).
+
+Outputs under ``output_dir``: ``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` (DCP, exact
+resume), ``final/`` — a plain ``transformers`` causal LM that ``trainer/ppo.py init_from=`` takes.
+SIGTERM finishes the step, checkpoints and exits 75. ``python trainer/sft.py --help`` lists every
+config key and the exit codes.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+if __package__ in (None, ""):  # `python trainer/sft.py` / `torchrun trainer/sft.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+import fgkernels as fk
+from trainer.data.examples import TokenizedExample, build_example, checked_template, collate
+from trainer.data.formats import DataError, prompt_parts, read_records
+from trainer.data.pairs import PairData, collate_pairs, load_pair_data, step_batches
+from trainer.data.synthetic import SyntheticConfig, bootstrap
+from trainer.infra.checkpoint import Checkpointer
+from trainer.infra.config import ConfigError, TrainConfig, cli_main
+from trainer.infra.dist import all_reduce_sum, barrier, gather_objects
+from trainer.infra.metrics import MetricsLog
+from trainer.infra.runtime import STOP, Preempted, Run, build_optimizer, lr_lambda, start_run
+from trainer.models import (
+    base_config,
+    build_sharded,
+    full_state_dict,
+    load_on_rank0,
+    load_tokenizer,
+    no_dropout,
+    pad_token_id,
+    position_ids,
+    save_pretrained,
+)
+
+warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
+
+__all__ = ["SFTConfig", "figa_weights", "token_logp", "weighted_token_loss", "main", "train"]
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SFTConfig(TrainConfig):
+    """Everything ``trainer/sft.py`` reads. YAML (``--config``) + ``key=value`` overrides."""
+
+    CHOICES: ClassVar[dict] = {
+        "objective": ("sft", "figa"),
+        "sft_response": ("edited", "chosen"),
+        "on_too_long": ("skip", "error"),
+        "save_dtype": ("float32", "bfloat16"),
+    }
+    AT_LEAST: ClassVar[dict] = {
+        "max_length": 2, "min_response_tokens": 0, "micro_batch_size": 1, "grad_accum": 1, "epochs": 0,
+        "max_steps": 0, "stop_after_steps": 0, "lr": 0, "min_lr_ratio": 0, "warmup_steps": 0,
+        "log_every": 1, "eval_every": 0, "eval_batch_size": 1, "figa_penalty_min_loss": 0,
+        "figa_penalty_max_loss": 0,
+    }  # fmt: skip
+    PATHS: ClassVar[dict] = {"data": None, "eval_data": None}
+    RESUME_SAFE: ClassVar[dict] = dict.fromkeys(
+        ("log_every", "eval_every", "eval_batch_size", "stop_after_steps", "save_dtype")
+    )
+
+    objective: str = "sft"
+    """``sft`` (next-token loss on the responses) or ``figa`` (FIGA's token-weighted loss on
+    (original, edited) pairs)."""
+    data: str = ""
+    """An ``fgrlhf edit`` JSONL (both objectives), or for ``sft`` a JSONL with ``prompt`` +
+    ``response`` / ``instruction`` [+ ``input``] + ``output``; empty: the synthetic set."""
+    sft_response: str = "edited"
+    """``sft`` on an edits file: learn the ``edited`` responses (``ok`` edits) or the input pairs'
+    ``chosen`` ones."""
+    eval_data: str = ""
+    """Held-out file (same kind); empty: hold out ``eval_fraction`` of ``data`` by id hash."""
+    eval_fraction: float = 0.1
+    """Fraction of ``data`` held out when ``eval_data`` is empty."""
+    skip_invalid: bool = False
+    """Skip (and count) bad records instead of stopping with an error."""
+    on_too_long: str = "skip"
+    """A response that does not fit ``max_length``: ``skip`` (counted) or ``error``."""
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """The generated set used when ``data`` is empty."""
+    max_length: int = 128
+    """Longest prompt + response in tokens (the prompt is cut from the left first)."""
+    min_response_tokens: int = 16
+    """Response tokens kept at least when a long prompt is cut."""
+
+    figa_revised_weight: float = 1.0
+    """FIGA: weight of the edited response's added/changed tokens (paper α = 1; code 1)."""
+    figa_eos_weight: float = 1.0
+    """FIGA: weight of the edited response's EOS (code 1; the paper does not say)."""
+    figa_unchanged_weight: float = 0.0
+    """FIGA: weight of the edited response's unchanged tokens (paper γ = 0; code 0)."""
+    figa_removed_weight: float = -0.5
+    """FIGA: weight of the original response's removed/replaced tokens (paper β = 0.5 as a
+    penalty; code −0.5): negative pushes their log-probability down."""
+    figa_penalty_min_loss: float = 0.6
+    """FIGA: a penalised token counts only while its loss −log p ≥ this (code 0.6)."""
+    figa_penalty_max_loss: float = 1.0
+    """FIGA: ... and ≤ this (code 1.0): past it (p < e^−1) the push stops, so it cannot run away."""
+
+    micro_batch_size: int = 16
+    """Rows per rank per forward/backward (``figa``: pairs, each two sequences)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    epochs: float = 3.0
+    """Passes over the training data (ignored when ``max_steps`` > 0)."""
+    max_steps: int = 0
+    """Optimizer steps of the schedule; 0: ``epochs`` × steps per epoch."""
+    stop_after_steps: int = 0
+    """End the run (with a checkpoint) after this step, keeping the full run's schedule."""
+    lr: float = 2e-3
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay floor, as a fraction of ``lr``."""
+    warmup_steps: int = 10
+    """Linear warmup steps."""
+
+    output_dir: str = "runs/sft"
+    """Where config, metrics, checkpoints and the final model go."""
+    log_every: int = 10
+    """Log training metrics every this many steps."""
+    eval_every: int = 50
+    """Evaluate on held-out data every this many steps (and at the end); 0: only at the end."""
+    eval_batch_size: int = 32
+    """Rows per rank per evaluation forward."""
+    save_dtype: str = "float32"
+    """dtype of the saved ``final/`` weights."""
+
+    def check(self) -> None:
+        super().check()
+        if not 0 <= self.eval_fraction < 1:
+            raise ConfigError(f"config key 'eval_fraction': must be in [0, 1), got {self.eval_fraction}")
+        if self.figa_penalty_min_loss > self.figa_penalty_max_loss:
+            raise ConfigError("config keys figa_penalty_min_loss <= figa_penalty_max_loss are required")
+
+
+# --------------------------------------------------------------------------------------------
+# The losses (pure functions on [B, T] tensors)
+# --------------------------------------------------------------------------------------------
+def token_logp(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, weights: torch.Tensor
+):
+    """log p(x_t | x_<t) ``[B, T]`` fp32 at every position with a non-zero weight (0 elsewhere and
+    at t = 0), through ``fgkernels.token_logprobs`` on the shifted logits."""
+    attn = attention_mask.long()
+    logits = model(
+        input_ids=input_ids, attention_mask=attn, position_ids=position_ids(attn), use_cache=False
+    ).logits
+    labels = torch.where(weights != 0, input_ids, -100)[:, 1:]
+    lp = fk.token_logprobs(logits[:, :-1], labels)
+    return torch.cat([torch.zeros_like(lp[:, :1]), lp], dim=1)
+
+
+def sft_weights(batch: dict) -> torch.Tensor:
+    """``[B, T]`` fp32: 1 on response tokens (EOS included), 0 elsewhere."""
+    return batch["response_mask"].float()
+
+
+def figa_weights(batch: dict, n_chosen: int, eos_id: int | None, cfg: Any) -> torch.Tensor:
+    """FIGA's per-token weights ``[2B, T]`` fp32 of a :func:`~trainer.data.pairs.collate_pairs`
+    batch (edited rows ``[:B]``, original rows ``[B:]``).
+
+    Edited rows: ``figa_revised_weight`` on changed tokens, ``figa_unchanged_weight`` on kept ones,
+    ``figa_eos_weight`` on EOS. Original rows: ``figa_removed_weight`` on changed (removed or
+    replaced) tokens, 0 elsewhere (EOS included).
+
+    Example (by hand): edited response [a, X, </s>] with X changed -> [0, 1, 1] (defaults);
+    original [a, Y, </s>] with Y changed -> [0, −0.5, 0].
+    """
+    resp, chg, ids = batch["response_mask"], batch["changed_mask"], batch["input_ids"]
+    w = torch.zeros(resp.shape, dtype=torch.float32, device=resp.device)
+    top = slice(0, n_chosen)
+    w[top] = torch.where(
+        chg[top], cfg.figa_revised_weight, torch.where(resp[top], cfg.figa_unchanged_weight, 0.0)
+    )
+    if eos_id is not None:
+        w[top] = torch.where(resp[top] & (ids[top] == eos_id), cfg.figa_eos_weight, w[top])
+    bottom = slice(n_chosen, None)
+    w[bottom] = torch.where(chg[bottom] & resp[bottom], cfg.figa_removed_weight, 0.0)
+    return w
+
+
+def weighted_token_loss(
+    logp: torch.Tensor, weights: torch.Tensor, min_loss: float, max_loss: float, num_tokens
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ_t w_t·ℓ_t / ``num_tokens`` with ℓ_t = −log p_t: positive weights learn a token, negative
+    ones push it down while min_loss ≤ ℓ_t ≤ max_loss (outside the band, or once pushed past
+    ``max_loss``, the term is off). Inputs [B, T]; returns (loss, detached Σ ℓ over the
+    positively weighted tokens, for the NLL metric).
+
+    Example (by hand): p = [0.5, 0.8, 0.5], w = [1, 0, −0.5], band [0.6, 1.0], N = 2:
+    ℓ = [0.693, 0.223, 0.693] -> (0.693 − 0.5·0.693) / 2 = 0.1733; with p_3 = 0.3 (ℓ 1.204, out of
+    the band) -> 0.693 / 2 = 0.3466.
+    """
+    nll = -logp
+    with torch.no_grad():
+        in_band = (nll >= min_loss) & (nll <= max_loss)
+        active = (weights > 0) | ((weights < 0) & in_band)
+    loss = torch.where(active, weights * nll, 0.0).sum() / num_tokens
+    return loss, torch.where(weights > 0, nll, 0.0).detach().sum()
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+def load_sft_examples(path: str, tokenizer: Any, cfg: SFTConfig) -> list[TokenizedExample]:
+    """(prompt, response) examples of a plain SFT JSONL: ``prompt`` + ``response``, or AlpacaFarm
+    ``instruction`` [+ ``input``] + ``output``.
+
+    Raises:
+        DataError: a record without a response (names it), unless ``skip_invalid``.
+    """
+    out = []
+    for where, rec in read_records(path):
+        try:
+            if isinstance(rec, DataError):
+                raise rec
+            prompt = prompt_parts(rec, path, where)
+            response = rec.get("response", rec.get("output"))
+            if not isinstance(response, str) or not response.strip():
+                raise DataError(path, "no 'response' (or 'output') string", where)
+        except DataError:
+            if cfg.skip_invalid:
+                continue
+            raise
+        out.append(
+            build_example(
+                tokenizer, prompt, response, max_length=cfg.max_length,
+                min_response_tokens=cfg.min_response_tokens, prompt_template=cfg.prompt_template,
+            )
+        )  # fmt: skip
+    return out
+
+
+def is_edits_file(path: str) -> bool:
+    """True when the first record of ``path`` looks like an ``fgrlhf edit`` record."""
+    for _, rec in read_records(path):
+        return isinstance(rec, dict) and "original" in rec
+    return False
+
+
+def load_data(run: Run) -> tuple[Any, list, list, str]:
+    """The tokenizer and the training and held-out items: pairs (``figa``) or examples
+    (``sft``), and the data path (the synthetic set when ``data`` is empty)."""
+    cfg = run.cfg
+    data_path, tok_name = cfg.data, cfg.tokenizer or cfg.init_from
+    if not data_path:
+        pairs_path, tok_dir = bootstrap(run.out_dir / "synthetic", cfg.synthetic)
+        data_path, tok_name = str(pairs_path), cfg.tokenizer or str(tok_dir)
+    if not tok_name:
+        raise ConfigError("config key 'tokenizer': needed when 'data' is given and 'init_from' is empty")
+    tokenizer = load_tokenizer(tok_name, "tokenizer" if cfg.tokenizer else "init_from")
+    cfg.prompt_template = checked_template(tokenizer, cfg.prompt_template)
+    edits = is_edits_file(data_path)
+    if cfg.objective == "figa" and not edits:
+        raise DataError(data_path, "objective=figa needs an `fgrlhf edit` file (original + edited)")
+
+    def items(path: str, split: str | None) -> list:
+        if not edits:
+            return load_sft_examples(path, tokenizer, cfg)
+        data: PairData = load_pair_data(path, tokenizer, cfg, split)
+        if cfg.objective == "figa":
+            return data.edited
+        return [c for c, _ in (data.edited if cfg.sft_response == "edited" else data.original)]
+
+    if cfg.eval_data:
+        train_items, eval_items = items(data_path, None), items(cfg.eval_data, None)
+    elif edits:
+        train_items, eval_items = items(data_path, "train"), items(data_path, "eval")
+    else:
+        train_items, eval_items = items(data_path, None), []
+    run.say(f"data {data_path}: {len(train_items)} train / {len(eval_items)} held-out ({cfg.objective})")
+    return tokenizer, train_items, eval_items, data_path
+
+
+def make_batch(items: list, idx: list[int], cfg: SFTConfig, pad_id: int, eos_id: int | None, device) -> dict:
+    """The collated rows of ``idx`` with their loss weights ``[R, T]`` (``figa``: 2 rows a pair)."""
+    if cfg.objective == "figa":
+        batch = collate_pairs([items[i] for i in idx], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        batch["weights"] = figa_weights(batch, len(idx), eos_id, cfg)
+    else:
+        batch = {k: v.to(device) for k, v in collate([items[i] for i in idx], pad_id).items()}
+        batch["weights"] = sft_weights(batch)
+    return batch
+
+
+@torch.no_grad()
+def evaluate(model, items: list, cfg: SFTConfig, pad_id: int, eos_id, device) -> dict:
+    """Held-out ``nll`` (mean −log p over the positively weighted tokens: the learned responses)
+    and ``loss`` (the objective), every rank scoring its share (same forward count on each)."""
+    from trainer.infra.dist import get_rank, get_world_size
+
+    was = model.training
+    model.eval()
+    rank, world = get_rank(), get_world_size()
+    mine = list(range(rank, len(items), world))
+    n_batches = math.ceil(math.ceil(len(items) / world) / cfg.eval_batch_size)
+    sums = torch.zeros(3, dtype=torch.float64)  # Σ w·ℓ (active), Σ ℓ (positive), n (positive)
+    n_weighted = 0.0
+    for b in range(n_batches):
+        idx = mine[b * cfg.eval_batch_size : (b + 1) * cfg.eval_batch_size]
+        real = bool(idx)
+        batch = make_batch(items, idx or [0], cfg, pad_id, eos_id, device)
+        lp = token_logp(model, batch["input_ids"], batch["attention_mask"], batch["weights"])
+        if not real:
+            continue
+        w = batch["weights"]
+        loss, nll = weighted_token_loss(lp, w, cfg.figa_penalty_min_loss, cfg.figa_penalty_max_loss, 1.0)
+        sums += torch.tensor([loss.item(), nll.item(), float((w > 0).sum())], dtype=torch.float64)
+        n_weighted += float((w != 0).sum())
+    parts = gather_objects((sums, n_weighted))
+    s = sum(p[0] for p in parts)
+    nw = sum(p[1] for p in parts)
+    model.train(was)
+    return {
+        "loss": (s[0] / max(nw, 1.0)).item(),
+        "nll": (s[1] / s[2].clamp_min(1)).item(),
+        "tokens": int(s[2]),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The recipe
+# --------------------------------------------------------------------------------------------
+def train(cfg: SFTConfig) -> dict:
+    """Run the recipe (called on every rank). Returns the last evaluation's metrics."""
+    from tqdm import tqdm
+
+    # 0. set-up: config check, SIGTERM, processes, threads, output directory and its lock
+    run = start_run(cfg, "sft")
+    di = run.di
+    log = MetricsLog(run.out_dir / "metrics.jsonl", di.is_main)
+
+    # 1. data and the schedule's length
+    tokenizer, train_items, eval_items, data_path = load_data(run)
+    pad_id, eos_id = pad_token_id(tokenizer), tokenizer.eos_token_id
+    world_batch = cfg.micro_batch_size * cfg.grad_accum * di.world_size
+    if len(train_items) < world_batch:
+        raise DataError(
+            data_path, f"{len(train_items)} usable items, fewer than one global batch ({world_batch})"
+        )
+    steps_per_epoch = len(train_items) // world_batch
+    total_steps = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
+    end_step = min(total_steps, cfg.stop_after_steps) if cfg.stop_after_steps else total_steps
+
+    # 2. model (meta -> FSDP2 -> weights from rank 0), optimizer, schedule
+    hf_config = no_dropout(base_config(cfg, tokenizer, max(cfg.max_length, 128)))
+    full = load_on_rank0(di, "causal_lm", hf_config, cfg.init_from, cfg.seed)
+    model = build_sharded("causal_lm", hf_config, full, di, cfg, train=True)
+    n_params = sum(p.numel() for p in model.parameters())
+    run.say(f"model: {n_params / 1e6:.2f}M params, world {di.world_size} on {di.device}")
+    optimizer = build_optimizer(model, cfg.lr, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
+    )
+
+    # 3. resume from the newest intact checkpoint
+    ckpt = Checkpointer(run.out_dir / "checkpoints", cfg.keep_checkpoints, say=run.say)
+    step = 0
+    resumed = ckpt.load_latest({"model": (model, optimizer)}) if cfg.resume else None
+    if resumed is not None:
+        step, extra = resumed
+        scheduler.load_state_dict(extra["scheduler"])
+        log.resume_at(step)
+        run.say(f"resumed from step {step}")
+    torch.manual_seed(cfg.seed + 1000 * di.rank + step)
+
+    # 4. the loop
+    model.train()
+    bar = tqdm(
+        total=end_step, initial=step, disable=not (di.is_main and cfg.progress), desc=f"sft[{cfg.objective}]"
+    )
+    sums = torch.zeros(3, dtype=torch.float64, device=di.device)  # loss, Σ nll (positive), n positive
+    t_last, metrics, logged_at = time.perf_counter(), {}, step
+    if eval_items and step == 0 and cfg.eval_every:
+        metrics = evaluate(model, eval_items, cfg, pad_id, eos_id, di.device)
+        log.write({"split": "eval", "step": step, **metrics})
+    while step < end_step:
+        micro = [
+            make_batch(train_items, idx, cfg, pad_id, eos_id, di.device)
+            for idx in step_batches(step, len(train_items), world_batch, cfg, di.rank, di.world_size)
+        ]
+        # 4a. the global count of weighted tokens and any rank's SIGTERM (one all-reduce)
+        n_local = float(sum(int((b["weights"] != 0).sum()) for b in micro))
+        step_sums = all_reduce_sum(torch.tensor([n_local, float(STOP.requested)], device=di.device))
+        for k, batch in enumerate(micro):
+            model.set_requires_gradient_sync(k == len(micro) - 1)  # reduce-scatter once per step
+            # 4b. forward: per-token log-probs -> the weighted loss over the global count
+            lp = token_logp(model, batch["input_ids"], batch["attention_mask"], batch["weights"])
+            loss, nll = weighted_token_loss(
+                lp, batch["weights"], cfg.figa_penalty_min_loss, cfg.figa_penalty_max_loss, step_sums[0]
+            )
+            # 4c. backward; FSDP averages gradients over ranks, so × world
+            (loss * di.world_size).backward()
+            sums += torch.stack([loss.detach().double(), nll.double(), (batch["weights"] > 0).sum().double()])
+        # 4d. clip, step, schedule
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        step += 1
+        bar.update(1)
+        # 4e. log (host syncs here and for the stop flag only)
+        preempted = step_sums[1].item() > 0  # host sync (one per step): every rank agrees to stop
+        if step % cfg.log_every == 0 or step == end_step or preempted:
+            t = all_reduce_sum(sums.clone()).tolist()
+            dt = time.perf_counter() - t_last
+            rec = {"split": "train", "step": step, "loss": t[0] / (step - logged_at),
+                   "nll": t[1] / max(t[2], 1.0), "lr": lr, "tokens_per_s": t[2] / dt,
+                   "epoch": step / steps_per_epoch}  # fmt: skip
+            logged_at = step
+            log.write(rec)
+            bar.set_postfix(nll=f"{rec['nll']:.3f}")
+            sums.zero_()
+            t_last = time.perf_counter()
+        # 4f. evaluate / checkpoint
+        if eval_items and cfg.eval_every and step % cfg.eval_every == 0 and step < end_step:
+            metrics = evaluate(model, eval_items, cfg, pad_id, eos_id, di.device)
+            log.write({"split": "eval", "step": step, **metrics})
+        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == end_step or preempted:
+            ckpt.save(
+                step, {"model": (model, optimizer)}, {"scheduler": scheduler.state_dict(), "step": step}
+            )
+        if preempted:
+            bar.close()
+            raise Preempted(run.out_dir, step)
+    bar.close()
+
+    # 5. final evaluation and the model as a plain transformers directory
+    if eval_items:
+        metrics = evaluate(model, eval_items, cfg, pad_id, eos_id, di.device)
+        log.write({"split": "eval", "step": step, **metrics})
+        run.say(f"eval step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    if step >= total_steps:
+        sd = full_state_dict(model)  # collective
+        if di.is_main:
+            save_pretrained(
+                sd, hf_config, "causal_lm", run.out_dir / "final", tokenizer, dtype=cfg.save_dtype
+            )
+            run.say(f"saved {run.out_dir / 'final'} (trainer/ppo.py init_from= takes it)")
+        barrier()
+    log.close()
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``--help``, or parse ``argv`` (``--config FILE`` then ``key=value``) and train."""
+    return cli_main(SFTConfig, train, __doc__, argv)
+
+
+if __name__ == "__main__":
+    from trainer.infra.dist import exit_process
+
+    exit_process(main())
