@@ -134,3 +134,12 @@ def test_figa_raises_the_gold_reward_over_its_sft_start(tmp_path):
 
     g_sft, g_figa = gold(sft / "final"), gold(figa / "final")
     assert g_figa > g_sft + 0.3, (g_sft, g_figa)
+    # the final model is what PPO starts from
+    ppo = subprocess.run(
+        [sys.executable, "trainer/ppo.py", f"init_from={figa / 'final'}", "reward_source=gold",
+         "iterations=1", "rollout_batch_size=8", "micro_batch_size=4", "progress=false",
+         f"output_dir={tmp_path / 'ppo'}"],
+        cwd=ROOT, env={**clean_env(), "OMP_NUM_THREADS": "2"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ppo.returncode == 0, ppo.stderr[-3000:]
+    assert (tmp_path / "ppo" / "final" / "actor" / "model.safetensors").exists()
