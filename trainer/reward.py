@@ -36,7 +36,7 @@ import math
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -51,9 +51,9 @@ from trainer import rm_metrics
 from trainer.data.examples import checked_template
 from trainer.data.formats import DataError
 from trainer.data.pairs import Pair, PairData, collate_pairs, load_pair_data, step_batches
-from trainer.data.synthetic import SyntheticConfig, bootstrap
+from trainer.data.synthetic import bootstrap
 from trainer.infra.checkpoint import Checkpointer
-from trainer.infra.config import ConfigError, TrainConfig, cli_main
+from trainer.infra.config import ConfigError, SupervisedConfig, cli_main
 from trainer.infra.dist import all_reduce_sum, barrier, gather_objects
 from trainer.infra.metrics import MetricsLog
 from trainer.infra.runtime import STOP, Preempted, Run, build_optimizer, lr_lambda, start_run
@@ -81,25 +81,15 @@ __all__ = ["RewardConfig", "PairData", "evaluate", "load_pair_data", "pair_loss"
 # Config
 # --------------------------------------------------------------------------------------------
 @dataclass
-class RewardConfig(TrainConfig):
+class RewardConfig(SupervisedConfig):
     """Everything ``trainer/reward.py`` reads. YAML (``--config``) + ``key=value`` overrides."""
 
     CHOICES: ClassVar[dict] = {
         "rm_level": ("token", "sequence"),
         "variant": ("exact", "changed"),
         "seq_pairs": ("original", "edited"),
-        "on_too_long": ("skip", "error"),
-        "save_dtype": ("float32", "bfloat16"),
     }
-    AT_LEAST: ClassVar[dict] = {
-        "max_length": 2, "min_response_tokens": 0, "micro_batch_size": 1, "grad_accum": 1, "epochs": 0,
-        "max_steps": 0, "stop_after_steps": 0, "lr": 0, "min_lr_ratio": 0, "warmup_steps": 0,
-        "log_every": 1, "eval_every": 0, "eval_batch_size": 1,
-    }  # fmt: skip
-    PATHS: ClassVar[dict] = {"data": None, "eval_data": None}
-    RESUME_SAFE: ClassVar[dict] = dict.fromkeys(
-        ("log_every", "eval_every", "eval_batch_size", "stop_after_steps", "save_best", "save_dtype")
-    )
+    RESUME_SAFE: ClassVar[dict] = dict.fromkeys(("save_best",))
 
     rm_level: str = "token"
     """``token`` (the fine-grained RM: token_bt_loss on edited pairs) or ``sequence`` (the
@@ -110,52 +100,8 @@ class RewardConfig(TrainConfig):
     seq_pairs: str = "original"
     """Sequence-level training pairs: ``original`` (chosen ≻ original) or ``edited`` (edited ≻
     original: the paper's "fine-grained PPO" arm)."""
-
-    data: str = ""
-    """Edited-pairs JSONL (``fgrlhf edit`` output); empty: generate the synthetic set."""
-    eval_data: str = ""
-    """Held-out pairs file (same schema); empty: hold out ``eval_fraction`` of ``data`` by id hash."""
-    eval_fraction: float = 0.1
-    """Fraction of ``data`` held out for evaluation when ``eval_data`` is empty."""
-    skip_invalid: bool = False
-    """Skip (and count) records with missing/ill-typed fields instead of stopping with an error."""
-    on_too_long: str = "skip"
-    """A pair whose response does not fit ``max_length``: ``skip`` (counted) or ``error``."""
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    """The generated set used when ``data`` is empty."""
-    max_length: int = 128
-    """Longest prompt + response in tokens (the prompt is cut from the left first)."""
-    min_response_tokens: int = 16
-    """Response tokens kept at least when a long prompt is cut."""
-
-    micro_batch_size: int = 16
-    """Pairs per rank per forward/backward (each pair is two sequences)."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step; global batch = micro_batch_size × grad_accum × world."""
-    epochs: float = 3.0
-    """Passes over the training pairs (ignored when ``max_steps`` > 0)."""
-    max_steps: int = 0
-    """Optimizer steps of the schedule; 0: ``epochs`` × steps per epoch."""
-    stop_after_steps: int = 0
-    """End the run (with a checkpoint) after this step, keeping the schedule and data order of
-    the full run: time-limited jobs and preemption drills. 0: run to the end."""
-    lr: float = 2e-3
-    """Peak learning rate."""
-    min_lr_ratio: float = 0.1
-    """Cosine decay floor, as a fraction of ``lr``."""
-    warmup_steps: int = 10
-    """Linear warmup steps."""
-
     output_dir: str = "runs/reward"
     """Where config, metrics, checkpoints and models go."""
-    log_every: int = 10
-    """Log training metrics every this many steps."""
-    eval_every: int = 50
-    """Evaluate on held-out pairs every this many steps (and at the end); 0: only at the end."""
-    eval_batch_size: int = 32
-    """Pairs per rank per evaluation forward."""
-    save_dtype: str = "float32"
-    """dtype of the saved ``best/`` and ``final/`` weights (``float32`` or ``bfloat16``)."""
     save_best: bool = True
     """Keep ``best/``: the model with the best held-out accuracy on its own kind of pairs."""
 
@@ -163,11 +109,6 @@ class RewardConfig(TrainConfig):
     def own_pairs(self) -> str:
         """The kind of pairs this RM trains on: ``edited`` or ``original``."""
         return "edited" if self.rm_level == "token" or self.seq_pairs == "edited" else "original"
-
-    def check(self) -> None:
-        super().check()
-        if not 0 <= self.eval_fraction < 1:
-            raise ConfigError(f"config key 'eval_fraction': must be in [0, 1), got {self.eval_fraction}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ import math
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -56,9 +56,9 @@ import fgkernels as fk
 from trainer.data.examples import TokenizedExample, build_example, checked_template, collate
 from trainer.data.formats import DataError, prompt_parts, read_records
 from trainer.data.pairs import PairData, collate_pairs, load_pair_data, step_batches
-from trainer.data.synthetic import SyntheticConfig, bootstrap
+from trainer.data.synthetic import bootstrap
 from trainer.infra.checkpoint import Checkpointer
-from trainer.infra.config import ConfigError, TrainConfig, cli_main
+from trainer.infra.config import ConfigError, SupervisedConfig, cli_main
 from trainer.infra.dist import all_reduce_sum, barrier, gather_objects
 from trainer.infra.metrics import MetricsLog
 from trainer.infra.runtime import STOP, Preempted, Run, build_optimizer, lr_lambda, start_run
@@ -83,25 +83,11 @@ __all__ = ["SFTConfig", "figa_weights", "token_logp", "weighted_token_loss", "ma
 # Config
 # --------------------------------------------------------------------------------------------
 @dataclass
-class SFTConfig(TrainConfig):
+class SFTConfig(SupervisedConfig):
     """Everything ``trainer/sft.py`` reads. YAML (``--config``) + ``key=value`` overrides."""
 
-    CHOICES: ClassVar[dict] = {
-        "objective": ("sft", "figa"),
-        "sft_response": ("edited", "chosen"),
-        "on_too_long": ("skip", "error"),
-        "save_dtype": ("float32", "bfloat16"),
-    }
-    AT_LEAST: ClassVar[dict] = {
-        "max_length": 2, "min_response_tokens": 0, "micro_batch_size": 1, "grad_accum": 1, "epochs": 0,
-        "max_steps": 0, "stop_after_steps": 0, "lr": 0, "min_lr_ratio": 0, "warmup_steps": 0,
-        "log_every": 1, "eval_every": 0, "eval_batch_size": 1, "figa_penalty_min_loss": 0,
-        "figa_penalty_max_loss": 0,
-    }  # fmt: skip
-    PATHS: ClassVar[dict] = {"data": None, "eval_data": None}
-    RESUME_SAFE: ClassVar[dict] = dict.fromkeys(
-        ("log_every", "eval_every", "eval_batch_size", "stop_after_steps", "save_dtype")
-    )
+    CHOICES: ClassVar[dict] = {"objective": ("sft", "figa"), "sft_response": ("edited", "chosen")}
+    AT_LEAST: ClassVar[dict] = {"figa_penalty_min_loss": 0, "figa_penalty_max_loss": 0}
 
     objective: str = "sft"
     """``sft`` (next-token loss on the responses) or ``figa`` (FIGA's token-weighted loss on
@@ -112,21 +98,6 @@ class SFTConfig(TrainConfig):
     sft_response: str = "edited"
     """``sft`` on an edits file: learn the ``edited`` responses (``ok`` edits) or the input pairs'
     ``chosen`` ones."""
-    eval_data: str = ""
-    """Held-out file (same kind); empty: hold out ``eval_fraction`` of ``data`` by id hash."""
-    eval_fraction: float = 0.1
-    """Fraction of ``data`` held out when ``eval_data`` is empty."""
-    skip_invalid: bool = False
-    """Skip (and count) bad records instead of stopping with an error."""
-    on_too_long: str = "skip"
-    """A response that does not fit ``max_length``: ``skip`` (counted) or ``error``."""
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    """The generated set used when ``data`` is empty."""
-    max_length: int = 128
-    """Longest prompt + response in tokens (the prompt is cut from the left first)."""
-    min_response_tokens: int = 16
-    """Response tokens kept at least when a long prompt is cut."""
-
     figa_revised_weight: float = 1.0
     """FIGA: weight of the edited response's added/changed tokens (paper α = 1; code 1)."""
     figa_eos_weight: float = 1.0
@@ -140,39 +111,11 @@ class SFTConfig(TrainConfig):
     """FIGA: a penalised token counts only while its loss −log p ≥ this (code 0.6)."""
     figa_penalty_max_loss: float = 1.0
     """FIGA: ... and ≤ this (code 1.0): past it (p < e^−1) the push stops, so it cannot run away."""
-
-    micro_batch_size: int = 16
-    """Rows per rank per forward/backward (``figa``: pairs, each two sequences)."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step."""
-    epochs: float = 3.0
-    """Passes over the training data (ignored when ``max_steps`` > 0)."""
-    max_steps: int = 0
-    """Optimizer steps of the schedule; 0: ``epochs`` × steps per epoch."""
-    stop_after_steps: int = 0
-    """End the run (with a checkpoint) after this step, keeping the full run's schedule."""
-    lr: float = 2e-3
-    """Peak learning rate."""
-    min_lr_ratio: float = 0.1
-    """Cosine decay floor, as a fraction of ``lr``."""
-    warmup_steps: int = 10
-    """Linear warmup steps."""
-
     output_dir: str = "runs/sft"
     """Where config, metrics, checkpoints and the final model go."""
-    log_every: int = 10
-    """Log training metrics every this many steps."""
-    eval_every: int = 50
-    """Evaluate on held-out data every this many steps (and at the end); 0: only at the end."""
-    eval_batch_size: int = 32
-    """Rows per rank per evaluation forward."""
-    save_dtype: str = "float32"
-    """dtype of the saved ``final/`` weights."""
 
     def check(self) -> None:
         super().check()
-        if not 0 <= self.eval_fraction < 1:
-            raise ConfigError(f"config key 'eval_fraction': must be in [0, 1), got {self.eval_fraction}")
         if self.figa_penalty_min_loss > self.figa_penalty_max_loss:
             raise ConfigError("config keys figa_penalty_min_loss <= figa_penalty_max_loss are required")
 
