@@ -197,7 +197,7 @@ def load_on_rank0(
 ) -> dict[str, torch.Tensor] | None:
     """:func:`initial_state_dict` on rank 0 (None elsewhere), with its refusal raised on every
     rank (no rank is left waiting for weights that will never be broadcast)."""
-    from trainer.infra.config import ConfigError
+    from trainer.infra.config import ConfigError, describe
     from trainer.infra.dist import broadcast_object
 
     sd, error = None, None
@@ -206,6 +206,8 @@ def load_on_rank0(
             sd = initial_state_dict(kind, config, init_from, seed, new_head, key)
         except ConfigError as e:
             error = str(e)
+        except Exception as e:  # noqa: BLE001 - unreadable weights, hub offline: every rank stops
+            error = f"config key {key!r}: cannot load {init_from} ({describe(e)})"
     error = broadcast_object(error)
     if error is not None:
         raise ConfigError(error)
@@ -345,7 +347,7 @@ def load_tokenizer(name: str, key: str):
     """``AutoTokenizer.from_pretrained(name)``, a failure being a one-line error naming ``key``."""
     from transformers import AutoTokenizer
 
-    from trainer.infra.config import ConfigError
+    from trainer.infra.config import ConfigError, describe
 
     p = Path(name)
     if p.is_dir() and not any((p / f).exists() for f in ("tokenizer_config.json", "tokenizer.json")):
@@ -354,7 +356,7 @@ def load_tokenizer(name: str, key: str):
         return AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as e:
         raise ConfigError(
-            f"config key {key!r}: cannot load a tokenizer from {name} ({str(e).splitlines()[0][:200]})"
+            f"config key {key!r}: cannot load a tokenizer from {name} ({describe(e)})"
         ) from None
 
 

@@ -55,7 +55,7 @@ from trainer.data.formats import DataError, prompt_parts, read_records
 from trainer.data.synthetic import SyntheticConfig, bootstrap
 from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import ConfigError, TrainConfig, cli_main
-from trainer.infra.dist import all_reduce_sum, barrier, get_world_size
+from trainer.infra.dist import all_reduce_sum, barrier, get_world_size, on_rank0
 from trainer.infra.metrics import MetricsLog
 from trainer.infra.runtime import (
     STOP,
@@ -884,12 +884,15 @@ def train(cfg: PPOConfig) -> dict:
     # 7. the final actor as a plain transformers directory
     if cfg.save_final and iteration >= cfg.iterations:
         sd = full_state_dict(models.actor)  # collective
-        if di.is_main:
-            save_pretrained(
-                sd, models.actor_config, "causal_lm", run.out_dir / "final" / "actor", S.tokenizer
-            )
-            run.say(f"saved {run.out_dir / 'final' / 'actor'}")
-        barrier()  # every rank leaves together (a rank tearing down gloo mid-save aborts rank 0)
+        on_rank0(
+            save_pretrained,
+            sd,
+            models.actor_config,
+            "causal_lm",
+            run.out_dir / "final" / "actor",
+            S.tokenizer,
+        )
+        run.say(f"saved {run.out_dir / 'final' / 'actor'}")
     return metrics
 
 

@@ -54,9 +54,17 @@ from trainer.data.pairs import Pair, PairData, collate_pairs, load_pair_data, st
 from trainer.data.synthetic import bootstrap
 from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import ConfigError, SupervisedConfig, cli_main
-from trainer.infra.dist import all_reduce_sum, barrier, gather_objects
+from trainer.infra.dist import all_reduce_sum, gather_objects, on_rank0
 from trainer.infra.metrics import MetricsLog
-from trainer.infra.runtime import STOP, Preempted, Run, build_optimizer, lr_lambda, start_run
+from trainer.infra.runtime import (
+    STOP,
+    Preempted,
+    Run,
+    build_optimizer,
+    lr_lambda,
+    note_data_change,
+    start_run,
+)
 from trainer.models import (
     base_config,
     build_sharded,
@@ -286,21 +294,14 @@ def save_reward_model(run: Run, model, hf_config, tokenizer, name: str, step: in
     (collective: gathers the full weights; rank 0 writes)."""
     cfg = run.cfg
     sd = full_state_dict(model)
-    if run.di.is_main:
-        meta = {
-            "level": cfg.rm_level, "variant": cfg.variant, "seq_pairs": cfg.seq_pairs, "step": step,
-            "prompt_template": cfg.prompt_template,
-        }  # fmt: skip
-        save_pretrained(
-            sd,
-            hf_config,
-            "scalar_head",
-            run.out_dir / name,
-            tokenizer,
-            {**meta, "eval": metrics},
-            cfg.save_dtype,
-        )
-    barrier()  # every rank leaves together (a rank tearing down gloo mid-save aborts rank 0)
+    meta = {
+        "level": cfg.rm_level, "variant": cfg.variant, "seq_pairs": cfg.seq_pairs, "step": step,
+        "prompt_template": cfg.prompt_template, "eval": metrics,
+    }  # fmt: skip
+    # rank 0 writes while the others wait; a failure (a full disk) stops every rank
+    on_rank0(
+        save_pretrained, sd, hf_config, "scalar_head", run.out_dir / name, tokenizer, meta, cfg.save_dtype
+    )
 
 
 def train(cfg: RewardConfig) -> dict:
@@ -351,7 +352,9 @@ def train(cfg: RewardConfig) -> dict:
         best = extra["best"]
         dropped = log.resume_at(step)
         run.say(f"resumed from step {step} (epoch {extra['epoch']}); {dropped} later metrics records dropped")
-    torch.manual_seed(cfg.seed + 1000 * di.rank + step)
+        note_data_change(run, extra, len(train_pairs))
+    else:
+        torch.manual_seed(cfg.seed + 1000 * di.rank)  # restored from the checkpoint on resume
 
     # 4. the loop
     model.train()
@@ -430,17 +433,19 @@ def train(cfg: RewardConfig) -> dict:
             sums.zero_()
             t_last, tokens = time.perf_counter(), 0
         # 4f. evaluate / checkpoint
-        if has_eval and cfg.eval_every and step % cfg.eval_every == 0 and step < end_step:
+        preempted = step_sums[1].item() > 0  # host sync (one per step): every rank agrees to stop
+        if has_eval and cfg.eval_every and step % cfg.eval_every == 0 and step < end_step and not preempted:
             metrics, best = evaluate_and_keep_best(
                 run, model, eval_data, pad_id, step, best, log, hf_config, tokenizer
             )
-        preempted = step_sums[1].item() > 0  # host sync (one per step): every rank agrees to stop
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == end_step or preempted:
             extra = {
                 "scheduler": scheduler.state_dict(),
                 "step": step,
                 "epoch": step // steps_per_epoch,
                 "best": best,
+                "n_items": len(train_pairs),
+                "world_size": di.world_size,
             }
             ckpt.save(step, {"model": (model, optimizer)}, extra)
         if preempted:  # SIGTERM on some rank: the checkpoint above is written; exit 75

@@ -59,9 +59,17 @@ from trainer.data.pairs import PairData, collate_pairs, load_pair_data, step_bat
 from trainer.data.synthetic import bootstrap
 from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import ConfigError, SupervisedConfig, cli_main
-from trainer.infra.dist import all_reduce_sum, barrier, gather_objects
+from trainer.infra.dist import all_reduce_sum, gather_objects, on_rank0
 from trainer.infra.metrics import MetricsLog
-from trainer.infra.runtime import STOP, Preempted, Run, build_optimizer, lr_lambda, start_run
+from trainer.infra.runtime import (
+    STOP,
+    Preempted,
+    Run,
+    build_optimizer,
+    lr_lambda,
+    note_data_change,
+    start_run,
+)
 from trainer.models import (
     base_config,
     build_sharded,
@@ -350,7 +358,9 @@ def train(cfg: SFTConfig) -> dict:
         scheduler.load_state_dict(extra["scheduler"])
         log.resume_at(step)
         run.say(f"resumed from step {step}")
-    torch.manual_seed(cfg.seed + 1000 * di.rank + step)
+        note_data_change(run, extra, len(train_items))
+    else:
+        torch.manual_seed(cfg.seed + 1000 * di.rank)  # restored from the checkpoint on resume
 
     # 4. the loop
     model.train()
@@ -368,8 +378,9 @@ def train(cfg: SFTConfig) -> dict:
             for idx in step_batches(step, len(train_items), world_batch, cfg, di.rank, di.world_size)
         ]
         # 4a. the global count of weighted tokens and any rank's SIGTERM (one all-reduce)
-        n_local = float(sum(int((b["weights"] != 0).sum()) for b in micro))
-        step_sums = all_reduce_sum(torch.tensor([n_local, float(STOP.requested)], device=di.device))
+        n_local = sum((b["weights"] != 0).sum() for b in micro).float()  # on the device: no sync
+        stop = torch.tensor(float(STOP.requested), device=di.device)
+        step_sums = all_reduce_sum(torch.stack([n_local, stop]))
         for k, batch in enumerate(micro):
             model.set_requires_gradient_sync(k == len(micro) - 1)  # reduce-scatter once per step
             # 4b. forward: per-token log-probs -> the weighted loss over the global count
@@ -403,12 +414,19 @@ def train(cfg: SFTConfig) -> dict:
             sums.zero_()
             t_last = time.perf_counter()
         # 4f. evaluate / checkpoint
-        if eval_items and cfg.eval_every and step % cfg.eval_every == 0 and step < end_step:
+        if eval_items and cfg.eval_every and step % cfg.eval_every == 0 and step < end_step and not preempted:
             metrics = evaluate(model, eval_items, cfg, pad_id, eos_id, di.device)
             log.write({"split": "eval", "step": step, **metrics})
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == end_step or preempted:
             ckpt.save(
-                step, {"model": (model, optimizer)}, {"scheduler": scheduler.state_dict(), "step": step}
+                step,
+                {"model": (model, optimizer)},
+                {
+                    "scheduler": scheduler.state_dict(),
+                    "step": step,
+                    "n_items": len(train_items),
+                    "world_size": di.world_size,
+                },
             )
         if preempted:
             bar.close()
@@ -422,12 +440,16 @@ def train(cfg: SFTConfig) -> dict:
         run.say(f"eval step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     if step >= total_steps:
         sd = full_state_dict(model)  # collective
-        if di.is_main:
-            save_pretrained(
-                sd, hf_config, "causal_lm", run.out_dir / "final", tokenizer, dtype=cfg.save_dtype
-            )
-            run.say(f"saved {run.out_dir / 'final'} (trainer/ppo.py init_from= takes it)")
-        barrier()
+        on_rank0(
+            save_pretrained,
+            sd,
+            hf_config,
+            "causal_lm",
+            run.out_dir / "final",
+            tokenizer,
+            dtype=cfg.save_dtype,
+        )
+        run.say(f"saved {run.out_dir / 'final'} (trainer/ppo.py init_from= takes it)")
     log.close()
     return metrics
 

@@ -424,7 +424,8 @@ class EditLog:
                 done[rid] = status
                 with open(self.path, "ab") as fh:
                     fh.write(b"\n")
-            elif tail.lstrip().startswith(b'{"id"'):  # torn by a kill mid-write: drop it (redone)
+            elif tail.lstrip().startswith(b'{"id"') or b'{"id"'.startswith(tail.lstrip()):
+                # torn by a kill mid-write (the start of a record as this class writes them): drop it
                 with open(self.path, "rb+") as fh:
                     fh.truncate(len(data) - len(tail))
                 log.warning(
@@ -708,8 +709,15 @@ class UsageError(ValueError):
 
 
 def _same_model(stored: str, requested: str) -> bool:
-    """The API reports a dated id (``claude-x-20260101``) for an alias (``claude-x``)."""
-    return not stored or stored.startswith(requested) or requested.startswith(stored)
+    """The same model: equal ids, or one is the other plus a date suffix (the API reports
+    ``claude-x-20260101`` for the alias ``claude-x``); ``claude-x-4`` is not ``claude-x-4-5``."""
+    dated = re.compile(r"(-\d{8})?")
+    return (
+        not stored
+        or stored == requested
+        or (stored.startswith(requested) and dated.fullmatch(stored[len(requested) :]) is not None)
+        or (requested.startswith(stored) and dated.fullmatch(requested[len(stored) :]) is not None)
+    )
 
 
 def _stale_ids(outlog: EditLog, pairs: list[PreferencePair], version: str, cfg: EditConfig) -> set[str]:

@@ -160,7 +160,9 @@ class EditRecord:
     @property
     def prompt_parts(self) -> Prompt:
         """The prompt with its input kept apart (a record without ``input`` is all instruction)."""
-        return Prompt(self.instruction, self.input) if self.input.strip() else Prompt(self.prompt)
+        if self.input.strip() and self.instruction.strip():
+            return Prompt(self.instruction, self.input)
+        return Prompt(self.prompt)
 
     def to_json(self) -> dict:
         """The JSON object of one output line (``instruction``/``input`` only when the pair had an
@@ -394,6 +396,10 @@ def prompt_parts(rec: Any, src: str, where: str) -> Prompt:
     """
     if not isinstance(rec, dict):
         raise DataError(src, f"expected a JSON object, got {type(rec).__name__}", where)
+    has_input = isinstance(rec.get("input"), str) and rec["input"].strip()
+    if rec.get("instruction") is not None and (has_input or rec.get("prompt") is None):
+        # instruction + input kept apart (an edits file carries both beside the joined prompt)
+        return Prompt(_text(rec, "instruction", src, where), _text(rec, "input", src, where, optional=True))
     if rec.get("prompt") is not None:
         return Prompt(_text(rec, "prompt", src, where))
     if rec.get("instruction") is not None:

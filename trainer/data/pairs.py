@@ -91,7 +91,7 @@ def load_pair_data(path: str, tokenizer: Any, cfg: Any, split: str | None) -> Pa
             if isinstance(rec, DataError):
                 raise rec
             if split is not None and isinstance(rec, dict):
-                rec_id = str(rec.get("id", where))
+                rec_id = str(rec["id"]) if rec.get("id") is not None else where  # EditRecord's rule
                 if _is_eval(rec_id, cfg.eval_fraction) != (split == "eval"):
                     continue
             r = EditRecord.from_json(rec, path, where)

@@ -186,12 +186,10 @@ def write_synthetic(out_dir: str | Path, cfg: SyntheticConfig | None = None) -> 
 def bootstrap(out_dir: str | Path, cfg: SyntheticConfig) -> tuple[Path, Path]:
     """Every trainer's synthetic default: rank 0 writes the set under ``out_dir`` (unless it is
     already there), every rank waits for it. Returns ``(pairs_path, tokenizer_dir)``."""
-    from trainer.infra.dist import barrier, get_rank
+    from trainer.infra.dist import on_rank0
 
     out = Path(out_dir)
-    if get_rank() == 0:
-        write_synthetic(out, cfg)
-    barrier()
+    on_rank0(write_synthetic, out, cfg)  # a failure on rank 0 stops every rank
     return out / "pairs.jsonl", out / "tokenizer"
 
 

@@ -35,6 +35,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
 
+from trainer.infra.config import describe
 from trainer.infra.dist import (
     all_reduce_sum,
     barrier,
@@ -42,6 +43,7 @@ from trainer.infra.dist import (
     collective_device,
     get_rank,
     get_world_size,
+    on_rank0,
 )
 
 __all__ = ["CheckpointError", "Checkpointer", "get_rng_state", "set_rng_state"]
@@ -145,10 +147,12 @@ class Checkpointer:
         final = self.root / f"step_{step:08d}"
         tmp = self.root / f".tmp-step_{step:08d}"
         rank = get_rank()
-        if rank == 0:
+
+        def fresh_tmp() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        barrier()
+
+        on_rank0(fresh_tmp)  # rank 0 prepares, the others wait (a failure stops every rank)
         state = {}
         for name, (model, optimizer) in parts.items():
             model_sd, optim_sd = get_state_dict(model, optimizer)
@@ -156,14 +160,17 @@ class Checkpointer:
         dcp.save(state, checkpoint_id=str(tmp))
         torch.save({**extra, "rng": get_rng_state()}, tmp / f"extra_rank{rank}.pt")
         barrier()
-        if rank == 0:
+        world = get_world_size()
+
+        def publish() -> None:
             files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
-            manifest = {"step": step, "world_size": get_world_size(), "files": files}
+            manifest = {"step": step, "world_size": world, "files": files}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)  # atomic: the checkpoint appears complete or not at all
-            self._prune()
-        barrier()
+            self._prune(step)
+
+        on_rank0(publish)
         return final
 
     def load_latest(self, parts: Parts) -> tuple[int, dict] | None:
@@ -177,7 +184,7 @@ class Checkpointer:
             CheckpointError: checkpoints exist but none is intact.
         """
         tried: list[str] = []
-        candidates = self.complete()
+        candidates = broadcast_object(self.complete() if get_rank() == 0 else None)  # rank 0's view
         for step, path in reversed(candidates):
             # rank 0 decides (every rank then loads the same one)
             why = broadcast_object(self.damage(path) if get_rank() == 0 else None)
@@ -204,7 +211,7 @@ class Checkpointer:
                 state[name] = {"model": model_sd, "optim": optim_sd}
             dcp.load(state, checkpoint_id=str(path))
         except Exception as e:  # noqa: BLE001 - DCP raises CheckpointException on every rank
-            error = f"unreadable state ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            error = f"unreadable state ({describe(e)})"
         extra = None
         if error is None:
             own = path / f"extra_rank{get_rank()}.pt"
@@ -224,9 +231,12 @@ class Checkpointer:
         set_rng_state(extra.pop("rng"))
         return extra, None
 
-    def _prune(self) -> None:
+    def _prune(self, newest: int) -> None:
         for p in self.root.glob(".tmp-step_*"):  # left by a run killed mid-save
             shutil.rmtree(p, ignore_errors=True)
+        for s, p in self.complete():  # later steps than the one just written: an abandoned future
+            if s > newest:  # (e.g. the damaged checkpoint this run fell back from)
+                shutil.rmtree(p, ignore_errors=True)
         done = self.complete()
         if self.keep > 0:
             for _, p in done[: -self.keep]:

@@ -29,6 +29,7 @@ __all__ = [
     "check_declared",
     "cli_main",
     "config_help",
+    "describe",
     "field_docs",
     "load_config",
     "to_yaml",
@@ -39,6 +40,12 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the key or file."""
+
+
+def describe(e: BaseException, limit: int = 200) -> str:
+    """``"Type: first line of the message"`` (for one-line errors)."""
+    lines = str(e).splitlines()
+    return f"{type(e).__name__}: {lines[0][:limit] if lines else ''}".rstrip(": ")
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -316,7 +323,7 @@ def cli_main(config_cls: type[T], train: Any, doc: str | None, argv: list[str] |
     The process group is always shut down."""
     from trainer.data.formats import DataError
     from trainer.infra.checkpoint import CheckpointError
-    from trainer.infra.dist import shutdown
+    from trainer.infra.dist import PeerFailure, shutdown
     from trainer.infra.runtime import EXIT_PREEMPTED, Preempted
 
     argv = sys.argv[1:] if argv is None else argv
@@ -329,15 +336,20 @@ def cli_main(config_cls: type[T], train: Any, doc: str | None, argv: list[str] |
         )
         print(config_help(config_cls))
         return 0
+    cfg = None
     try:
-        train(load_config(config_cls, argv))
+        cfg = load_config(config_cls, argv)
+        train(cfg)
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     except Preempted as e:
-        e.mark()
+        e.mark(Path(cfg.output_dir))
         print(str(e), file=sys.stderr, flush=True)
         return EXIT_PREEMPTED
+    except PeerFailure as e:  # rank 0 failed and says why; this rank only reports it
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
     except OSError as e:  # an unwritable output_dir, a full disk: one line naming the path
         print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr, flush=True)
         return 1

@@ -32,6 +32,8 @@ __all__ = [
     "get_rank",
     "get_world_size",
     "init_distributed",
+    "on_rank0",
+    "PeerFailure",
     "parallelize",
     "shutdown",
 ]
@@ -156,6 +158,28 @@ def collective_device() -> torch.device:
     if dist.is_initialized() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+class PeerFailure(RuntimeError):
+    """Another rank (rank 0) failed in a step every rank waits on; its error is in the message."""
+
+
+def on_rank0(fn, *args, **kwargs):
+    """Run ``fn`` on rank 0 only while the others wait (collective). If it raises, rank 0 re-raises
+    its own exception and every other rank raises :class:`PeerFailure` with its text, instead of
+    hanging in the next collective. Returns ``fn``'s result on rank 0, None elsewhere."""
+    result, error, failure = None, None, None
+    if get_rank() == 0:
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
+            failure, error = e, f"{type(e).__name__}: {e}"
+    error = broadcast_object(error)
+    if error is not None:
+        if failure is not None:
+            raise failure
+        raise PeerFailure(f"rank 0 failed: {error}")
+    return result
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

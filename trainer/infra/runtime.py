@@ -27,7 +27,7 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-from trainer.infra.config import ConfigError, TrainConfig, to_yaml
+from trainer.infra.config import ConfigError, TrainConfig, describe, to_yaml
 from trainer.infra.dist import DistInfo, init_distributed
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "build_optimizer",
     "device_sync",
     "lr_lambda",
+    "note_data_change",
     "peak_memory_mb",
     "start_run",
 ]
@@ -77,10 +78,12 @@ class Preempted(Exception):
             f"rerun the same command to resume (exit {EXIT_PREEMPTED})"
         )
 
-    def mark(self) -> None:
-        """Write ``output_dir/PREEMPTED`` (for schedulers that read files, not exit codes)."""
+    def mark(self, top: Path | None = None) -> None:
+        """Write ``PREEMPTED`` (for schedulers that read files, not exit codes) into the run's
+        ``output_dir`` and the top-level one (PPO's on-the-fly RM runs in ``output_dir/rm``)."""
         if int(os.environ.get("RANK", "0")) == 0:
-            (self.out_dir / PREEMPTED_MARKER).write_text(f"step {self.step}\n")
+            for d in {self.out_dir, top or self.out_dir}:
+                (d / PREEMPTED_MARKER).write_text(f"step {self.step}\n" if d == self.out_dir else "rm\n")
 
 
 _LOCKS: dict[str, IO] = {}
@@ -110,6 +113,12 @@ def _lock_output_dir(out_dir: Path) -> None:
     _LOCKS[key] = fh
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -135,8 +144,15 @@ def _check_resume_config(cfg: TrainConfig, out_dir: Path, say) -> None:
     from trainer.infra.config import declared
 
     saved_path = out_dir / "config.yaml"
-    if not (cfg.resume and saved_path.exists() and Checkpointer(out_dir / "checkpoints").complete()):
-        saved_path.write_text(to_yaml(cfg))
+    has_checkpoints = bool(Checkpointer(out_dir / "checkpoints").complete())
+    if has_checkpoints and not cfg.resume:  # a fresh start: the old run's outputs move aside
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        for name in ("checkpoints", "metrics.jsonl", "config.yaml"):
+            if (out_dir / name).exists():
+                os.replace(out_dir / name, out_dir / f"{name}.before-{stamp}")
+        say(f"resume=false: the previous run's checkpoints, metrics and config moved to *.before-{stamp}")
+    if not (cfg.resume and saved_path.exists() and has_checkpoints):
+        _write_atomic(saved_path, to_yaml(cfg))
         return
     old = _flatten(OmegaConf.to_container(OmegaConf.load(saved_path)))
     new = _flatten(OmegaConf.to_container(OmegaConf.create(to_yaml(cfg))))
@@ -153,7 +169,7 @@ def _check_resume_config(cfg: TrainConfig, out_dir: Path, say) -> None:
             f"({saved_path}), another output_dir, or resume=false to start over"
         )
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    (out_dir / f"config.{stamp}.yaml").write_text(to_yaml(cfg))
+    _write_atomic(out_dir / f"config.{stamp}.yaml", to_yaml(cfg))
     say(f"resuming with changed keys (allowed): {diff}; saved as config.{stamp}.yaml")
 
 
@@ -209,6 +225,8 @@ def start_run(cfg: TrainConfig, name: str) -> Run:
             error = str(e)
         except OSError as e:
             error = f"config key 'output_dir': cannot write {out_dir} ({e.strerror or e})"
+        except Exception as e:  # noqa: BLE001 - e.g. an unreadable saved config.yaml
+            error = f"config key 'output_dir': {out_dir}: {describe(e)}"
     # every rank stops on rank 0's refusal (none is left waiting in a collective)
     from trainer.infra.dist import broadcast_object
 
@@ -216,6 +234,18 @@ def start_run(cfg: TrainConfig, name: str) -> Run:
     if error is not None:
         raise ConfigError(error)
     return run
+
+
+def note_data_change(run: Run, extra: dict, n_items: int) -> None:
+    """On resume, say when the data order of the checkpointed run cannot be reproduced: another
+    number of training items (the data file changed) or another world size."""
+    was = (extra.get("n_items"), extra.get("world_size"))
+    now = (n_items, run.di.world_size)
+    if was[0] is not None and was != now:
+        run.say(
+            f"warning: the checkpoint was written with {was[0]} training items on {was[1]} ranks, this run "
+            f"has {now[0]} on {now[1]}: the data order and schedule after the resume point differ"
+        )
 
 
 def build_optimizer(model: nn.Module, lr: float, cfg: TrainConfig) -> torch.optim.Optimizer:
