@@ -558,3 +558,12 @@ def test_cli_sigterm_prints_the_summary_and_exits_143(tmp_path):
     assert proc.returncode == 143, err[-2000:]
     assert "interrupted" in stdout and "done" in stdout and "Traceback" not in err
     assert all(json.loads(line)["id"] for line in out.read_text().splitlines())  # whole lines only
+
+
+def test_same_model_matches_dated_ids_only():
+    from trainer.data.edit import _same_model
+
+    assert _same_model("claude-sonnet-4-5-20250929", "claude-sonnet-4-5")
+    assert _same_model("claude-test", "claude-test") and _same_model("", "claude-test")
+    assert not _same_model("claude-sonnet-4-5-20250929", "claude-sonnet-4")  # another model
+    assert not _same_model("claude-other", "claude-test")

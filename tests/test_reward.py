@@ -280,6 +280,24 @@ def test_resume_with_a_changed_model_key_is_refused_with_the_diff(tmp_path):
     assert (tmp_path / "o" / "config.yaml").read_text() == saved  # the first run's config is kept
 
 
+def test_resume_false_moves_the_old_run_aside(tmp_path):
+    """resume=false on a directory with checkpoints: the old outputs move aside, so the new run
+    is never pruned against (or later resumed from) the old one's higher steps."""
+    common = [f"output_dir={tmp_path}/o", "max_steps=4", "checkpoint_every=2", "eval_every=0", *TINY]
+    for extra in ([], ["resume=false", "max_steps=2"]):
+        p = subprocess.run(
+            [sys.executable, "trainer/reward.py", *common, *extra],
+            cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert p.returncode == 0, p.stderr[-2000:]
+    out = tmp_path / "o"
+    assert "moved to *.before-" in p.stdout + p.stderr
+    assert sorted(x.name for x in (out / "checkpoints").iterdir()) == ["step_00000002"]
+    old = [x for x in out.iterdir() if x.name.startswith("checkpoints.before-")]
+    assert len(old) == 1 and (old[0] / "step_00000004").exists()
+    assert [r["step"] for r in records(out, "train")] == [2]  # log_every=10: the end step only
+
+
 def test_sigterm_checkpoints_the_step_and_exits_75(tmp_path):
     """reward.py under SIGTERM: finishes the step, checkpoints, exits 75; a rerun resumes."""
     import signal
