@@ -1,6 +1,7 @@
 """The ``fgrlhf`` command. Thin: it parses arguments and calls the library.
 
     fgrlhf edit INPUT -o OUTPUT [--model M] [--concurrency N] [--limit N] [--dry-run] ...
+    fgrlhf winrate ANNOTATIONS [--json SUMMARY]
     python -m trainer.cli edit ...          # the same without the installed script
 
 Exit status: 0 done; 1 a runtime error (the output cannot be written or is locked, no API key);
@@ -90,6 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-fsync", dest="fsync", action="store_false", help="flush without fsync")
     e.add_argument("--summary-json", default=None, help="also write the summary as JSON to this file")
     e.add_argument("--redo-stale", action="store_true", help=_doc("redo_stale"))
+
+    w = sub.add_parser(
+        "winrate",
+        parents=[common],
+        help="win rate and standard error of an AlpacaEval-format annotations file",
+        description="Recompute the AlpacaEval leaderboard numbers from pairwise annotations "
+        "(preference 1 = output_1/reference wins, 2 = output_2/model wins, 0 or 1.5 = draw).",
+        epilog="Exit status: 0 done; 2 an unreadable file or a record without 'preference'.",
+    )
+    w.add_argument("annotations", help="a JSON list or JSONL of annotations")
+    w.add_argument("--json", default=None, help="also write the summary as JSON to this file")
     return parser
 
 
@@ -164,6 +176,22 @@ def _check_ranges(cfg: EditConfig) -> str | None:
     return None
 
 
+def cmd_winrate(args: argparse.Namespace) -> int:
+    """``fgrlhf winrate``: see :mod:`trainer.eval.winrate`."""
+    from trainer.eval.winrate import format_summary, load_annotations, summarize
+
+    try:
+        summary = summarize(load_annotations(args.annotations))
+    except DataError as e:
+        log.error("bad input: %s", e)
+        return 2
+    print(format_summary(summary))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(summary, fh, indent=2)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fgrlhf`` script."""
     args = build_parser().parse_args(argv)
@@ -177,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.command == "edit":
         return cmd_edit(args)
+    if args.command == "winrate":
+        return cmd_winrate(args)
     raise AssertionError(args.command)  # pragma: no cover - argparse rejects unknown commands
 
 
