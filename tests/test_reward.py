@@ -158,6 +158,30 @@ def test_saved_model_reproduces_final_eval(token_run):
         assert got[key] == pytest.approx(want[key], abs=1e-5), key
 
 
+def test_fgrlhf_eval_rm_scores_a_saved_model_like_the_trainer(token_run, tmp_path):
+    """`fgrlhf eval-rm` on the held-out file: the trainer's metrics of the saved model."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    pairs = token_run / "synthetic" / "pairs.jsonl"
+    cmd = [sys.executable, "-m", "trainer.cli", "eval-rm", str(token_run / "final"), str(pairs),
+           "--max-length", "128", "--json", str(tmp_path / "m.json")]  # fmt: skip
+    p = subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    got = json.loads((tmp_path / "m.json").read_text())
+    tok = AutoTokenizer.from_pretrained(token_run / "final")
+    model = AutoModelForTokenClassification.from_pretrained(token_run / "final").eval()
+    cfg = RewardConfig(max_length=128, eval_fraction=0.0)
+    want = evaluate(
+        model, load_pair_data(str(pairs), tok, cfg, split=None), cfg, tok.pad_token_id, torch.device("cpu")
+    )
+    assert got["level"] == "token" and got["edited_pairs"] == want["edited_pairs"] > 100
+    for key in ("accuracy", "edited_accuracy", "original_accuracy", "auroc_removed"):
+        assert got[key] == pytest.approx(want[key], abs=1e-6), key
+    assert "accuracy " in p.stdout
+    bad = subprocess.run([*cmd[:4], str(token_run), str(pairs)], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "is a run directory; did you mean" in bad.stderr
+
+
 # --- 5. bad input ----------------------------------------------------------------------------
 def test_missing_dataset_file_is_a_clear_error(tmp_path, capsys):
     assert main([f"data={tmp_path}/nope.jsonl", f"output_dir={tmp_path}/o"]) == 2

@@ -2,6 +2,7 @@
 
     fgrlhf edit INPUT -o OUTPUT [--model M] [--concurrency N] [--limit N] [--dry-run] ...
     fgrlhf winrate ANNOTATIONS [--json SUMMARY]
+    fgrlhf eval-rm RM_DIR PAIRS [--max-length N] [--json OUT]
     python -m trainer.cli edit ...          # the same without the installed script
 
 Exit status: 0 done; 1 a runtime error (the output cannot be written or is locked, no API key);
@@ -102,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("annotations", help="a JSON list or JSONL of annotations")
     w.add_argument("--json", default=None, help="also write the summary as JSON to this file")
+
+    r = sub.add_parser(
+        "eval-rm",
+        parents=[common],
+        help="pairwise accuracy of a trained reward model on labelled pairs",
+        description="The reward trainer's held-out metrics of RM_DIR on every pair of PAIRS.",
+        epilog="Exit status: 0 done; 2 not a reward-model directory, or bad pairs data.",
+    )
+    r.add_argument("rm_dir", help="a directory written by trainer/reward.py (final/ or best/)")
+    r.add_argument("pairs", help="an `fgrlhf edit` JSONL (edited + original pairs)")
+    r.add_argument("--max-length", type=int, default=1024, help="longest prompt + response (tokens)")
+    r.add_argument("--batch-size", type=int, default=16, help="pairs per forward")
+    r.add_argument("--skip-invalid", action="store_true", help="skip (and count) bad records")
+    r.add_argument("--json", default=None, help="also write the metrics as JSON to this file")
     return parser
 
 
@@ -192,6 +207,41 @@ def cmd_winrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_rm(args: argparse.Namespace) -> int:
+    """``fgrlhf eval-rm``: see :mod:`trainer.eval.rm_accuracy`."""
+    from trainer.eval.rm_accuracy import evaluate_reward_model
+    from trainer.infra.config import ConfigError
+
+    if args.max_length < 2 or args.batch_size < 1:
+        log.error("--max-length must be >= 2 and --batch-size >= 1")
+        return 2
+    try:
+        m = evaluate_reward_model(
+            args.rm_dir, args.pairs, args.max_length, args.batch_size, args.skip_invalid
+        )
+    except (ConfigError, DataError) as e:
+        log.error("%s", e)
+        return 2
+    for key in (
+        "accuracy",
+        "edited_accuracy",
+        "original_accuracy",
+        "gold_accuracy",
+        "auroc_added",
+        "auroc_removed",
+    ):
+        if key in m:
+            print(f"{key:<18} {m[key]:.4f}")
+    print(
+        f"pairs              edited {m['edited_pairs']}, original {m['original_pairs']}; "
+        f"skipped {m['skipped']}"
+    )
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(m, fh, indent=2)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fgrlhf`` script."""
     args = build_parser().parse_args(argv)
@@ -207,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_edit(args)
     if args.command == "winrate":
         return cmd_winrate(args)
+    if args.command == "eval-rm":
+        return cmd_eval_rm(args)
     raise AssertionError(args.command)  # pragma: no cover - argparse rejects unknown commands
 
 

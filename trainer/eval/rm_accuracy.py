@@ -1,0 +1,66 @@
+"""Reward-model accuracy on labelled pairs after training (the paper's Table 2 metric):
+``fgrlhf eval-rm RM_DIR PAIRS``.
+
+Loads a directory written by ``trainer/reward.py`` (its level, loss variant and prompt template
+come from ``fgrlhf_reward.json``), tokenises the pairs file exactly as the trainer does
+(:func:`trainer.data.pairs.load_pair_data`: an ``fgrlhf edit`` JSONL gives edited pairs and
+original pairs) and reports the trainer's own held-out metrics (:func:`trainer.reward.evaluate`):
+pairwise accuracy and margin on each kind of pair, the loss on the level's own kind, per-token
+reward means and AUROCs, and agreement with a gold order when the records carry one.
+
+    fgrlhf eval-rm runs/reward/final heldout_edits.jsonl [--max-length 1024] [--json out.json]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["evaluate_reward_model"]
+
+
+def evaluate_reward_model(
+    rm_dir: str, pairs: str, max_length: int = 1024, batch_size: int = 16, skip_invalid: bool = False
+) -> dict[str, Any]:
+    """The reward trainer's evaluation of the model in ``rm_dir`` on every pair of ``pairs``
+    (one process; CUDA when available).
+
+    Raises:
+        trainer.infra.config.ConfigError: ``rm_dir`` is not a reward-model directory.
+        trainer.data.formats.DataError: a bad pairs file or record.
+    """
+    import torch
+    from transformers import AutoModelForTokenClassification
+
+    from trainer.data.pairs import load_pair_data
+    from trainer.infra.config import ConfigError
+    from trainer.models import check_model_dir, load_tokenizer, pad_token_id, read_reward_meta
+    from trainer.reward import RewardConfig, evaluate
+
+    check_model_dir(rm_dir, "rm_dir")
+    try:
+        meta = read_reward_meta(rm_dir)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    tokenizer = load_tokenizer(rm_dir, "rm_dir")
+    cfg = RewardConfig(
+        rm_level=meta["level"],
+        variant=meta.get("variant", "exact"),
+        seq_pairs=meta.get("seq_pairs", "original"),
+        prompt_template=meta.get("prompt_template", "auto"),
+        max_length=max_length,
+        eval_batch_size=batch_size,
+        skip_invalid=skip_invalid,
+        eval_fraction=0.0,
+    )
+    data = load_pair_data(pairs, tokenizer, cfg, split=None)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForTokenClassification.from_pretrained(rm_dir).to(device).eval()
+    metrics = evaluate(model, data, cfg, pad_token_id(tokenizer), device)
+    return {
+        "rm_dir": str(Path(rm_dir)),
+        "pairs": pairs,
+        "level": cfg.rm_level,
+        **metrics,
+        "skipped": dict(data.skipped),
+    }
