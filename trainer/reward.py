@@ -62,7 +62,8 @@ from trainer.infra.runtime import (
     Run,
     build_optimizer,
     lr_lambda,
-    note_data_change,
+    optimizer_step,
+    resume_or_seed,
     start_run,
 )
 from trainer.models import (
@@ -344,17 +345,8 @@ def train(cfg: RewardConfig) -> dict:
 
     # 3. resume: model, optimizer, scheduler, data position (= the step), RNG, best-so-far
     ckpt = Checkpointer(run.out_dir / "checkpoints", cfg.keep_checkpoints, say=run.say)
-    step, best = 0, -math.inf
-    resumed = ckpt.load_latest({"model": (model, optimizer)}) if cfg.resume else None
-    if resumed is not None:
-        step, extra = resumed
-        scheduler.load_state_dict(extra["scheduler"])
-        best = extra["best"]
-        dropped = log.resume_at(step)
-        run.say(f"resumed from step {step} (epoch {extra['epoch']}); {dropped} later metrics records dropped")
-        note_data_change(run, extra, len(train_pairs))
-    else:
-        torch.manual_seed(cfg.seed + 1000 * di.rank)  # restored from the checkpoint on resume
+    step, extra = resume_or_seed(run, ckpt, model, optimizer, scheduler, log, len(train_pairs))
+    best = extra.get("best", -math.inf)
 
     # 4. the loop
     model.train()
@@ -400,15 +392,7 @@ def train(cfg: RewardConfig) -> dict:
             )
             tokens += int(batch["attention_mask"].numel())
         # 4d. clip, step, schedule
-        grad_norm = (
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            if cfg.max_grad_norm > 0
-            else None
-        )
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
+        grad_norm, lr = optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
         step += 1
         bar.update(1)
         # 4e. log (host syncs happen here only)

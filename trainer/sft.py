@@ -67,7 +67,8 @@ from trainer.infra.runtime import (
     Run,
     build_optimizer,
     lr_lambda,
-    note_data_change,
+    optimizer_step,
+    resume_or_seed,
     start_run,
 )
 from trainer.models import (
@@ -351,16 +352,7 @@ def train(cfg: SFTConfig) -> dict:
 
     # 3. resume from the newest intact checkpoint
     ckpt = Checkpointer(run.out_dir / "checkpoints", cfg.keep_checkpoints, say=run.say)
-    step = 0
-    resumed = ckpt.load_latest({"model": (model, optimizer)}) if cfg.resume else None
-    if resumed is not None:
-        step, extra = resumed
-        scheduler.load_state_dict(extra["scheduler"])
-        log.resume_at(step)
-        run.say(f"resumed from step {step}")
-        note_data_change(run, extra, len(train_items))
-    else:
-        torch.manual_seed(cfg.seed + 1000 * di.rank)  # restored from the checkpoint on resume
+    step, _ = resume_or_seed(run, ckpt, model, optimizer, scheduler, log, len(train_items))
 
     # 4. the loop
     model.train()
@@ -392,12 +384,7 @@ def train(cfg: SFTConfig) -> dict:
             (loss * di.world_size).backward()
             sums += torch.stack([loss.detach().double(), nll.double(), (batch["weights"] > 0).sum().double()])
         # 4d. clip, step, schedule
-        if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
+        _, lr = optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
         step += 1
         bar.update(1)
         # 4e. log (host syncs here and for the stop flag only)

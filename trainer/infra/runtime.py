@@ -39,6 +39,8 @@ __all__ = [
     "device_sync",
     "lr_lambda",
     "note_data_change",
+    "optimizer_step",
+    "resume_or_seed",
     "peak_memory_mb",
     "start_run",
 ]
@@ -234,6 +236,35 @@ def start_run(cfg: TrainConfig, name: str) -> Run:
     if error is not None:
         raise ConfigError(error)
     return run
+
+
+def resume_or_seed(run: Run, ckpt: Any, model: nn.Module, optimizer, scheduler, log: Any, n_items: int):
+    """Step 3 of the step-scheduled trainers: restore the newest intact checkpoint (model,
+    optimizer, scheduler, RNG), drop metrics logged after it and say what changed; or, for a fresh
+    run, seed the RNG. Returns ``(step, extra)``: ``(0, {})`` for a fresh run."""
+    resumed = ckpt.load_latest({"model": (model, optimizer)}) if run.cfg.resume else None
+    if resumed is None:
+        torch.manual_seed(run.cfg.seed + 1000 * run.di.rank)  # restored from the checkpoint on resume
+        return 0, {}
+    step, extra = resumed
+    scheduler.load_state_dict(extra["scheduler"])
+    dropped = log.resume_at(step)
+    run.say(f"resumed from step {step}; {dropped} later metrics records dropped")
+    note_data_change(run, extra, n_items)
+    return step, extra
+
+
+def optimizer_step(model: nn.Module, optimizer, scheduler, max_grad_norm: float):
+    """Clip the global gradient norm (0: off), step, clear the gradients, advance the schedule.
+    Returns ``(grad_norm or None, the learning rate this step used)``."""
+    grad_norm = (
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm) if max_grad_norm > 0 else None
+    )
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    lr = scheduler.get_last_lr()[0]
+    scheduler.step()
+    return grad_norm, lr
 
 
 def note_data_change(run: Run, extra: dict, n_items: int) -> None:
