@@ -68,7 +68,12 @@ def main() -> None:
     for mode in ("token", "sequence"):
         for kernels, env in (("fused", {}), ("reference", {"FGKERNELS_BACKEND": "reference"})):
             recs = run(
-                tmp / f"{mode}_{kernels}", [*base, f"reward_mode={mode}", f"reward_model={rm}"], a.nproc, env
+                tmp / f"{mode}_{kernels}",
+                # the same token RM for both levels (a timing comparison): its mean as R at the
+                # sequence level, an explicit variant
+                [*base, f"reward_level={mode}", f"reward_model={rm}", "sequence_reward_from_token_rm=true"],
+                a.nproc,
+                env,
             )
             body = recs[a.warmup :] or recs
             row = [mode, kernels]
