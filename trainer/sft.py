@@ -4,7 +4,8 @@ Tiny default (a tiny random-init LLaMA on the generated fine-grained set; the sa
 the real job)::
 
     torchrun --standalone --nproc_per_node=2 trainer/sft.py                  # objective=sft
-    torchrun --standalone --nproc_per_node=2 trainer/sft.py objective=figa init_from=runs/sft/final
+    torchrun --standalone --nproc_per_node=2 trainer/sft.py objective=figa init_from=runs/sft/final \
+        output_dir=runs/figa
     python trainer/sft.py objective=figa                                      # one process
 
 The real job (LLaMA-7B, one node with 8×A100-80G)::
