@@ -270,7 +270,10 @@ def test_edit_record_is_one_schema_and_names_bad_fields():
 
 def test_one_alpaca_prompt_rule_for_training_and_ppo_prompts(tmp_path):
     """A whitespace-only `input` renders the same prompt in preference data and in PPO prompts."""
-    from trainer.data.formats import prompt_text
+    from trainer.data.formats import prompt_parts
+
+    def prompt_text(rec, src, where):  # the joined text, as the editor and plain templates see it
+        return prompt_parts(rec, src, where).text
 
     rec = {
         "instruction": "Name a colour.",

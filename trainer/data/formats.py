@@ -45,7 +45,6 @@ __all__ = [
     "detect_format",
     "load_pairs",
     "prompt_parts",
-    "prompt_text",
     "read_records",
 ]
 
@@ -405,11 +404,6 @@ def prompt_parts(rec: Any, src: str, where: str) -> Prompt:
     if rec.get("instruction") is not None:
         return Prompt(_text(rec, "instruction", src, where), _text(rec, "input", src, where, optional=True))
     raise DataError(src, "no 'prompt' (or 'instruction') string", where)
-
-
-def prompt_text(rec: Any, src: str, where: str) -> str:
-    """:func:`prompt_parts` as one text (the Alpaca rule)."""
-    return prompt_parts(rec, src, where).text
 
 
 def _split_hh(dialogue: str, src: str, where: str, key: str) -> tuple[str, str]:
