@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, fields
 
 from trainer.data import edit as edit_mod
-from trainer.data.edit import DEFAULT_MODEL, EditConfig
+from trainer.data.edit import DEFAULT_MODEL, EditConfig, Terminated
 from trainer.data.formats import FORMATS, DataError
 
 log = logging.getLogger("fgrlhf")
@@ -131,7 +130,6 @@ def cmd_edit(args: argparse.Namespace) -> int:
         log.error("%s", bad)
         return 2
     log.info("config %s", json.dumps(asdict(cfg)))
-    signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends like Ctrl-C: summary, then exit 143
     try:
         summary = run_edit(cfg)
     except DataError as e:
@@ -142,8 +140,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
         )
         log.error("bad input: %s%s", e, hint)
         return 2
+    except Terminated:  # SIGTERM while editing: the summary was printed
+        return 143
     except KeyboardInterrupt:
-        return 143 if _TERMINATED else 130
+        return 130
     except OSError as e:  # an unwritable or missing path, a full disk: one line naming the path
         log.error("%s: %s", e.filename or cfg.output, e.strerror or e)
         return 1
@@ -157,15 +157,6 @@ def cmd_edit(args: argparse.Namespace) -> int:
         with open(args.summary_json, "w", encoding="utf-8") as fh:
             json.dump(summary.as_dict(), fh, indent=2)
     return 3 if summary.failed else 0
-
-
-_TERMINATED = False
-
-
-def _terminate(*_: object) -> None:
-    global _TERMINATED
-    _TERMINATED = True
-    raise KeyboardInterrupt
 
 
 def _check_ranges(cfg: EditConfig) -> str | None:

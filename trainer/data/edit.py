@@ -44,6 +44,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -690,10 +691,12 @@ def run_edit(cfg: EditConfig, editor: Editor | None = None, out: IO[str] | None 
         summary.already_done, summary.attempted = len(pairs) - len(todo), len(todo)
         try:
             asyncio.run(_edit_all(todo, editor, outlog, errlog_path, cfg, summary, own_editor))
-        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI maps it here): say what was written
+        except (KeyboardInterrupt, asyncio.CancelledError) as e:  # Ctrl-C / SIGTERM: what was written
             summary.interrupted = True
             summary.estimated_cost_usd = _cost(cfg.model, summary.input_tokens, summary.output_tokens, cfg)
             print(summary.format(), file=out)
+            if isinstance(e, asyncio.CancelledError):
+                raise Terminated from None
             raise
     finally:
         outlog.close()
@@ -702,6 +705,10 @@ def run_edit(cfg: EditConfig, editor: Editor | None = None, out: IO[str] | None 
     summary.estimated_cost_usd = _cost(cfg.model, summary.input_tokens, summary.output_tokens, cfg)
     print(summary.format(), file=out)
     return summary
+
+
+class Terminated(KeyboardInterrupt):
+    """The run was stopped by SIGTERM (after the summary of what was written was printed)."""
 
 
 class UsageError(ValueError):
@@ -789,6 +796,11 @@ async def _edit_all(
 ) -> None:
     """Bounded-concurrency workers; results are written as they complete (from this one
     event-loop thread, so lines never interleave)."""
+    # SIGTERM cancels the run inside the event loop (cleanly: every finished record is already
+    # written whole); Ctrl-C is asyncio.run's own (it cancels the main task, then raises)
+    main = asyncio.current_task()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not POSIX / main thread
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     queue: asyncio.Queue[PreferencePair] = asyncio.Queue()
     for p in todo:
         queue.put_nowait(p)
