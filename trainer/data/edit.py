@@ -39,10 +39,8 @@ import asyncio
 import contextlib
 import datetime as _dt
 import hashlib
-import inspect
 import json
 import logging
-import os
 import re
 import signal
 import sys
@@ -54,27 +52,21 @@ from typing import IO, Protocol
 
 from trainer.data.align import token_similarity
 from trainer.data.formats import EDIT_STATUSES, DataError, EditRecord, LoadResult, PreferencePair, load_pairs
+from trainer.infra.appendlog import AppendLog
+from trainer.infra.claude import (  # noqa: F401 - re-exported: the edit job's model and prices
+    DEFAULT_MODEL,
+    PRICES_PER_MTOK,
+    ClaudeClient,
+    cost_usd,
+    price_for,
+    require_api_key,
+)
 
 log = logging.getLogger(__name__)
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 DEFAULT_PROMPT_VERSION = "minimal-edit-v1"
-DEFAULT_MODEL = "claude-sonnet-4-6"
 STATUSES = EDIT_STATUSES
-
-# USD per million (input, output) tokens, for the estimate only: check current pricing.
-PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
-    "claude-opus-4": (15.0, 75.0),
-    "claude-opus-4-1": (15.0, 75.0),
-    "claude-opus-4-5": (5.0, 25.0),
-    "claude-sonnet-4": (3.0, 15.0),
-    "claude-opus-4-6": (5.0, 25.0),
-    "claude-opus-4-7": (5.0, 25.0),
-    "claude-sonnet-4-5": (3.0, 15.0),
-    "claude-sonnet-4-6": (3.0, 15.0),
-    "claude-haiku-4-5": (1.0, 5.0),
-    "claude-3-5-haiku": (0.8, 4.0),
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,17 +160,8 @@ def extract_edit(raw: str) -> str | None:
 
 
 class ClaudeEditor:
-    """Claude through ``anthropic.AsyncAnthropic``.
-
-    The key (``ANTHROPIC_API_KEY``) and an optional ``ANTHROPIC_BASE_URL`` are read by the SDK
-    from the environment; this class never sees or stores them. The SDK retries 408/409/429/
-    5xx/529 and timeouts ``max_retries`` times with exponential backoff (honouring
-    ``retry-after``/``retry-after-ms``); on top of that, ``extra_attempts`` further rounds,
-    ``backoff`` seconds apart (doubling), cover long overloads and malformed replies.
-
-    Temperature: SDK releases before 2.0 (API version 2023-06-01) take ``temperature`` and get
-    ``temperature`` (0 by default). From SDK 2.0 the default API version (2026-10-21) removed
-    the sampling parameters and answers 400 to any of them, so none is sent there.
+    """Claude as the editor: the editing prompt through the shared
+    :class:`~trainer.infra.claude.ClaudeClient` (its docstring: retries, temperature, the key).
 
     Args:
         model: model id.
@@ -204,77 +187,29 @@ class ClaudeEditor:
         extra_attempts: int = 2,
         backoff: float = 10.0,
     ):
-        import anthropic
-
-        self._anthropic = anthropic
-        self.model, self.max_tokens = model, max_tokens
         self.template = template or PromptTemplate.load()
         self.prompt_version = self.template.version
-        self.extra_attempts, self.backoff = extra_attempts, backoff
-        self._sem = asyncio.Semaphore(concurrency)
-        self.client = anthropic.AsyncAnthropic(timeout=timeout, max_retries=max_retries)
-        accepts = "temperature" in inspect.signature(self.client.messages.create).parameters
-        self._sampling = {"temperature": temperature} if (temperature is not None and accepts) else {}
-        if temperature is not None and not accepts:
-            log.info(
-                "anthropic %s: its API version has no sampling parameters, temperature not sent",
-                anthropic.__version__,
-            )
-
-    def _transient(self) -> tuple[type[BaseException], ...]:
-        a = self._anthropic
-        return (
-            a.RateLimitError,
-            a.InternalServerError,
-            a.APIConnectionError,
-            a.APIResponseValidationError,
-            json.JSONDecodeError,
+        self.client = ClaudeClient(
+            model, max_tokens, temperature, timeout, max_retries, concurrency, extra_attempts, backoff
         )
 
     async def edit(self, prompt: str, response: str) -> EditResult:
-        """Send one editing request; see the class docstring for retries."""
-        message = self.template.render(prompt, response)
-        delay = self.backoff
-        for attempt in range(self.extra_attempts + 1):
-            try:
-                async with self._sem:
-                    msg = await self.client.messages.create(
-                        model=self.model,
-                        max_tokens=self.max_tokens,
-                        messages=[{"role": "user", "content": message}],
-                        **self._sampling,
-                    )
-            except self._transient() as e:
-                if attempt == self.extra_attempts:
-                    return EditResult(None, error=_describe(e))
-                await asyncio.sleep(delay)
-                delay *= 2
-                continue
-            except self._anthropic.APIError as e:  # 400/401/403/404...: retrying will not help
-                return EditResult(None, error=_describe(e))
-            raw = "".join(getattr(b, "text", "") for b in msg.content if getattr(b, "type", "") == "text")
-            return EditResult(
-                text=extract_edit(raw),
-                raw=raw,
-                model=msg.model,
-                stop_reason=msg.stop_reason,
-                input_tokens=msg.usage.input_tokens,
-                output_tokens=msg.usage.output_tokens,
-            )
-        raise AssertionError("unreachable")
+        """Send one editing request."""
+        c = await self.client.complete(self.template.render(prompt, response))
+        if c.error is not None:
+            return EditResult(None, error=c.error)
+        return EditResult(
+            text=extract_edit(c.text),
+            raw=c.text,
+            model=c.model,
+            stop_reason=c.stop_reason,
+            input_tokens=c.input_tokens,
+            output_tokens=c.output_tokens,
+        )
 
     async def aclose(self) -> None:
         """Close the HTTP client."""
-        await self.client.close()
-
-
-def _describe(e: BaseException) -> str:
-    """``"ErrorClass: message"`` with any credential-looking token masked."""
-    text = f"{type(e).__name__}: {e}"
-    key = os.environ.get("ANTHROPIC_API_KEY")
-    if key:
-        text = text.replace(key, "***")
-    return re.sub(r"sk-ant-[A-Za-z0-9_\-]+", "***", text)[:500]
+        await self.client.aclose()
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,110 +282,13 @@ def judge_edit(
 # --------------------------------------------------------------------------------------------
 # crash-safe output
 # --------------------------------------------------------------------------------------------
-class EditLog:
-    """Append-only JSONL output that survives a kill at any moment.
+class EditLog(AppendLog):
+    """The edits file: an :class:`~trainer.infra.appendlog.AppendLog` of edit records (``id``
+    and ``status`` required; ``done`` maps id -> status)."""
 
-    Opening it takes an exclusive lock, drops a partial last line (a kill mid-write), and reads
-    the finished ids. :meth:`append` writes one whole line and flushes (and fsyncs) it.
-
-    Args:
-        path: the output file (created with its parent folders).
-        fsync: also ``os.fsync`` after every record (survives a power cut, not only a kill).
-    """
-
-    def __init__(self, path: str | Path, fsync: bool = True):
-        self.path = Path(path)
-        self.fsync = fsync
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fh = open(self.path.with_name(self.path.name + ".lock"), "w")  # noqa: SIM115
-        try:
-            import fcntl
-
-            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # pragma: no cover - non-POSIX: no lock
-            pass
-        except OSError as e:
-            self._lock_fh.close()
-            raise RuntimeError(f"{self.path}: another `fgrlhf edit` is writing this file") from e
-        try:
-            self.done: dict[str, str] = self._check_and_repair()
-        except BaseException:
-            self._lock_fh.close()
-            raise
-        self._fh: IO[str] = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-
-    def _check_and_repair(self) -> dict[str, str]:
-        """Read the finished ids, touching the file only when it is safe.
-
-        Every complete line must be an edit record (a JSON object with ``id`` and ``status``):
-        otherwise nothing is modified and the error names the line. The tail after the last
-        newline (a kill mid-write) is dropped only when it is the start of a record as this
-        class writes them (``{"id"``) and not valid JSON; a whole record that merely lacks its
-        newline is kept and the newline added; any other tail is refused.
-
-        Raises:
-            ValueError: a line that is not an edit record (the file is left untouched).
-        """
-        self.records: dict[str, dict] = {}
-        if not self.path.exists():
-            return {}
-        data = self.path.read_bytes()
-        *lines, tail = data.split(b"\n")
-        done: dict[str, str] = {}
-
-        def record_of(raw: bytes, n: int) -> tuple[str, str]:
-            try:
-                rec = json.loads(raw.decode("utf-8"))
-                rid, status = str(rec["id"]), str(rec["status"])
-                self.records[rid] = rec  # the last record of an id is the one that counts
-                return rid, status
-            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(
-                    f"{self.path}: line {n} is not an edit record ({type(e).__name__}), so this is not an "
-                    "`fgrlhf edit` output; nothing was changed: give -o a new file or an edits file"
-                ) from None
-
-        for n, raw in enumerate(lines, start=1):
-            if raw.strip():
-                rid, status = record_of(raw, n)
-                done[rid] = status
-        if tail.strip():
-            try:
-                json.loads(tail.decode("utf-8"))
-                whole = True
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                whole = False
-            if whole:  # a complete record without its newline: keep it, add the newline
-                rid, status = record_of(tail, len(lines) + 1)
-                done[rid] = status
-                with open(self.path, "ab") as fh:
-                    fh.write(b"\n")
-            elif tail.lstrip().startswith(b'{"id"') or b'{"id"'.startswith(tail.lstrip()):
-                # torn by a kill mid-write (the start of a record as this class writes them): drop it
-                with open(self.path, "rb+") as fh:
-                    fh.truncate(len(data) - len(tail))
-                log.warning(
-                    "%s: dropped a partial last record (%d bytes) left by an interrupted run",
-                    self.path,
-                    len(tail),
-                )
-            else:
-                record_of(tail, len(lines) + 1)  # not the start of a record we write: refuse
-        return done
-
-    def append(self, record: dict) -> None:
-        """Write ``record`` as one line, flushed to the OS (and disk with ``fsync``)."""
-        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._fh.flush()
-        if self.fsync:
-            os.fsync(self._fh.fileno())
-        self.done[str(record["id"])] = record["status"]
-        self.records[str(record["id"])] = record
-
-    def close(self) -> None:
-        """Close the file and release the lock."""
-        self._fh.close()
-        self._lock_fh.close()
+    REQUIRED = ("id", "status")
+    KIND = "edit record"
+    TOOL = "fgrlhf edit"
 
 
 # --------------------------------------------------------------------------------------------
@@ -565,20 +403,8 @@ class EditSummary:
         return "\n".join(lines)
 
 
-def price_for(
-    model: str, price_in: float | None = None, price_out: float | None = None
-) -> tuple[float, float] | None:
-    """(input, output) USD per million tokens: the overrides, else the longest matching
-    table prefix (``claude-sonnet-4-5-20250929`` -> ``claude-sonnet-4-5``), else None."""
-    if price_in is not None and price_out is not None:
-        return price_in, price_out
-    best = max((k for k in PRICES_PER_MTOK if model.startswith(k)), key=len, default=None)
-    return PRICES_PER_MTOK[best] if best else None
-
-
 def _cost(model: str, tokens_in: int, tokens_out: int, cfg: EditConfig) -> float | None:
-    price = price_for(model, cfg.price_in, cfg.price_out)
-    return None if price is None else (tokens_in * price[0] + tokens_out * price[1]) / 1e6
+    return cost_usd(model, tokens_in, tokens_out, cfg.price_in, cfg.price_out)
 
 
 def estimate_tokens(text: str) -> int:
@@ -669,8 +495,7 @@ def run_edit(cfg: EditConfig, editor: Editor | None = None, out: IO[str] | None 
     # 3. the real run: resume from the output, edit what is left
     own_editor = editor is None
     if editor is None:
-        if not os.environ.get("ANTHROPIC_API_KEY"):
-            raise RuntimeError("ANTHROPIC_API_KEY is not set (the key is read from the environment only)")
+        require_api_key()
         editor = ClaudeEditor(
             cfg.model,
             cfg.max_tokens,
