@@ -53,8 +53,10 @@ from trainer import rlhf
 from trainer.data.examples import TokenizedExample, build_prompt, checked_template, collate
 from trainer.data.formats import DataError, prompt_parts, read_records
 from trainer.data.synthetic import SyntheticConfig, bootstrap
+from trainer.eval.plot import read_metrics
+from trainer.eval.report import rollout_samples
 from trainer.infra.checkpoint import Checkpointer
-from trainer.infra.config import ConfigError, TrainConfig, cli_main
+from trainer.infra.config import ConfigError, TrainConfig, cli_main, describe
 from trainer.infra.dist import all_reduce_sum, barrier, get_world_size, on_rank0
 from trainer.infra.metrics import MetricsLog
 from trainer.infra.runtime import (
@@ -66,6 +68,7 @@ from trainer.infra.runtime import (
     peak_memory_mb,
     start_run,
 )
+from trainer.infra.summary import format_bytes, ppo_summary
 from trainer.models import (
     GoldReward,
     RewardModel,
@@ -111,7 +114,8 @@ class PPOConfig(TrainConfig):
         "ppo_epochs": 1, "max_new_tokens": 1, "max_prompt_length": 2, "iterations": 1,
         "stop_after_iterations": 0, "rm_epochs": 0, "actor_lr": 0, "critic_lr": 0, "clip_eps": 0,
         "value_clip_eps": 0, "vf_coef": 0, "entropy_coef": 0, "kl_coef": 0, "kl_target": 0,
-        "kl_horizon": 1, "memory_limit_gb": 0, "lam": 0, "gamma": 0,
+        "kl_horizon": 1, "memory_limit_gb": 0, "lam": 0, "gamma": 0, "save_rollouts_every": 0,
+        "rollout_samples": 1,
     }  # fmt: skip
     PATHS: ClassVar[dict] = {"prompts": None, "reward_model": None}
     RESUME_SAFE: ClassVar[dict] = dict.fromkeys(
@@ -122,6 +126,10 @@ class PPOConfig(TrainConfig):
             "tensorboard",
             "memory_limit_gb",
             "forward_batch_size",
+            "plots",
+            "report",
+            "save_rollouts_every",
+            "rollout_samples",
         )
     )
 
@@ -230,6 +238,16 @@ class PPOConfig(TrainConfig):
     """Write ``output_dir/final/actor`` (a ``transformers`` directory) at the end."""
     tensorboard: bool = False
     """Also write TensorBoard scalars to ``output_dir/tb`` (needs ``tensorboard``)."""
+    plots: bool = True
+    """At the end, draw the training curves to ``output_dir/plots/*.png`` (``fgrlhf plot``)."""
+    save_rollouts_every: int = 10
+    """Append ``rollout_samples`` rollouts of rank 0 (text, per-token RM reward, KL, total reward,
+    advantage, value) to ``output_dir/rollouts.jsonl`` at iteration 1, every this many iterations
+    and the last; 0: never."""
+    rollout_samples: int = 4
+    """Rollouts saved per chosen iteration."""
+    report: bool = True
+    """At the end, write ``output_dir/report.html`` from the saved rollouts (``fgrlhf report``)."""
 
     def check(self) -> None:
         super().check()
@@ -442,7 +460,7 @@ def check_memory(cfg: PPOConfig, est: dict[str, float], device: torch.device) ->
     limit = cfg.memory_limit_gb * gib if cfg.memory_limit_gb > 0 else None
     if limit is None and device.type == "cuda":
         limit = torch.cuda.get_device_properties(device).total_memory
-    line = ", ".join(f"{k} {v / gib:.2f}" for k, v in est.items()) + " GiB per device"
+    line = ", ".join(f"{k} {format_bytes(v)}" for k, v in est.items()) + " per device"
     if limit is not None and est["total"] > limit:
         top = sorted(((v, k) for k, v in est.items() if k != "total"), reverse=True)[:2]
         raise ConfigError(
@@ -673,6 +691,7 @@ class Setup:
     moments: rlhf.RunningMoments
     ckpt: Checkpointer
     log: MetricsLog
+    rollouts: MetricsLog  # output_dir/rollouts.jsonl: the saved rollout samples
     iteration: int
     end: int
 
@@ -703,8 +722,7 @@ def setup(cfg: PPOConfig) -> Setup:
     est = estimate_memory(cfg, base_config(cfg, tokenizer), di.world_size, max(len(p) for p in prompts))
     line, limit = check_memory(cfg, est, di.device)
     run.say(
-        f"memory estimate: {line}"
-        + (f" (limit {limit / 1024**3:.1f} GiB)" if limit else " (not checked on CPU)")
+        f"memory estimate: {line}" + (f" (limit {format_bytes(limit)})" if limit else " (not checked on CPU)")
     )
     if cfg.critic_from not in ("auto", "actor"):
         check_model_dir(cfg.critic_from, "critic_from")
@@ -743,6 +761,7 @@ def setup(cfg: PPOConfig) -> Setup:
     log = MetricsLog(
         out_dir / "metrics.jsonl", di.is_main, "iteration", out_dir / "tb" if cfg.tensorboard else None
     )
+    rollouts = MetricsLog(out_dir / "rollouts.jsonl", di.is_main, "iteration")
     iteration = 0
     resumed = ckpt.load_latest(checkpoint_parts(models, opts)) if cfg.resume else None
     if resumed is not None:
@@ -750,11 +769,14 @@ def setup(cfg: PPOConfig) -> Setup:
         kl_ctl.value = extra["kl_coef"]
         moments = rlhf.RunningMoments(**extra["moments"])
         log.resume_at(iteration)
+        rollouts.resume_at(iteration)
         run.say(f"resumed from iteration {iteration}")
     else:
         torch.manual_seed(cfg.seed + 1000 * di.rank)  # sampling RNG (restored on resume)
     end = min(cfg.iterations, cfg.stop_after_iterations) if cfg.stop_after_iterations else cfg.iterations
-    return Setup(run, tokenizer, prompts, gold, models, opts, kl_ctl, moments, ckpt, log, iteration, end)
+    return Setup(
+        run, tokenizer, prompts, gold, models, opts, kl_ctl, moments, ckpt, log, rollouts, iteration, end
+    )
 
 
 def checkpoint_parts(models: Models, opts: tuple) -> dict:
@@ -866,6 +888,10 @@ def train(cfg: PPOConfig) -> dict:
                 "see missing_eos_penalty, and token_reward_scale for a length incentive)"
             )
         S.log.write(metrics)
+        every = cfg.save_rollouts_every
+        if di.is_main and every and (iteration == 1 or iteration % every == 0 or iteration == S.end):
+            for rec in rollout_samples(ro, S.tokenizer, cfg.rollout_samples, iteration, kl):  # host copy
+                S.rollouts.write(rec)
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.3f}")
         terminated = t["stop"] > 0
@@ -893,7 +919,44 @@ def train(cfg: PPOConfig) -> dict:
             S.tokenizer,
         )
         run.say(f"saved {run.out_dir / 'final' / 'actor'}")
+
+    # 8. plots, the rollouts page and the summary (rank 0)
+    if di.is_main:
+        end_of_run(run, S)
     return metrics
+
+
+def end_of_run(run: Run, S: Setup) -> None:
+    """Rank 0, after the loop: ``output_dir/plots/*.png`` (``plots``), ``output_dir/report.html``
+    from the saved rollouts (``report``) and the summary table. A failure to draw or render is a
+    warning: the run's models and metrics are already written."""
+    from trainer.eval.plot import plot_runs
+    from trainer.eval.report import ppo_report
+
+    cfg, out = run.cfg, run.out_dir
+    outputs = {
+        "checkpoints": str(out / "checkpoints"),
+        "final actor": str(out / "final" / "actor") if (out / "final" / "actor").exists() else "",
+        "metrics": str(out / "metrics.jsonl"),
+        "rollouts": str(out / "rollouts.jsonl") if (out / "rollouts.jsonl").exists() else "",
+        "plots": "",
+        "HTML page": "",
+    }
+    if (out / "rm" / "final").exists():
+        outputs["reward model"] = str(out / "rm" / "final")
+    if cfg.plots:
+        try:
+            plot_runs([out / "metrics.jsonl"], out / "plots", labels=[out.name])
+            outputs["plots"] = str(out / "plots")
+        except Exception as e:  # noqa: BLE001 - reported, the run itself is complete
+            run.say(f"warning: plots not written: {describe(e)}")
+    if cfg.report and outputs["rollouts"]:
+        try:
+            outputs["HTML page"] = str(ppo_report(out, out / "report.html"))
+        except Exception as e:  # noqa: BLE001
+            run.say(f"warning: report.html not written: {describe(e)}")
+    records = read_metrics(out / "metrics.jsonl")
+    run.say(ppo_summary(records, outputs))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,7 +53,7 @@ from trainer.data.formats import DataError
 from trainer.data.pairs import Pair, PairData, collate_pairs, load_pair_data, step_batches
 from trainer.data.synthetic import bootstrap
 from trainer.infra.checkpoint import Checkpointer
-from trainer.infra.config import ConfigError, SupervisedConfig, cli_main
+from trainer.infra.config import ConfigError, SupervisedConfig, cli_main, describe
 from trainer.infra.dist import all_reduce_sum, gather_objects, on_rank0
 from trainer.infra.metrics import MetricsLog
 from trainer.infra.runtime import (
@@ -63,6 +63,7 @@ from trainer.infra.runtime import (
     build_optimizer,
     lr_lambda,
     optimizer_step,
+    peak_memory_mb,
     resume_or_seed,
     start_run,
 )
@@ -98,7 +99,8 @@ class RewardConfig(SupervisedConfig):
         "variant": ("exact", "changed"),
         "seq_pairs": ("original", "edited"),
     }
-    RESUME_SAFE: ClassVar[dict] = dict.fromkeys(("save_best",))
+    RESUME_SAFE: ClassVar[dict] = dict.fromkeys(("save_best", "plots", "report", "report_pairs"))
+    AT_LEAST: ClassVar[dict] = {"report_pairs": 1}
 
     rm_level: str = "token"
     """``token`` (the fine-grained RM: token_bt_loss on edited pairs) or ``sequence`` (the
@@ -113,6 +115,13 @@ class RewardConfig(SupervisedConfig):
     """Where config, metrics, checkpoints and models go."""
     save_best: bool = True
     """Keep ``best/``: the model with the best held-out accuracy on its own kind of pairs."""
+    plots: bool = True
+    """At the end, draw the training curves to ``output_dir/plots/*.png`` (``fgrlhf plot``)."""
+    report: bool = True
+    """At the end, write ``output_dir/report.html``: ``final/`` on the first ``report_pairs``
+    held-out edited pairs, token by token (``fgrlhf report``; rank 0, one process)."""
+    report_pairs: int = 100
+    """Edited pairs on the end-of-run page."""
 
     @property
     def own_pairs(self) -> str:
@@ -358,12 +367,16 @@ def train(cfg: RewardConfig) -> dict:
     sums = torch.zeros(4, dtype=torch.float64, device=di.device)
     t_last, tokens = time.perf_counter(), 0
     metrics: dict = {}
+    times = {"train": 0.0, "eval": 0.0, "checkpoint": 0.0, "save": 0.0}  # seconds per phase
+    train_tokens, t_loop = 0, time.perf_counter()
     if not has_eval:
         run.say("no held-out pairs: evaluation is skipped")
     elif step == 0 and cfg.eval_every:
+        t0 = time.perf_counter()
         metrics, best = evaluate_and_keep_best(
             run, model, eval_data, pad_id, step, best, log, hf_config, tokenizer
         )
+        times["eval"] += time.perf_counter() - t0
     while step < end_step:
         micro = [
             collate_pairs([train_pairs[i] for i in idx], pad_id)
@@ -391,6 +404,7 @@ def train(cfg: RewardConfig) -> dict:
                 ]
             )
             tokens += int(batch["attention_mask"].numel())
+            train_tokens += int(batch["attention_mask"].numel()) * di.world_size
         # 4d. clip, step, schedule
         grad_norm, lr = optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
         step += 1
@@ -419,10 +433,13 @@ def train(cfg: RewardConfig) -> dict:
         # 4f. evaluate / checkpoint
         preempted = step_sums[1].item() > 0  # host sync (one per step): every rank agrees to stop
         if has_eval and cfg.eval_every and step % cfg.eval_every == 0 and step < end_step and not preempted:
+            t0 = time.perf_counter()
             metrics, best = evaluate_and_keep_best(
                 run, model, eval_data, pad_id, step, best, log, hf_config, tokenizer
             )
+            times["eval"] += time.perf_counter() - t0
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == end_step or preempted:
+            t0 = time.perf_counter()
             extra = {
                 "scheduler": scheduler.state_dict(),
                 "step": step,
@@ -432,21 +449,73 @@ def train(cfg: RewardConfig) -> dict:
                 "world_size": di.world_size,
             }
             ckpt.save(step, {"model": (model, optimizer)}, extra)
+            times["checkpoint"] += time.perf_counter() - t0
         if preempted:  # SIGTERM on some rank: the checkpoint above is written; exit 75
             bar.close()
             raise Preempted(run.out_dir, step)
     bar.close()
+    times["train"] = time.perf_counter() - t_loop - times["eval"] - times["checkpoint"]
 
     # 5. final evaluation and model
+    t0 = time.perf_counter()
     if has_eval:
         metrics, best = evaluate_and_keep_best(
             run, model, eval_data, pad_id, step, best, log, hf_config, tokenizer
         )
+    times["eval"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
     if step >= total_steps:
         save_reward_model(run, model, hf_config, tokenizer, "final", step, metrics)
         run.say(f"saved {run.out_dir / 'final'} (load: AutoModelForTokenClassification.from_pretrained)")
+    times["save"] = time.perf_counter() - t0
     log.close()
+
+    # 6. plots, the held-out pairs page and the summary (rank 0)
+    if di.is_main:
+        tps = train_tokens / times["train"] if times["train"] > 0 else None
+        end_of_run(run, data_path, times, tps, peak_memory_mb(di.device))
     return metrics
+
+
+def end_of_run(run: Run, data_path: str, times: dict, tokens_per_s: float | None, peak_mb: float) -> None:
+    """Rank 0, after the final save: ``output_dir/plots/*.png`` (``plots``), ``output_dir/report.html``
+    (``report``: ``final/`` on the held-out edited pairs, through :func:`trainer.eval.report.rm_report`)
+    and the summary table. A failure to draw or render is a warning: the model is already saved."""
+    from trainer.eval.plot import plot_runs, read_metrics
+    from trainer.eval.report import rm_report
+    from trainer.infra.summary import reward_summary
+
+    cfg, out = run.cfg, run.out_dir
+    final = out / "final"
+    outputs = {
+        "checkpoints": str(out / "checkpoints"),
+        "final model": str(final) if final.exists() else "",
+        "best model": str(out / "best") if (out / "best").exists() else "",
+        "metrics": str(out / "metrics.jsonl"),
+        "plots": "",
+        "HTML page": "",
+    }
+    if cfg.plots:
+        try:
+            plot_runs([out / "metrics.jsonl"], out / "plots", labels=[out.name])
+            outputs["plots"] = str(out / "plots")
+        except Exception as e:  # noqa: BLE001 - reported, the run itself is complete
+            run.say(f"warning: plots not written: {describe(e)}")
+    if cfg.report and final.exists():
+        held_out = {"pairs_file": cfg.eval_data, "split": None} if cfg.eval_data else {
+            "pairs_file": data_path, "split": "eval"}  # fmt: skip
+        try:
+            path, _ = rm_report(
+                final, held_out["pairs_file"], out / "report.html", cfg.report_pairs,
+                batch_size=cfg.eval_batch_size, split=held_out["split"], max_length=cfg.max_length,
+                min_response_tokens=cfg.min_response_tokens, on_too_long=cfg.on_too_long,
+                skip_invalid=cfg.skip_invalid, eval_fraction=cfg.eval_fraction,
+            )  # fmt: skip
+            outputs["HTML page"] = str(path)
+        except Exception as e:  # noqa: BLE001
+            run.say(f"warning: report.html not written: {describe(e)}")
+    records = read_metrics(out / "metrics.jsonl")
+    run.say(reward_summary(records, outputs, times, tokens_per_s, peak_mb))
 
 
 def evaluate_and_keep_best(

@@ -1,0 +1,613 @@
+"""Token-reward HTML page: ``fgrlhf report``. One self-contained file (inline CSS and JS, no
+network), every response token shaded by its per-token value on a diverging scale (red < 0 <
+blue, white at 0; the scale's end is the page's largest |value|), a legend, and a hover title
+naming the token, its id and the values::
+
+    fgrlhf report --rm runs/reward/final --pairs heldout_edits.jsonl -o rm_report.html
+    fgrlhf report --rollouts runs/ppo -o ppo_report.html      # or runs/ppo/rollouts.jsonl
+
+* **Reward model on a pairs file** (:func:`rm_report`): the pairs are read and tokenised by the
+  trainer's own loader (:func:`trainer.data.pairs.load_pair_data`) and scored by the model the
+  trainer's way (:func:`trainer.models.per_token_scores`, :func:`trainer.models.sequence_reward`);
+  each edited pair shows original and edited side by side, the tokens the edit removed
+  (original side) and added (edited side) marked from the examples' changed masks (the token
+  diff the token RM is trained on), the margin R(edited) − R(original) and whether the RM ranks
+  the pair right; sortable by margin; the accuracy over the shown pairs at the top.
+* **PPO rollouts** (:func:`ppo_report`): the samples ``trainer/ppo.py`` appends to
+  ``output_dir/rollouts.jsonl`` (:func:`rollout_samples`: a few rows of chosen iterations with
+  their per-token RM reward, KL, total reward and advantage); a selector switches the shading.
+
+Every text is HTML-escaped (model outputs are untrusted: a response holding ``<script>`` shows as
+text), and a Content-Security-Policy admits only the page's own script (by hash) as a second
+line of defence. Size is capped: at most ``max_items`` pairs / samples and ``max_tokens`` tokens
+per response, and rendering stops at ``max_bytes`` of HTML, each with a note saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import html
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from trainer.data.formats import DataError
+
+__all__ = [
+    "NEGATIVE",
+    "POSITIVE",
+    "add_arguments",
+    "colour",
+    "ppo_report",
+    "ppo_report_html",
+    "read_rollouts",
+    "rm_report",
+    "rm_report_html",
+    "rollout_samples",
+    "run_cli",
+    "score_rm_pairs",
+    "token_pieces",
+    "write_atomic",
+]
+
+NEGATIVE = (215, 48, 39)  # the colour of value −scale (ColorBrewer RdBu's red end)
+POSITIVE = (33, 102, 172)  # the colour of value +scale (RdBu's blue end)
+MAX_BYTES = 20_000_000
+
+
+# --------------------------------------------------------------------------------------------
+# Colours and token text
+# --------------------------------------------------------------------------------------------
+def colour(value: float, scale: float) -> str:
+    """``"rgb(r, g, b)"`` of ``value`` on the diverging scale: white at 0, linear to
+    :data:`POSITIVE` at +``scale`` and :data:`NEGATIVE` at −``scale`` (clamped beyond; NaN and a
+    zero scale are white). By hand: colour(0.5, 1) = white halfway to (33, 102, 172) =
+    ``rgb(144, 178, 214)`` (each channel rounded half to even)."""
+    if not math.isfinite(value) or scale <= 0:
+        return "rgb(255, 255, 255)"
+    t = min(abs(value) / scale, 1.0)
+    end = POSITIVE if value > 0 else NEGATIVE
+    r, g, b = (round(255 + (c - 255) * t) for c in end)
+    return f"rgb({r}, {g}, {b})"
+
+
+def ink(value: float, scale: float) -> str:
+    """The text colour on :func:`colour`'s background: white past 60% of the scale, else near-black."""
+    return "#fff" if math.isfinite(value) and scale > 0 and abs(value) / scale > 0.6 else "#111"
+
+
+def _scale(values: list[float]) -> float:
+    """The scale's end: the largest finite |value| (1 when there is none)."""
+    m = max((abs(v) for v in values if math.isfinite(v)), default=0.0)
+    return m if m > 0 else 1.0
+
+
+def token_pieces(tokenizer: Any, ids: list[int], context: int = 4) -> list[str]:
+    """The text each token adds to the decoded string (leading spaces included, which a lone
+    ``decode([id])`` drops for SentencePiece and word-level tokenizers): the difference between
+    decoding the token with up to ``context`` preceding tokens and without it; a lone decode
+    when the two do not share a prefix (a byte-fallback piece inside a character)."""
+    out = []
+    for i, t in enumerate(ids):
+        before = ids[max(0, i - context) : i]
+        prev = tokenizer.decode(before) if before else ""
+        cur = tokenizer.decode(before + [t])
+        out.append(cur[len(prev) :] if cur.startswith(prev) else tokenizer.decode([t]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# HTML
+# --------------------------------------------------------------------------------------------
+_CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:0 1.5em 3em;color:#222;background:#fafafa}
+h1{font-size:1.3em;margin:.8em 0 .3em} .meta{color:#555;font-size:.9em}
+.summary{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.6em 1em;margin:.6em 0}
+.summary b{font-size:1.1em}
+.note{background:#fff6d6;border:1px solid #e6d28a;padding:.4em .8em;border-radius:4px}
+.bar{position:sticky;top:0;background:#fafafa;padding:.5em 0;border-bottom:1px solid #ddd;z-index:2;
+ display:flex;gap:1.5em;align-items:center;flex-wrap:wrap}
+.legend{display:flex;align-items:center;gap:.4em;font-size:.85em}
+.grad{width:180px;height:12px;border:1px solid #999;
+ background:linear-gradient(to right,rgb(215,48,39),rgb(255,255,255),rgb(33,102,172))}
+.item{background:#fff;border:1px solid #ddd;border-radius:6px;margin:.8em 0;padding:.5em .8em}
+.item.wrong{border-left:5px solid #d73027} .item.right{border-left:5px solid #1a9850}
+.head{font-size:.9em;color:#444;margin-bottom:.3em} .head b{color:#000}
+.cols{display:grid;grid-template-columns:1fr 1fr;gap:1em}
+.side h3{font-size:.85em;margin:.2em 0;color:#555;font-weight:600}
+.prompt{white-space:pre-wrap;color:#555;font-size:.85em;background:#f3f3f3;padding:.3em .5em;
+ border-radius:4px}
+.resp{white-space:pre-wrap;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px;line-height:1.9}
+.t{border-radius:2px;padding:1px 0}
+.t.added{border-bottom:3px solid #1a9850}
+.t.removed{border-bottom:3px dashed #762a83;text-decoration:line-through}
+.mk{font-size:.8em;padding:0 .3em;border-radius:3px}
+.mk.added{border-bottom:3px solid #1a9850}
+.mk.removed{border-bottom:3px dashed #762a83;text-decoration:line-through}
+"""
+
+# Sorting (RM) and switching the shaded value (PPO). Colours are recomputed with the same rule as
+# :func:`colour`; the scale of each value is on <body data-scales>.
+_JS = """
+(function(){
+"use strict";
+var NEG=[215,48,39],POS=[33,102,172];
+var scales=JSON.parse(document.body.getAttribute("data-scales")||"{}");
+function colour(v,s){if(!isFinite(v)||s<=0)return"rgb(255, 255, 255)";var t=Math.min(Math.abs(v)/s,1);
+ var e=v>0?POS:NEG;function ch(c){var x=255+(c-255)*t;var f=Math.floor(x),d=x-f;
+ var r=d>0.5?f+1:(d<0.5?f:(f%2===0?f:f+1));return r;}
+ return"rgb("+ch(e[0])+", "+ch(e[1])+", "+ch(e[2])+")";}
+var sel=document.getElementById("value");
+if(sel){sel.addEventListener("change",function(){var k=sel.value,s=scales[k];
+ var spans=document.querySelectorAll("span.t");for(var i=0;i<spans.length;i++){
+  var v=parseFloat(spans[i].getAttribute("data-"+k));spans[i].style.backgroundColor=colour(v,s);
+  spans[i].style.color=(isFinite(v)&&s>0&&Math.abs(v)/s>0.6)?"#fff":"#111";}
+ document.getElementById("lo").textContent=(-s).toPrecision(3);
+ document.getElementById("hi").textContent="+"+s.toPrecision(3);});}
+var sort=document.getElementById("sort");
+if(sort){sort.addEventListener("change",function(){var box=document.getElementById("items");
+ var items=Array.prototype.slice.call(box.children);var how=sort.value;
+ items.sort(function(a,b){var ma=parseFloat(a.getAttribute("data-margin")),
+  mb=parseFloat(b.getAttribute("data-margin"));
+  var ia=parseInt(a.getAttribute("data-index"),10),ib=parseInt(b.getAttribute("data-index"),10);
+  if(how==="asc")return ma-mb||ia-ib; if(how==="desc")return mb-ma||ia-ib; return ia-ib;});
+ for(var i=0;i<items.length;i++)box.appendChild(items[i]);});}
+})();
+"""
+
+
+def _e(s: Any) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def _num(v: float) -> str:
+    return f"{v:+.4f}" if math.isfinite(v) else "nan"
+
+
+def _tokens_html(
+    pieces: list[str],
+    ids: list[int],
+    values: dict[str, list[float]],
+    shade: str,
+    scale: float,
+    marks: list[bool] | None,
+    mark_class: str,
+    max_tokens: int,
+) -> str:
+    """The ``<span class="t">`` of each token: background = :func:`colour` of ``values[shade]``,
+    ``data-<key>`` for every value, a ``title`` with the token (as a JSON string, so whitespace
+    shows), its id and the values; ``mark_class`` on tokens where ``marks`` is True."""
+    out = []
+    for i, (piece, tid) in enumerate(zip(pieces, ids)):
+        if i >= max_tokens:
+            out.append(f'<span class="more"> … {len(ids) - max_tokens} more tokens not shown</span>')
+            break
+        vals = {k: float(v[i]) for k, v in values.items()}
+        title = f"{json.dumps(piece, ensure_ascii=False)} · id {tid} · " + " · ".join(
+            f"{k} {_num(v)}" for k, v in vals.items()
+        )
+        cls = "t " + mark_class if marks is not None and marks[i] else "t"
+        data = " ".join(f'data-{k}="{v:.6g}"' for k, v in vals.items())
+        out.append(
+            f'<span class="{cls}" style="background-color:{colour(vals[shade], scale)};'
+            f'color:{ink(vals[shade], scale)}" '
+            f'data-id="{tid}" {data} title="{_e(title)}">{_e(piece)}</span>'
+        )
+    return "".join(out)
+
+
+def _page(title: str, header: str, controls: str, items: list[str], note: str, scales: dict) -> str:
+    """The whole document: CSP admitting only :data:`_JS` (by its hash), CSS, header, sticky bar
+    with controls and legend, the items, the script."""
+    digest = base64.b64encode(hashlib.sha256(_JS.encode()).digest()).decode()
+    csp = f"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{digest}'; img-src data:"
+    first = next(iter(scales.values()), 1.0)
+    legend = (
+        f'<div class="legend">value <span id="lo">{-first:.3g}</span><span class="grad"></span>'
+        f'<span id="hi">+{first:.3g}</span></div>'
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n"
+        f'<body data-scales="{_e(json.dumps(scales))}">\n<h1>{_e(title)}</h1>\n{header}\n'
+        + (f'<p class="note">{_e(note)}</p>\n' if note else "")
+        + f'<div class="bar">{controls}{legend}</div>\n<div id="items">\n'
+        + "\n".join(items)
+        + f"\n</div>\n<script>{_JS}</script>\n</body></html>\n"
+    )
+
+
+def _capped(rendered: list[str], total: int, max_bytes: int, what: str) -> tuple[list[str], str]:
+    """Keep the items of ``rendered`` up to ``max_bytes`` of HTML; the note says what was left out
+    (``total``: how many the input had)."""
+    kept, size = [], 0
+    for item in rendered:
+        if size + len(item) > max_bytes and kept:
+            break
+        kept.append(item)
+        size += len(item)
+    note = ""
+    if len(kept) < total:
+        note = f"Showing {len(kept)} of {total} {what}"
+        note += " (page size cap)." if len(kept) < len(rendered) else " (max_items cap)."
+    return kept, note
+
+
+def rm_report_html(
+    pairs: list[dict],
+    summary: dict,
+    max_tokens: int = 2048,
+    max_bytes: int = MAX_BYTES,
+) -> str:
+    """The reward-model page.
+
+    Args:
+        pairs: per edited pair ``{"index", "prompt", "margin", "original": side, "edited": side}``,
+            a side being ``{"pieces": [str], "ids": [int], "reward": [float] (r_t per response
+            token), "changed": [bool] (removed / added tokens), "R": float}``.
+        summary: ``rm_dir``, ``pairs_file``, ``level``, ``n_pairs`` (pairs in the file),
+            ``accuracy`` (over ``pairs``).
+    """
+    scale = _scale([v for p in pairs for s in ("original", "edited") for v in p[s]["reward"]])
+    items = []
+    for p in pairs:
+        right = p["margin"] > 0
+        sides = []
+        for key, label, cls in (
+            ("original", "original (rejected)", "removed"),
+            ("edited", "edited (chosen)", "added"),
+        ):
+            s = p[key]
+            toks = _tokens_html(
+                s["pieces"], s["ids"], {"reward": s["reward"]}, "reward", scale, s["changed"], cls, max_tokens
+            )
+            sides.append(
+                f'<div class="side"><h3>{label} · R {_num(s["R"])} · {sum(s["changed"])} {cls}</h3>'
+                f'<div class="resp">{toks}</div></div>'
+            )
+        items.append(
+            f'<div class="item pair {"right" if right else "wrong"}" data-index="{p["index"]}" '
+            f'data-margin="{p["margin"]:.6g}" data-correct="{int(right)}">'
+            f'<div class="head"><b>pair {p["index"]}</b> · margin R(edited) − R(original) '
+            f"<b>{_num(p['margin'])}</b> · {'ranked right ✓' if right else 'ranked wrong ✗'}</div>"
+            f'<div class="prompt">{_e(p["prompt"])}</div><div class="cols">{"".join(sides)}</div></div>'
+        )
+    kept, note = _capped(items, summary.get("n_pairs", len(pairs)), max_bytes, "edited pairs")
+    acc = summary.get("accuracy", float("nan"))
+    level_note = (
+        " A sequence-level RM's reward is its last token's score; the other tokens' scores are shown "
+        "but carry no training signal."
+        if summary.get("level") == "sequence"
+        else ""
+    )
+    header = (
+        f'<div class="summary">accuracy on edited pairs (R(edited) &gt; R(original)): <b>{acc:.1%}</b> of '
+        f"{len(pairs)} scored · mean margin {_num(summary.get('mean_margin', float('nan')))}"
+        f'<div class="meta">reward model {_e(summary.get("rm_dir", ""))} '
+        f"(level {_e(summary.get('level', ''))})"
+        f" · pairs {_e(summary.get('pairs_file', ''))} ({summary.get('n_pairs', len(pairs))} edited pairs)."
+        f" Shading: per-token reward r_t.{level_note}</div>"
+        '<div class="meta">marks: <span class="mk removed">removed by the edit</span> (original side) · '
+        '<span class="mk added">added by the edit</span> (edited side); '
+        "hover a token for its id and value.</div></div>"
+    )
+    controls = (
+        '<label>sort <select id="sort"><option value="file">file order</option>'
+        '<option value="asc">margin ascending (worst first)</option>'
+        '<option value="desc">margin descending</option></select></label>'
+    )
+    return _page(
+        "token rewards: reward model on edited pairs", header, controls, kept, note, {"reward": scale}
+    )
+
+
+# The per-token values of a PPO rollout sample, as (record key, label).
+ROLLOUT_VALUES = (
+    ("reward", "RM reward r_t"),
+    ("advantage", "advantage"),
+    ("kl", "KL_t"),
+    ("total", "total reward"),
+)
+
+
+def ppo_report_html(
+    samples: list[dict],
+    source: str,
+    max_items: int = 200,
+    max_tokens: int = 2048,
+    max_bytes: int = MAX_BYTES,
+) -> str:
+    """The PPO page from rollout samples (:func:`rollout_samples` records): per sample the
+    prompt, the response shaded by the value the selector picks (RM reward r_t by default;
+    advantage, KL_t, total reward r_t − β·KL_t), its R(τ). Over ``max_items`` samples: evenly
+    spaced ones (first and last kept), with a note."""
+    n = len(samples)
+    if n > max_items:
+        idx = sorted({round(i * (n - 1) / max(max_items - 1, 1)) for i in range(max_items)})
+        shown = [samples[i] for i in idx]
+    else:
+        shown = samples
+    keys = [k for k, _ in ROLLOUT_VALUES if all(k in s for s in shown)] or ["reward"]
+    scales = {k: _scale([v for s in shown for v in s.get(k, [])]) for k in keys}
+    items = []
+    for j, s in enumerate(shown):
+        vals = {k: s[k] for k in keys if k in s}
+        toks = _tokens_html(s["pieces"], s["ids"], vals, keys[0], scales[keys[0]], None, "", max_tokens)
+        items.append(
+            f'<div class="item rollout" data-index="{j}" data-margin="{s.get("sequence_reward", 0.0):.6g}">'
+            f'<div class="head"><b>iteration {s["iteration"]}</b> · sample {s.get("sample", j)} · '
+            f"R(τ) <b>{_num(s.get('sequence_reward', float('nan')))}</b> · {len(s['ids'])} tokens"
+            f"{' · cut at max_new_tokens' if s.get('truncated') else ''}</div>"
+            f'<div class="prompt">{_e(s.get("prompt", ""))}</div><div class="resp">{toks}</div></div>'
+        )
+    kept, note = _capped(items, n, max_bytes, "rollout samples")
+    iters = sorted({s["iteration"] for s in samples})
+    header = (
+        f'<div class="summary"><b>{n}</b> rollout samples from {len(iters)} iterations '
+        f"({', '.join(map(str, iters[:20]))}{' …' if len(iters) > 20 else ''})"
+        f'<div class="meta">source {_e(source)}. Shading: the selected per-token value; hover a token '
+        "for its id and every value.</div></div>"
+    )
+    labels = dict(ROLLOUT_VALUES)
+    controls = (
+        '<label>shade by <select id="value">'
+        + "".join(f'<option value="{k}">{_e(labels[k])}</option>' for k in keys)
+        + "</select></label>"
+    )
+    return _page("token rewards: PPO rollouts", header, controls, kept, note, scales)
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, p)
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# Reward model: load, score, render
+# --------------------------------------------------------------------------------------------
+def score_rm_pairs(
+    rm_dir: str | Path,
+    pairs_file: str,
+    max_items: int = 200,
+    batch_size: int = 16,
+    split: str | None = None,
+    **data_cfg: Any,
+) -> tuple[list[dict], dict]:
+    """Score the first ``max_items`` edited pairs of ``pairs_file`` with the RM in ``rm_dir``
+    (one process; CUDA when available) into :func:`rm_report_html`'s ``pairs`` and ``summary``.
+
+    The file is read and tokenised by :func:`trainer.data.pairs.load_pair_data` with the RM's
+    level and prompt template from its metadata and ``data_cfg`` (``RewardConfig`` keys:
+    ``max_length``, ``skip_invalid``, ``eval_fraction``, ...); ``split`` as there (None: every
+    record).
+
+    Raises:
+        trainer.infra.config.ConfigError: ``rm_dir`` is not a reward-model directory.
+        DataError: a bad pairs file or record, or no edited pairs in it.
+    """
+    import torch
+    from transformers import AutoModelForTokenClassification
+
+    from trainer.data.pairs import collate_pairs, load_pair_data
+    from trainer.infra.config import ConfigError
+    from trainer.models import (
+        check_model_dir,
+        load_tokenizer,
+        pad_token_id,
+        per_token_scores,
+        read_reward_meta,
+        sequence_reward,
+    )
+    from trainer.reward import RewardConfig
+
+    check_model_dir(str(rm_dir), "rm_dir")
+    try:
+        meta = read_reward_meta(rm_dir)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    tokenizer = load_tokenizer(str(rm_dir), "rm_dir")
+    cfg = RewardConfig(
+        rm_level=meta["level"], prompt_template=meta.get("prompt_template", "auto"), **data_cfg
+    )
+    data = load_pair_data(pairs_file, tokenizer, cfg, split=split)
+    if not data.edited:
+        raise DataError(pairs_file, f"no edited pairs to show (skipped: {dict(data.skipped)})")
+    pairs = data.edited[:max_items]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForTokenClassification.from_pretrained(str(rm_dir)).to(device).eval()
+    pad_id = pad_token_id(tokenizer)
+    out = []
+    with torch.no_grad():
+        for b in range(0, len(pairs), batch_size):
+            chunk = pairs[b : b + batch_size]
+            batch = {k: v.to(device) for k, v in collate_pairs(chunk, pad_id).items()}
+            scores = per_token_scores(model, batch["input_ids"], batch["attention_mask"])
+            R = sequence_reward(scores, batch["response_mask"], cfg.rm_level).tolist()
+            scores = scores.cpu()
+            B = len(chunk)
+            for j, (edited, original) in enumerate(chunk):
+                sides = {}
+                for key, ex, row in (("edited", edited, j), ("original", original, B + j)):
+                    pos = [t for t, m in enumerate(ex.response_mask) if m]
+                    ids = [ex.input_ids[t] for t in pos]
+                    sides[key] = {
+                        "pieces": token_pieces(tokenizer, ids),
+                        "ids": ids,
+                        "reward": [float(scores[row, t]) for t in pos],
+                        "changed": [bool(ex.changed_mask[t]) for t in pos],
+                        "R": R[row],
+                    }
+                prompt = tokenizer.decode(edited.input_ids[: edited.prompt_len], skip_special_tokens=True)
+                out.append({"index": b + j, "prompt": prompt, "margin": R[j] - R[B + j], **sides})
+    margins = [p["margin"] for p in out]
+    summary = {
+        "rm_dir": str(rm_dir),
+        "pairs_file": str(pairs_file),
+        "level": cfg.rm_level,
+        "n_pairs": len(data.edited),
+        "accuracy": sum(m > 0 for m in margins) / len(margins),
+        "mean_margin": sum(margins) / len(margins),
+    }
+    return out, summary
+
+
+def rm_report(
+    rm_dir: str | Path, pairs_file: str, out: str | Path, max_items: int = 200, **kw: Any
+) -> tuple[Path, dict]:
+    """Score (:func:`score_rm_pairs`, ``kw`` passed on) and write the RM page to ``out``
+    (atomically). Returns the path and the summary."""
+    pairs, summary = score_rm_pairs(rm_dir, pairs_file, max_items, **kw)
+    return write_atomic(out, rm_report_html(pairs, summary)), summary
+
+
+# --------------------------------------------------------------------------------------------
+# PPO: the samples the trainer saves, read, render
+# --------------------------------------------------------------------------------------------
+def rollout_samples(ro: Any, tokenizer: Any, n: int, iteration: int, kl: Any) -> list[dict]:
+    """The first ``n`` rows of a scored rollout as JSON-ready records (one host copy; called on
+    rank 0 at the iterations ``trainer/ppo.py`` saves).
+
+    Args:
+        ro: a :class:`trainer.rollout.Rollout` after GAE (``token_scores``, ``rewards``,
+            ``advantages``, ``values``, ``sequence_scores`` ``[B, R]`` / ``[B]``).
+        kl: ``[B, R]`` the per-token KL estimate the reward used.
+
+    Returns:
+        Per row ``{"iteration", "sample", "prompt", "pieces", "ids", "reward" (RM r_t), "kl",
+        "total" (the per-token reward PPO optimised), "advantage", "value" (lists over the
+        response tokens), "sequence_reward", "truncated"}``.
+    """
+    out = []
+    eos = tokenizer.eos_token_id
+    for i in range(min(n, len(ro))):
+        m = ro.response_mask[i].cpu()
+        ids = ro.response_ids[i].cpu()[m].tolist()
+        prompt_ids = ro.prompt_ids[i].cpu()[ro.prompt_mask[i].cpu()].tolist()
+
+        def row(t: Any, m: Any = m, i: int = i) -> list[float]:
+            return [round(float(v), 6) for v in t[i].detach().cpu()[m].tolist()]
+
+        out.append(
+            {
+                "iteration": iteration,
+                "sample": i,
+                "prompt": tokenizer.decode(prompt_ids, skip_special_tokens=True),
+                "pieces": token_pieces(tokenizer, ids),
+                "ids": ids,
+                "reward": row(ro.token_scores),
+                "kl": row(kl),
+                "total": row(ro.rewards),
+                "advantage": row(ro.advantages),
+                "value": row(ro.values),
+                "sequence_reward": float(ro.sequence_scores[i]),
+                "truncated": not ids or ids[-1] != eos,
+            }
+        )
+    return out
+
+
+def read_rollouts(path: str | Path) -> list[dict]:
+    """The records of a ``rollouts.jsonl`` (or of ``path/rollouts.jsonl`` for a run directory).
+
+    Raises:
+        DataError: no such file, no records, or a record without the fields a page needs (names
+            the line and field).
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / "rollouts.jsonl"
+    if not p.is_file():
+        raise DataError(str(p), "no such file (a PPO run writes output_dir/rollouts.jsonl)")
+    lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
+    out = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines):  # a torn last line
+                continue
+            raise DataError(str(p), f"not JSON ({e.msg})", f"line {i}") from None
+        if not isinstance(rec, dict):
+            raise DataError(str(p), "not a JSON object", f"line {i}")
+        for key in ("iteration", "pieces", "ids", "reward"):
+            if key not in rec:
+                raise DataError(str(p), "missing", f"line {i}", key)
+        if not (len(rec["pieces"]) == len(rec["ids"]) == len(rec["reward"])):
+            raise DataError(str(p), "pieces, ids and reward differ in length", f"line {i}", "reward")
+        out.append(rec)
+    if not out:
+        raise DataError(str(p), "no rollout samples")
+    return out
+
+
+def ppo_report(path: str | Path, out: str | Path, max_items: int = 200) -> Path:
+    """Write the PPO page of the samples in ``path`` (a run directory or its ``rollouts.jsonl``)."""
+    samples = read_rollouts(path)
+    return write_atomic(out, ppo_report_html(samples, str(path), max_items))
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``fgrlhf report`` (either ``--rm`` with ``--pairs``, or ``--rollouts``)."""
+    parser.add_argument(
+        "--rm", default=None, help="a reward-model directory (trainer/reward.py's final/ or best/)"
+    )
+    parser.add_argument("--pairs", default=None, help="with --rm: an `fgrlhf edit` JSONL of edited pairs")
+    parser.add_argument("--rollouts", default=None, help="a PPO run directory or its rollouts.jsonl")
+    parser.add_argument("-o", "--output", default="report.html", help="the HTML file (default: report.html)")
+    parser.add_argument("--max-items", type=int, default=200, help="most pairs / samples on the page")
+    parser.add_argument(
+        "--max-length", type=int, default=1024, help="--rm: longest prompt + response (tokens)"
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="--rm: pairs per forward")
+    parser.add_argument("--skip-invalid", action="store_true", help="--rm: skip (and count) bad records")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """``fgrlhf report``: 0 written; 2 bad input (wrong arguments, not a reward-model directory, a
+    bad pairs or rollouts file: the message names the file, line and field)."""
+    import sys
+
+    from trainer.infra.config import ConfigError
+
+    def fail(msg: str) -> int:
+        print(f"fgrlhf report: {msg}", file=sys.stderr)
+        return 2
+
+    if (args.rm is None) == (args.rollouts is None):
+        return fail("give either --rm RM_DIR --pairs PAIRS or --rollouts RUN_DIR")
+    if args.rm is not None and not args.pairs:
+        return fail("--rm needs --pairs (an `fgrlhf edit` JSONL)")
+    if args.max_items < 1 or args.max_length < 2 or args.batch_size < 1:
+        return fail("--max-items and --batch-size must be >= 1, --max-length >= 2")
+    try:
+        if args.rm is not None:
+            path, s = rm_report(
+                args.rm, args.pairs, args.output, args.max_items, batch_size=args.batch_size,
+                max_length=args.max_length, skip_invalid=args.skip_invalid, eval_fraction=0.0,
+            )  # fmt: skip
+            print(
+                f"wrote {path}: {s['accuracy']:.1%} of {min(s['n_pairs'], args.max_items)} edited pairs "
+                "ranked right"
+            )
+        else:
+            path = ppo_report(args.rollouts, args.output, args.max_items)
+            print(f"wrote {path}")
+    except (ConfigError, DataError) as e:
+        return fail(str(e))
+    return 0
