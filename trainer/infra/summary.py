@@ -69,6 +69,10 @@ def start_end(records: Iterable[dict], key: str) -> tuple[float, float] | None:
     return (vals[0], vals[-1]) if vals else None
 
 
+def _secs(v: float) -> str:
+    return f"{v / 60:.1f} min" if v >= 120 else f"{v:.1f} s" if v >= 10 else f"{v:.2f} s"
+
+
 def _fmt(x: float) -> str:
     if math.isnan(x):
         return "nan"
@@ -99,7 +103,7 @@ def format_summary(
         value = "n/a" if se is None else f"{_fmt(se[0])} → {_fmt(se[1])}"
         lines.append(f"  {label:<{width}}  {value}")
     if times:
-        lines.append(f"  {'time':<{width}}  " + " · ".join(f"{k} {v:.1f} s" for k, v in times.items()))
+        lines.append(f"  {'time':<{width}}  " + " · ".join(f"{k} {_secs(v)}" for k, v in times.items()))
     if throughput:
         lines.append(
             f"  {'tokens/s':<{width}}  " + " · ".join(f"{k} {v:,.0f}" for k, v in throughput.items())
@@ -170,6 +174,6 @@ def reward_summary(
     rows = [(label, start_end(evals, key)) for label, key in REWARD_ROWS]
     steps = [r.get("step") for r in records if r.get("split") == "train"]
     title = f"summary: {steps[-1] if steps else 0} steps"
-    title += f", {len(evals)} evaluations"
+    title += f", {len(evals)} evaluation{'s' if len(evals) != 1 else ''}"
     throughput = {"train": tokens_per_s} if tokens_per_s else {}
     return format_summary(title, rows, times, throughput, peak_memory_mb, outputs)

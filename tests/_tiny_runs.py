@@ -1,0 +1,34 @@
+"""One tiny PPO run shared by test_summary, test_plot and test_report: a one-process
+``trainer/ppo.py`` with a token RM trained on the fly (so both trainers' end-of-run outputs
+exist: ``rm/`` and the PPO run). Run once per pytest session (a completion marker under the
+session's base temp directory; each module's fixture reuses it), a few seconds on one core."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from _utils import clean_env
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_PPO = [
+    "iterations=2", "save_rollouts_every=1", "rollout_samples=2", "progress=false",
+    "synthetic.n_pairs=300", "rm_epochs=1", "rollout_batch_size=8", "micro_batch_size=4",
+    "hidden_size=32", "intermediate_size=64",
+]  # fmt: skip
+
+
+def tiny_ppo_run(base: Path) -> tuple[Path, str]:
+    """``(output_dir, stdout + stderr)`` of the tiny run under ``base`` (run on first use)."""
+    out, log, done = base / "tiny_ppo", base / "tiny_ppo.log", base / "tiny_ppo.done"
+    if not done.exists():
+        env = {**clean_env(), "OMP_NUM_THREADS": "1"}
+        p = subprocess.run(
+            [sys.executable, "trainer/ppo.py", *TINY_PPO, f"output_dir={out}"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        log.write_text(p.stdout + p.stderr)
+        assert p.returncode == 0, f"tiny PPO run failed ({p.returncode}):\n{(p.stdout + p.stderr)[-4000:]}"
+        done.touch()
+    return out, log.read_text()
