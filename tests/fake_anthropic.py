@@ -19,6 +19,8 @@ Actions (consumed first-in first-out, then ``server.default``):
 * ``unchanged`` — the response verbatim; ``rewrite`` — an unrelated text; ``empty`` — empty tags;
   ``commentary`` — "Here is the edited response:" inside the tags; ``truncated`` — stop_reason
   ``max_tokens``.
+* judge verdicts: ``prefer_1`` / ``prefer_2`` / ``tie`` — ``<preference>1|2|0</preference>``;
+  ``prefer_marked`` — the response that contains ``GOOD`` wins; ``no_verdict`` — no tag.
 
 Every request is recorded in ``server.requests`` as ``(headers, json_body)``; ``server.delay``
 adds a sleep before every answer.
@@ -142,6 +144,15 @@ class FakeMessagesServer:
                     text = f"<edited>\nHere is the edited response: {response}!\n</edited>"
                 elif action == "truncated":
                     text, stop = f"<edited>\n{response[: len(response) // 2]}", "max_tokens"
+                elif action in ("prefer_1", "prefer_2", "tie"):  # a pairwise judge's verdict
+                    n = {"prefer_1": 1, "prefer_2": 2, "tie": 0}[action]
+                    text = f"Both are fine; weighing them.\n<preference>{n}</preference>"
+                elif action == "prefer_marked":  # the response containing GOOD wins
+                    m1 = re.search(r"<response_1>(.*)</response_1>", user, re.DOTALL)
+                    n = 1 if m1 and "GOOD" in m1.group(1) else 2
+                    text = f"<preference>{n}</preference>"
+                elif action == "no_verdict":
+                    text = "I cannot decide between these."
                 else:
                     raise ValueError(f"unknown action {action!r}")
                 content = [{"type": "text", "text": text}] if text else []

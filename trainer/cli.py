@@ -1,6 +1,8 @@
 """The ``fgrlhf`` command. Thin: it parses arguments and calls the library.
 
     fgrlhf edit INPUT -o OUTPUT [--model M] [--concurrency N] [--limit N] [--dry-run] ...
+    fgrlhf generate MODEL INSTRUCTIONS -o OUTPUTS.json [--greedy | --temperature T] [--seed S] ...
+    fgrlhf eval MODEL_OUTPUTS REFERENCE_OUTPUTS --judge claude:<model>|rm:<dir> -o DIR [--swap]
     fgrlhf winrate ANNOTATIONS [--json SUMMARY]
     fgrlhf eval-rm RM_DIR PAIRS [--max-length N] [--json OUT]
     python -m trainer.cli edit ...          # the same without the installed script
@@ -42,6 +44,13 @@ def _doc(name: str) -> str:
         if line.startswith(f"{name}:"):
             return line.split(":", 1)[1].strip()
     return ""
+
+
+def _module_doc(name: str) -> str:
+    """The first paragraphs of a module's docstring (up to its usage lines), for --help."""
+    import importlib
+
+    return (importlib.import_module(name).__doc__ or "").split("\n\n")[0]
 
 
 def _optional_float(text: str) -> float | None:
@@ -102,6 +111,77 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("annotations", help="a JSON list or JSONL of annotations")
     w.add_argument("--json", default=None, help="also write the summary as JSON to this file")
+
+    g = sub.add_parser(
+        "generate",
+        parents=[common],
+        help="a policy's answers to an instruction set (AlpacaEval format; resumable; torchrun DP)",
+        description=(gen_doc := _module_doc("trainer.eval.generate")),
+        epilog="Exit status: 0 done; 1 an output that cannot be written or is locked; 2 bad flags, "
+        "model, instructions, or stored answers from other settings; 130 / 143 interrupted (what "
+        "was written is kept: rerun to continue).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    del gen_doc
+    g.add_argument("model", help="a transformers causal-LM directory (runs/ppo/final/actor, runs/sft/final)")
+    g.add_argument("instructions", help="AlpacaEval/AlpacaFarm records: instruction [, input, dataset]")
+    g.add_argument("-o", "--output", required=True, help="the AlpacaEval-format JSON to write")
+    g.add_argument("--generator", default=None, help="name recorded in the outputs (default: model dir name)")
+    g.add_argument("--max-new-tokens", type=int, default=512)
+    g.add_argument("--max-prompt-length", type=int, default=1024, help="prompts cut from the left (BOS kept)")
+    g.add_argument("--temperature", type=float, default=0.7)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--greedy", action="store_true", help="argmax decoding")
+    g.add_argument("--seed", type=int, default=0, help="batch b is sampled with seed + b")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument(
+        "--prompt-template",
+        default=None,
+        choices=("auto", "plain", "alpaca", "chat"),
+        help="default: the one the policy was trained on (its fgrlhf_policy.json), else auto",
+    )
+    g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    g.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    g.add_argument("--limit", type=int, default=None, help="only the first N instructions")
+    g.add_argument("--skip-invalid", action="store_true", help="skip (and count) bad records")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g.add_argument("--no-fsync", dest="fsync", action="store_false", help="flush without fsync")
+
+    v = sub.add_parser(
+        "eval",
+        parents=[common],
+        help="win rate of model outputs against reference outputs, judged pairwise (Claude or an RM)",
+        description=_module_doc("trainer.eval.pairwise"),
+        epilog="Exit status: 0 done; 1 no API key, or the output locked / unwritable; 2 bad flags or "
+        "input records; 3 some comparisons failed (rerun to retry them); 130 / 143 interrupted.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    v.add_argument("model_outputs", help="the model's outputs (AlpacaEval format: instruction, output, ...)")
+    v.add_argument("reference_outputs", help="the reference's outputs, same instructions")
+    v.add_argument("--judge", required=True, help="claude:<model> or rm:<reward model dir>")
+    v.add_argument("-o", "--output-dir", required=True, help="judgments, annotations.json, summary.json")
+    v.add_argument("--swap", action="store_true", help="judge both orders; disagreement is a draw")
+    v.add_argument("--seed", type=int, default=0, help="the random orders and the bootstrap")
+    v.add_argument("--skip-invalid", action="store_true", help="skip (and count) bad or unmatched records")
+    v.add_argument("--limit", type=int, default=None, help="only the first N instructions")
+    v.add_argument("--bootstrap", type=int, default=2000, help="resamples of the 95%% interval (0: none)")
+    v.add_argument("--concurrency", type=int, default=8, help="Claude requests in flight")
+    v.add_argument("--max-tokens", type=int, default=1024, help="Claude's output budget per verdict")
+    v.add_argument("--timeout", type=float, default=120.0)
+    v.add_argument("--max-retries", type=int, default=6)
+    v.add_argument("--extra-attempts", type=int, default=2)
+    v.add_argument("--backoff", type=float, default=10.0)
+    v.add_argument(
+        "--prompt-file", default=None, help="a pairwise prompt ({instruction}, {output_1}, {output_2})"
+    )
+    v.add_argument("--price-in", type=float, default=None, help="USD per million input tokens")
+    v.add_argument("--price-out", type=float, default=None, help="USD per million output tokens")
+    v.add_argument("--rm-max-length", type=int, default=1024, help="rm judge: longest prompt + answer")
+    v.add_argument("--rm-batch-size", type=int, default=16, help="rm judge: comparisons per forward")
+    v.add_argument("--tie-tolerance", type=float, default=0.0, help="rm judge: closer rewards are a draw")
+    v.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    v.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    v.add_argument("--no-fsync", dest="fsync", action="store_false", help="flush without fsync")
 
     r = sub.add_parser(
         "eval-rm",
@@ -198,6 +278,91 @@ def cmd_winrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checked(flags: dict[str, tuple[float | None, float]]) -> str | None:
+    """The first flag below its minimum, as a message (None when all are fine)."""
+    for flag, (value, low) in flags.items():
+        if value is not None and value < low:
+            return f"{flag} must be >= {low:g}, got {value:g}"
+    return None
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """``fgrlhf generate``: see :mod:`trainer.eval.generate`."""
+    from trainer.eval.generate import GenerateConfig, run_generate
+    from trainer.infra.config import ConfigError
+
+    cfg = GenerateConfig(**{f.name: getattr(args, f.name) for f in fields(GenerateConfig)})
+    bad = _checked(
+        {
+            "--max-new-tokens": (cfg.max_new_tokens, 1),
+            "--max-prompt-length": (cfg.max_prompt_length, 1),
+            "--batch-size": (cfg.batch_size, 1),
+            "--limit": (cfg.limit, 0),
+            "--top-p": (cfg.top_p, 1e-9),
+            "--temperature": (None if cfg.greedy else cfg.temperature, 1e-9),
+        }
+    )
+    if bad or cfg.top_p > 1:
+        log.error("%s", bad or f"--top-p must be in (0, 1], got {cfg.top_p:g}")
+        return 2
+    try:
+        s = run_generate(cfg)
+    except (ConfigError, DataError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the answers written are kept; rerun the same command to continue")
+        return 130
+    except (OSError, RuntimeError) as e:
+        log.error("%s", e)
+        return 1
+    if s["output"]:
+        print(
+            f"{s['instructions']} answers in {s['output']} ({s['generated']} generated here, "
+            f"{s['already_done']} from an earlier run; {s['tokens_per_second']} tokens/s)"
+        )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``fgrlhf eval``: see :mod:`trainer.eval.pairwise`."""
+    from trainer.eval.pairwise import EvalConfig, format_eval_summary, run_eval
+    from trainer.infra.config import ConfigError
+
+    cfg = EvalConfig(**{f.name: getattr(args, f.name) for f in fields(EvalConfig)})
+    bad = _checked(
+        {
+            "--concurrency": (cfg.concurrency, 1),
+            "--max-tokens": (cfg.max_tokens, 1),
+            "--limit": (cfg.limit, 0),
+            "--bootstrap": (cfg.bootstrap, 0),
+            "--timeout": (cfg.timeout, 1e-9),
+            "--max-retries": (cfg.max_retries, 0),
+            "--extra-attempts": (cfg.extra_attempts, 0),
+            "--backoff": (cfg.backoff, 0),
+            "--rm-max-length": (cfg.rm_max_length, 2),
+            "--rm-batch-size": (cfg.rm_batch_size, 1),
+            "--tie-tolerance": (cfg.tie_tolerance, 0),
+        }
+    )
+    if bad:
+        log.error("%s", bad)
+        return 2
+    try:
+        summary = run_eval(cfg)
+    except (ConfigError, DataError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    except KeyboardInterrupt as e:
+        return 143 if str(e) == "SIGTERM" else 130
+    except (OSError, RuntimeError) as e:
+        log.error("%s", e)
+        return 1
+    print(format_eval_summary(summary))
+    print(f"annotations, summary and judgments in {cfg.output_dir}")
+    return 0 if summary["complete"] else 3
+
+
 def cmd_eval_rm(args: argparse.Namespace) -> int:
     """``fgrlhf eval-rm``: see :mod:`trainer.eval.rm_accuracy`."""
     from trainer.eval.rm_accuracy import evaluate_reward_model
@@ -248,6 +413,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_edit(args)
     if args.command == "winrate":
         return cmd_winrate(args)
+    if args.command == "generate":
+        return cmd_generate(args)
+    if args.command == "eval":
+        return cmd_eval(args)
     if args.command == "eval-rm":
         return cmd_eval_rm(args)
     raise AssertionError(args.command)  # pragma: no cover - argparse rejects unknown commands

@@ -66,6 +66,7 @@ __all__ = [
 ]
 
 RM_META_FILE = "fgrlhf_reward.json"
+POLICY_META_FILE = "fgrlhf_policy.json"  # a policy's prompt template, for `fgrlhf generate`
 LEVELS = ("token", "sequence")
 KINDS = ("causal_lm", "scalar_head")
 
@@ -311,10 +312,13 @@ def save_pretrained(
     tokenizer: Any = None,
     reward_meta: dict | None = None,
     dtype: str = "float32",
+    policy_meta: dict | None = None,
 ) -> Path:
     """Write a model as a plain ``transformers`` directory (safetensors + config), plus the
     tokenizer and, for a reward model, ``fgrlhf_reward.json`` (``reward_meta``: level, variant,
-    ...). Atomic: written to a temp directory, then renamed over ``out_dir``. Call on one rank.
+    ...) or, for a policy, ``fgrlhf_policy.json`` (``policy_meta``: the prompt template it was
+    trained on, which ``fgrlhf generate`` renders prompts with). Atomic: written to a temp
+    directory, then renamed over ``out_dir``. Call on one rank.
     """
     from transformers.utils import logging as hf_logging
 
@@ -334,6 +338,8 @@ def save_pretrained(
         tokenizer.save_pretrained(str(tmp))
     if reward_meta is not None:
         (tmp / RM_META_FILE).write_text(json.dumps(reward_meta, indent=2, sort_keys=True) + "\n")
+    if policy_meta is not None:
+        (tmp / POLICY_META_FILE).write_text(json.dumps(policy_meta, indent=2, sort_keys=True) + "\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     if out.exists():
@@ -358,6 +364,13 @@ def load_tokenizer(name: str, key: str):
         raise ConfigError(
             f"config key {key!r}: cannot load a tokenizer from {name} ({describe(e)})"
         ) from None
+
+
+def read_policy_meta(path: str | Path) -> dict:
+    """The metadata a policy directory written by ``trainer/ppo.py`` / ``trainer/sft.py`` carries
+    (``prompt_template``, ``trainer``); ``{}`` for any other causal LM."""
+    meta_path = Path(path) / POLICY_META_FILE
+    return json.loads(meta_path.read_text()) if meta_path.exists() else {}
 
 
 def read_reward_meta(path: str | Path) -> dict:

@@ -917,6 +917,7 @@ def train(cfg: PPOConfig) -> dict:
             "causal_lm",
             run.out_dir / "final" / "actor",
             S.tokenizer,
+            policy_meta={"trainer": "ppo", "prompt_template": cfg.prompt_template},
         )
         run.say(f"saved {run.out_dir / 'final' / 'actor'}")
 

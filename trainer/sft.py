@@ -436,6 +436,7 @@ def train(cfg: SFTConfig) -> dict:
             run.out_dir / "final",
             tokenizer,
             dtype=cfg.save_dtype,
+            policy_meta={"trainer": f"sft:{cfg.objective}", "prompt_template": cfg.prompt_template},
         )
         run.say(f"saved {run.out_dir / 'final'} (trainer/ppo.py init_from= takes it)")
     log.close()

@@ -1,0 +1,371 @@
+"""``fgrlhf generate`` and ``fgrlhf eval``: sampling a policy for evaluation, pairwise judges
+(Claude through the real SDK against a local fake Messages API; a tiny trained reward model),
+crash safety, position bias, the summary, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _utils import clean_env  # noqa: E402
+from fake_anthropic import FakeMessagesServer  # noqa: E402
+
+from trainer.cli import main as cli  # noqa: E402
+from trainer.eval.pairwise import EvalConfig, bootstrap_interval, combine, model_preference, run_eval  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "sk-ant-api03-FAKE-SECRET-7a1b2c3d"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_json(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj))
+    return path
+
+
+# --- fixtures: a tiny policy over the synthetic world's vocabulary ---------------------------
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory) -> Path:
+    """A random tiny LLaMA saved like trainer/ppo.py saves its actor (with fgrlhf_policy.json)."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from trainer.data.synthetic import SyntheticConfig, write_synthetic
+    from trainer.models import save_pretrained, tiny_llama_config
+
+    d = tmp_path_factory.mktemp("policy")
+    _, tok_dir = write_synthetic(d / "syn", SyntheticConfig(n_pairs=40))
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(0)
+    sizes = SimpleNamespace(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
+    model = LlamaForCausalLM(tiny_llama_config(sizes, tok))
+    return save_pretrained(
+        model.state_dict(),
+        model.config,
+        "causal_lm",
+        d / "actor",
+        tok,
+        policy_meta={"prompt_template": "plain"},
+    )
+
+
+@pytest.fixture(scope="module")
+def instructions(tmp_path_factory) -> Path:
+    rows = [
+        {"instruction": " ".join(f"p{(i * 7 + j) % 32}" for j in range(2 + i % 5)), "dataset": f"set{i % 2}"}
+        for i in range(11)
+    ]
+    rows[3]["input"] = "p1 p2"  # an instruction with an input (kept apart, as AlpacaFarm does)
+    return write_json(tmp_path_factory.mktemp("instr") / "instructions.json", rows)
+
+
+def gen(policy: Path, instructions: Path, out: Path, *extra: str) -> int:
+    return cli(["generate", str(policy), str(instructions), "-o", str(out), "--no-progress",
+                "--max-new-tokens", "12", "--batch-size", "4", *extra])  # fmt: skip
+
+
+# --- 1. fgrlhf generate ----------------------------------------------------------------------
+def test_generate_greedy_equals_the_rollout_sampler(policy, instructions, tmp_path):
+    """The answers are the PPO rollout sampler's on the training code's prompt rendering."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.data.examples import build_prompt, collate
+    from trainer.data.formats import Prompt
+    from trainer.rollout import generate
+
+    out = tmp_path / "greedy.json"
+    assert gen(policy, instructions, out, "--greedy") == 0
+    rows = json.loads(out.read_text())
+    src = json.loads(instructions.read_text())
+    assert [r["instruction"] for r in rows] == [s["instruction"] for s in src]
+    assert rows[3]["input"] == "p1 p2" and "input" not in rows[0]
+    assert {r["generator"] for r in rows} == {"actor"} and rows[1]["dataset"] == "set1"
+    tok = AutoTokenizer.from_pretrained(policy)
+    model = AutoModelForCausalLM.from_pretrained(policy).eval()
+    for i in (0, 3, 10):
+        p = Prompt(src[i]["instruction"], src[i].get("input", ""))
+        b = collate([build_prompt(tok, p, 1024, "plain")], tok.pad_token_id, "left")
+        ids, mask = generate(model, b["input_ids"], b["attention_mask"], 12, tok.eos_token_id,
+                             tok.pad_token_id, greedy=True)  # fmt: skip
+        want = tok.decode(ids[0][mask[0]].tolist(), skip_special_tokens=True).strip()
+        assert rows[i]["output"] == want, i
+        assert rows[i]["num_tokens"] == int(mask[0].sum())
+    assert any(r["output"] for r in rows)
+
+
+def test_generate_resumes_to_the_same_answers(policy, instructions, tmp_path):
+    """A run cut short (a torn last line too) resumes: only the missing answers are made, and
+    the result equals an uninterrupted run's, sampled answers included."""
+    full, cut = tmp_path / "full.json", tmp_path / "cut.json"
+    assert gen(policy, instructions, full, "--seed", "5") == 0
+    assert gen(policy, instructions, cut, "--seed", "5") == 0
+    log = cut.with_name(cut.name + ".partial.jsonl")
+    lines = log.read_text().splitlines(keepends=True)
+    assert len(lines) == 11
+    log.write_text("".join(lines[:4]) + lines[4][:30])  # 4 whole answers and a torn one
+    cut.unlink()
+    assert gen(policy, instructions, cut, "--seed", "5") == 0
+    assert json.loads(cut.read_text()) == json.loads(full.read_text())
+    ids = [r["id"] for r in read_jsonl(log)]
+    assert len(ids) == len(set(ids)) == 11  # every answer once
+    # other settings than the stored answers: refused, nothing changed
+    before = log.read_bytes()
+    assert gen(policy, instructions, cut, "--seed", "6") == 2
+    assert log.read_bytes() == before
+    # sampling really depends on the seed (the resume test above is not vacuous)
+    other = tmp_path / "other.json"
+    assert gen(policy, instructions, other, "--seed", "6") == 0
+    assert json.loads(other.read_text()) != json.loads(full.read_text())
+
+
+def test_generate_data_parallel_equals_one_process(policy, instructions, tmp_path):
+    """torchrun with 2 ranks: each rank samples its batches; the merged file equals 1 process's."""
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    assert gen(policy, instructions, one, "--seed", "3") == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "trainer.cli", "generate", str(policy), str(instructions), "-o", str(two), "--no-progress",
+           "--max-new-tokens", "12", "--batch-size", "4", "--seed", "3"]  # fmt: skip
+    p = subprocess.run(cmd, cwd=ROOT, env={**clean_env(), "OMP_NUM_THREADS": "1"}, capture_output=True,
+                       text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(two.read_text()) == json.loads(one.read_text())
+    assert len(list(tmp_path.glob("two.json.partial.rank*.jsonl"))) == 2
+
+
+def test_generate_bad_input(policy, tmp_path, caplog):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "p1"}\n{"dataset": "x"}\n')
+    assert gen(policy, bad, tmp_path / "o.json") == 2
+    assert "bad.jsonl: line 2: no 'prompt' (or 'instruction') string" in caplog.text
+    assert gen(policy, bad, tmp_path / "o.json", "--skip-invalid") == 0
+    assert len(json.loads((tmp_path / "o.json").read_text())) == 1
+    assert gen(policy, bad, tmp_path / "o2.json", "--batch-size", "0") == 2
+    assert "--batch-size must be >= 1" in caplog.text
+    assert gen(tmp_path, bad, tmp_path / "o3.json") == 2  # not a model directory
+
+
+# --- 2. the arithmetic -----------------------------------------------------------------------
+def test_orders_combine_and_bootstrap():
+    # a verdict about the order shown, as the model's preference
+    assert model_preference(1, model_position=1) == 2 and model_preference(2, model_position=1) == 1
+    assert model_preference(2, model_position=2) == 2 and model_preference(0, model_position=2) == 0
+    assert combine([2, 2]) == 2 and combine([2, 1]) == 0 and combine([1]) == 1
+    assert bootstrap_interval([2] * 10, 500, 0) == (100.0, 100.0)
+    prefs = [2] * 30 + [1] * 10 + [0] * 10  # win rate 70
+    lo, hi = bootstrap_interval(prefs, 2000, 0)
+    assert lo < 70 < hi and hi - lo < 30 and bootstrap_interval(prefs, 2000, 0) == (lo, hi)
+    assert bootstrap_interval(prefs, 0, 0) is None
+
+
+# --- 3. the Claude judge (real SDK, local fake API) --------------------------------------------
+def outputs(path: Path, n: int, fmt: str = "{i}", generator: str = "m") -> Path:
+    rows = [{"instruction": f"Question {i}?", "output": fmt.format(i=i), "generator": generator,
+             "dataset": "a" if i % 3 else "b"} for i in range(n)]  # fmt: skip
+    return write_json(path, rows)
+
+
+@pytest.fixture
+def server(monkeypatch):
+    with FakeMessagesServer(slow_seconds=1.0, default="prefer_1") as srv:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", srv.url)
+        yield srv
+
+
+def eval_cfg(tmp_path: Path, model: Path, ref: Path, **kw) -> EvalConfig:
+    args = dict(judge="claude:claude-sonnet-4-6", output_dir=str(tmp_path / "eval"), progress=False,
+                concurrency=3, timeout=5.0, max_retries=2, extra_attempts=1, backoff=0.0)  # fmt: skip
+    args.update(kw)
+    return EvalConfig(str(model), str(ref), **args)
+
+
+def test_position_biased_judge_with_swap_is_50_percent(server, tmp_path):
+    """A judge that always prefers the first position, on two identical output sets: with
+    --swap every instruction is a draw (50%); with random orders the result is exactly the share
+    of instructions whose random order put the model first."""
+    a = outputs(tmp_path / "a.json", 20, "Same answer {i}.", "model")
+    b = outputs(tmp_path / "b.json", 20, "Same answer {i}.", "ref")
+    s = run_eval(eval_cfg(tmp_path, a, b, swap=True))
+    assert s["complete"] and s["n_total"] == 20 and s["n_draws"] == 20 and s["win_rate"] == 50.0
+    assert s["order_agreement"] == 0.0 and s["first_position_rate"] == 1.0
+    assert len(server.requests) == 40  # both orders, each once
+    ann = json.loads((tmp_path / "eval" / "annotations.json").read_text())
+    assert {a["preference"] for a in ann} == {0}
+    assert set(ann[0]) >= {"instruction", "output_1", "output_2", "generator_1", "generator_2", "preference"}
+    assert ann[0]["generator_1"] == "ref" and ann[0]["generator_2"] == "model"
+    # random order: the model wins exactly where it was shown first
+    r = run_eval(eval_cfg(tmp_path, a, b, output_dir=str(tmp_path / "rand"), seed=7))
+    from trainer.data.formats import Prompt
+    from trainer.eval.pairwise import _key, model_first
+
+    first = sum(model_first(7, _key(Prompt(f"Question {i}?"))) for i in range(20))
+    assert 0 < first < 20 and r["n_wins"] == first and r["n_wins_base"] == 20 - first
+    # what is judged is reused: a swap rerun pays for nothing
+    n = len(server.requests)
+    run_eval(eval_cfg(tmp_path, a, b, swap=True))
+    assert len(server.requests) == n
+
+
+def test_claude_judge_win_rate_summary_and_winrate_cli(server, tmp_path, capsys):
+    """A judge that picks the better answer (it contains GOOD): the model wins where it is
+    better, whatever the order; the summary has every field; `fgrlhf winrate` agrees."""
+    server.default = "prefer_marked"
+    model = outputs(tmp_path / "m.json", 12, "GOOD answer {i}")
+    rows = json.loads(model.read_text())
+    for r in rows[:3]:
+        r["output"] = r["output"].replace("GOOD", "meh")  # 3 worse answers
+    write_json(model, rows)
+    ref = outputs(tmp_path / "r.json", 12, "plain answer {i}", "ref")
+    code = cli(["eval", str(model), str(ref), "--judge", "claude:claude-sonnet-4-6",
+                "-o", str(tmp_path / "e"), "--swap", "--no-progress", "--max-retries", "1",
+                "--extra-attempts", "0"])  # fmt: skip
+    assert code == 0
+    s = json.loads((tmp_path / "e" / "summary.json").read_text())
+    # model wins 9 (both orders agree); the 3 "meh" ones: neither has GOOD -> response 2 wins in
+    # both orders -> the orders disagree -> draws
+    assert (s["n_wins"], s["n_wins_base"], s["n_draws"], s["n_total"]) == (9, 0, 3, 12)
+    assert s["win_rate"] == pytest.approx(100 * (9 + 1.5) / 12)
+    for key in ("standard_error", "avg_length", "avg_length_reference", "ci95_bootstrap", "by_dataset",
+                "judge_tokens", "judge_cost_usd", "first_position_rate", "order_agreement"):  # fmt: skip
+        assert s.get(key) is not None, key
+    assert set(s["by_dataset"]) == {"a", "b"} and s["judge_cost_usd"] > 0
+    out = capsys.readouterr().out
+    assert "win rate 87.50" in out and "bootstrap 95% interval" in out and "estimated cost $" in out
+    assert cli(["winrate", str(tmp_path / "e" / "annotations.json")]) == 0
+    assert "win rate 87.50" in capsys.readouterr().out
+    # the key is never written anywhere
+    for f in (tmp_path / "e").iterdir():
+        assert SECRET not in f.read_text(), f
+
+
+def test_api_faults_and_missing_verdicts_judged_exactly_once(server, tmp_path):
+    """429 / 500 / malformed replies are retried; a reply without a verdict is a failure (not
+    written, exit 3); the rerun judges only that one; every comparison ends judged once."""
+    server.script.extend(["429", "500", "malformed", "no_verdict"])
+    a = outputs(tmp_path / "a.json", 8, "A {i}")
+    b = outputs(tmp_path / "b.json", 8, "B {i}", "ref")
+    cfg = eval_cfg(tmp_path, a, b, swap=True, concurrency=1, extra_attempts=1, max_retries=3)
+    s = run_eval(cfg)
+    assert not s["complete"] and s["pending"] == 1 and s["this_run"]["failed"] == 1
+    assert (tmp_path / "eval" / "judgments.errors.jsonl").exists()
+    assert cli(["eval", str(a), str(b), "--judge", "claude:claude-sonnet-4-6", "-o", str(tmp_path / "eval"),
+                "--swap", "--no-progress"]) == 0  # fmt: skip
+    recs = read_jsonl(tmp_path / "eval" / "judgments.jsonl")
+    assert len(recs) == 16 and len({r["id"] for r in recs}) == 16
+    assert not (tmp_path / "eval" / "judgments.errors.jsonl").exists()
+    # requests: 16 verdicts + 3 retried faults + 1 no-verdict reply
+    assert len(server.requests) == 20
+
+
+def test_kill_and_resume_pays_for_nothing_twice(tmp_path):
+    """SIGKILL mid-run, then the same command: judgments.jsonl ends with each comparison exactly
+    once, and the resumed run only asks for what was not written."""
+    a = outputs(tmp_path / "a.json", 30, "A {i}")
+    b = outputs(tmp_path / "b.json", 30, "B {i}", "ref")
+    out = tmp_path / "e"
+    with FakeMessagesServer(delay=0.05, default="prefer_2") as srv:
+        env = {**clean_env(), "ANTHROPIC_API_KEY": SECRET, "ANTHROPIC_BASE_URL": srv.url}
+        cmd = [sys.executable, "-m", "trainer.cli", "eval", str(a), str(b), "--judge", "claude:claude-test",
+               "-o", str(out), "--swap", "--no-progress", "--concurrency", "2"]  # fmt: skip
+        p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        log = out / "judgments.jsonl"
+        deadline = time.time() + 120
+        while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 10):
+            time.sleep(0.05)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        done = len(read_jsonl(log))
+        assert 10 <= done < 60
+        before = len(srv.requests)
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        recs = read_jsonl(log)
+        assert len(recs) == 60 and len({x["id"] for x in recs}) == 60
+        assert len(srv.requests) - before == 60 - done  # nothing judged twice
+        s = json.loads((out / "summary.json").read_text())
+        assert s["this_run"]["already_judged"] == done and s["n_total"] == 30
+        assert s["win_rate"] == 50.0  # "prefer_2" always: a draw on every instruction
+
+
+def test_no_api_key_and_bad_inputs(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    a = outputs(tmp_path / "a.json", 4)
+    b = outputs(tmp_path / "b.json", 4)
+    o = str(tmp_path / "e")
+    base = ["--judge", "claude:claude-test", "-o", o, "--no-progress"]
+    assert cli(["eval", str(a), str(b), *base]) == 1 and "ANTHROPIC_API_KEY is not set" in caplog.text
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    # unmatched instructions
+    c = outputs(tmp_path / "c.json", 5)
+    assert cli(["eval", str(c), str(b), *base]) == 2
+    assert "c.json: record 5: instruction 'Question 4?' has no answer in" in caplog.text
+    # a duplicate and a record without output
+    rows = json.loads(a.read_text())
+    write_json(tmp_path / "d.json", [*rows, rows[1]])
+    assert cli(["eval", str(tmp_path / "d.json"), str(b), *base]) == 2
+    assert "d.json: record 5: duplicate instruction (first at record 2)" in caplog.text
+    rows[2].pop("output")
+    write_json(tmp_path / "m.json", rows)
+    assert cli(["eval", str(tmp_path / "m.json"), str(b), *base]) == 2
+    assert "m.json: record 3: field 'output': missing" in caplog.text
+    assert (
+        cli(["eval", str(a), str(b), "--judge", "gpt:x", "-o", o]) == 2 and "--judge 'gpt:x'" in caplog.text
+    )
+    assert cli(["eval", str(a), str(b), *base, "--concurrency", "0"]) == 2
+    assert not (tmp_path / "e" / "judgments.jsonl").exists()
+
+
+def test_skip_invalid_counts_what_it_skips(server, tmp_path):
+    a = outputs(tmp_path / "a.json", 5)
+    rows = json.loads(a.read_text())
+    rows[2].pop("output")
+    write_json(a, rows)
+    b = outputs(tmp_path / "b.json", 4, generator="ref")
+    s = run_eval(eval_cfg(tmp_path, a, b, skip_invalid=True))
+    assert s["invalid"] == 1 and s["unmatched"] == 2 and s["n_total"] == 3 and s["complete"]
+
+
+# --- 4. the reward-model judge, end to end on a tiny RM trained here ---------------------------
+def test_reward_model_judge_end_to_end(tmp_path):
+    """A token-level RM trained on the synthetic world judges answers made of good words against
+    answers made of bad words: it prefers the good ones whatever the order."""
+    rm = tmp_path / "rm"
+    env = {**clean_env(), "OMP_NUM_THREADS": "2"}
+    p = subprocess.run([sys.executable, "trainer/reward.py", f"output_dir={rm}", "max_steps=60",
+                        "eval_every=0", "synthetic.n_pairs=600", "micro_batch_size=16", "hidden_size=32",
+                        "intermediate_size=64", "progress=false", "save_best=false"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    n = 16
+    prompts = [" ".join(f"p{(i + j) % 32}" for j in range(4)) for i in range(n)]
+    good = [
+        " ".join(f"g{(i + j) % 24}" if j % 2 else f"n{(i + j) % 64}" for j in range(10)) for i in range(n)
+    ]
+    bad = [" ".join(f"b{(i + j) % 24}" if j % 2 else f"n{(i + j) % 64}" for j in range(10)) for i in range(n)]
+    m = write_json(tmp_path / "m.json", [{"instruction": q, "output": o} for q, o in zip(prompts, good)])
+    r = write_json(tmp_path / "r.json", [{"instruction": q, "output": o} for q, o in zip(prompts, bad)])
+    code = cli(["eval", str(m), str(r), "--judge", f"rm:{rm / 'final'}", "-o", str(tmp_path / "e"), "--swap",
+                "--no-progress", "--device", "cpu"])  # fmt: skip
+    assert code == 0
+    s = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert s["n_total"] == n and s["win_rate"] >= 90.0, s
+    assert s["order_agreement"] == 1.0  # a reward model is position-blind
+    assert s["judge_cost_usd"] == 0.0 and s["judge_version"].startswith("token:")
+    # the same outputs on both sides: every comparison is a tie
+    code = cli(["eval", str(m), str(m), "--judge", f"rm:{rm / 'final'}", "-o", str(tmp_path / "same"),
+                "--no-progress", "--device", "cpu"])  # fmt: skip
+    assert code == 0
+    assert json.loads((tmp_path / "same" / "summary.json").read_text())["n_draws"] == n
+    assert cli(["eval", str(m), str(r), "--judge", f"rm:{tmp_path}", "-o", str(tmp_path / "x")]) == 2

@@ -1,0 +1,294 @@
+"""Pairwise judges for ``fgrlhf eval``: which of two answers to one instruction is better.
+
+One small interface, :class:`Judge`; a judge is named by a spec string (:func:`make_judge`):
+
+* ``claude:<model>`` — :class:`ClaudeJudge`: Claude through the shared
+  :class:`~trainer.infra.claude.ClaudeClient` (the edit collector's client: SDK retries, extra
+  attempts, the key from the environment only) with the versioned pairwise prompt
+  ``trainer/eval/prompts/pairwise_v1.txt``; its verdict is the last ``<preference>1|2|0
+  </preference>`` of the reply (0: the judge found them equal).
+* ``rm:<dir>`` — :class:`RewardModelJudge`: a reward model trained by ``trainer/reward.py``
+  scores each answer (its sequence reward R(τ), prompts rendered with the template it was
+  trained on); the higher wins, equal rewards (within ``tie_tolerance``) are a draw. Offline and
+  free, and position-blind by construction.
+
+Adding a judge means one class: subclass :class:`Judge`, set ``name`` and ``version`` and write
+:meth:`Judge.compare_batch` (or :meth:`Judge.compare` for one pair at a time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.data.formats import Prompt
+
+__all__ = [
+    "ClaudeJudge",
+    "Comparison",
+    "Judge",
+    "RewardModelJudge",
+    "Verdict",
+    "make_judge",
+    "parse_preference",
+]
+
+PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
+PAIRWISE_PROMPT_VERSION = "pairwise-v1"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two answers to one prompt, in the order the judge sees them."""
+
+    prompt: Prompt
+    output_1: str
+    output_2: str
+
+
+@dataclass
+class Verdict:
+    """A judge's answer.
+
+    Attributes:
+        preference: 1 = ``output_1`` is better, 2 = ``output_2``, 0 = a draw; None on error.
+        raw: the judge's text (Claude's reply; for a reward model, the two rewards).
+        model: the model that answered (Claude's reported id).
+        input_tokens, output_tokens: API usage (0 for offline judges).
+        error: why there is no verdict (the request failed, or the reply had no preference).
+    """
+
+    preference: int | None
+    raw: str = ""
+    model: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    error: str | None = None
+
+
+class Judge:
+    """The judge interface. ``name`` is recorded as each annotation's ``annotator``; ``version``
+    (prompt version, or a reward model's weights hash) is part of every judgment's identity, so
+    a rerun with another judge never reuses a verdict. ``concurrency`` comparisons are in flight
+    at once; :meth:`compare_batch` receives up to ``batch_size`` of them."""
+
+    name: str = "judge"
+    version: str = "0"
+    concurrency: int = 1
+    batch_size: int = 1
+
+    async def compare(self, c: Comparison) -> Verdict:
+        """One comparison."""
+        raise NotImplementedError
+
+    async def compare_batch(self, cs: Sequence[Comparison]) -> list[Verdict]:
+        """Several comparisons (default: :meth:`compare` each, concurrently)."""
+        return list(await asyncio.gather(*(self.compare(c) for c in cs)))
+
+    def cost_usd(self, input_tokens: int, output_tokens: int) -> float | None:
+        """Estimated cost of the tokens used (0 for offline judges, None when unknown)."""
+        return 0.0
+
+    async def aclose(self) -> None:
+        """Release clients."""
+
+
+_PREF_RE = re.compile(r"<preference>\s*([012])\s*</preference>")
+
+
+def parse_preference(text: str) -> int | None:
+    """The last ``<preference>N</preference>`` (N in 0, 1, 2) of ``text``, or None."""
+    found = _PREF_RE.findall(text)
+    return int(found[-1]) if found else None
+
+
+class ClaudeJudge(Judge):
+    """Claude as the judge (see the module docstring).
+
+    Args:
+        model: Claude model id.
+        prompt_file: a pairwise prompt template overriding the built-in one (placeholders
+            ``{instruction}``, ``{output_1}``, ``{output_2}``; versioned by its hash).
+        price_in, price_out: USD per million tokens for the estimate (default: the table).
+        max_tokens, timeout, max_retries, concurrency, extra_attempts, backoff: the
+            :class:`~trainer.infra.claude.ClaudeClient` settings (``max_tokens`` leaves room for a
+            short reasoning before the verdict).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        prompt_file: str | None = None,
+        price_in: float | None = None,
+        price_out: float | None = None,
+        max_tokens: int = 1024,
+        timeout: float = 120.0,
+        max_retries: int = 6,
+        concurrency: int = 8,
+        extra_attempts: int = 2,
+        backoff: float = 10.0,
+    ):
+        from trainer.infra.claude import ClaudeClient
+
+        if prompt_file is None:
+            self.template = (PROMPTS_DIR / "pairwise_v1.txt").read_text(encoding="utf-8")
+            self.version = PAIRWISE_PROMPT_VERSION
+        else:
+            p = Path(prompt_file)
+            try:
+                self.template = p.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise ValueError(f"{p}: cannot read the judge prompt ({e})") from e
+            missing = [k for k in ("{instruction}", "{output_1}", "{output_2}") if k not in self.template]
+            if missing:
+                raise ValueError(f"{p}: the judge prompt lacks {', '.join(missing)}")
+            self.version = f"file:{p.name}:{hashlib.sha256(self.template.encode()).hexdigest()[:12]}"
+        self.model = model
+        self.name = f"claude:{model}"
+        self.price_in, self.price_out = price_in, price_out
+        self.concurrency = concurrency
+        self.client = ClaudeClient(
+            model,
+            max_tokens,
+            timeout=timeout,
+            max_retries=max_retries,
+            concurrency=concurrency,
+            extra_attempts=extra_attempts,
+            backoff=backoff,
+        )
+
+    def render(self, c: Comparison) -> str:
+        """The user message: the template with its placeholders filled in one pass."""
+        values = {"instruction": c.prompt.text, "output_1": c.output_1, "output_2": c.output_2}
+        return re.sub(r"\{(instruction|output_1|output_2)\}", lambda m: values[m.group(1)], self.template)
+
+    async def compare(self, c: Comparison) -> Verdict:
+        """One request; a reply without a preference is an error (not written: a rerun retries)."""
+        reply = await self.client.complete(self.render(c))
+        usage = {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens}
+        if reply.error is not None:
+            return Verdict(None, error=reply.error, **usage)
+        pref = parse_preference(reply.text)
+        if pref is None:
+            what = "a refusal" if reply.stop_reason == "refusal" else f"stop_reason {reply.stop_reason}"
+            return Verdict(
+                None, reply.text, reply.model, error=f"no <preference> in the reply ({what})", **usage
+            )
+        return Verdict(pref, reply.text, reply.model, **usage)
+
+    def cost_usd(self, input_tokens: int, output_tokens: int) -> float | None:
+        from trainer.infra.claude import cost_usd
+
+        return cost_usd(self.model, input_tokens, output_tokens, self.price_in, self.price_out)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class RewardModelJudge(Judge):
+    """A trained reward model as the judge (see the module docstring).
+
+    Args:
+        rm_dir: a directory written by ``trainer/reward.py`` (``final/`` or ``best/``).
+        max_length: longest prompt + answer in tokens (longer ones are cut as in training).
+        batch_size: comparisons per forward (two rows each).
+        tie_tolerance: rewards closer than this are a draw.
+        device: ``auto`` (CUDA when available), ``cuda`` or ``cpu``.
+    """
+
+    def __init__(
+        self,
+        rm_dir: str,
+        max_length: int = 1024,
+        batch_size: int = 16,
+        tie_tolerance: float = 0.0,
+        device: str = "auto",
+    ):
+        import torch
+
+        from trainer.data.examples import checked_template
+        from trainer.infra.config import ConfigError
+        from trainer.models import (
+            RewardModel,
+            check_model_dir,
+            load_tokenizer,
+            pad_token_id,
+            read_reward_meta,
+        )
+
+        check_model_dir(rm_dir, "judge")
+        try:
+            meta = read_reward_meta(rm_dir)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.tokenizer = load_tokenizer(rm_dir, "judge")
+        self.template = checked_template(self.tokenizer, meta.get("prompt_template", "auto"))
+        use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+        self.device = torch.device("cuda" if use_cuda else "cpu")
+        self.rm = RewardModel.from_pretrained(rm_dir).to(self.device).eval()
+        self.pad_id = pad_token_id(self.tokenizer) or 0
+        self.max_length, self.batch_size, self.tie_tolerance = max_length, batch_size, tie_tolerance
+        self.name = f"rm:{Path(rm_dir)}"
+        weights = sorted(Path(rm_dir).glob("*.safetensors"))
+        h = hashlib.sha256()
+        for w in weights:  # identity of the weights: their sizes and first MiB
+            h.update(w.name.encode())
+            h.update(str(w.stat().st_size).encode())
+            with open(w, "rb") as fh:
+                h.update(fh.read(1 << 20))
+        self.version = f"{meta['level']}:{h.hexdigest()[:12]}"
+
+    def rewards(self, prompts: Sequence[Prompt], outputs: Sequence[str]) -> list[float]:
+        """``R(τ)`` of each (prompt, output), tokenised as the reward trainer does."""
+        import torch
+
+        from trainer.data.examples import build_example, collate
+
+        ex = [
+            build_example(self.tokenizer, p, o, max_length=self.max_length, prompt_template=self.template)
+            for p, o in zip(prompts, outputs)
+        ]
+        batch = collate(ex, self.pad_id)
+        with torch.no_grad():
+            s = self.rm.score(
+                batch["input_ids"].to(self.device),
+                batch["attention_mask"].to(self.device),
+                batch["response_mask"].to(self.device),
+            )
+        return s.sequence.float().cpu().tolist()
+
+    async def compare_batch(self, cs: Sequence[Comparison]) -> list[Verdict]:
+        prompts = [c.prompt for c in cs for _ in (0, 1)]
+        outputs = [o for c in cs for o in (c.output_1, c.output_2)]
+        r = self.rewards(prompts, outputs)
+        out = []
+        for i in range(len(cs)):
+            r1, r2 = r[2 * i], r[2 * i + 1]
+            pref = 0 if abs(r1 - r2) <= self.tie_tolerance else (1 if r1 > r2 else 2)
+            out.append(Verdict(pref, f"reward_1={r1:.6g} reward_2={r2:.6g}", self.name))
+        return out
+
+
+def make_judge(spec: str, **options) -> Judge:
+    """The judge a spec names: ``claude:<model>`` or ``rm:<dir>``.
+
+    ``options`` go to the judge's constructor (those it does not take are ignored, so one set of
+    command-line flags serves every judge).
+
+    Raises:
+        ValueError: an unknown kind or an empty name.
+    """
+    import inspect
+
+    kind, _, arg = spec.partition(":")
+    classes: dict[str, type[Judge]] = {"claude": ClaudeJudge, "rm": RewardModelJudge}
+    if kind not in classes or not arg:
+        raise ValueError(f"--judge {spec!r}: expected one of claude:<model>, rm:<reward model dir>")
+    cls = classes[kind]
+    params = inspect.signature(cls.__init__).parameters
+    kept = {k: v for k, v in options.items() if v is not None and k in params}
+    return cls(arg, **kept)

@@ -1,0 +1,564 @@
+"""``fgrlhf eval``: a model's win rate against reference outputs, judged pairwise.
+
+    fgrlhf eval outputs/ppo.json outputs/sft.json --judge claude:claude-sonnet-4-6 -o runs/eval/ppo_vs_sft
+    fgrlhf eval outputs/ppo.json outputs/sft.json --judge rm:runs/reward/final -o runs/eval/rm --swap
+
+Inputs are AlpacaEval-format outputs (``instruction``, optional ``input``, ``output``, optional
+``generator`` and ``dataset``; a JSON list or JSONL — what ``fgrlhf generate`` writes), matched
+by instruction (+ input). Duplicates, instructions only one side has, and records without a
+string ``instruction``/``output`` stop the run with an error naming the file and record;
+``--skip-invalid`` drops (and counts) them instead.
+
+Position bias: each instruction is shown to the judge in one order, chosen at random from
+``--seed`` and the instruction (so a subset or a rerun sees the same order), or with ``--swap``
+in both orders; when the two orders disagree the comparison is a draw.
+
+Crash safety (the edit collector's: :class:`~trainer.infra.appendlog.AppendLog`): every verdict
+is appended at once to ``OUT/judgments.jsonl``, keyed by a hash of the judge (name and
+version), the instruction and the two texts in the order shown. A rerun judges only what is
+missing, so nothing is paid twice and every comparison is judged once per order; a failed
+request is not written (it is listed in ``OUT/judgments.errors.jsonl``; rerun to retry; exit 3).
+Ctrl-C / SIGTERM keep what was written.
+
+Outputs in ``OUT``: ``annotations.json`` — AlpacaEval's format, one per instruction:
+``instruction``, ``output_1`` (the reference), ``output_2`` (the model), ``generator_1``,
+``generator_2``, ``dataset``, ``preference`` (1 = the reference wins, 2 = the model wins,
+0 = draw), ``annotator`` — which ``fgrlhf winrate`` reads; ``summary.json`` and a printed table:
+win rate ± standard error, n_wins / n_wins_base / n_draws / n_total, average lengths, a
+bootstrap 95% interval, the breakdown by ``dataset``, position statistics, judge tokens and cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import random
+import signal
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.data.formats import DataError, Prompt, prompt_parts, read_records
+from trainer.eval.judges import Comparison, Judge, Verdict, make_judge
+from trainer.eval.winrate import summarize
+from trainer.infra.appendlog import AppendLog
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EvalConfig", "Item", "bootstrap_interval", "load_outputs", "match_outputs", "run_eval"]
+
+
+@dataclass
+class EvalConfig:
+    """Settings of ``fgrlhf eval``.
+
+    Attributes:
+        model_outputs: the model's outputs (AlpacaEval format).
+        reference_outputs: the reference's outputs (same instructions).
+        judge: ``claude:<model>`` or ``rm:<reward model dir>``.
+        output_dir: where judgments, annotations and the summary go (resumed when it exists).
+        swap: judge both orders (disagreement = draw) instead of one random order.
+        seed: the random orders (and the bootstrap).
+        skip_invalid: skip (and count) bad, duplicate and unmatched records instead of stopping.
+        limit: only the first ``limit`` matched instructions (in the model file's order).
+        bootstrap: resamples of the 95% interval (0: none).
+        concurrency, max_tokens, timeout, max_retries, extra_attempts, backoff: Claude judge's
+            client settings.
+        prompt_file: a pairwise prompt overriding the built-in ``pairwise-v1``.
+        price_in, price_out: USD per million tokens (default: the table).
+        rm_max_length, rm_batch_size, tie_tolerance, device: the reward-model judge's settings.
+        progress: a progress bar.
+        fsync: fsync after every judgment.
+    """
+
+    model_outputs: str
+    reference_outputs: str
+    judge: str
+    output_dir: str
+    swap: bool = False
+    seed: int = 0
+    skip_invalid: bool = False
+    limit: int | None = None
+    bootstrap: int = 2000
+    concurrency: int = 8
+    max_tokens: int = 1024
+    timeout: float = 120.0
+    max_retries: int = 6
+    extra_attempts: int = 2
+    backoff: float = 10.0
+    prompt_file: str | None = None
+    price_in: float | None = None
+    price_out: float | None = None
+    rm_max_length: int = 1024
+    rm_batch_size: int = 16
+    tie_tolerance: float = 0.0
+    device: str = "auto"
+    progress: bool = True
+    fsync: bool = True
+
+
+@dataclass(frozen=True)
+class Output:
+    """One answer of an outputs file."""
+
+    prompt: Prompt
+    output: str
+    generator: str | None
+    dataset: str | None
+    where: str
+
+
+@dataclass(frozen=True)
+class Item:
+    """One instruction with both answers."""
+
+    key: str
+    model: Output
+    reference: Output
+
+
+def _key(p: Prompt) -> str:
+    return hashlib.sha256(json.dumps([p.instruction, p.input]).encode("utf-8")).hexdigest()[:20]
+
+
+def load_outputs(path: str, skip_invalid: bool = False) -> tuple[dict[str, Output], list[DataError]]:
+    """The answers of ``path`` by instruction key (insertion order = the file's order).
+
+    Raises:
+        DataError: an unreadable file, or (without ``skip_invalid``) a record without a string
+            ``instruction``/``prompt`` or ``output``, a non-string ``generator``/``dataset``, or an
+            instruction that appears twice (both records named).
+    """
+    out: dict[str, Output] = {}
+    bad: list[DataError] = []
+    for where, rec in read_records(path):
+        try:
+            if isinstance(rec, DataError):
+                raise rec
+            prompt = prompt_parts(rec, path, where)
+            if not isinstance(rec.get("output"), str):
+                got = (
+                    "missing"
+                    if rec.get("output") is None
+                    else f"not a string ({type(rec['output']).__name__})"
+                )
+                raise DataError(path, got, where, "output")
+            for k in ("generator", "dataset"):
+                if rec.get(k) is not None and not isinstance(rec[k], str):
+                    raise DataError(path, f"expected a string, got {type(rec[k]).__name__}", where, k)
+            key = _key(prompt)
+            if key in out:
+                raise DataError(
+                    path, f"duplicate instruction (first at {out[key].where}): {prompt.text[:60]!r}", where
+                )
+        except DataError as e:
+            if not skip_invalid:
+                raise
+            bad.append(e)
+            continue
+        out[key] = Output(prompt, rec["output"], rec.get("generator"), rec.get("dataset"), where)
+    if not out:
+        raise DataError(path, "no outputs" + (f" ({len(bad)} invalid skipped)" if bad else ""))
+    return out, bad
+
+
+def match_outputs(
+    model: dict[str, Output], reference: dict[str, Output], cfg: EvalConfig
+) -> tuple[list[Item], int]:
+    """The instructions both files answer, in the model file's order, and how many were unmatched.
+
+    Raises:
+        DataError: (without ``skip_invalid``) an instruction only one side has (names the first
+            one and counts them all).
+    """
+    only_model = [k for k in model if k not in reference]
+    only_ref = [k for k in reference if k not in model]
+    if (only_model or only_ref) and not cfg.skip_invalid:
+        src, k, other = (
+            (cfg.model_outputs, only_model[0], cfg.reference_outputs)
+            if only_model
+            else (cfg.reference_outputs, only_ref[0], cfg.model_outputs)
+        )
+        rec = (model if only_model else reference)[k]
+        raise DataError(
+            src,
+            f"instruction {rec.prompt.text[:60]!r} has no answer in {other} ({len(only_model)} model and "
+            f"{len(only_ref)} reference instructions are unmatched; --skip-invalid compares the common ones)",
+            rec.where,
+        )
+    items = [Item(k, model[k], reference[k]) for k in model if k in reference]
+    return items, len(only_model) + len(only_ref)
+
+
+def model_first(seed: int, key: str) -> bool:
+    """The random order of one instruction: a function of ``seed`` and the instruction only."""
+    return random.Random(f"{seed}:{key}").random() < 0.5
+
+
+@dataclass(frozen=True)
+class Task:
+    """One comparison to judge: ``item`` shown with the model's answer at ``model_position``."""
+
+    item: Item
+    model_position: int  # 1 or 2
+
+    @property
+    def comparison(self) -> Comparison:
+        m, r = self.item.model.output, self.item.reference.output
+        a, b = (m, r) if self.model_position == 1 else (r, m)
+        return Comparison(self.item.model.prompt, a, b)
+
+    def id(self, judge: Judge) -> str:
+        """The judgment's identity: judge, its version, the instruction, the texts as shown and
+        which side is the model's (two equal answers are still two orders)."""
+        c = self.comparison
+        p = c.prompt
+        blob = json.dumps(
+            [judge.name, judge.version, p.instruction, p.input, c.output_1, c.output_2, self.model_position]
+        )
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
+
+
+def model_preference(shown: int, model_position: int) -> int:
+    """A verdict about the order shown (1 / 2 / 0) as AlpacaEval's preference of the model:
+    2 = the model wins, 1 = the reference wins, 0 = draw."""
+    if shown == 0:
+        return 0
+    return 2 if shown == model_position else 1
+
+
+def combine(prefs: Sequence[int]) -> int:
+    """Model preferences of the orders judged into one: their common value, a draw otherwise."""
+    return prefs[0] if all(p == prefs[0] for p in prefs) else 0
+
+
+def bootstrap_interval(preferences: Sequence[float], reps: int, seed: int) -> tuple[float, float] | None:
+    """The percentile bootstrap 95% interval of the win rate (percent) over instructions:
+    ``reps`` resamples with replacement of s = preference − 1 (a draw, 0, is s = ½)."""
+    import numpy as np
+
+    s = np.array([0.5 if p == 0 else p - 1.0 for p in preferences], dtype=np.float64)
+    if reps <= 0 or len(s) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    means = s[rng.integers(0, len(s), size=(reps, len(s)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return 100 * float(lo), 100 * float(hi)
+
+
+class JudgmentLog(AppendLog):
+    """``OUT/judgments.jsonl``: one verdict per (comparison, order)."""
+
+    REQUIRED = ("id", "preference", "model_position")
+    KIND = "judgment"
+    TOOL = "fgrlhf eval"
+
+
+@dataclass
+class EvalSummary:
+    """What a run did (the counts), beside the win-rate summary."""
+
+    instructions: int = 0
+    invalid: int = 0
+    unmatched: int = 0
+    comparisons: int = 0
+    already_judged: int = 0
+    judged: int = 0
+    failed: int = 0
+    interrupted: bool = False
+    input_tokens: int = 0
+    output_tokens: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def run_eval(cfg: EvalConfig, judge: Judge | None = None) -> dict[str, Any]:
+    """Judge every missing comparison, then write the annotations and the summary.
+
+    Args:
+        cfg: the settings.
+        judge: the judge to use (default: :func:`make_judge` of ``cfg.judge``).
+
+    Returns:
+        The summary (also ``OUT/summary.json``); ``complete`` is False when some comparisons
+        failed (rerun to retry them) or the run was interrupted.
+
+    Raises:
+        DataError: bad, duplicate or unmatched records (see the module docstring).
+        ValueError: an unknown judge.
+        RuntimeError: the Claude judge without ``ANTHROPIC_API_KEY``, or the output locked.
+        KeyboardInterrupt: Ctrl-C / SIGTERM (after what was judged is written).
+    """
+    out_dir = Path(cfg.output_dir)
+    # 1. the inputs, matched by instruction
+    model, bad_m = load_outputs(cfg.model_outputs, cfg.skip_invalid)
+    ref, bad_r = load_outputs(cfg.reference_outputs, cfg.skip_invalid)
+    for e in (bad_m + bad_r)[:20]:
+        log.warning("skipped: %s", e)
+    items, unmatched = match_outputs(model, ref, cfg)
+    if not items:
+        raise DataError(cfg.model_outputs, f"no instruction in common with {cfg.reference_outputs}")
+    items = items[: cfg.limit] if cfg.limit is not None else items
+    run = EvalSummary(instructions=len(items), invalid=len(bad_m) + len(bad_r), unmatched=unmatched)
+    # 2. the judge and the comparisons (one or both orders per instruction)
+    if judge is None:
+        if cfg.judge.startswith("claude:"):
+            from trainer.infra.claude import require_api_key
+
+            require_api_key()
+        judge = make_judge(
+            cfg.judge,
+            concurrency=cfg.concurrency,
+            max_tokens=cfg.max_tokens,
+            timeout=cfg.timeout,
+            max_retries=cfg.max_retries,
+            extra_attempts=cfg.extra_attempts,
+            backoff=cfg.backoff,
+            prompt_file=cfg.prompt_file,
+            price_in=cfg.price_in,
+            price_out=cfg.price_out,
+            max_length=cfg.rm_max_length,
+            batch_size=cfg.rm_batch_size,
+            tie_tolerance=cfg.tie_tolerance,
+            device=cfg.device,
+        )
+    tasks = [
+        Task(it, pos)
+        for it in items
+        for pos in ((1, 2) if cfg.swap else ((1,) if model_first(cfg.seed, it.key) else (2,)))
+    ]
+    run.comparisons = len(tasks)
+    # 3. judge what is missing, appending each verdict at once
+    judgments = JudgmentLog(out_dir / "judgments.jsonl", fsync=cfg.fsync)
+    errors_path = out_dir / "judgments.errors.jsonl"
+    try:
+        todo = [t for t in tasks if t.id(judge) not in judgments.records]
+        run.already_judged = len(tasks) - len(todo)
+        try:
+            asyncio.run(_judge_all(todo, judge, judgments, errors_path, cfg, run))
+        except (KeyboardInterrupt, asyncio.CancelledError) as e:
+            run.interrupted = True
+            print(
+                f"interrupted: {run.judged} judged in this run and written; rerun the same command to go on"
+            )
+            if isinstance(e, asyncio.CancelledError):
+                raise KeyboardInterrupt("SIGTERM") from None
+            raise
+        records = dict(judgments.records)
+    finally:
+        judgments.close()
+    if run.failed == 0:
+        errors_path.unlink(missing_ok=True)
+    # 4. annotations (one per instruction whose every order is judged) and the summary
+    annotations, used = _annotations(items, tasks, records, judge)
+    summary = _summary(annotations, used, items, judge, run, cfg)
+    _write_json(out_dir / "annotations.json", annotations)
+    _write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+async def _judge_all(
+    todo: list[Task],
+    judge: Judge,
+    judgments: JudgmentLog,
+    errors_path: Path,
+    cfg: EvalConfig,
+    run: EvalSummary,
+) -> None:
+    """Workers take ``judge.batch_size`` tasks at a time, ``judge.concurrency`` in flight;
+    verdicts are written as they arrive (from this one event-loop thread)."""
+    main = asyncio.current_task()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not POSIX / main thread
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    queue = list(reversed(todo))
+    bar = None
+    if cfg.progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="judging", unit="comparison", disable=None)
+
+    def write(task: Task, v: Verdict) -> None:
+        run.input_tokens += v.input_tokens
+        run.output_tokens += v.output_tokens
+        if v.error is not None or v.preference is None:
+            run.failed += 1
+            run.errors.append(v.error or "no verdict")
+            log.warning("instruction %r failed: %s", task.item.model.prompt.text[:40], v.error)
+            with open(errors_path, "a", encoding="utf-8") as fh:
+                rec = {"instruction": task.item.model.prompt.text, "model_position": task.model_position}
+                fh.write(json.dumps({**rec, "error": v.error, "time": _now()}, ensure_ascii=False) + "\n")
+            return
+        c = task.comparison
+        judgments.append(
+            {
+                "id": task.id(judge),
+                "instruction": c.prompt.instruction,
+                **({"input": c.prompt.input} if c.prompt.input.strip() else {}),
+                "output_1": c.output_1,
+                "output_2": c.output_2,
+                "model_position": task.model_position,
+                "preference": v.preference,  # about the order shown
+                "judge": judge.name,
+                "judge_version": judge.version,
+                "judge_model": v.model,
+                "raw": v.raw,
+                "usage": {"input_tokens": v.input_tokens, "output_tokens": v.output_tokens},
+                "created_at": _now(),
+            }
+        )
+        run.judged += 1
+
+    async def worker() -> None:
+        while queue:
+            batch = [queue.pop() for _ in range(min(judge.batch_size, len(queue)))]
+            verdicts = await judge.compare_batch([t.comparison for t in batch])
+            for t, v in zip(batch, verdicts):
+                write(t, v)
+            if bar is not None:
+                bar.update(len(batch))
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(max(1, min(judge.concurrency, len(todo))))))
+    finally:
+        if bar is not None:
+            bar.close()
+        await judge.aclose()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _annotations(
+    items: list[Item], tasks: list[Task], records: dict[str, dict], judge: Judge
+) -> tuple[list[dict], list[dict]]:
+    """One AlpacaEval annotation per instruction whose every order has a verdict, and the
+    judgment records they use."""
+    by_item: dict[str, list[Task]] = {}
+    for t in tasks:
+        by_item.setdefault(t.item.key, []).append(t)
+    out, used = [], []
+    for it in items:
+        recs = [records.get(t.id(judge)) for t in by_item[it.key]]
+        if any(r is None for r in recs):
+            continue
+        used += recs
+        prefs = [model_preference(int(r["preference"]), int(r["model_position"])) for r in recs]
+        p = it.model.prompt
+        out.append(
+            {
+                "instruction": p.instruction,
+                **({"input": p.input} if p.input.strip() else {}),
+                "output_1": it.reference.output,
+                "output_2": it.model.output,
+                "generator_1": it.reference.generator or "reference",
+                "generator_2": it.model.generator or "model",
+                "dataset": it.model.dataset if it.model.dataset is not None else it.reference.dataset,
+                "preference": combine(prefs),
+                "preference_by_order": {
+                    ("model_first" if r["model_position"] == 1 else "reference_first"): q
+                    for r, q in zip(recs, prefs)
+                },
+                "annotator": judge.name,
+                "annotator_version": judge.version,
+            }
+        )
+    return out, used
+
+
+def _summary(
+    annotations: list[dict],
+    used: list[dict],
+    items: list[Item],
+    judge: Judge,
+    run: EvalSummary,
+    cfg: EvalConfig,
+) -> dict[str, Any]:
+    s: dict[str, Any] = (
+        summarize(annotations)
+        if annotations
+        else {"win_rate": float("nan"), "n_total": 0, "standard_error": float("nan")}
+    )
+    if annotations:
+        ref_len = [len(a["output_1"]) for a in annotations]
+        s["avg_length_reference"] = int(sum(ref_len) / len(ref_len))
+    s["ci95_bootstrap"] = bootstrap_interval([a["preference"] for a in annotations], cfg.bootstrap, cfg.seed)
+    # position: how often the judge picked the answer shown first, and (swap) order agreement
+    decided = [int(r["preference"]) for r in used if int(r["preference"]) != 0]
+    s["first_position_rate"] = sum(p == 1 for p in decided) / len(decided) if decided else None
+    if cfg.swap and annotations:
+        agree = [len(set(a["preference_by_order"].values())) == 1 for a in annotations]
+        s["order_agreement"] = sum(agree) / len(agree)
+    tok_in = sum(int(r.get("usage", {}).get("input_tokens", 0)) for r in used)
+    tok_out = sum(int(r.get("usage", {}).get("output_tokens", 0)) for r in used)
+    s.update(
+        judge=judge.name,
+        judge_version=judge.version,
+        order="swap" if cfg.swap else f"random (seed {cfg.seed})",
+        judge_tokens={"input": tok_in, "output": tok_out},
+        judge_cost_usd=judge.cost_usd(tok_in, tok_out),
+        this_run={
+            "judged": run.judged,
+            "already_judged": run.already_judged,
+            "failed": run.failed,
+            "input_tokens": run.input_tokens,
+            "output_tokens": run.output_tokens,
+            "cost_usd": judge.cost_usd(run.input_tokens, run.output_tokens),
+        },
+        instructions=len(items),
+        comparisons=run.comparisons,
+        pending=len(items) - len(annotations),
+        invalid=run.invalid,
+        unmatched=run.unmatched,
+        complete=len(annotations) == len(items) and not run.interrupted,
+        config={k: v for k, v in asdict(cfg).items()},
+    )
+    return s
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Atomically (a temp file renamed over ``path``)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def format_eval_summary(s: dict[str, Any]) -> str:
+    """The printed table."""
+    from trainer.eval.winrate import format_summary
+
+    lines = []
+    if s.get("n_total"):
+        lines.append(format_summary(s))
+        ci = s.get("ci95_bootstrap")
+        if ci:
+            lines.append(f"bootstrap 95% interval [{ci[0]:.2f}, {ci[1]:.2f}]")
+        lines.append(f"average length of the reference's outputs {s.get('avg_length_reference')} characters")
+    lines.append(f"judge {s['judge']} ({s['judge_version']}), order {s['order']}")
+    pos = s.get("first_position_rate")
+    if pos is not None:
+        agree = (
+            f", the two orders agree on {100 * s['order_agreement']:.1f}%" if "order_agreement" in s else ""
+        )
+        lines.append(f"position: the answer shown first won {100 * pos:.1f}% of decided verdicts{agree}")
+    cost = s["judge_cost_usd"]
+    run = s["this_run"]
+    lines.append(
+        f"judge tokens in {s['judge_tokens']['input']}, out {s['judge_tokens']['output']}; "
+        f"estimated cost {'unknown (no price for this model)' if cost is None else f'${cost:.4f}'} "
+        f"(this run: {run['judged']} judged, {run['already_judged']} reused, {run['failed']} failed)"
+    )
+    skipped = s["invalid"] + s["unmatched"]
+    if skipped:
+        lines.append(f"skipped {s['invalid']} invalid records and {s['unmatched']} unmatched instructions")
+    if not s["complete"]:
+        lines.append(
+            f"INCOMPLETE: {s['pending']} of {s['instructions']} instructions lack a verdict "
+            "(rerun the same command to retry them)"
+        )
+    return "\n".join(lines)
