@@ -21,6 +21,7 @@ Actions (consumed first-in first-out, then ``server.default``):
   ``max_tokens``.
 * judge verdicts: ``prefer_1`` / ``prefer_2`` / ``tie`` — ``<preference>1|2|0</preference>``;
   ``prefer_marked`` — the response that contains ``GOOD`` wins; ``no_verdict`` — no tag.
+* ``respond`` — the text ``server.responder(user_message)`` returns.
 
 Every request is recorded in ``server.requests`` as ``(headers, json_body)``; ``server.delay``
 adds a sleep before every answer.
@@ -51,6 +52,7 @@ class FakeMessagesServer:
         self.delay = delay
         self.slow_seconds = slow_seconds
         self.requests: list[tuple[dict, dict]] = []
+        self.responder = lambda user: ""  # the action "respond" answers responder(user message)
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
@@ -151,6 +153,8 @@ class FakeMessagesServer:
                     m1 = re.search(r"<response_1>(.*)</response_1>", user, re.DOTALL)
                     n = 1 if m1 and "GOOD" in m1.group(1) else 2
                     text = f"<preference>{n}</preference>"
+                elif action == "respond":  # a test's own function of the user message
+                    text = server.responder(user)
                 elif action == "no_verdict":
                     text = "I cannot decide between these."
                 else:

@@ -369,3 +369,49 @@ def test_reward_model_judge_end_to_end(tmp_path):
     assert code == 0
     assert json.loads((tmp_path / "same" / "summary.json").read_text())["n_draws"] == n
     assert cli(["eval", str(m), str(r), "--judge", f"rm:{tmp_path}", "-o", str(tmp_path / "x")]) == 2
+
+
+# --- 5. real data: AlpacaEval 1's published GPT-4 verdicts, replayed by a fake judge ------------
+AE = ROOT.parent / "shared" / "data" / "alpaca_eval"
+
+
+@pytest.mark.skipif(
+    not (AE / "alpaca-7b__model_outputs.json").exists(), reason="../shared/data/alpaca_eval absent"
+)
+@pytest.mark.parametrize("swap", [False, True])
+def test_replayed_published_verdicts_reproduce_the_leaderboard(server, tmp_path, swap):
+    """alpaca-7b's 805 real outputs against the AE1 reference, judged by a fake Claude that
+    answers what alpaca_eval_gpt4 answered for that instruction (in whichever order it is shown):
+    the whole eval path — matching, orders, verdict mapping, annotations, summary — gives the
+    published leaderboard row (win rate 26.4596, 205 wins, 16 draws of 805)."""
+    import re
+
+    published = {
+        a["instruction"]: a
+        for a in json.loads((AE / "alpaca-7b__alpaca_eval_gpt4__annotations.json").read_text())
+    }
+
+    def replay(user: str) -> str:
+        ins = re.search(r"<instruction>\n(.*)\n</instruction>", user, re.DOTALL).group(1)
+        first = re.search(r"<response_1>\n(.*)\n</response_1>", user, re.DOTALL).group(1)
+        a = published[ins]
+        if a["preference"] == 0:
+            return "<preference>0</preference>"
+        winner = a["output_1"] if a["preference"] == 1 else a["output_2"]
+        return f"<preference>{1 if first == winner else 2}</preference>"
+
+    server.default, server.responder = "respond", replay
+    ref = AE / "DERIVED_ae1_reference_text_davinci_003_from_annotations.json"
+    cfg = eval_cfg(
+        tmp_path, AE / "alpaca-7b__model_outputs.json", ref, swap=swap, concurrency=8, bootstrap=200
+    )
+    s = run_eval(cfg)
+    assert (s["n_wins"], s["n_wins_base"], s["n_draws"], s["n_total"]) == (205, 584, 16, 805)
+    assert s["win_rate"] == pytest.approx(26.4596, abs=5e-5) and s["avg_length"] == 396
+    assert s["generator_2"] == "alpaca-7b" and len(server.requests) == 805 * (2 if swap else 1)
+    ann = json.loads((tmp_path / "eval" / "annotations.json").read_text())
+    assert all(a["preference"] == published[a["instruction"]]["preference"] for a in ann)
+    if swap:
+        assert s["order_agreement"] == 1.0
+    lo, hi = s["ci95_bootstrap"]
+    assert lo < 26.46 < hi
