@@ -149,7 +149,7 @@ def _check_resume_config(cfg: TrainConfig, out_dir: Path, say) -> None:
     has_checkpoints = bool(Checkpointer(out_dir / "checkpoints").complete())
     if has_checkpoints and not cfg.resume:  # a fresh start: the old run's outputs move aside
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        for name in ("checkpoints", "metrics.jsonl", "config.yaml"):
+        for name in ("checkpoints", "metrics.jsonl", "rollouts.jsonl", "config.yaml"):
             if (out_dir / name).exists():
                 os.replace(out_dir / name, out_dir / f"{name}.before-{stamp}")
         say(f"resume=false: the previous run's checkpoints, metrics and config moved to *.before-{stamp}")
