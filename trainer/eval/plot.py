@@ -252,3 +252,11 @@ def run_cli(args: argparse.Namespace) -> int:
         return 2
     print(f"wrote {len(written)} plots to {args.output_dir}: " + ", ".join(p.name for p in written))
     return 0
+
+
+if __name__ == "__main__":  # `python -m trainer.eval.plot ...` (the same as `fgrlhf plot ...`)
+    import sys
+
+    _parser = argparse.ArgumentParser(prog="fgrlhf plot", description=__doc__.split("\n\n")[0])
+    add_arguments(_parser)
+    sys.exit(run_cli(_parser.parse_args()))

@@ -611,3 +611,11 @@ def run_cli(args: argparse.Namespace) -> int:
     except (ConfigError, DataError) as e:
         return fail(str(e))
     return 0
+
+
+if __name__ == "__main__":  # `python -m trainer.eval.report ...` (the same as `fgrlhf report ...`)
+    import sys
+
+    _parser = argparse.ArgumentParser(prog="fgrlhf report", description=__doc__.split("\n\n")[0])
+    add_arguments(_parser)
+    sys.exit(run_cli(_parser.parse_args()))
