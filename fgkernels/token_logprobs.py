@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch._subclasses.fake_tensor import is_fake as _is_fake
 
 from fgkernels import _dispatch
 from fgkernels._triton import TRITON_DTYPE, device_ctx, tl, triton
@@ -346,7 +347,8 @@ def token_logprobs(
         raise ValueError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     if labels.numel():
         bad = (labels != ignore_index) & ((labels < 0) | (labels >= V))
-        if bool(bad.any()):  # host sync (see Note)
+        # host sync (see Note); a FakeTensor (shape-only dry runs) has no values to check
+        if not _is_fake(bad) and bool(bad.any()):
             raise ValueError(f"labels must be in [0, {V}) or equal ignore_index={ignore_index}")
     backend = _dispatch.resolve_backend(_OP, backend, device)
     if backend == "reference":

@@ -331,7 +331,9 @@ def test_memory_estimate_7b_fits_8xa100_and_refusal(tmp_path):
     est = estimate_memory(cfg, llama7b, world=8, prompt_len=cfg.max_prompt_length)
     gib = 1024**3
     assert 6.5e9 < est["generation"] / 2 < 7.0e9  # the bf16 actor, all-gathered: 2 bytes × 6.7B
-    assert est["params"] == pytest.approx(16 * est["generation"] / 2 / 8)  # 4 fp32 models / 8 ranks
+    n = est["generation"] / 2  # actor and reference: with the LM head; critic and RM: without (V × h)
+    n_head = n - 32000 * 4096
+    assert est["params"] == pytest.approx(4 * (2 * n + 2 * n_head) / 8)  # 4 fp32 models / 8 ranks
     assert 20 * gib < est["total"] < 80 * gib
     check_memory(cfg, est, torch.device("cpu"))  # 80 GiB limit in the YAML: fits
     cfg.memory_limit_gb = 10.0

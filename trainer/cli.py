@@ -4,6 +4,8 @@
     fgrlhf generate MODEL INSTRUCTIONS -o OUTPUTS.json [--greedy | --temperature T] [--seed S] ...
     fgrlhf eval MODEL_OUTPUTS REFERENCE_OUTPUTS --judge claude:<model>|rm:<dir> -o DIR [--swap]
     fgrlhf winrate ANNOTATIONS [--json SUMMARY]
+    fgrlhf plot METRICS.jsonl [MORE.jsonl ...] -o DIR
+    fgrlhf report --rm RM_DIR --pairs PAIRS -o PAGE.html | --rollouts RUN_DIR -o PAGE.html
     fgrlhf eval-rm RM_DIR PAIRS [--max-length N] [--json OUT]
     python -m trainer.cli edit ...          # the same without the installed script
 
@@ -182,6 +184,26 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     v.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     v.add_argument("--no-fsync", dest="fsync", action="store_false", help="flush without fsync")
+
+    from trainer.eval import plot as plot_mod
+    from trainer.eval import report as report_mod
+
+    pl = sub.add_parser(
+        "plot",
+        parents=[common],
+        help="training curves of one or more runs' metrics.jsonl to PNG",
+        description=(plot_mod.__doc__ or "").split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    plot_mod.add_arguments(pl)
+    rp = sub.add_parser(
+        "report",
+        parents=[common],
+        help="a self-contained HTML page of per-token rewards (an RM on pairs, or PPO rollouts)",
+        description=(report_mod.__doc__ or "").split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    report_mod.add_arguments(rp)
 
     r = sub.add_parser(
         "eval-rm",
@@ -417,6 +439,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_generate(args)
     if args.command == "eval":
         return cmd_eval(args)
+    if args.command in ("plot", "report"):
+        from trainer.eval import plot as plot_mod
+        from trainer.eval import report as report_mod
+
+        return (plot_mod if args.command == "plot" else report_mod).run_cli(args)
     if args.command == "eval-rm":
         return cmd_eval_rm(args)
     raise AssertionError(args.command)  # pragma: no cover - argparse rejects unknown commands

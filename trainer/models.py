@@ -111,7 +111,8 @@ def pad_token_id(tokenizer: Any) -> int | None:
 
 
 def base_config(cfg: Any, tokenizer: Any, max_position_embeddings: int = 256):
-    """The backbone config of a trainer: ``cfg.init_from``'s, or :func:`tiny_llama_config`.
+    """The backbone config of a trainer: ``cfg.init_from``'s, else the ``cfg.arch`` preset
+    (:data:`trainer.infra.dryrun.ARCH_PRESETS`), else :func:`tiny_llama_config`.
 
     Raises:
         ConfigError: ``init_from`` is not a model directory, or the tokenizer has more tokens than
@@ -121,6 +122,16 @@ def base_config(cfg: Any, tokenizer: Any, max_position_embeddings: int = 256):
 
     from trainer.infra.config import ConfigError
 
+    if not cfg.init_from and getattr(cfg, "arch", ""):
+        from trainer.infra.dryrun import preset_config
+
+        config = preset_config(cfg.arch, tokenizer)
+        if len(tokenizer) > config.vocab_size:
+            raise ConfigError(
+                f"arch={cfg.arch}: the tokenizer has {len(tokenizer)} tokens but the preset's embedding only "
+                f"{config.vocab_size}"
+            )
+        return _dry_run_layers(config, cfg)
     if not cfg.init_from:
         return tiny_llama_config(cfg, tokenizer, max_position_embeddings)
     check_model_dir(cfg.init_from, "init_from")
@@ -130,6 +141,14 @@ def base_config(cfg: Any, tokenizer: Any, max_position_embeddings: int = 256):
             f"init_from={cfg.init_from}: the tokenizer has {len(tokenizer)} tokens but the model's "
             f"embedding only {config.vocab_size}"
         )
+    return _dry_run_layers(config, cfg)
+
+
+def _dry_run_layers(config: Any, cfg: Any) -> Any:
+    """``config`` with ``cfg.dry_run_layers`` decoder layers in a dry run that asks for fewer."""
+    n = getattr(cfg, "dry_run_layers", 0)
+    if getattr(cfg, "dry_run", False) and n:
+        config.num_hidden_layers = n
     return config
 
 
@@ -200,8 +219,11 @@ def load_on_rank0(
     rank (no rank is left waiting for weights that will never be broadcast)."""
     from trainer.infra.config import ConfigError, describe
     from trainer.infra.dist import broadcast_object
+    from trainer.infra.dryrun import in_dry_run
 
     sd, error = None, None
+    if in_dry_run():  # no weights are loaded in a dry run (build_sharded only materialises)
+        return None
     if di.is_main:
         try:
             sd = initial_state_dict(kind, config, init_from, seed, new_head, key)
@@ -286,9 +308,12 @@ def build_sharded(
     parallelize(model, di.mesh, cfg.param_dtype, cfg.reduce_dtype, ac)
     # 3. materialise the local shards, then the full weights from rank 0
     model.to_empty(device=di.device)
-    set_model_state_dict(
-        model, full_sd or {}, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-    )
+    from trainer.infra.dryrun import in_dry_run
+
+    if not in_dry_run():  # a dry run's fake tensors hold no weights to broadcast
+        set_model_state_dict(
+            model, full_sd or {}, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        )
     _reset_nonpersistent_buffers(model)
     model.train(train)
     if not train:
@@ -392,6 +417,37 @@ def read_reward_meta(path: str | Path) -> dict:
     if meta["level"] not in LEVELS:
         raise ValueError(f"{meta_path}: level {meta['level']!r} is not one of {LEVELS}")
     return meta
+
+
+# --- memory arithmetic (the estimates a run prints and a dry run measures) ------------------
+def llama_param_count(config: Any, lm_head: bool = True) -> int:
+    """Parameters of a LLaMA-like ``config``: per layer the attention (q, o: h×h; k, v:
+    h×kv·d), the gated MLP (3·h×inter) and two norms; the embedding, the final norm and, with
+    ``lm_head``, an untied LM head (V×h; a scalar head's 1×h is negligible)."""
+    h, L, V = config.hidden_size, config.num_hidden_layers, config.vocab_size
+    inter = getattr(config, "intermediate_size", 4 * h)
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", heads) or heads
+    d = getattr(config, "head_dim", None) or h // heads
+    layer = 2 * h * h + 2 * h * kv * d + 3 * h * inter + 2 * h
+    return L * layer + V * h * (2 if lm_head else 1) + h
+
+
+def activation_bytes(config: Any, rows: int, T: int, dtype: str, checkpointing: bool) -> float:
+    """Bytes a forward + backward of ``rows`` × ``T`` tokens keeps for backward: with activation
+    checkpointing each layer's input (h values per token) plus one layer's full set during its
+    recomputation; without, every layer's full set. A layer's full set is about
+    (34·h + 5·a·T)·rows·T·bytes / 2 with sdpa not storing the a×T×T scores, so ≈ 17·h·rows·T·bytes
+    (Korthikanti et al. 2022, Table 2, without the score matrices)."""
+    from trainer.infra.dist import DTYPES
+
+    b = torch.finfo(DTYPES[dtype]).bits // 8
+    h, L = config.hidden_size, config.num_hidden_layers
+    inter = getattr(config, "intermediate_size", 4 * h)
+    per_layer = rows * T * b * (10 * h + 4 * inter)  # q k v o + 2 norms + MLP's 3 inter-wide tensors
+    if checkpointing:
+        return L * rows * T * h * b + per_layer
+    return L * per_layer
 
 
 # --- scoring -------------------------------------------------------------------------------

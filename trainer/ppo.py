@@ -34,8 +34,8 @@ counts as done), saves a checkpoint and exits 75 (rerun to resume; exit codes: `
 
 from __future__ import annotations
 
+import contextlib
 import sys
-import time
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -58,13 +58,14 @@ from trainer.eval.report import rollout_samples
 from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import ConfigError, TrainConfig, cli_main, describe
 from trainer.infra.dist import all_reduce_sum, barrier, get_world_size, on_rank0
+from trainer.infra.dryrun import host_item, host_list, in_dry_run, real_tensors
 from trainer.infra.metrics import MetricsLog
 from trainer.infra.runtime import (
     STOP,
+    Phases,
     Preempted,
     Run,
     build_optimizer,
-    device_sync,
     peak_memory_mb,
     start_run,
 )
@@ -228,8 +229,6 @@ class PPOConfig(TrainConfig):
     kl_horizon: int = 10000
     """Adaptive controller: horizon (in sequences)."""
 
-    memory_limit_gb: float = 0.0
-    """Per-device memory the estimate must fit in; 0: the CUDA device's total (no check on CPU)."""
     output_dir: str = "runs/ppo"
     """Where config, metrics, checkpoints and the final actor go."""
     checkpoint_every: int = 20
@@ -371,7 +370,7 @@ def build_models(run: Run, tokenizer: Any, rm_dir: Path | None, syn: SyntheticCo
     if critic_src == "actor":
         c_cfg = scalar_head_config(a_cfg, pad_id)
         critic_sd = None
-        if di.is_main:
+        if di.is_main and actor_sd is not None:  # (None in a dry run: no weights are loaded)
             head = initial_state_dict("scalar_head", c_cfg, "", cfg.seed + 1)
             critic_sd = {k: (actor_sd[k] if k in actor_sd else v) for k, v in head.items()}
     else:
@@ -383,6 +382,11 @@ def build_models(run: Run, tokenizer: Any, rm_dir: Path | None, syn: SyntheticCo
 
     if cfg.reward_source == "gold":
         reward = GoldReward(tokenizer, syn).to(di.device)
+    elif rm_dir is None:  # a dry run without a reward model: a random one of the actor's shape
+        r_cfg = scalar_head_config(a_cfg, pad_id)
+        rm_sd = load_on_rank0(di, "scalar_head", r_cfg, "", cfg.seed + 2)
+        rm = build_sharded("scalar_head", r_cfg, rm_sd, di, cfg, train=False)
+        reward = RewardModel(rm, cfg.reward_level).eval()
     else:
         level = reward_level_of(rm_dir)
         if level == "sequence" and cfg.reward_level == "token":
@@ -406,48 +410,59 @@ def build_models(run: Run, tokenizer: Any, rm_dir: Path | None, syn: SyntheticCo
 # Memory estimate
 # --------------------------------------------------------------------------------------------
 def estimate_memory(cfg: PPOConfig, model_cfg: Any, world: int, prompt_len: int) -> dict[str, float]:
-    """Rough per-device bytes of each part, for a LLaMA-like ``model_cfg`` used by all four
-    models (actor, critic trainable; reference, RM frozen; fp32 sharded masters).
+    """Per-device bytes of each part, for a LLaMA-like ``model_cfg`` used by all four models
+    (actor, critic trainable; reference, RM frozen; fp32 masters sharded over ``world``).
 
     Returns:
-        ``params``, ``grads``, ``optimizer`` (sharded over ``world``), ``generation`` (the
-        actor all-gathered in ``param_dtype`` for a rollout), ``kv_cache``, ``activations``
-        (one micro-batch with or without activation checkpointing, plus its logits),
-        and ``total`` = params + grads + optimizer + max(generation + kv_cache, activations).
+        ``params`` (the four models' fp32 shards), ``grads``, ``optimizer`` (actor + critic,
+        sharded), ``generation`` (the actor all-gathered in ``param_dtype`` for a rollout),
+        ``kv_cache``, ``score`` (a forward batch's logits and log-softmax), ``rollout`` (the
+        rollout's tensors), ``activations`` (one micro-batch's stored activations plus its
+        logits), and ``total`` = params + grads + optimizer + the largest phase's own part.
+        :func:`estimate_phases` gives the peak of each phase.
     """
     from trainer.infra.dist import DTYPES
+    from trainer.models import activation_bytes, llama_param_count
 
-    h, L, V = model_cfg.hidden_size, model_cfg.num_hidden_layers, model_cfg.vocab_size
-    inter = getattr(model_cfg, "intermediate_size", 4 * h)
+    L, V = model_cfg.num_hidden_layers, model_cfg.vocab_size
     heads = model_cfg.num_attention_heads
     kv_heads = getattr(model_cfg, "num_key_value_heads", heads) or heads
-    head_dim = getattr(model_cfg, "head_dim", None) or h // heads
-    layer = 2 * h * h + 2 * h * kv_heads * head_dim + 3 * h * inter + 2 * h
-    n = L * layer + 2 * V * h + h  # embeddings + LM head (untied) + final norm
+    head_dim = getattr(model_cfg, "head_dim", None) or model_cfg.hidden_size // heads
+    n = llama_param_count(model_cfg)
+    n_head = llama_param_count(model_cfg, lm_head=False)  # critic, reward model
     pbytes = torch.finfo(DTYPES[cfg.param_dtype]).bits // 8
-    T = prompt_len + cfg.max_new_tokens
-    trainable = 2 * n  # actor + critic (the critic's 1-output head instead of V is close enough)
+    R = cfg.max_new_tokens
+    T = prompt_len + R
+    B, Bf, Bm = cfg.rollout_batch_size, cfg.forward_batch_size, cfg.micro_batch_size
+    trainable = n + n_head  # actor + critic
     est = {
-        "params": 4 * 4 * n / world,
+        "params": 4 * (2 * n + 2 * n_head) / world,
         "grads": 4 * trainable / world,
         "optimizer": (2 if cfg.optimizer == "adamw8bit" else 8) * trainable / world,
         "generation": pbytes * n,
-        "kv_cache": 2 * L * cfg.rollout_batch_size * T * kv_heads * head_dim * pbytes,
+        "kv_cache": 2 * L * B * T * kv_heads * head_dim * pbytes,
+        "score": Bf * (R + 1) * V * (pbytes + 8),  # logits + fp32 log-softmax of one forward
+        "rollout": B * (T * 10 + R * 4 * 10),  # ids, masks and ~10 fp32 [B, R] fields
+        "activations": activation_bytes(model_cfg, Bm, T, cfg.param_dtype, cfg.activation_checkpointing)
+        + Bm * (R + 1) * V * (pbytes + 8),
     }
-    per_layer = 34 * cfg.micro_batch_size * T * h * pbytes / 2  # Korthikanti et al., no attention scores
-    stored = (
-        L * 2 * cfg.micro_batch_size * T * h * pbytes + per_layer
-        if cfg.activation_checkpointing
-        else L * per_layer
-    )
-    est["activations"] = stored + cfg.micro_batch_size * (cfg.max_new_tokens + 1) * V * (pbytes + 8)
-    est["total"] = (
-        est["params"]
-        + est["grads"]
-        + est["optimizer"]
-        + max(est["generation"] + est["kv_cache"], est["activations"])
-    )
+    est["total"] = max(estimate_phases(cfg, est).values())
     return est
+
+
+def estimate_phases(cfg: PPOConfig, est: dict[str, float]) -> dict[str, float]:
+    """Per-device peak bytes of each phase from :func:`estimate_memory`'s parts: the sharded
+    states of the four models and the optimizer's under every phase, plus ``generate``: the
+    all-gathered actor and the KV cache; ``score``: a forward batch's logits; ``rewards``: the
+    rollout; ``train``: gradients and a micro-batch's activations; ``checkpoint``: gradients."""
+    static = est["params"] + est["optimizer"] + est["rollout"]
+    return {
+        "generate": static + est["generation"] + est["kv_cache"],
+        "score": static + est["score"],
+        "rewards": static,
+        "train": static + est["grads"] + est["activations"],
+        "checkpoint": static + est["grads"],
+    }
 
 
 def check_memory(cfg: PPOConfig, est: dict[str, float], device: torch.device) -> tuple[str, float | None]:
@@ -534,7 +549,7 @@ class IterationStats:
             torch.as_tensor(getattr(self, f.name), dtype=torch.float64, device=device).reshape(-1)
             for f in fields(self)
         ]
-        flat = all_reduce_sum(torch.cat(parts)).tolist()  # host sync (log point)
+        flat = host_list(all_reduce_sum(torch.cat(parts)))  # host sync (log point)
         out, i = {}, 0
         for f, p in zip(fields(self), parts):
             out[f.name] = flat[i] if p.numel() == 1 else flat[i : i + p.numel()]
@@ -577,30 +592,28 @@ def collect_rollout(
     cfg: PPOConfig,
     tokenizer: Any,
     device: torch.device,
-    times: dict[str, float],
+    phase: Phases,
 ) -> Rollout:
     """``# 1. generate`` then ``# 2. score`` (no grad): the filled :class:`Rollout` of this rank's
     prompts ``order`` — responses, old and reference log-probs, entropy, values, and the reward's
-    per-token and sequence scores (one reward forward gives both). Phase seconds go to ``times``."""
+    per-token and sequence scores (one reward forward gives both). Each step runs in its ``phase``
+    (seconds; a dry run's memory)."""
     pad_id = pad_token_id(tokenizer)
     # 1. generate: the actor all-gathered once for the whole rollout, resharded after
-    t0 = time.perf_counter()
-    batch = collate([prompts[i] for i in order], pad_id, padding_side="left")
-    p_ids, p_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    models.actor.eval()
-    with unsharded(models.actor):
-        r_ids, r_mask = generate(
-            models.actor, p_ids, p_mask, cfg.max_new_tokens, tokenizer.eos_token_id, pad_id,
-            cfg.temperature, cfg.top_p,
-        )  # fmt: skip
-    models.actor.train()
-    ro = Rollout(p_ids, p_mask, r_ids, r_mask)
-    device_sync(device)
-    times["generate"] = time.perf_counter() - t0
+    with phase("generate"):
+        batch = collate([prompts[i] for i in order], pad_id, padding_side="left")
+        p_ids, p_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        models.actor.eval()
+        with unsharded(models.actor):
+            r_ids, r_mask = generate(
+                models.actor, p_ids, p_mask, cfg.max_new_tokens, tokenizer.eos_token_id, pad_id,
+                cfg.temperature, cfg.top_p,
+            )  # fmt: skip
+        models.actor.train()
+        ro = Rollout(p_ids, p_mask, r_ids, r_mask)
     # 2. score, in chunks of forward_batch_size rows
-    t0 = time.perf_counter()
     parts: dict[str, list] = {k: [] for k in Rollout.SCORED}
-    with torch.no_grad():
+    with phase("score"), torch.no_grad():
         for mb in ro.chunks(cfg.forward_batch_size):
             P = mb.prompt_ids.shape[1]
             old, ent = policy_logprobs(models.actor, mb, cfg.temperature, entropy=True)
@@ -611,10 +624,8 @@ def collect_rollout(
             parts["values"].append(critic_values(models.critic, mb))
             parts["token_scores"].append(reward.token[:, P:])
             parts["sequence_scores"].append(reward.sequence)
-    for k, v in parts.items():
-        setattr(ro, k, torch.cat(v))
-    device_sync(device)
-    times["score"] = time.perf_counter() - t0
+        for k, v in parts.items():
+            setattr(ro, k, torch.cat(v))
     return ro
 
 
@@ -633,8 +644,9 @@ def ppo_step(
     n_tok = sums[0]
     for k, mb in enumerate(micro):
         last = k == len(micro) - 1
-        actor.set_requires_gradient_sync(last)  # reduce-scatter once per step
-        critic.set_requires_gradient_sync(last)
+        sync = last or cfg.grad_sync == "micro_batch"  # reduce-scatter once per step, or every time
+        actor.set_requires_gradient_sync(sync)
+        critic.set_requires_gradient_sync(sync)
         out = policy_logprobs(actor, mb, cfg.temperature, entropy=cfg.entropy_coef > 0)
         logp, ent = out if cfg.entropy_coef > 0 else (out, None)
         pl, pst = rlhf.ppo_policy_loss(
@@ -657,17 +669,24 @@ def ppo_step(
         opt.step()
         opt.zero_grad(set_to_none=True)
     stats.add(n_steps=1.0)
-    return sums[1].item() > 0  # host sync (one per optimizer step): every rank agrees to stop
+    return host_item(sums[1]) > 0  # host sync (one per optimizer step): every rank agrees to stop
 
 
 def normalise_scores(score: torch.Tensor, valid: torch.Tensor, moments: rlhf.RunningMoments) -> torch.Tensor:
     """(score − mean) / std with running moments of the RM scores over every rank's valid
     entries (one all-reduce and one host sync per iteration)."""
-    st = all_reduce_sum(
-        torch.stack(
-            [torch.where(valid, score, 0).sum(), torch.where(valid, score**2, 0).sum(), valid.sum().float()]
-        ).double()
-    ).tolist()
+    st = host_list(
+        all_reduce_sum(
+            torch.stack(
+                [
+                    torch.where(valid, score, 0).sum(),
+                    torch.where(valid, score**2, 0).sum(),
+                    valid.sum().float(),
+                ]
+            ).double()
+        ),
+        1.0,
+    )
     n = st[2]
     mean = st[0] / max(n, 1)
     moments.update(mean, max(st[1] / max(n, 1) - mean**2, 0.0), n)
@@ -694,6 +713,7 @@ class Setup:
     rollouts: MetricsLog  # output_dir/rollouts.jsonl: the saved rollout samples
     iteration: int
     end: int
+    memory: Any = None  # a dry run's PhaseMemory (None in a real run)
 
 
 def setup(cfg: PPOConfig) -> Setup:
@@ -703,19 +723,30 @@ def setup(cfg: PPOConfig) -> Setup:
     # (a) config check, processes, threads, determinism, outputs
     run = start_run(cfg, "ppo")
     di, out_dir = run.di, run.out_dir
-    # (b) prompts, tokenizer (the synthetic world when no prompt file is given)
-    syn = None if cfg.prompts else cfg.synthetic
-    if syn is None:
+    # (b) prompts, tokenizer (the synthetic world when no prompt file is given; stand-ins of the
+    # configured lengths in a dry run of a real architecture)
+    dry = in_dry_run()
+    syn = None if (cfg.prompts or (dry and (cfg.arch or cfg.init_from))) else cfg.synthetic
+    if dry and syn is None:
+        tokenizer, prompts = dry_run_prompts(cfg, di.world_size)
+        prompt_file = f"stand-ins ({cfg.max_prompt_length} tokens each)"
+    elif syn is None:
         prompt_file, tok_name = cfg.prompts, cfg.tokenizer or cfg.init_from or cfg.reward_model
         tok_key = next(k for k in ("tokenizer", "init_from", "reward_model") if getattr(cfg, k) == tok_name)
     else:
         pairs_path, tok_dir = bootstrap(out_dir / "synthetic", syn)
         prompt_file, tok_name = str(pairs_path), cfg.tokenizer or str(tok_dir)
-    if not tok_name:
-        raise ConfigError("config key 'tokenizer': needed when 'prompts' is given and 'init_from' is empty")
-    tokenizer = load_tokenizer(tok_name, tok_key if syn is None else "tokenizer")
+    if not (dry and syn is None):
+        if not tok_name:
+            raise ConfigError(
+                "config key 'tokenizer': needed when 'prompts' is given and 'init_from' is empty"
+            )
+        tokenizer = load_tokenizer(tok_name, tok_key if syn is None else "tokenizer")
     template = checked_template(tokenizer, cfg.prompt_template)
-    prompts = load_prompts(prompt_file, tokenizer, cfg.max_prompt_length, template)
+    if not (dry and syn is None):
+        prompts = load_prompts(prompt_file, tokenizer, cfg.max_prompt_length, template)
+        if dry:  # the longest prompt for every row: the worst case
+            prompts = [max(prompts, key=len)] * len(prompts)
     gold = GoldReward(tokenizer, syn).to(di.device) if syn is not None else None
     run.say(f"prompts {prompt_file}: {len(prompts)}")
     # (c) the memory plan (before anything is trained), then the reward model
@@ -730,13 +761,16 @@ def setup(cfg: PPOConfig) -> Setup:
     if cfg.reward_source == "learned":
         if cfg.reward_model:
             rm_dir = Path(cfg.reward_model)
+        elif dry:
+            run.say("dry run without reward_model: a random reward model of the actor's architecture")
         elif syn is not None:
             run.say("no reward_model given: training a tiny one with trainer/reward.py")
             rm_dir = train_reward_model_on_the_fly(cfg, out_dir, pairs_path, tok_dir)
             barrier()
         else:
             raise ConfigError("config key 'reward_model': required with a prompts file")
-        reward_level_of(rm_dir, template)
+        if rm_dir is not None:
+            reward_level_of(rm_dir, template)
     # (d) models and optimizers
     models = build_models(run, tokenizer, rm_dir, syn)
     n_actor = sum(p.numel() for p in models.actor.parameters())
@@ -774,9 +808,17 @@ def setup(cfg: PPOConfig) -> Setup:
     else:
         torch.manual_seed(cfg.seed + 1000 * di.rank)  # sampling RNG (restored on resume)
     end = min(cfg.iterations, cfg.stop_after_iterations) if cfg.stop_after_iterations else cfg.iterations
+    memory = None
+    if dry:
+        from trainer.infra.dryrun import PhaseMemory, warm_optimizer_states
+
+        warm_optimizer_states(*opts)  # the states a real run holds from its first step on
+        reward_model = models.reward if isinstance(models.reward, nn.Module) else None
+        memory = PhaseMemory([models.actor, models.ref, models.critic, reward_model], opts)
     return Setup(
-        run, tokenizer, prompts, gold, models, opts, kl_ctl, moments, ckpt, log, rollouts, iteration, end
-    )
+        run, tokenizer, prompts, gold, models, opts, kl_ctl, moments, ckpt, log, rollouts, iteration, end,
+        memory,
+    )  # fmt: skip
 
 
 def checkpoint_parts(models: Models, opts: tuple) -> dict:
@@ -785,8 +827,12 @@ def checkpoint_parts(models: Models, opts: tuple) -> dict:
 
 
 def train(cfg: PPOConfig) -> dict:
-    """Run PPO (called on every rank). Returns the last iteration's metrics."""
+    """Run PPO (called on every rank). Returns the last iteration's metrics (a dry run: its
+    measured peaks per phase, :func:`dry_run`)."""
     from tqdm import tqdm
+
+    if cfg.dry_run and not in_dry_run():
+        return dry_run(cfg)
 
     # 0. set-up: run, prompts, models, optimizers, resume
     S = setup(cfg)
@@ -799,111 +845,115 @@ def train(cfg: PPOConfig) -> dict:
         desc=f"ppo[{cfg.reward_level}]",
     )
     iteration, metrics = S.iteration, {}
-    while iteration < S.end:
-        stats, times = IterationStats(), {}
+    with S.memory if S.memory is not None else contextlib.nullcontext():  # a dry run's tracker
+        while iteration < S.end:
+            stats, phase = IterationStats(), Phases(di.device, S.memory)
 
-        # 1. generate + 2. score: this rank's share of the iteration's prompts (per-epoch
-        # permutations: every prompt once per pass, a pure function of seed and iteration)
-        order = rlhf.prompt_order(iteration, ro_rows * di.world_size, len(S.prompts), cfg.seed)
-        order = order[di.rank :: di.world_size]
-        ro = collect_rollout(models, S.prompts, order.tolist(), cfg, S.tokenizer, di.device, times)
-        mask = ro.response_mask
+            # 1. generate + 2. score: this rank's share of the iteration's prompts (per-epoch
+            # permutations: every prompt once per pass, a pure function of seed and iteration)
+            with real_tensors():  # (the host's data order: real even in a dry run)
+                order = rlhf.prompt_order(iteration, ro_rows * di.world_size, len(S.prompts), cfg.seed)
+                order = order[di.rank :: di.world_size].tolist()
+            ro = collect_rollout(models, S.prompts, order, cfg, S.tokenizer, di.device, phase)
+            mask = ro.response_mask
 
-        # 3. rewards + KL (token level: scaled per token, see token_reward_scale)
-        token = cfg.reward_level == "token"
-        score = (
-            rlhf.scale_token_rewards(ro.token_scores, mask, cfg.token_reward_scale)
-            if token
-            else ro.sequence_scores
-        )
-        if cfg.reward_norm:
-            score = normalise_scores(
-                score, mask if token else torch.ones_like(score, dtype=torch.bool), S.moments
-            )
-        kl = rlhf.kl_penalty(ro.old_logp, ro.ref_logp, cfg.kl_estimator)
-        ro.rewards = rlhf.compute_rewards(
-            kl, mask, S.kl_ctl.value, cfg.reward_level,
-            token_reward=score if token else None, sequence_reward=None if token else score,
-        )  # fmt: skip
-        cut = rlhf.missing_eos(ro.response_ids, mask, S.tokenizer.eos_token_id)
-        if cfg.missing_eos_penalty:  # added to R, i.e. at the last token, at either level
-            ro.rewards = rlhf.add_on_last_token(ro.rewards, mask, cut.float() * cfg.missing_eos_penalty)
-
-        # 4. GAE (advantages whitened with statistics over all ranks)
-        ro.advantages, ro.returns = fk.gae(
-            ro.rewards, ro.values, mask, cfg.gamma, cfg.lam, whiten=cfg.whiten_advantages, group=group
-        )
-
-        # 5. PPO epochs over shuffled minibatches (one optimizer step each)
-        t0 = time.perf_counter()
-        mb_rows = ro_rows // cfg.num_minibatches
-        stopping = False  # SIGTERM: the rest of this iteration's minibatches are skipped
-        for epoch in range(cfg.ppo_epochs):
-            gp = torch.Generator().manual_seed(((cfg.seed * 7919 + iteration) * 31 + epoch) * 131 + di.rank)
-            perm = torch.randperm(len(ro), generator=gp)
-            for m in range(cfg.num_minibatches):
-                if stopping:
-                    break
-                mini = ro.index(perm[m * mb_rows : (m + 1) * mb_rows].to(di.device))
-                stopping = ppo_step(models, S.opts, mini, cfg, stats, di.world_size)
-        device_sync(di.device)
-        times["train"] = time.perf_counter() - t0
-        iteration += 1
-
-        # 6. log / checkpoint (host syncs happen here only: one all-reduce, one copy)
-        with torch.no_grad():
-            maskf = mask.double()
-            stats.add(
-                n_seq=float(len(ro)), n_tok=maskf.sum(), seq_reward=ro.sequence_scores.double().sum(),
-                tok_reward=(ro.token_scores.double() * maskf).sum(),
-                kl=(rlhf.kl_penalty(ro.old_logp, ro.ref_logp, "k1").double() * maskf).sum(),
-                entropy=(ro.entropy.double() * maskf).sum(),
-                ev=rlhf.explained_variance_sums(ro.values, ro.returns, mask),
-                gen_tokens=maskf.sum(), seq_tokens=ro.attention_mask.sum().double(),
-                n_cut=cut.sum().double(), stop=float(STOP.requested),
-            )  # fmt: skip
-            if S.gold is not None:
-                stats.add(
-                    gold_tok=S.gold.score(ro.input_ids, ro.attention_mask, ro.full_response_mask)
-                    .token.double()
-                    .sum()
+            # 3. rewards + KL (token level: scaled per token, see token_reward_scale)
+            with phase("rewards"):
+                token = cfg.reward_level == "token"
+                score = (
+                    rlhf.scale_token_rewards(ro.token_scores, mask, cfg.token_reward_scale)
+                    if token
+                    else ro.sequence_scores
                 )
-        t = stats.all_reduce(di.device)
-        metrics = {"iteration": iteration, **iteration_metrics(t, S.kl_ctl.value, S.gold is not None)}
-        phase_tokens = {
-            "generate": t["gen_tokens"],
-            "score": t["seq_tokens"],
-            "train": t["seq_tokens"] * cfg.ppo_epochs,
-        }
-        for phase, dt in times.items():
-            metrics[f"time_{phase}_s"] = dt
-            metrics[f"tokens_per_s_{phase}"] = phase_tokens[phase] / dt
-        metrics["peak_memory_mb"] = peak_memory_mb(di.device)
-        S.kl_ctl.update(metrics["kl"], int(t["n_seq"]))
-        cut_frac = metrics["truncated_fraction"]
-        if cut_frac > cfg.truncation_warn and (iteration == S.iteration + 1 or iteration % 10 == 0):
-            run.say(
-                f"warning: iteration {iteration}: {cut_frac:.0%} of the responses hit "
-                f"max_new_tokens={cfg.max_new_tokens} without EOS (they are scored as if complete; "
-                "see missing_eos_penalty, and token_reward_scale for a length incentive)"
-            )
-        S.log.write(metrics)
-        every = cfg.save_rollouts_every
-        if di.is_main and every and (iteration == 1 or iteration % every == 0 or iteration == S.end):
-            for rec in rollout_samples(ro, S.tokenizer, cfg.rollout_samples, iteration, kl):  # host copy
-                S.rollouts.write(rec)
-        bar.update(1)
-        bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.3f}")
-        terminated = t["stop"] > 0
-        if (
-            (cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0)
-            or iteration == S.end
-            or terminated
-        ):
-            extra = {"iteration": iteration, "kl_coef": S.kl_ctl.value, "moments": vars(S.moments).copy()}
-            S.ckpt.save(iteration, checkpoint_parts(models, S.opts), extra)
-        if terminated:  # SIGTERM on some rank: the checkpoint above is written; exit 75
-            raise Preempted(run.out_dir, iteration)
+                if cfg.reward_norm:
+                    score = normalise_scores(
+                        score, mask if token else torch.ones_like(score, dtype=torch.bool), S.moments
+                    )
+                kl = rlhf.kl_penalty(ro.old_logp, ro.ref_logp, cfg.kl_estimator)
+                ro.rewards = rlhf.compute_rewards(
+                    kl, mask, S.kl_ctl.value, cfg.reward_level,
+                    token_reward=score if token else None, sequence_reward=None if token else score,
+                )  # fmt: skip
+                cut = rlhf.missing_eos(ro.response_ids, mask, S.tokenizer.eos_token_id)
+                if cfg.missing_eos_penalty:  # added to R, i.e. at the last token, at either level
+                    penalty = cut.float() * cfg.missing_eos_penalty
+                    ro.rewards = rlhf.add_on_last_token(ro.rewards, mask, penalty)
+
+                # 4. GAE (advantages whitened with statistics over all ranks)
+                ro.advantages, ro.returns = fk.gae(
+                    ro.rewards, ro.values, mask, cfg.gamma, cfg.lam, whiten=cfg.whiten_advantages, group=group
+                )
+
+            # 5. PPO epochs over shuffled minibatches (one optimizer step each)
+            mb_rows = ro_rows // cfg.num_minibatches
+            stopping = False  # SIGTERM: the rest of this iteration's minibatches are skipped
+            with phase("train"):
+                for epoch in range(cfg.ppo_epochs):
+                    seed = ((cfg.seed * 7919 + iteration) * 31 + epoch) * 131 + di.rank
+                    perm = torch.randperm(len(ro), generator=torch.Generator().manual_seed(seed))
+                    for m in range(cfg.num_minibatches):
+                        if stopping:
+                            break
+                        mini = ro.index(perm[m * mb_rows : (m + 1) * mb_rows].to(di.device))
+                        stopping = ppo_step(models, S.opts, mini, cfg, stats, di.world_size)
+            iteration += 1
+
+            # 6. log / checkpoint (host syncs happen here only: one all-reduce, one copy)
+            with torch.no_grad():
+                maskf = mask.double()
+                stats.add(
+                    n_seq=float(len(ro)), n_tok=maskf.sum(), seq_reward=ro.sequence_scores.double().sum(),
+                    tok_reward=(ro.token_scores.double() * maskf).sum(),
+                    kl=(rlhf.kl_penalty(ro.old_logp, ro.ref_logp, "k1").double() * maskf).sum(),
+                    entropy=(ro.entropy.double() * maskf).sum(),
+                    ev=rlhf.explained_variance_sums(ro.values, ro.returns, mask),
+                    gen_tokens=maskf.sum(), seq_tokens=ro.attention_mask.sum().double(),
+                    n_cut=cut.sum().double(), stop=float(STOP.requested),
+                )  # fmt: skip
+                if S.gold is not None:
+                    stats.add(
+                        gold_tok=S.gold.score(ro.input_ids, ro.attention_mask, ro.full_response_mask)
+                        .token.double()
+                        .sum()
+                    )
+            t = stats.all_reduce(di.device)
+            metrics = {"iteration": iteration, **iteration_metrics(t, S.kl_ctl.value, S.gold is not None)}
+            phase_tokens = {
+                "generate": t["gen_tokens"],
+                "score": t["seq_tokens"],
+                "train": t["seq_tokens"] * cfg.ppo_epochs,
+            }
+            for name, dt in phase.seconds.items():
+                metrics[f"time_{name}_s"] = dt
+                if name in phase_tokens:
+                    metrics[f"tokens_per_s_{name}"] = phase_tokens[name] / dt
+            metrics["peak_memory_mb"] = peak_memory_mb(di.device)
+            S.kl_ctl.update(metrics["kl"], int(t["n_seq"]))
+            cut_frac = metrics["truncated_fraction"]
+            if cut_frac > cfg.truncation_warn and (iteration == S.iteration + 1 or iteration % 10 == 0):
+                run.say(
+                    f"warning: iteration {iteration}: {cut_frac:.0%} of the responses hit "
+                    f"max_new_tokens={cfg.max_new_tokens} without EOS (they are scored as if complete; "
+                    "see missing_eos_penalty, and token_reward_scale for a length incentive)"
+                )
+            S.log.write(metrics)
+            every = cfg.save_rollouts_every
+            if di.is_main and every and (iteration == 1 or iteration % every == 0 or iteration == S.end):
+                for rec in rollout_samples(ro, S.tokenizer, cfg.rollout_samples, iteration, kl):  # host copy
+                    S.rollouts.write(rec)
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.3f}")
+            terminated = t["stop"] > 0
+            if (
+                (cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0)
+                or iteration == S.end
+                or terminated
+            ):
+                extra = {"iteration": iteration, "kl_coef": S.kl_ctl.value, "moments": vars(S.moments).copy()}
+                with phase("checkpoint"):
+                    S.ckpt.save(iteration, checkpoint_parts(models, S.opts), extra)
+            if terminated:  # SIGTERM on some rank: the checkpoint above is written; exit 75
+                raise Preempted(run.out_dir, iteration)
     bar.close()
     S.log.close()
 
@@ -921,7 +971,9 @@ def train(cfg: PPOConfig) -> dict:
         )
         run.say(f"saved {run.out_dir / 'final' / 'actor'}")
 
-    # 8. plots, the rollouts page and the summary (rank 0)
+    # 8. plots, the rollouts page and the summary (rank 0); a dry run's memory table instead
+    if S.memory is not None:
+        return dry_run_report(run, S)
     if di.is_main:
         end_of_run(run, S)
     return metrics
@@ -958,6 +1010,83 @@ def end_of_run(run: Run, S: Setup) -> None:
             run.say(f"warning: report.html not written: {describe(e)}")
     records = read_metrics(out / "metrics.jsonl")
     run.say(ppo_summary(records, outputs))
+
+
+# --------------------------------------------------------------------------------------------
+# Dry run: the recipe above on fake tensors over a fake process group (trainer.infra.dryrun)
+# --------------------------------------------------------------------------------------------
+DRY_RUN_ITERATIONS = 1  # with the optimizer states created first (warm_optimizer_states)
+
+
+def dry_run(cfg: PPOConfig) -> dict:
+    """``dry_run=true``: :func:`train` itself, for one iteration (optimizer states created first,
+    as a real run has them from its first step on), inside
+    :func:`trainer.infra.dryrun.fake_world` (``dry_run_world_size`` fake ranks, fake tensors),
+    writing into a temporary directory: every phase — generate with the KV cache at the
+    configured lengths, score, rewards + GAE, the PPO epochs over every minibatch with
+    accumulation and both optimizer steps, a checkpoint save — runs with this config's shapes and
+    dtypes, and its peak memory on one rank is measured. Prints the per-phase table beside
+    :func:`estimate_phases` and returns ``{"peaks": {phase: bytes}, "parts": ..., "estimates": ...}``.
+
+    Raises:
+        trainer.infra.dryrun.DryRunError: a phase failed or its peak exceeds ``memory_limit_gb``
+            (the phase is named).
+    """
+    import dataclasses
+    import tempfile
+
+    from trainer.infra.dryrun import fake_world
+
+    with tempfile.TemporaryDirectory(prefix="fgrlhf-dry-run-") as tmp:
+        dcfg = dataclasses.replace(
+            cfg, output_dir=tmp, iterations=DRY_RUN_ITERATIONS, stop_after_iterations=0, resume=False,
+            save_final=False, plots=False, report=False, save_rollouts_every=0, progress=False,
+            tensorboard=False, device="cpu", attn_implementation="sdpa", deterministic=False,
+            checkpoint_every=DRY_RUN_ITERATIONS,
+        )  # fmt: skip
+        with fake_world(cfg.dry_run_world_size):
+            return train(dcfg)
+
+
+def dry_run_prompts(cfg: PPOConfig, world: int) -> tuple[Any, list[TokenizedExample]]:
+    """A dry run's tokenizer (``tokenizer`` / ``init_from``'s when given, else a stand-in of the
+    ``arch`` preset's vocabulary) and ``rollout_batch_size × world`` stand-in prompts of exactly
+    ``max_prompt_length`` tokens (BOS first), the worst case of the real prompts."""
+    from trainer.infra.dryrun import ARCH_PRESETS, stand_in_tokenizer
+
+    name = cfg.tokenizer or cfg.init_from
+    if name:
+        tokenizer = load_tokenizer(name, "tokenizer" if cfg.tokenizer else "init_from")
+    else:
+        if cfg.arch not in ARCH_PRESETS:
+            raise ConfigError(f"config key 'arch': {cfg.arch!r} is not one of {sorted(ARCH_PRESETS)}")
+        tokenizer = stand_in_tokenizer(ARCH_PRESETS[cfg.arch]["vocab_size"])
+    n = cfg.max_prompt_length
+    ids = [tokenizer.bos_token_id] + [len(tokenizer) - 1] * (n - 1)
+    prompt = TokenizedExample(ids, [False] * n, [False] * n, n)
+    return tokenizer, [prompt] * (cfg.rollout_batch_size * world)
+
+
+def dry_run_report(run: Run, S: Setup) -> dict:
+    """The dry run's end: the per-phase table (measured peak and parts, the estimate beside it)
+    and the limit check.
+
+    Raises:
+        trainer.infra.dryrun.DryRunError: a phase's peak exceeds ``memory_limit_gb``.
+    """
+    from trainer.infra.dryrun import check_limit, memory_table
+
+    cfg, pm = run.cfg, S.memory
+    P = max(len(p) for p in S.prompts)
+    est = estimate_phases(cfg, estimate_memory(cfg, S.models.actor_config, run.di.world_size, P))
+    limit = cfg.memory_limit_gb * 1024**3 if cfg.memory_limit_gb > 0 else None
+    run.say(
+        f"dry run: {DRY_RUN_ITERATIONS} iterations on fake tensors, world {run.di.world_size} (fake), "
+        f"rollout {cfg.rollout_batch_size} x ({P} + {cfg.max_new_tokens}) tokens per rank; peak memory "
+        f"of one rank per phase:\n{memory_table(pm, est, limit)}"
+    )
+    check_limit(pm, limit, cfg.memory_limit_gb)
+    return {"peaks": dict(pm.peaks), "parts": dict(pm.parts), "estimates": est}
 
 
 def main(argv: list[str] | None = None) -> int:

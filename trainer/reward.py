@@ -55,9 +55,11 @@ from trainer.data.synthetic import bootstrap
 from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import ConfigError, SupervisedConfig, cli_main, describe
 from trainer.infra.dist import all_reduce_sum, gather_objects, on_rank0
+from trainer.infra.dryrun import host_item, host_list, in_dry_run
 from trainer.infra.metrics import MetricsLog
 from trainer.infra.runtime import (
     STOP,
+    Phases,
     Preempted,
     Run,
     build_optimizer,
@@ -181,6 +183,7 @@ class PairScores:
     removed: tuple[torch.Tensor, torch.Tensor]
 
 
+@torch.no_grad()
 def score_pairs(
     model: torch.nn.Module,
     pairs: list[Pair],
@@ -274,6 +277,8 @@ def load_data(run: Run) -> tuple[Any, list[Pair], PairData, str]:
     """The tokenizer, the training pairs of the level's own kind, the held-out pairs and the data
     path (the synthetic set when ``data`` is empty)."""
     cfg = run.cfg
+    if in_dry_run() and (cfg.arch or cfg.init_from):
+        return dry_run_data(run)
     data_path, tok_name = cfg.data, cfg.tokenizer or cfg.init_from
     if not data_path:
         pairs_path, tok_dir = bootstrap(run.out_dir / "synthetic", cfg.synthetic)
@@ -315,8 +320,12 @@ def save_reward_model(run: Run, model, hf_config, tokenizer, name: str, step: in
 
 
 def train(cfg: RewardConfig) -> dict:
-    """Run the recipe (called on every rank). Returns the last evaluation's metrics."""
+    """Run the recipe (called on every rank). Returns the last evaluation's metrics (a dry run:
+    its measured peaks per phase, :func:`dry_run`)."""
     from tqdm import tqdm
+
+    if cfg.dry_run and not in_dry_run():
+        return dry_run(cfg)
 
     # 0. set-up: config check, processes, threads, determinism, output directory
     run = start_run(cfg, "reward")
@@ -356,6 +365,13 @@ def train(cfg: RewardConfig) -> dict:
     ckpt = Checkpointer(run.out_dir / "checkpoints", cfg.keep_checkpoints, say=run.say)
     step, extra = resume_or_seed(run, ckpt, model, optimizer, scheduler, log, len(train_pairs))
     best = extra.get("best", -math.inf)
+    memory = None  # a dry run's per-phase memory tracker
+    if in_dry_run():
+        from trainer.infra.dryrun import PhaseMemory, warm_optimizer_states
+
+        warm_optimizer_states(optimizer)  # the states a real run holds from its first step on
+        memory = PhaseMemory([model], [optimizer]).__enter__()
+    phase = Phases(di.device, memory)
 
     # 4. the loop
     model.train()
@@ -387,31 +403,33 @@ def train(cfg: RewardConfig) -> dict:
         n_local = float(sum(b["input_ids"].shape[0] // 2 for b in micro))
         step_sums = all_reduce_sum(torch.tensor([n_local, float(STOP.requested)], device=di.device))
         n_global = step_sums[:1]
-        for k, batch in enumerate(micro):
-            batch = {key: v.to(di.device) for key, v in batch.items()}
-            model.set_requires_gradient_sync(k == len(micro) - 1)  # reduce-scatter once per step
-            # 4b. forward: per-token head -> per-pair loss
-            scores = per_token_scores(model, batch["input_ids"], batch["attention_mask"])
-            loss_b, margin = pair_loss(scores, batch, cfg.rm_level, cfg.variant)
-            # 4c. backward of Σ loss / N_global; FSDP averages gradients over ranks, so × world
-            (loss_b.sum() * (di.world_size / n_global)).backward()
-            sums += torch.stack(
-                [
-                    loss_b.detach().sum().double(),
-                    (margin > 0).sum().double(),
-                    margin.sum().double(),
-                    torch.full((), float(len(margin)), dtype=torch.float64, device=di.device),
-                ]
-            )
-            tokens += int(batch["attention_mask"].numel())
-            train_tokens += int(batch["attention_mask"].numel()) * di.world_size
-        # 4d. clip, step, schedule
-        grad_norm, lr = optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+        with phase("train"):
+            for k, batch in enumerate(micro):
+                batch = {key: v.to(di.device) for key, v in batch.items()}
+                # reduce-scatter once per step (or after every micro-batch: grad_sync)
+                model.set_requires_gradient_sync(k == len(micro) - 1 or cfg.grad_sync == "micro_batch")
+                # 4b. forward: per-token head -> per-pair loss
+                scores = per_token_scores(model, batch["input_ids"], batch["attention_mask"])
+                loss_b, margin = pair_loss(scores, batch, cfg.rm_level, cfg.variant)
+                # 4c. backward of Σ loss / N_global; FSDP averages gradients over ranks, so × world
+                (loss_b.sum() * (di.world_size / n_global)).backward()
+                sums += torch.stack(
+                    [
+                        loss_b.detach().sum().double(),
+                        (margin > 0).sum().double(),
+                        margin.sum().double(),
+                        torch.full((), float(len(margin)), dtype=torch.float64, device=di.device),
+                    ]
+                )
+                tokens += int(batch["attention_mask"].numel())
+                train_tokens += int(batch["attention_mask"].numel()) * di.world_size
+            # 4d. clip, step, schedule
+            grad_norm, lr = optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
         step += 1
         bar.update(1)
         # 4e. log (host syncs happen here only)
         if step % cfg.log_every == 0 or step == end_step:
-            totals = all_reduce_sum(sums.clone()).tolist()  # host sync (log point)
+            totals = host_list(all_reduce_sum(sums.clone()), 1.0)  # host sync (log point)
             dt = time.perf_counter() - t_last
             gn = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
             rec = {
@@ -421,7 +439,7 @@ def train(cfg: RewardConfig) -> dict:
                 "accuracy": totals[1] / totals[3],
                 "margin": totals[2] / totals[3],
                 "lr": lr,
-                "grad_norm": float(gn) if gn is not None else None,
+                "grad_norm": host_item(gn) if gn is not None else None,
                 "pairs_per_s": totals[3] / dt,
                 "tokens_per_s": tokens * di.world_size / dt,
                 "epoch": step / steps_per_epoch,
@@ -431,7 +449,7 @@ def train(cfg: RewardConfig) -> dict:
             sums.zero_()
             t_last, tokens = time.perf_counter(), 0
         # 4f. evaluate / checkpoint
-        preempted = step_sums[1].item() > 0  # host sync (one per step): every rank agrees to stop
+        preempted = host_item(step_sums[1]) > 0  # host sync (one per step): every rank agrees to stop
         if has_eval and cfg.eval_every and step % cfg.eval_every == 0 and step < end_step and not preempted:
             t0 = time.perf_counter()
             metrics, best = evaluate_and_keep_best(
@@ -448,7 +466,8 @@ def train(cfg: RewardConfig) -> dict:
                 "n_items": len(train_pairs),
                 "world_size": di.world_size,
             }
-            ckpt.save(step, {"model": (model, optimizer)}, extra)
+            with phase("checkpoint"):
+                ckpt.save(step, {"model": (model, optimizer)}, extra)
             times["checkpoint"] += time.perf_counter() - t0
         if preempted:  # SIGTERM on some rank: the checkpoint above is written; exit 75
             bar.close()
@@ -459,10 +478,15 @@ def train(cfg: RewardConfig) -> dict:
     # 5. final evaluation and model
     t0 = time.perf_counter()
     if has_eval:
-        metrics, best = evaluate_and_keep_best(
-            run, model, eval_data, pad_id, step, best, log, hf_config, tokenizer
-        )
+        with phase("eval"):
+            metrics, best = evaluate_and_keep_best(
+                run, model, eval_data, pad_id, step, best, log, hf_config, tokenizer
+            )
     times["eval"] += time.perf_counter() - t0
+    if memory is not None:  # a dry run ends here: the per-phase memory table
+        memory.__exit__(None, None, None)
+        log.close()
+        return dry_run_report(run, memory, hf_config, len(micro[0]["input_ids"]) // 2)
     t0 = time.perf_counter()
     if step >= total_steps:
         save_reward_model(run, model, hf_config, tokenizer, "final", step, metrics)
@@ -532,6 +556,11 @@ def evaluate_and_keep_best(
     """Evaluate, log, and save ``best/`` when the own-kind accuracy beats ``best``; returns the
     metrics and the new best."""
     cfg = run.cfg
+    if in_dry_run():  # fake scores have no values: the forwards run, the metrics cannot
+        for kind in ("edited", "original"):
+            pairs = getattr(eval_data, kind)
+            score_pairs(model, pairs, cfg, pad_id, run.di.device, loss=kind == cfg.own_pairs, tokens=False)
+        return {}, best
     metrics = evaluate(model, eval_data, cfg, pad_id, run.di.device)
     log.write({"split": "eval", "step": step, **metrics})
     run.say(
@@ -541,6 +570,102 @@ def evaluate_and_keep_best(
         best = metrics["accuracy"]
         save_reward_model(run, model, hf_config, tokenizer, "best", step, metrics)
     return metrics, best
+
+
+# --------------------------------------------------------------------------------------------
+# Dry run: the recipe above on fake tensors over a fake process group (trainer.infra.dryrun)
+# --------------------------------------------------------------------------------------------
+DRY_RUN_STEPS = 1  # with the optimizer states created first (warm_optimizer_states)
+
+
+def dry_run(cfg: RewardConfig) -> dict:
+    """``dry_run=true``: :func:`train` itself for one optimizer step over every micro-batch of
+    the accumulation (optimizer states created first, as a real run has them), a checkpoint and
+    the held-out evaluation's forwards, inside
+    :func:`trainer.infra.dryrun.fake_world` (fake ranks, fake tensors, a temporary directory).
+    Prints the per-phase peak memory beside :func:`estimate_memory` and returns
+    ``{"peaks", "parts", "estimates"}``.
+
+    Raises:
+        trainer.infra.dryrun.DryRunError: a phase failed or its peak exceeds ``memory_limit_gb``.
+    """
+    import dataclasses
+    import tempfile
+
+    from trainer.infra.dryrun import fake_world
+
+    with tempfile.TemporaryDirectory(prefix="fgrlhf-dry-run-") as tmp:
+        dcfg = dataclasses.replace(
+            cfg, output_dir=tmp, max_steps=DRY_RUN_STEPS, stop_after_steps=0, resume=False, eval_every=0,
+            checkpoint_every=DRY_RUN_STEPS, save_best=False, plots=False, report=False, progress=False,
+            device="cpu", attn_implementation="sdpa", deterministic=False, log_every=DRY_RUN_STEPS,
+        )  # fmt: skip
+        with fake_world(cfg.dry_run_world_size):
+            return train(dcfg)
+
+
+def dry_run_data(run: Run) -> tuple[Any, list[Pair], PairData, str]:
+    """A dry run's tokenizer (``tokenizer`` / ``init_from``'s, else a stand-in of the ``arch``
+    preset's vocabulary) and stand-in pairs of exactly ``max_length`` tokens on both sides (the
+    worst case): two steps' worth for training, one eval batch of each kind held out."""
+    from trainer.data.examples import TokenizedExample
+    from trainer.infra.dryrun import ARCH_PRESETS, stand_in_tokenizer
+
+    cfg = run.cfg
+    name = cfg.tokenizer or cfg.init_from
+    if name:
+        tokenizer = load_tokenizer(name, "tokenizer" if cfg.tokenizer else "init_from")
+    elif cfg.arch in ARCH_PRESETS:
+        tokenizer = stand_in_tokenizer(ARCH_PRESETS[cfg.arch]["vocab_size"])
+    else:
+        raise ConfigError(f"config key 'arch': {cfg.arch!r} is not one of {sorted(ARCH_PRESETS)}")
+    cfg.prompt_template = checked_template(tokenizer, cfg.prompt_template)
+    T, P = cfg.max_length, cfg.max_length - cfg.min_response_tokens
+    ids = [tokenizer.bos_token_id] + [len(tokenizer) - 1] * (T - 1)
+    resp = [False] * P + [True] * (T - P)
+    changed = [False] * P + [i % 4 == 0 for i in range(T - P)]
+    ex = TokenizedExample(ids, resp, changed, P)
+    pair = (ex, ex)
+    world_batch = cfg.micro_batch_size * cfg.grad_accum * run.di.world_size
+    n_eval = cfg.eval_batch_size * run.di.world_size
+    held_out = PairData(edited=[pair] * n_eval, original=[pair] * n_eval)
+    return tokenizer, [pair] * (world_batch * DRY_RUN_STEPS), held_out, f"stand-ins ({T} tokens each)"
+
+
+def estimate_memory(cfg: RewardConfig, model_cfg: Any, world: int, rows: int) -> dict[str, float]:
+    """Per-device bytes of each phase for a LLaMA-like ``model_cfg`` (fp32 masters, gradients and
+    AdamW states sharded over ``world``; ``rows`` pairs per micro-batch, i.e. 2·rows sequences of
+    ``max_length``): ``train`` = states + gradients + one micro-batch's activations and logits-free
+    head; ``eval`` = states + one eval batch's forward; ``checkpoint`` = states + gradients."""
+    from trainer.models import activation_bytes, llama_param_count
+
+    n = llama_param_count(model_cfg, lm_head=False)
+    states = (4 + (2 if cfg.optimizer == "adamw8bit" else 8)) * n / world
+    grads = 4 * n / world
+    T = cfg.max_length
+    act = activation_bytes(model_cfg, 2 * rows, T, cfg.param_dtype, cfg.activation_checkpointing)
+    fwd = activation_bytes(model_cfg, 2 * cfg.eval_batch_size, T, cfg.param_dtype, True)
+    return {"train": states + grads + act, "checkpoint": states + grads, "eval": states + fwd}
+
+
+def dry_run_report(run: Run, memory: Any, hf_config: Any, rows: int) -> dict:
+    """The dry run's end: the per-phase table beside :func:`estimate_memory`, and the limit check.
+
+    Raises:
+        trainer.infra.dryrun.DryRunError: a phase's peak exceeds ``memory_limit_gb``.
+    """
+    from trainer.infra.dryrun import check_limit, memory_table
+
+    cfg = run.cfg
+    est = estimate_memory(cfg, hf_config, run.di.world_size, rows)
+    limit = cfg.memory_limit_gb * 1024**3 if cfg.memory_limit_gb > 0 else None
+    run.say(
+        f"dry run: {DRY_RUN_STEPS} steps on fake tensors, world {run.di.world_size} (fake), micro-batch "
+        f"{rows} pairs x 2 x {cfg.max_length} tokens, accumulation {cfg.grad_accum}; peak memory of one "
+        f"rank per phase:\n{memory_table(memory, est, limit)}"
+    )
+    check_limit(memory, limit, cfg.memory_limit_gb)
+    return {"peaks": dict(memory.peaks), "parts": dict(memory.parts), "estimates": est}
 
 
 def main(argv: list[str] | None = None) -> int:

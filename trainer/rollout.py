@@ -24,6 +24,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from trainer.infra.dryrun import is_fake
 from trainer.models import position_ids
 
 __all__ = ["Rollout", "generate", "sample_next", "unsharded"]
@@ -201,8 +202,9 @@ def generate(
         if eos_token_id is not None:
             alive = alive & (tok != eos_token_id)
         # host sync once per token (early stop when every row has ended); a decoding loop
-        # cannot avoid it without running to max_new_tokens
-        if t == max_new_tokens - 1 or not bool(alive.any()):
+        # cannot avoid it without running to max_new_tokens (a dry run's fake tensors have no
+        # data: every row runs to max_new_tokens, the worst case)
+        if t == max_new_tokens - 1 or (not is_fake(alive) and not bool(alive.any())):
             break
         attn = torch.cat([attn, masks[-1].long()[:, None]], dim=1)
         out = model(

@@ -375,7 +375,8 @@ def train(cfg: SFTConfig) -> dict:
         stop = torch.tensor(float(STOP.requested), device=di.device)
         step_sums = all_reduce_sum(torch.stack([n_local, stop]))
         for k, batch in enumerate(micro):
-            model.set_requires_gradient_sync(k == len(micro) - 1)  # reduce-scatter once per step
+            # reduce-scatter once per step (or after every micro-batch: grad_sync)
+            model.set_requires_gradient_sync(k == len(micro) - 1 or cfg.grad_sync == "micro_batch")
             # 4b. forward: per-token log-probs -> the weighted loss over the global count
             lp = token_logp(model, batch["input_ids"], batch["attention_mask"], batch["weights"])
             loss, nll = weighted_token_loss(

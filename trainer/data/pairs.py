@@ -142,7 +142,10 @@ def step_batches(
     step. An epoch is a fresh permutation; its last partial global batch is dropped."""
     steps_per_epoch = n_pairs // world_batch
     epoch, i = divmod(step, steps_per_epoch)
-    g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    perm = torch.randperm(n_pairs, generator=g)[i * world_batch : (i + 1) * world_batch]
-    mine = perm[rank::world].tolist()
+    from trainer.infra.dryrun import real_tensors
+
+    with real_tensors():  # host indices: real even in a dry run's FakeTensorMode
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        perm = torch.randperm(n_pairs, generator=g)[i * world_batch : (i + 1) * world_batch]
+        mine = perm[rank::world].tolist()
     return [mine[k : k + cfg.micro_batch_size] for k in range(0, len(mine), cfg.micro_batch_size)]

@@ -157,6 +157,10 @@ class Checkpointer:
         for name, (model, optimizer) in parts.items():
             model_sd, optim_sd = get_state_dict(model, optimizer)
             state[name] = {"model": model_sd, "optim": optim_sd}
+        from trainer.infra.dryrun import in_dry_run
+
+        if in_dry_run():  # fake tensors have no bytes: the state dicts a save holds are built, not written
+            return tmp
         dcp.save(state, checkpoint_id=str(tmp))
         torch.save({**extra, "rng": get_rng_state()}, tmp / f"extra_rank{rank}.pt")
         barrier()

@@ -119,10 +119,12 @@ class TrainConfig:
         "reduce_dtype": ("float32", "bfloat16"),
         "device": ("auto", "cuda", "cpu"),
         "prompt_template": ("auto", "plain", "alpaca", "chat"),
+        "grad_sync": ("step", "micro_batch"),
     }
     AT_LEAST: ClassVar[dict] = {
         "hidden_size": 1, "num_layers": 1, "num_heads": 1, "intermediate_size": 1, "weight_decay": 0,
         "max_grad_norm": 0, "num_threads": 0, "checkpoint_every": 0, "keep_checkpoints": 1,
+        "dry_run_world_size": 1, "dry_run_layers": 0, "memory_limit_gb": 0,
     }  # fmt: skip
     PATHS: ClassVar[dict] = {"init_from": None, "tokenizer": None}
     RESUME_SAFE: ClassVar[dict] = dict.fromkeys(
@@ -163,6 +165,11 @@ class TrainConfig:
     """FSDP2 gradient reduce-scatter dtype."""
     activation_checkpointing: bool = False
     """Recompute each decoder layer in backward (saves memory; on for 7B)."""
+    grad_sync: str = "step"
+    """When gradient accumulation reduce-scatters: ``step`` (once per optimizer step, after the
+    last micro-batch: least communication, but FSDP2 keeps every layer's *unsharded* fp32
+    gradient between micro-batches, 4 bytes × parameters per device — 25 GiB for LLaMA-7B, found
+    by the dry run) or ``micro_batch`` (after every micro-batch: sharded accumulation)."""
     attn_implementation: str = "auto"
     """``auto`` (flash_attention_2 when installed on CUDA, else sdpa), ``sdpa``, ``eager``, ..."""
     device: str = "auto"
@@ -184,6 +191,22 @@ class TrainConfig:
     """Continue from the newest intact checkpoint in ``output_dir/checkpoints`` when there is one."""
     progress: bool = True
     """Show a tqdm progress bar (rank 0)."""
+    arch: str = ""
+    """Architecture preset used when ``init_from`` is empty (``llama-7b``, ``llama-1b``: see
+    ``trainer.infra.dryrun.ARCH_PRESETS``); empty: the tiny LLaMA of the sizes above."""
+    memory_limit_gb: float = 0.0
+    """Per-device memory a run must fit in (checked before models are built, and by a dry run's
+    measured peaks); 0: the CUDA device's total (no check on CPU)."""
+    dry_run: bool = False
+    """Run the real code path for one iteration / step on fake tensors over a fake process group
+    of ``dry_run_world_size`` ranks (no memory, no GPU, no checkpoints needed: required paths may
+    stay unset), print the measured peak memory per phase beside the estimate, and exit."""
+    dry_run_world_size: int = 8
+    """Ranks of the dry run's fake process group (the GPUs the real job will use)."""
+    dry_run_layers: int = 0
+    """A dry run with this many decoder layers instead of the architecture's (0: all of them):
+    every shape per layer is the real one, for a quick check of the code path (CI); the memory
+    figures are then those of the smaller model."""
 
     def check(self) -> None:
         """Reject values no run can use (names the key): the declared choices, lower bounds and
@@ -270,7 +293,8 @@ def load_config(cls: type[T], argv: list[str]) -> T:
     for _, src in sources:
         required = {k for k in required if OmegaConf.select(src, k, default=None) is None}
         required |= set(OmegaConf.missing_keys(src))
-    if required:
+    dry = any(OmegaConf.select(src, "dry_run", default=False) is True for _, src in sources)
+    if required and not dry:  # a dry run needs no checkpoints or data: ??? paths stay empty
         key = sorted(required)[0]
         raise ConfigError(f"config key {key!r} is required (??? in the YAML file): set it as {key}=...")
     for where, src in sources:

@@ -94,7 +94,10 @@ def init_distributed(device: str = "auto") -> DistInfo:
         else:
             dist.init_process_group(backend=backend, rank=rank, world_size=world)
     rank, world = dist.get_rank(), dist.get_world_size()
-    mesh = init_device_mesh(dev.type, (world,), mesh_dim_names=("dp",))
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    with unset_fake_temporarily():  # a dry run's FakeTensorMode: the mesh's rank table is real
+        mesh = init_device_mesh(dev.type, (world,), mesh_dim_names=("dp",))
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev, mesh=mesh)
 
 
@@ -135,9 +138,12 @@ def barrier() -> None:
 
 
 def gather_objects(obj: object) -> list:
-    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
-    if get_world_size() == 1:
-        return [obj]
+    """Every rank's ``obj`` (picklable), in rank order, on every rank (a dry run's fake world:
+    rank 0's object stands for every rank's; fake tensors cannot be pickled)."""
+    from trainer.infra.dryrun import in_dry_run
+
+    if get_world_size() == 1 or in_dry_run():
+        return [obj] * get_world_size()
     out: list = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out

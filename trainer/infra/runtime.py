@@ -16,10 +16,12 @@ next start). Under ``torchrun`` the launcher itself exits 1 after forwarding SIG
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import math
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -321,3 +323,22 @@ def peak_memory_mb(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Phases:
+    """The phases of an iteration: ``with phases("generate"): ...`` adds the block's wall-clock
+    seconds (device-synced) to ``seconds["generate"]`` and, in a dry run (``memory``: a
+    :class:`~trainer.infra.dryrun.PhaseMemory`), measures its peak memory and names the phase in
+    any error raised inside."""
+
+    def __init__(self, device: torch.device, memory: Any = None):
+        self.device, self.memory = device, memory
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        with self.memory.phase(name) if self.memory is not None else contextlib.nullcontext():
+            yield
+            device_sync(self.device)
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0

@@ -1,0 +1,319 @@
+"""Dry runs (``dry_run=true``): a trainer's real code path on fake tensors and a fake process
+group, so a 7B config is proven — shapes, dtypes, collectives, memory — before a GPU is rented.
+
+:func:`fake_world` starts a fake process group of ``world`` ranks (torch's ``FakeStore`` and
+``fake`` backend: collectives return at once, this process is rank 0) and enters
+``FakeTensorMode``: every tensor made inside has a shape, dtype and device but no storage, so
+LLaMA-7B's 8-rank FSDP2 shards, a rollout of 64 × 492 tokens and AdamW states cost nothing. The
+trainer then runs as usual: build on meta, ``parallelize``, materialise, one iteration.
+
+What differs from a real run, on purpose:
+
+* the device is the CPU (fake CPU tensors; a real run's bf16 parameters and fp32 masters have
+  the same sizes on any device), attention is ``sdpa`` and ``fgkernels`` use their eager
+  references (a fake tensor has no data for a Triton or C++ kernel; the fused kernels need less
+  memory than the references, so those ops are counted high);
+* data-dependent host syncs cannot run on fake tensors: :func:`host_item` / :func:`host_list`
+  return a stand-in there (generation then runs every row to ``max_new_tokens``: the worst case);
+* data are stand-ins of the configured lengths (prompts of ``max_prompt_length`` tokens, pairs of
+  ``max_length``), models without a checkpoint are built from the config's ``arch`` preset, and
+  a tokenizer of the preset's vocabulary size stands in when none is given;
+* nothing that needs bytes is written (final model, safetensors, plots).
+
+:class:`PhaseMemory` measures each phase with torch's ``MemTracker`` (the base of
+``FSDPMemTracker``; one tracker over every model and optimizer of the trainer, since PPO has four
+models): the peak per phase and its parts (parameters, gradients, optimizer state, activations,
+temporaries — FSDP2's all-gather and reduce-scatter buffers are among the temporaries).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from trainer.infra.config import ConfigError
+
+__all__ = [
+    "ARCH_PRESETS",
+    "DryRunError",
+    "PhaseMemory",
+    "fake_world",
+    "host_item",
+    "host_list",
+    "in_dry_run",
+    "is_fake",
+    "preset_config",
+    "real_tensors",
+    "stand_in_tokenizer",
+    "warm_optimizer_states",
+]
+
+# LLaMA architectures by name (the shapes a dry run needs when no checkpoint is given).
+ARCH_PRESETS: dict[str, dict[str, Any]] = {
+    # LLaMA-7B (Touvron et al. 2023): what AlpacaFarm and the fine-grained paper train
+    "llama-7b": dict(
+        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=32, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-6,
+    ),
+    # a 1B-class LLaMA (TinyLlama-1.1B's shapes: grouped-query attention with 4 KV heads)
+    "llama-1b": dict(
+        hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+        num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-5,
+    ),
+}  # fmt: skip
+
+_ACTIVE: list[bool] = []
+
+
+class DryRunError(ConfigError):
+    """A phase of the dry run failed (shape, dtype, collective) or its peak is over the limit:
+    this config cannot run. The message names the phase (a one-line error, exit status 2)."""
+
+
+def in_dry_run() -> bool:
+    """True inside :func:`fake_world`."""
+    return bool(_ACTIVE)
+
+
+def is_fake(t: Any) -> bool:
+    """True for a ``FakeTensor`` (a dry run's tensors)."""
+    from torch._subclasses.fake_tensor import is_fake as _is_fake
+
+    return isinstance(t, torch.Tensor) and _is_fake(t)
+
+
+def host_item(t: torch.Tensor, fake_value: float = 0.0) -> float:
+    """``t.item()``, or ``fake_value`` for a fake tensor (no data to copy)."""
+    return fake_value if is_fake(t) else t.item()
+
+
+def host_list(t: torch.Tensor, fake_value: float = 0.0) -> list:
+    """``t.tolist()`` of a 1-D tensor, or ``[fake_value] * numel`` for a fake tensor."""
+    return [fake_value] * t.numel() if is_fake(t) else t.tolist()
+
+
+def real_tensors():
+    """A context in which new tensors are real even inside a dry run's ``FakeTensorMode`` (for
+    the data order: a permutation of indices is computed on the host and must have values)."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    return unset_fake_temporarily()
+
+
+def warm_optimizer_states(*optimizers: torch.optim.Optimizer) -> None:
+    """Create every optimizer's state (AdamW's two moments) as a real run has it from its first
+    step on, so one dry-run iteration sees the steady-state memory: zero gradients, one step with
+    the learning rate at 0, gradients dropped."""
+    for opt in optimizers:
+        saved = [g["lr"] for g in opt.param_groups]
+        for g in opt.param_groups:
+            g["lr"] = 0.0
+            for p in g["params"]:
+                p.grad = torch.zeros_like(p)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        for g, lr in zip(opt.param_groups, saved):
+            g["lr"] = lr
+
+
+def preset_config(name: str, tokenizer: Any = None):
+    """The ``LlamaConfig`` of an :data:`ARCH_PRESETS` entry (special-token ids from ``tokenizer``).
+
+    Raises:
+        ConfigError: an unknown preset name (config key ``arch``).
+    """
+    from transformers import LlamaConfig
+
+    from trainer.infra.config import ConfigError
+
+    if name not in ARCH_PRESETS:
+        raise ConfigError(f"config key 'arch': {name!r} is not one of {sorted(ARCH_PRESETS)}")
+    ids = {}
+    if tokenizer is not None:
+        ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        pad = tokenizer.pad_token_id
+        ids["pad_token_id"] = pad if pad is not None else tokenizer.eos_token_id
+    return LlamaConfig(**ARCH_PRESETS[name], tie_word_embeddings=False, **ids)
+
+
+def stand_in_tokenizer(vocab_size: int):
+    """A word-level tokenizer of exactly ``vocab_size`` tokens (``<unk> <s> </s> <pad>`` then
+    ``w4 … w{V-1}``), for a dry run with no tokenizer on disk: the dry run's data are stand-ins, so
+    only the vocabulary size matters."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    vocab = {t: i for i, t in enumerate(specials)}
+    vocab.update({f"w{i}": i for i in range(len(specials), vocab_size)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+@contextlib.contextmanager
+def fake_world(world_size: int) -> Iterator[None]:
+    """A fake process group of ``world_size`` ranks (this process is rank 0) and
+    ``FakeTensorMode`` for the block; ``fgkernels`` use their eager references inside.
+
+    Raises:
+        RuntimeError: a process group is already initialised (a dry run is a process of its own).
+    """
+    import torch.distributed as dist
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if dist.is_initialized():
+        raise RuntimeError("dry_run=true needs a process of its own: run it with python, not torchrun")
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
+    saved = os.environ.get("FGKERNELS_BACKEND")
+    os.environ["FGKERNELS_BACKEND"] = "reference"
+    _ACTIVE.append(True)
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            yield
+    finally:
+        _ACTIVE.pop()
+        if saved is None:
+            os.environ.pop("FGKERNELS_BACKEND", None)
+        else:
+            os.environ["FGKERNELS_BACKEND"] = saved
+        dist.destroy_process_group()
+
+
+def _loop_tracker_class():
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    class LoopTracker(MemTracker):
+        """``MemTracker`` that allows a root module to be called again (a decode step, the next
+        micro-batch): it refuses that ("multiple iterative calls"), because its per-module
+        statistics would mix calls; only the global peak and its parts are used here, so the
+        root's module statistics restart at each top-level call. Frozen modules get no gradient
+        hooks (``MemTracker`` assumes every parameter requires grad)."""
+
+        def _pre_fw_hook(self, module, inputs):  # noqa: ANN001 - torch's hook signature
+            if module in self.memory_tracking and not self._mod_tracker.is_bw:
+                parents = set(self._mod_tracker.parents) - {self._mod_tracker.get_known_fqn(module)}
+                if len(parents) == 1 and "Global" in parents:
+                    del self.memory_tracking[module]
+            super()._pre_fw_hook(module, inputs)
+
+        def _track_module_params_and_buffers(self, module, install_grad_hooks=True):  # noqa: ANN001
+            # frozen models (reference, reward model) have no gradients to hook
+            trainable = all(p.requires_grad for p in module.parameters())
+            return super()._track_module_params_and_buffers(module, install_grad_hooks and trainable)
+
+    return LoopTracker
+
+
+def _LoopTracker():  # noqa: N802 - a class factory (torch imported lazily)
+    return _loop_tracker_class()()
+
+
+@dataclass
+class PhaseMemory:
+    """Per-phase peak memory of rank 0 under a dry run (torch's ``MemTracker``).
+
+    Use: ``pm = PhaseMemory(models, optimizers)``; ``with pm:`` around the iteration; each phase
+    in ``with pm.phase("generate"):``. Afterwards ``pm.peaks[name]`` is that phase's peak total
+    (bytes) and ``pm.parts[name]`` its parts by category at the peak.
+
+    Args:
+        modules: every model of the trainer (parameters, buffers, gradients are tracked).
+        optimizers: their optimizers (states tracked).
+    """
+
+    modules: Sequence[torch.nn.Module]
+    optimizers: Sequence[torch.optim.Optimizer] = ()
+    peaks: dict[str, float] = field(default_factory=dict)
+    parts: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.tracker = _LoopTracker()
+        self.tracker.track_external(*self.modules, *self.optimizers)
+
+    def __enter__(self) -> PhaseMemory:
+        self.tracker.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.tracker.__exit__(*exc)
+
+    def _device_snapshot(self, kind: str) -> dict[str, float]:
+        snap = self.tracker.get_tracker_snapshot(kind)
+        total: dict[str, float] = {}
+        for dev_snap in snap.values():
+            for k, v in dev_snap.items():
+                name = k if isinstance(k, str) else k.value
+                total[name] = total.get(name, 0.0) + float(v)
+        return total
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Measure the block's peak on its own: the tracker's peak restarts at the current use."""
+        t = self.tracker
+        # MemTracker keeps one running peak; restart it at the phase's start (private fields of
+        # torch 2.13's MemTracker: the snapshot at the peak and the peak total per device)
+        t._peak_mem_snap = t.get_tracker_snapshot("current")
+        t._peak_mem = {dev: snap["Total"] for dev, snap in t._peak_mem_snap.items()}
+        try:
+            yield
+        except Exception as e:
+            raise DryRunError(f"dry run, phase '{name}': {type(e).__name__}: {e}") from e
+        peak = self._device_snapshot("peak")
+        if name in self.peaks and self.peaks[name] >= peak.get("Total", 0.0):
+            return  # a phase run several times (minibatches) keeps its highest peak
+        self.peaks[name] = peak.get("Total", 0.0)
+        self.parts[name] = {k: v for k, v in peak.items() if k != "Total"}
+
+
+def check_limit(pm: PhaseMemory, limit: float | None, limit_gb: float) -> None:
+    """Every phase's peak must fit in ``limit`` bytes (None: not checked).
+
+    Raises:
+        DryRunError: the first phase over the limit, with its parts and the knobs that help.
+    """
+    from trainer.infra.summary import format_bytes
+
+    if limit is None:
+        return
+    for name, peak in pm.peaks.items():
+        if peak > limit:
+            parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in pm.parts[name].items() if v)
+            raise DryRunError(
+                f"dry run, phase '{name}': peak {format_bytes(peak)} per device exceeds memory_limit_gb="
+                f"{limit_gb:g} ({parts}); use more devices, smaller batch sizes or lengths, or "
+                "activation_checkpointing=true"
+            )
+
+
+def memory_table(
+    pm: PhaseMemory, estimates: dict[str, float] | None = None, limit: float | None = None
+) -> str:
+    """The per-phase table: peak, its parts, the estimate beside it and their ratio."""
+    from trainer.infra.summary import format_bytes
+
+    cats = ("Parameter", "Gradient", "Optstate", "Activation", "Temp", "Buffer", "Other")
+    head = ["phase", "peak", *[c.lower() for c in cats]] + (["estimate", "est/peak"] if estimates else [])
+    rows = [head]
+    for name, peak in pm.peaks.items():
+        p = pm.parts[name]
+        row = [name, format_bytes(peak), *[format_bytes(p.get(c, 0.0)) for c in cats]]
+        if estimates:
+            est = estimates.get(name)
+            row += [format_bytes(est), f"{est / peak:.2f}"] if est and peak else ["-", "-"]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows
+    ]
+    if limit:
+        lines.append(f"limit {format_bytes(limit)} per device")
+    return "\n".join(lines)
