@@ -77,7 +77,7 @@ def test_7b_configs_reduced_layers_fit_and_shard_as_computed():
     n = llama_param_count(two, lm_head=False)  # the reward model: backbone + a 1-wide head
     assert rm["parts"]["checkpoint"]["Optstate"] == pytest.approx(8 * n / 8, rel=0.01)
     assert max(rm["peaks"].values()) < 20 * GIB
-    assert "4 pairs x 2 x 1024 tokens, accumulation 2" in p.stdout + p.stderr
+    assert "1 pairs x 2 x 512 tokens, accumulation 2" in p.stdout + p.stderr
     ppo, p = dry_run(
         "ppo", "--config", "configs/llama7b_8xa100/ppo.yaml", "arch=llama-7b", "dry_run_layers=2"
     )
