@@ -78,9 +78,11 @@ def test_7b_configs_reduced_layers_fit_and_shard_as_computed():
     assert rm["parts"]["checkpoint"]["Optstate"] == pytest.approx(8 * n / 8, rel=0.01)
     assert max(rm["peaks"].values()) < 20 * GIB
     assert "1 pairs x 2 x 512 tokens, accumulation 2" in p.stdout + p.stderr
+    # (one PPO epoch: the second repeats the same minibatches at the same shapes; ~2 min on 2 cores)
     ppo, p = dry_run(
-        "ppo", "--config", "configs/llama7b_8xa100/ppo.yaml", "arch=llama-7b", "dry_run_layers=2"
-    )
+        "ppo", "--config", "configs/llama7b_8xa100/ppo.yaml", "arch=llama-7b", "dry_run_layers=2",
+        "ppo_epochs=1",
+    )  # fmt: skip
     assert set(ppo["peaks"]) == PPO_PHASES
     trainable = llama_param_count(two) + llama_param_count(two, lm_head=False)  # actor + critic
     assert ppo["parts"]["train"]["Optstate"] == pytest.approx(8 * trainable / 8, rel=0.01)

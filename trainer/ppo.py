@@ -409,42 +409,66 @@ def build_models(run: Run, tokenizer: Any, rm_dir: Path | None, syn: SyntheticCo
 # --------------------------------------------------------------------------------------------
 # Memory estimate
 # --------------------------------------------------------------------------------------------
-def estimate_memory(cfg: PPOConfig, model_cfg: Any, world: int, prompt_len: int) -> dict[str, float]:
+def estimate_memory(
+    cfg: PPOConfig, model_cfg: Any, world: int, prompt_len: int, kernels: str = "fused"
+) -> dict[str, float]:
     """Per-device bytes of each part, for a LLaMA-like ``model_cfg`` used by all four models
-    (actor, critic trainable; reference, RM frozen; fp32 masters sharded over ``world``).
+    (actor, critic trainable; reference, RM frozen; fp32 masters sharded over ``world``), the
+    terms checked against a dry run's measured parts (``bench/RESULTS.md``).
+
+    Args:
+        kernels: ``fused`` (the fgkernels: a forward's logits are the only [B, R, V] tensor) or
+            ``reference`` (the eager references, as in a dry run: fp32 upcast, log-softmax,
+            softmax and entropy terms, ≈ 20 more bytes per logit).
 
     Returns:
-        ``params`` (the four models' fp32 shards), ``grads``, ``optimizer`` (actor + critic,
-        sharded), ``generation`` (the actor all-gathered in ``param_dtype`` for a rollout),
-        ``kv_cache``, ``score`` (a forward batch's logits and log-softmax), ``rollout`` (the
-        rollout's tensors), ``activations`` (one micro-batch's stored activations plus its
-        logits), and ``total`` = params + grads + optimizer + the largest phase's own part.
-        :func:`estimate_phases` gives the peak of each phase.
+        ``params`` (the four models' fp32 shards), ``grads`` (actor + critic fp32 shards),
+        ``optimizer`` (AdamW's two moments of them), ``gathered`` (what FSDP2 keeps all-gathered
+        in ``param_dtype`` besides the layer at work: each model's root — embedding, final norm,
+        LM head — and last layer, which are not resharded after forward, and one more layer in
+        flight), ``generation`` (the whole actor all-gathered for a rollout), ``kv_cache``,
+        ``prefill`` (one layer's MLP intermediates over the prompts), ``score`` (a forward
+        batch's logits and what the log-prob kernel makes of them), ``reduce_scatter`` (with
+        ``grad_sync=step``: the unsharded fp32 gradients FSDP2 accumulates between
+        micro-batches, 4 bytes per trainable parameter; measured, see ``bench/RESULTS.md``),
+        ``activations`` (one micro-batch's stored activations and logits), ``rollout``; and
+        ``total`` = the largest phase of :func:`estimate_phases`.
     """
     from trainer.infra.dist import DTYPES
     from trainer.models import activation_bytes, llama_param_count
 
-    L, V = model_cfg.num_hidden_layers, model_cfg.vocab_size
+    h, L, V = model_cfg.hidden_size, model_cfg.num_hidden_layers, model_cfg.vocab_size
+    inter = getattr(model_cfg, "intermediate_size", 4 * h)
     heads = model_cfg.num_attention_heads
     kv_heads = getattr(model_cfg, "num_key_value_heads", heads) or heads
-    head_dim = getattr(model_cfg, "head_dim", None) or model_cfg.hidden_size // heads
+    head_dim = getattr(model_cfg, "head_dim", None) or h // heads
     n = llama_param_count(model_cfg)
     n_head = llama_param_count(model_cfg, lm_head=False)  # critic, reward model
+    layer = (n_head - V * h - h) / L
     pbytes = torch.finfo(DTYPES[cfg.param_dtype]).bits // 8
+    per_logit = pbytes + (20 if kernels == "reference" else 0)
     R = cfg.max_new_tokens
     T = prompt_len + R
     B, Bf, Bm = cfg.rollout_batch_size, cfg.forward_batch_size, cfg.micro_batch_size
     trainable = n + n_head  # actor + critic
+    # FSDP2 roots (embedding, norm, LM head) and last layers stay gathered after a forward
+    roots_trainable = pbytes * ((2 * V * h + h + layer) + (V * h + h + layer))  # actor, critic
+    roots = roots_trainable + pbytes * ((2 * V * h + h + layer) + (V * h + h + layer))  # + ref, RM
     est = {
         "params": 4 * (2 * n + 2 * n_head) / world,
         "grads": 4 * trainable / world,
         "optimizer": (2 if cfg.optimizer == "adamw8bit" else 8) * trainable / world,
+        "gathered": roots + pbytes * layer,
+        "gathered_trainable": roots_trainable,
         "generation": pbytes * n,
         "kv_cache": 2 * L * B * T * kv_heads * head_dim * pbytes,
-        "score": Bf * (R + 1) * V * (pbytes + 8),  # logits + fp32 log-softmax of one forward
-        "rollout": B * (T * 10 + R * 4 * 10),  # ids, masks and ~10 fp32 [B, R] fields
+        "prefill": B * prompt_len * 2 * inter * pbytes,
+        "score": Bf * (R + 1) * V * per_logit,
+        # grad_sync=step: FSDP2 accumulates unsharded fp32 gradients between micro-batches
+        "reduce_scatter": 4 * trainable if cfg.grad_sync == "step" else 0.0,
         "activations": activation_bytes(model_cfg, Bm, T, cfg.param_dtype, cfg.activation_checkpointing)
-        + Bm * (R + 1) * V * (pbytes + 8),
+        + Bm * (R + 1) * V * (per_logit + 4),
+        "rollout": B * (T * 10 + R * 4 * 10),  # ids, masks and ~10 fp32 [B, R] fields
     }
     est["total"] = max(estimate_phases(cfg, est).values())
     return est
@@ -453,15 +477,16 @@ def estimate_memory(cfg: PPOConfig, model_cfg: Any, world: int, prompt_len: int)
 def estimate_phases(cfg: PPOConfig, est: dict[str, float]) -> dict[str, float]:
     """Per-device peak bytes of each phase from :func:`estimate_memory`'s parts: the sharded
     states of the four models and the optimizer's under every phase, plus ``generate``: the
-    all-gathered actor and the KV cache; ``score``: a forward batch's logits; ``rewards``: the
-    rollout; ``train``: gradients and a micro-batch's activations; ``checkpoint``: gradients."""
+    all-gathered actor, the KV cache and the prefill's transients; ``score``: what FSDP2 keeps
+    gathered and a forward batch's logits; ``rewards``: the rollout; ``train``: gradients, the
+    reduce-scatter buffers and a micro-batch's activations; ``checkpoint``: the states."""
     static = est["params"] + est["optimizer"] + est["rollout"]
     return {
-        "generate": static + est["generation"] + est["kv_cache"],
-        "score": static + est["score"],
-        "rewards": static,
-        "train": static + est["grads"] + est["activations"],
-        "checkpoint": static + est["grads"],
+        "generate": static + est["generation"] + est["kv_cache"] + est["prefill"],
+        "score": static + est["gathered"] + est["score"],
+        "rewards": static + est["gathered"],
+        "train": static + est["gathered"] + est["grads"] + est["reduce_scatter"] + est["activations"],
+        "checkpoint": static + est["gathered_trainable"],
     }
 
 
@@ -1078,7 +1103,8 @@ def dry_run_report(run: Run, S: Setup) -> dict:
 
     cfg, pm = run.cfg, S.memory
     P = max(len(p) for p in S.prompts)
-    est = estimate_phases(cfg, estimate_memory(cfg, S.models.actor_config, run.di.world_size, P))
+    # the dry run's fgkernels are the eager references (fake tensors): estimate those
+    est = estimate_phases(cfg, estimate_memory(cfg, S.models.actor_config, run.di.world_size, P, "reference"))
     limit = cfg.memory_limit_gb * 1024**3 if cfg.memory_limit_gb > 0 else None
     run.say(
         f"dry run: {DRY_RUN_ITERATIONS} iterations on fake tensors, world {run.di.world_size} (fake), "

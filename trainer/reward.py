@@ -635,17 +635,30 @@ def dry_run_data(run: Run) -> tuple[Any, list[Pair], PairData, str]:
 def estimate_memory(cfg: RewardConfig, model_cfg: Any, world: int, rows: int) -> dict[str, float]:
     """Per-device bytes of each phase for a LLaMA-like ``model_cfg`` (fp32 masters, gradients and
     AdamW states sharded over ``world``; ``rows`` pairs per micro-batch, i.e. 2·rows sequences of
-    ``max_length``): ``train`` = states + gradients + one micro-batch's activations and logits-free
-    head; ``eval`` = states + one eval batch's forward; ``checkpoint`` = states + gradients."""
+    ``max_length``), the terms checked against a dry run's measured parts (``bench/RESULTS.md``):
+    ``train`` = states + sharded gradients + what FSDP2 keeps gathered (the root — embedding,
+    norm, head — the last layer and one layer in flight, in ``param_dtype``) + gradient-sized fp32
+    buffers of the backward (4 bytes per parameter, as measured under the fake process group) +
+    one micro-batch's activations; ``checkpoint`` = the states; ``eval`` = states + gathered + one
+    eval batch's forward."""
+    from trainer.infra.dist import DTYPES
     from trainer.models import activation_bytes, llama_param_count
 
+    h, L, V = model_cfg.hidden_size, model_cfg.num_hidden_layers, model_cfg.vocab_size
     n = llama_param_count(model_cfg, lm_head=False)
+    layer = (n - V * h - h) / L
+    pbytes = torch.finfo(DTYPES[cfg.param_dtype]).bits // 8
     states = (4 + (2 if cfg.optimizer == "adamw8bit" else 8)) * n / world
     grads = 4 * n / world
+    gathered = pbytes * (V * h + h + 2 * layer)
     T = cfg.max_length
     act = activation_bytes(model_cfg, 2 * rows, T, cfg.param_dtype, cfg.activation_checkpointing)
-    fwd = activation_bytes(model_cfg, 2 * cfg.eval_batch_size, T, cfg.param_dtype, True)
-    return {"train": states + grads + act, "checkpoint": states + grads, "eval": states + fwd}
+    fwd = activation_bytes(model_cfg, 2 * cfg.eval_batch_size, T, cfg.param_dtype, True) / L
+    return {
+        "train": states + grads + gathered + 4 * n + act,
+        "checkpoint": states,
+        "eval": states + gathered + fwd,
+    }
 
 
 def dry_run_report(run: Run, memory: Any, hf_config: Any, rows: int) -> dict:

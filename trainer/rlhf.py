@@ -100,12 +100,10 @@ def missing_eos(response_ids: torch.Tensor, mask: torch.Tensor, eos_token_id: in
 def add_on_last_token(rewards: torch.Tensor, mask: torch.Tensor, bonus: torch.Tensor) -> torch.Tensor:
     """``rewards`` [B, T] with ``bonus`` [B] added at each row's last valid token (empty rows
     unchanged): how a sequence-level term (R, a missing-EOS penalty) enters a per-token vector."""
-    last = last_token_index(mask)
-    rows = torch.arange(mask.shape[0], device=mask.device)
-    has = last >= 0
-    out = rewards.clone()
-    out[rows[has], last[has]] += bonus.to(out.dtype)[has]
-    return out
+    last = last_token_index(mask)  # -1 for an empty row: matches no position
+    at_last = torch.arange(mask.shape[-1], device=mask.device)[None, :] == last[:, None]
+    # no boolean indexing: no host sync, static shapes (CUDA graphs, a dry run's fake tensors)
+    return rewards + at_last.to(rewards.dtype) * bonus.to(rewards.dtype)[:, None]
 
 
 def prompt_order(iteration: int, rows: int, n_prompts: int, seed: int) -> torch.Tensor:

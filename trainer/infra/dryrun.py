@@ -234,6 +234,7 @@ class PhaseMemory:
     optimizers: Sequence[torch.optim.Optimizer] = ()
     peaks: dict[str, float] = field(default_factory=dict)
     parts: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase (fake ops)
 
     def __post_init__(self) -> None:
         self.tracker = _LoopTracker()
@@ -263,10 +264,16 @@ class PhaseMemory:
         # torch 2.13's MemTracker: the snapshot at the peak and the peak total per device)
         t._peak_mem_snap = t.get_tracker_snapshot("current")
         t._peak_mem = {dev: snap["Total"] for dev, snap in t._peak_mem_snap.items()}
+        import time
+
+        t0 = time.perf_counter()
         try:
             yield
+        except DryRunError:
+            raise
         except Exception as e:
             raise DryRunError(f"dry run, phase '{name}': {type(e).__name__}: {e}") from e
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
         peak = self._device_snapshot("peak")
         if name in self.peaks and self.peaks[name] >= peak.get("Total", 0.0):
             return  # a phase run several times (minibatches) keeps its highest peak
@@ -302,6 +309,7 @@ def memory_table(
 
     cats = ("Parameter", "Gradient", "Optstate", "Activation", "Temp", "Buffer", "Other")
     head = ["phase", "peak", *[c.lower() for c in cats]] + (["estimate", "est/peak"] if estimates else [])
+    head.append("seconds")
     rows = [head]
     for name, peak in pm.peaks.items():
         p = pm.parts[name]
@@ -309,6 +317,7 @@ def memory_table(
         if estimates:
             est = estimates.get(name)
             row += [format_bytes(est), f"{est / peak:.2f}"] if est and peak else ["-", "-"]
+        row.append(f"{pm.seconds.get(name, 0.0):.0f}")
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = [
