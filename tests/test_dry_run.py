@@ -94,12 +94,12 @@ def test_a_config_that_cannot_run_is_refused_naming_the_phase():
     """Over the memory limit: the first phase that does not fit is named, exit status 2 through
     the entry point; a batch that does not split is refused before anything is built."""
     _, p = dry_run("reward", "--config", "configs/llama7b_8xa100/reward.yaml", "arch=llama-7b",
-                   "dry_run_layers=2", "memory_limit_gb=3", ok=False)  # fmt: skip
+                   "dry_run_layers=2", "memory_limit_gb=1", ok=False)  # fmt: skip
     assert p.returncode != 0 and "dry run, phase 'train': peak" in p.stderr
-    assert "exceeds memory_limit_gb=3" in p.stderr
+    assert "exceeds memory_limit_gb=1" in p.stderr
     cli = subprocess.run(
         [sys.executable, "trainer/reward.py", "--config", "configs/llama7b_8xa100/reward.yaml",
-         "dry_run=true", "arch=llama-7b", "dry_run_layers=2", "memory_limit_gb=3"],
+         "dry_run=true", "arch=llama-7b", "dry_run_layers=2", "memory_limit_gb=1"],
         cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert cli.returncode == 2 and "dry run, phase 'train'" in cli.stderr and "Traceback" not in cli.stderr
