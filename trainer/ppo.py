@@ -1099,20 +1099,17 @@ def dry_run_report(run: Run, S: Setup) -> dict:
     Raises:
         trainer.infra.dryrun.DryRunError: a phase's peak exceeds ``memory_limit_gb``.
     """
-    from trainer.infra.dryrun import check_limit, memory_table
+    from trainer.infra.dryrun import finish
 
-    cfg, pm = run.cfg, S.memory
+    cfg = run.cfg
     P = max(len(p) for p in S.prompts)
     # the dry run's fgkernels are the eager references (fake tensors): estimate those
     est = estimate_phases(cfg, estimate_memory(cfg, S.models.actor_config, run.di.world_size, P, "reference"))
-    limit = cfg.memory_limit_gb * 1024**3 if cfg.memory_limit_gb > 0 else None
-    run.say(
+    headline = (
         f"dry run: {DRY_RUN_ITERATIONS} iterations on fake tensors, world {run.di.world_size} (fake), "
-        f"rollout {cfg.rollout_batch_size} x ({P} + {cfg.max_new_tokens}) tokens per rank; peak memory "
-        f"of one rank per phase:\n{memory_table(pm, est, limit)}"
+        f"rollout {cfg.rollout_batch_size} x ({P} + {cfg.max_new_tokens}) tokens per rank"
     )
-    check_limit(pm, limit, cfg.memory_limit_gb)
-    return {"peaks": dict(pm.peaks), "parts": dict(pm.parts), "estimates": est}
+    return finish(run, S.memory, est, headline)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -667,18 +667,14 @@ def dry_run_report(run: Run, memory: Any, hf_config: Any, rows: int) -> dict:
     Raises:
         trainer.infra.dryrun.DryRunError: a phase's peak exceeds ``memory_limit_gb``.
     """
-    from trainer.infra.dryrun import check_limit, memory_table
+    from trainer.infra.dryrun import finish
 
     cfg = run.cfg
-    est = estimate_memory(cfg, hf_config, run.di.world_size, rows)
-    limit = cfg.memory_limit_gb * 1024**3 if cfg.memory_limit_gb > 0 else None
-    run.say(
+    headline = (
         f"dry run: {DRY_RUN_STEPS} steps on fake tensors, world {run.di.world_size} (fake), micro-batch "
-        f"{rows} pairs x 2 x {cfg.max_length} tokens, accumulation {cfg.grad_accum}; peak memory of one "
-        f"rank per phase:\n{memory_table(memory, est, limit)}"
+        f"{rows} pairs x 2 x {cfg.max_length} tokens, accumulation {cfg.grad_accum}"
     )
-    check_limit(memory, limit, cfg.memory_limit_gb)
-    return {"peaks": dict(memory.peaks), "parts": dict(memory.parts), "estimates": est}
+    return finish(run, memory, estimate_memory(cfg, hf_config, run.di.world_size, rows), headline)
 
 
 def main(argv: list[str] | None = None) -> int:

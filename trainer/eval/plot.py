@@ -15,7 +15,6 @@ Matplotlib's ``Agg`` backend: no display needed. The trainers call :func:`plot_r
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 from pathlib import Path
@@ -95,26 +94,9 @@ def read_metrics(path: str | Path) -> list[dict]:
     Raises:
         DataError: no such file, an empty file, or a bad line that is not the last (names it).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(str(path), "no such file")
-    lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
-    out = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == len(lines):  # a torn last line (the run was killed mid-write)
-                continue
-            raise DataError(str(path), f"not JSON ({e.msg})", f"line {i}") from None
-        if not isinstance(rec, dict):
-            raise DataError(str(path), "not a JSON object", f"line {i}")
-        out.append(rec)
-    if not out:
-        raise DataError(str(path), "no metrics records")
-    return out
+    from trainer.infra.metrics import read_log
+
+    return [rec for _, rec in read_log(path, "no metrics records")]
 
 
 def _kind(records: list[dict]) -> str:

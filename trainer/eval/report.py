@@ -527,29 +527,17 @@ def read_rollouts(path: str | Path) -> list[dict]:
     p = Path(path)
     if p.is_dir():
         p = p / "rollouts.jsonl"
-    if not p.is_file():
-        raise DataError(str(p), "no such file (a PPO run writes output_dir/rollouts.jsonl)")
-    lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
+    from trainer.infra.metrics import read_log
+
     out = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == len(lines):  # a torn last line
-                continue
-            raise DataError(str(p), f"not JSON ({e.msg})", f"line {i}") from None
-        if not isinstance(rec, dict):
-            raise DataError(str(p), "not a JSON object", f"line {i}")
+    missing = "no such file (a PPO run writes output_dir/rollouts.jsonl)"
+    for i, rec in read_log(p, "no rollout samples", missing):
         for key in ("iteration", "pieces", "ids", "reward"):
             if key not in rec:
                 raise DataError(str(p), "missing", f"line {i}", key)
         if not (len(rec["pieces"]) == len(rec["ids"]) == len(rec["reward"])):
             raise DataError(str(p), "pieces, ids and reward differ in length", f"line {i}", "reward")
         out.append(rec)
-    if not out:
-        raise DataError(str(p), "no rollout samples")
     return out
 
 

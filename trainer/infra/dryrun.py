@@ -326,3 +326,20 @@ def memory_table(
     if limit:
         lines.append(f"limit {format_bytes(limit)} per device")
     return "\n".join(lines)
+
+
+def finish(run: Any, pm: PhaseMemory, estimates: dict[str, float], headline: str) -> dict:
+    """A trainer's dry run ends here: ``headline`` and the per-phase table (measured peaks beside
+    ``estimates``) printed, every phase checked against ``memory_limit_gb``.
+
+    Returns:
+        ``{"peaks", "parts", "estimates"}``.
+
+    Raises:
+        DryRunError: a phase's peak exceeds ``memory_limit_gb``.
+    """
+    gb = run.cfg.memory_limit_gb
+    limit = gb * 1024**3 if gb > 0 else None
+    run.say(f"{headline}; peak memory of one rank per phase:\n{memory_table(pm, estimates, limit)}")
+    check_limit(pm, limit, gb)
+    return {"peaks": dict(pm.peaks), "parts": dict(pm.parts), "estimates": estimates}

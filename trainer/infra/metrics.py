@@ -73,3 +73,35 @@ class MetricsLog:
         """Flush TensorBoard."""
         if self._tb is not None:
             self._tb.close()
+
+
+def read_log(path: str | Path, empty: str, missing: str = "no such file") -> list[tuple[int, dict]]:
+    """``(line number, record)`` of each JSON object in a log this module (or another append-only
+    writer) wrote; a torn last line, as a kill leaves it, is skipped.
+
+    Raises:
+        DataError: no such file (``missing``), no record (``empty``), or a bad line that is not the
+            last (names it).
+    """
+    from trainer.data.formats import DataError
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(str(p), missing)
+    lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
+    out = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines):  # a torn last line (the run was killed mid-write)
+                continue
+            raise DataError(str(p), f"not JSON ({e.msg})", f"line {i}") from None
+        if not isinstance(rec, dict):
+            raise DataError(str(p), "not a JSON object", f"line {i}")
+        out.append((i, rec))
+    if not out:
+        raise DataError(str(p), empty)
+    return out
