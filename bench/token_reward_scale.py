@@ -1,11 +1,13 @@
-"""Does token-level PPO get a free length incentive? Raw per-token rewards vs mean-scaled ones.
+"""Does token-level PPO get a free length incentive? The three ``token_reward_scale`` values.
 
 Runs the tiny default PPO (2 processes, the synthetic world, a token-level RM trained once and
-shared) with ``token_reward_scale=raw`` (the paper's [R_1 … R_n]) and ``mean`` (r_t / T, summing to
-the RM's R(τ)), with and without a missing-EOS penalty, over a few seeds; reports the start → end
-of response length, the fraction cut at ``max_new_tokens``, the gold reward per token (the
-synthetic world's known utility, which has no length preference) and the critic's explained
-variance::
+shared) from ``trainer/sft.py``'s SFT model with ``token_reward_scale=raw`` (the paper's
+[R_1 … R_n]), ``mean`` (r_t / T, summing to the RM's R(τ)) and ``running_mean`` (the causal
+increments of the running mean of the content scores, also summing to R(τ)), with a missing-EOS
+penalty and a per-token baseline, and the same scales on the world's gold per-token utility as a
+control; over a few seeds it reports the start → end of response length, the fraction cut at
+``max_new_tokens``, the gold reward per token (the synthetic world's known utility, which has no
+length preference), the KL to the reference and the critic's explained variance::
 
     python bench/token_reward_scale.py [--seeds 0 1] [--iterations 60] [--record]
 """
@@ -27,63 +29,33 @@ from bench.common import record  # noqa: E402
 SETTINGS = {
     "raw": ["token_reward_scale=raw"],
     "mean": ["token_reward_scale=mean"],
-    "raw + eos penalty -1": ["token_reward_scale=raw", "missing_eos_penalty=-1"],
-    "mean + eos penalty -1": ["token_reward_scale=mean", "missing_eos_penalty=-1"],
+    "running_mean": ["token_reward_scale=running_mean"],
+    "running_mean + eos penalty -1": ["token_reward_scale=running_mean", "missing_eos_penalty=-1"],
     # a per-token baseline: running mean/std normalisation of the RM's token rewards (global), so
     # an ordinary token earns ~0 and only better-than-usual tokens pay
     "raw + reward_norm": ["token_reward_scale=raw", "reward_norm=true"],
-    "raw + reward_norm + eos penalty -1": [
-        "token_reward_scale=raw",
-        "reward_norm=true",
-        "missing_eos_penalty=-1",
-    ],
+    # the control: the world's own per-token utility instead of the learned RM. Its sequence
+    # reward is a mean, with no length preference: a drift here comes from the decomposition
+    "gold reward: raw": ["reward_source=gold", "token_reward_scale=raw"],
+    "gold reward: mean": ["reward_source=gold", "token_reward_scale=mean"],
+    "gold reward: running_mean": ["reward_source=gold", "token_reward_scale=running_mean"],
 }
-# Two starting policies: the tiny default's random-init LLaMA (it almost never emits EOS: ~90% of
-# its 16-token responses are cut, so the length axis is saturated from the start), and the same
-# LLaMA after a short supervised warm start on the world's responses (it ends them, so a length
-# incentive, if any, can show). The warm start is a plain next-token loss written here for the
-# measurement only; the project's SFT trainer is separate work.
-REGIMES = {
-    "random init, max_new_tokens=16": [],
-    "warm-started, max_new_tokens=40": ["max_new_tokens=40"],
-}
+# The starting policy: the tiny LLaMA after trainer/sft.py on the world's preferred responses
+# (sft_response=chosen: it ends its responses, ~14 tokens, so a length incentive can show), with
+# room to grow (max_new_tokens=40, twice the world's longest response).
+REGIME = ["max_new_tokens=40"]
 
 
-def warm_start(out: Path, steps: int = 400) -> Path:
-    """A tiny LLaMA (the PPO default's shape) trained with next-token loss on (prompt, response)
-    pairs of the synthetic world (chosen and original responses, EOS included); saved as a
-    ``transformers`` directory with the world's tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from trainer.data.examples import build_example, collate
-    from trainer.data.synthetic import SyntheticConfig, build_tokenizer, generate
-    from trainer.models import save_pretrained, tiny_llama_config
-    from trainer.ppo import PPOConfig
-
-    if (out / "config.json").exists():
-        return out
-    cfg, syn = PPOConfig(), SyntheticConfig(n_pairs=800)
-    tok = build_tokenizer(syn)
-    torch.manual_seed(0)
-    config = tiny_llama_config(cfg, tok)
-    model = AutoModelForCausalLM.from_config(config)
-    recs = generate(syn)
-    examples = [
-        build_example(tok, r["prompt"], r[k], max_length=64) for r in recs for k in ("chosen", "original")
-    ]
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        idx = torch.randint(len(examples), (32,), generator=g).tolist()
-        b = collate([examples[i] for i in idx], tok.pad_token_id)
-        labels = torch.where(b["response_mask"], b["input_ids"], -100)
-        loss = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"].long(), labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    save_pretrained(model.state_dict(), config, "causal_lm", out, tok)
-    return out
+def sft_start(out: Path) -> Path:
+    """The SFT policy every setting starts from: ``trainer/sft.py`` (2 processes) on the synthetic
+    world's chosen responses; ``out/final``."""
+    if not (out / "final" / "config.json").exists():
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        args = ["trainer/sft.py", "sft_response=chosen", "progress=false", f"output_dir={out}"]
+        p = subprocess.run(cmd + args, cwd=ROOT, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise SystemExit(f"SFT failed:\n{p.stderr[-3000:]}")
+    return out / "final"
 
 
 def row(name: str, per_seed: list[dict], n: int) -> list[str]:
@@ -96,7 +68,7 @@ def row(name: str, per_seed: list[dict], n: int) -> list[str]:
     return cells
 
 
-KEYS = ("response_length", "truncated_fraction", "gold_reward_per_token", "reward", "explained_variance")
+KEYS = ("response_length", "truncated_fraction", "gold_reward_per_token", "kl", "explained_variance")
 
 
 def torchrun(args: list[str]) -> None:
@@ -129,38 +101,38 @@ def main() -> None:
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
     root = ROOT / args.out
-    base = ["progress=false", f"iterations={args.iterations}", "checkpoint_every=0", "save_final=false"]
+    base = [
+        *("progress=false", "plots=false", "report=false", "checkpoint_every=0", "save_final=false"),
+        f"iterations={args.iterations}",
+    ]
     rm_run = root / "rm_source"
     if not (rm_run / "rm" / "final").exists():  # the token RM, trained once on the synthetic set
         torchrun([*base, "iterations=1", f"output_dir={rm_run}"])
     rm = rm_run / "rm" / "final"
-    sft = warm_start(root / "warm_start")
+    sft = sft_start(root / "sft")
     rows = []
-    for regime, regime_args in REGIMES.items():
-        for name, extra in SETTINGS.items():
-            if regime.startswith("random") and "norm" in name:
-                continue  # the length axis is saturated there: measured in the warm-started regime
-            per_seed = []
-            for seed in args.seeds:
-                out = root / f"{'warm' if regime_args else 'rand'}_{name.replace(' ', '_')}_s{seed}"
-                init = [f"init_from={sft}"] if regime_args else []
-                path = out / "metrics.jsonl"
-                if not path.exists() or len(path.read_text().splitlines()) != args.iterations:
-                    run = [*base, *regime_args, *init, *extra, f"seed={seed}", f"reward_model={rm}"]
-                    torchrun([*run, f"output_dir={out}", "resume=false"])
-                per_seed.append(summary(out))
-            rows.append(row(f"{regime}: {name}", per_seed, len(args.seeds)))
-            print(" | ".join(rows[-1]), flush=True)
+    for name, extra in SETTINGS.items():
+        per_seed = []
+        for seed in args.seeds:
+            out = root / f"{name.replace(' ', '_').replace(':', '')}_s{seed}"
+            path = out / "metrics.jsonl"
+            if not path.exists() or len(path.read_text().splitlines()) != args.iterations:
+                rm_arg = [] if "reward_source=gold" in extra else [f"reward_model={rm}"]
+                run = [*base, *REGIME, f"init_from={sft}", *extra, f"seed={seed}", *rm_arg]
+                torchrun([*run, f"output_dir={out}", "resume=false"])
+            per_seed.append(summary(out))
+        rows.append(row(name, per_seed, len(args.seeds)))
+        print(" | ".join(rows[-1]), flush=True)
     header = ["setting", "seeds", *(f"{k} (first 5 → last 5 it.)" for k in KEYS)]
     if args.record:
         record(
-            "Token-level PPO: raw vs mean-scaled per-token rewards (length incentive)",
+            "Token-level PPO from the SFT model: raw, mean and running_mean token rewards (length incentive)",
             header,
             rows,
             notes=f"tiny default PPO, 2 processes, {args.iterations} iterations, one token RM trained on "
             "the synthetic set and shared; gold = the world's per-token utility (no length preference); "
-            "means over seeds of the first-5 and last-5 iteration means; warm start: 400 steps of "
-            "next-token loss on the world's responses (bench-only)",
+            "means over seeds of the first-5 and last-5 iteration means; every setting starts from "
+            "trainer/sft.py's tiny SFT model (sft_response=chosen), max_new_tokens=40",
         )
 
 

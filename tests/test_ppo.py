@@ -281,6 +281,40 @@ def test_ppo_learns_a_known_per_token_reward(tmp_path):
     assert last > first + 0.5, (first, last)
 
 
+@pytest.mark.slow
+def test_token_rewards_keep_the_length_of_an_sft_start(tmp_path):
+    """The length claim of ``token_reward_scale=running_mean`` (issue 17): from the tiny SFT model
+    (which ends its responses after ~15 tokens) token-level PPO with a learned token RM raises the
+    gold reward (a per-token mean: no length preference) and keeps ending its responses, while
+    ``mean`` (r_t / T), the same RM and seed, drifts to ``max_new_tokens``. The full table (2
+    seeds, 60 iterations, raw / reward_norm / gold-reward controls) is bench/token_reward_scale.py."""
+    sft = tmp_path / "sft"
+    torchrun("trainer/sft.py", ["progress=false", "sft_response=chosen", f"output_dir={sft}"])
+    base = [
+        "progress=false", "iterations=30", "max_new_tokens=40", "checkpoint_every=0", "save_final=false",
+        "plots=false", "report=false", f"init_from={sft / 'final'}",
+    ]  # fmt: skip
+    ours = tmp_path / "running_mean"
+    torchrun("trainer/ppo.py", [*base, "token_reward_scale=running_mean", f"output_dir={ours}"])
+    rm = ours / "rm" / "final"  # trained on the fly by the first run, shared by the second
+    drift = tmp_path / "mean"
+    args = [*base, "token_reward_scale=mean", f"reward_model={rm}", f"output_dir={drift}"]
+    torchrun("trainer/ppo.py", args)
+
+    def ends(recs, key):
+        return sum(r[key] for r in recs[:5]) / 5, sum(r[key] for r in recs[-5:]) / 5
+
+    a, b = metrics(ours), metrics(drift)
+    len0, len1 = ends(a, "response_length")
+    assert len0 < 20, len0  # the SFT start ends its responses
+    assert len1 < len0 + 8, (len0, len1)  # ~15 -> ~18 measured
+    assert ends(a, "truncated_fraction")[1] < 0.1, ends(a, "truncated_fraction")
+    gold0, gold1 = ends(a, "gold_reward_per_token")
+    assert gold1 > gold0 + 0.1, (gold0, gold1)  # ~0.0 -> ~0.28 measured
+    # the same RM with r_t / T: the responses run to the cap (~15 -> ~39 measured)
+    assert ends(b, "response_length")[1] > 32, ends(b, "response_length")
+
+
 # --- 4. iteration statistics -------------------------------------------------------------------
 def test_iteration_stats_sum_then_ratio_by_hand():
     """Two micro-batches' sums -> one vector -> the logged means (worked by hand)."""

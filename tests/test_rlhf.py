@@ -180,6 +180,63 @@ def test_token_reward_scale_by_hand():
         rlhf.scale_token_rewards(r, TWO, "sum")
 
 
+def test_running_mean_scale_by_hand():
+    # content scores 2, 4, then EOS (score 1, left out) and padding: m = 2, 3, 3 -> [2, 1, 0, 0]
+    r = torch.tensor([[2.0, 4.0, 1.0, 9.0]])
+    mask = torch.tensor([[True, True, True, False]])
+    eos = torch.tensor([[False, False, True, False]])
+    assert rlhf.scale_token_rewards(r, mask, "running_mean", eos).tolist() == [[2.0, 1.0, 0.0, 0.0]]
+    with pytest.raises(ValueError, match="eos"):
+        rlhf.scale_token_rewards(r, mask, "running_mean")
+
+
+def test_running_mean_sums_to_the_content_mean_and_is_causal():
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(6, 11, generator=g)
+    lengths = torch.tensor([11, 1, 5, 8, 3, 10])
+    mask = torch.arange(11)[None, :] < lengths[:, None]
+    eos = torch.zeros_like(mask)
+    eos[[0, 2, 3], lengths[[0, 2, 3]] - 1] = True  # rows 0, 2, 3 end with EOS; the others are cut
+    out = rlhf.scale_token_rewards(r, mask, "running_mean", eos)
+    content = mask & ~eos
+    want = torch.where(content, r, 0.0).sum(-1) / content.sum(-1).clamp_min(1)
+    torch.testing.assert_close(out.sum(-1), want)  # Σ r̃ = R(τ) over content tokens
+    assert (out[~mask] == 0).all() and (out[eos] == 0).all()
+    # causal: changing the scores from position 4 on leaves the rewards before 4 unchanged
+    r2 = r.clone()
+    r2[:, 4:] += 10.0
+    torch.testing.assert_close(rlhf.scale_token_rewards(r2, mask, "running_mean", eos)[:, :4], out[:, :4])
+    # a level shift c adds the same c to every response's sum, whatever its length
+    shifted = rlhf.scale_token_rewards(r + 3.0, mask, "running_mean", eos).sum(-1)
+    torch.testing.assert_close(shifted - out.sum(-1), torch.full((6,), 3.0))
+
+
+def test_stopping_is_judged_by_its_effect_only_under_running_mean():
+    """Every content token scores +1 (the level the BT loss cannot see). Whether the response stops
+    after 2 tokens or goes on to 4, R(τ) = 1: length should not pay. With gamma = lam = 1 and no
+    critic, the return-to-go at the EOS decision (position 2) is what the policy gradient weighs
+    that decision by: 'stop' vs 'continue' must tie."""
+    stop = torch.tensor([[1.0, 1.0, 0.0, 0.0, 0.0]])  # 2 words, EOS
+    go = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])  # 4 words, EOS
+    m_stop = torch.tensor([[True, True, True, False, False]])
+    m_go = torch.ones(1, 5, dtype=torch.bool)
+    e_stop = torch.tensor([[False, False, True, False, False]])
+    e_go = torch.tensor([[False, False, False, False, True]])
+
+    def to_go(scale):
+        a = rlhf.scale_token_rewards(stop, m_stop, scale, e_stop)
+        b = rlhf.scale_token_rewards(go, m_go, scale, e_go)
+        return a[0, 2:].sum().item(), b[0, 2:].sum().item(), a.sum().item(), b.sum().item()
+
+    s, c, total_s, total_c = to_go("running_mean")
+    assert total_s == pytest.approx(1.0) and total_c == pytest.approx(1.0)
+    assert s == pytest.approx(0.0) and c == pytest.approx(0.0)  # tie: no length incentive
+    s, c, *_ = to_go("mean")  # stopping: "0 from here"; continuing: 2 more tokens of 1/5
+    assert s == pytest.approx(0.0) and c == pytest.approx(2 / 5)  # continuing looks better
+    s, c, *_ = to_go("raw")
+    assert s == pytest.approx(0.0) and c == pytest.approx(2.0)  # and by far, raw
+
+
 def test_missing_eos_and_last_token_bonus_by_hand():
     ids = torch.tensor([[5, 2, 0], [5, 6, 7], [0, 0, 0]])  # EOS = 2
     mask = torch.tensor([[True, True, False], [True, True, True], [False, False, False]])

@@ -104,7 +104,7 @@ class PPOConfig(TrainConfig):
 
     CHOICES: ClassVar[dict] = {
         "reward_level": ("token", "sequence"),
-        "token_reward_scale": ("mean", "raw"),
+        "token_reward_scale": ("running_mean", "mean", "raw"),
         "reward_source": ("learned", "gold"),
         "rm_level": ("auto", "token", "sequence"),
         "kl_estimator": ("k1", "k3"),
@@ -115,7 +115,8 @@ class PPOConfig(TrainConfig):
         "ppo_epochs": 1, "max_new_tokens": 1, "max_prompt_length": 2, "iterations": 1,
         "stop_after_iterations": 0, "rm_epochs": 0, "actor_lr": 0, "critic_lr": 0, "clip_eps": 0,
         "value_clip_eps": 0, "vf_coef": 0, "entropy_coef": 0, "kl_coef": 0, "kl_target": 0,
-        "kl_horizon": 1, "memory_limit_gb": 0, "lam": 0, "gamma": 0, "save_rollouts_every": 0,
+        "kl_horizon": 1, "memory_limit_gb": 0, "critic_warmup": 0, "lam": 0, "gamma": 0,
+        "save_rollouts_every": 0,
         "rollout_samples": 1,
     }  # fmt: skip
     PATHS: ClassVar[dict] = {"prompts": None, "reward_model": None}
@@ -138,10 +139,14 @@ class PPOConfig(TrainConfig):
     """``token``: r_t = R_t − β·KL_t from the RM's per-token scores (fine-grained token-level PPO);
     ``sequence``: [−β·KL_1, …, R − β·KL_n] with R the RM's sequence reward (PPO-RLHF, and the
     paper's "fine-grained PPO" arm with a sequence-level RM trained on edited pairs)."""
-    token_reward_scale: str = "mean"
-    """Token level: ``mean`` (r_t / T, so a response's rewards sum to the RM's R(τ) = mean r_t and
-    no response length is favoured by the RM's arbitrary reward level) or ``raw`` (the paper's
-    [R_1 … R_n], whose sum T·R(τ) pays for length whenever the level is positive)."""
+    token_reward_scale: str = "running_mean"
+    """Token level, how the RM's per-token scores r_t become PPO rewards (all sum to R(τ) but
+    ``raw``; :func:`trainer.rlhf.scale_token_rewards`): ``running_mean`` (the causal increments of
+    the running mean of the content scores, EOS excluded: no response length is favoured, and
+    stopping is credited with exactly its effect on R(τ)), ``mean`` (r_t / T: also sums to R(τ),
+    but GAE's reward-to-go cannot see that stopping raises the earlier tokens' shares, so with
+    positive scores responses drift to ``max_new_tokens``) or ``raw`` (the paper's [R_1 … R_n],
+    whose sum T·R(τ) pays for length whenever the level is positive)."""
     missing_eos_penalty: float = 0.0
     """Added to R of every response that did not end with EOS (cut at ``max_new_tokens``), as
     TRL's ``missing_eos_penalty`` / AlpacaFarm's no-stop-token penalty; e.g. −1. 0: off."""
@@ -199,6 +204,10 @@ class PPOConfig(TrainConfig):
     """Rows per forward/backward; a minibatch is accumulated over several micro-batches."""
     ppo_epochs: int = 2
     """Passes over each rollout."""
+    critic_warmup: int = 0
+    """Iterations at the start in which only the critic trains (the actor is frozen; the KL is 0):
+    verl's ``critic_warmup``, OpenRLHF's ``freezing_actor_steps``. A critic initialised from a token
+    RM predicts one token's reward, not the return-to-go, and its first errors bias the advantages."""
     actor_lr: float = 1e-3
     """Actor AdamW learning rate (constant)."""
     critic_lr: float = 2e-3
@@ -655,13 +664,20 @@ def collect_rollout(
 
 
 def ppo_step(
-    models: Models, opts: tuple, mini: Rollout, cfg: PPOConfig, stats: IterationStats, world: int
+    models: Models,
+    opts: tuple,
+    mini: Rollout,
+    cfg: PPOConfig,
+    stats: IterationStats,
+    world: int,
+    train_actor: bool = True,
 ) -> bool:
     """One optimizer step of actor and critic over the minibatch ``mini``: micro-batches with
     gradient accumulation, clipped surrogate + entropy bonus and clipped value loss, each divided
     by the minibatch's global valid-token count; FSDP averages gradients over ranks, so the losses
     are scaled by ``world`` to undo it. The count's all-reduce also carries every rank's SIGTERM:
-    returns True when some rank asked to stop (the caller ends the iteration after this step)."""
+    returns True when some rank asked to stop (the caller ends the iteration after this step).
+    ``train_actor=False`` (the critic warm-up): only the critic's loss, backward and step."""
     actor, critic = models.actor, models.critic
     micro = list(mini.chunks(cfg.micro_batch_size))
     stop = torch.tensor(float(STOP.requested), device=mini.response_mask.device)
@@ -672,23 +688,27 @@ def ppo_step(
         sync = last or cfg.grad_sync == "micro_batch"  # reduce-scatter once per step, or every time
         actor.set_requires_gradient_sync(sync)
         critic.set_requires_gradient_sync(sync)
-        out = policy_logprobs(actor, mb, cfg.temperature, entropy=cfg.entropy_coef > 0)
-        logp, ent = out if cfg.entropy_coef > 0 else (out, None)
-        pl, pst = rlhf.ppo_policy_loss(
-            logp, mb.old_logp, mb.advantages, mb.response_mask, cfg.clip_eps, n_tok
-        )
-        if ent is not None:
-            pl = pl + rlhf.entropy_bonus(ent, mb.response_mask, cfg.entropy_coef, n_tok)
-        (pl * world).backward()
+        if train_actor:
+            out = policy_logprobs(actor, mb, cfg.temperature, entropy=cfg.entropy_coef > 0)
+            logp, ent = out if cfg.entropy_coef > 0 else (out, None)
+            pl, pst = rlhf.ppo_policy_loss(
+                logp, mb.old_logp, mb.advantages, mb.response_mask, cfg.clip_eps, n_tok
+            )
+            if ent is not None:
+                pl = pl + rlhf.entropy_bonus(ent, mb.response_mask, cfg.entropy_coef, n_tok)
+            (pl * world).backward()
+            stats.add(
+                policy_loss=pl.detach().double(), approx_kl=pst.approx_kl_sum.double(),
+                clipfrac=pst.clipfrac_sum.double(),
+            )  # fmt: skip
         v = critic_values(critic, mb)
         vl, vclip = rlhf.value_loss(v, mb.values, mb.returns, mb.response_mask, cfg.value_clip_eps, n_tok)
         (cfg.vf_coef * vl * world).backward()
         stats.add(
-            policy_loss=pl.detach().double(), value_loss=vl.detach().double(),
-            approx_kl=pst.approx_kl_sum.double(), clipfrac=pst.clipfrac_sum.double(),
-            value_clipfrac=vclip.double(), n_train_tok=mb.response_mask.sum().double(),
+            value_loss=vl.detach().double(), value_clipfrac=vclip.double(),
+            n_train_tok=mb.response_mask.sum().double(),
         )  # fmt: skip
-    for model, opt in zip((actor, critic), opts):
+    for model, opt in zip((actor, critic) if train_actor else (critic,), opts if train_actor else opts[1:]):
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         opt.step()
@@ -886,7 +906,12 @@ def train(cfg: PPOConfig) -> dict:
             with phase("rewards"):
                 token = cfg.reward_level == "token"
                 score = (
-                    rlhf.scale_token_rewards(ro.token_scores, mask, cfg.token_reward_scale)
+                    rlhf.scale_token_rewards(
+                        ro.token_scores,
+                        mask,
+                        cfg.token_reward_scale,
+                        rlhf.eos_positions(ro.response_ids, mask, S.tokenizer.eos_token_id),
+                    )  # fmt: skip
                     if token
                     else ro.sequence_scores
                 )
@@ -920,7 +945,9 @@ def train(cfg: PPOConfig) -> dict:
                         if stopping:
                             break
                         mini = ro.index(perm[m * mb_rows : (m + 1) * mb_rows].to(di.device))
-                        stopping = ppo_step(models, S.opts, mini, cfg, stats, di.world_size)
+                        stopping = ppo_step(
+                            models, S.opts, mini, cfg, stats, di.world_size, iteration >= cfg.critic_warmup
+                        )
             iteration += 1
 
             # 6. log / checkpoint (host syncs happen here only: one all-reduce, one copy)

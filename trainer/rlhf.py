@@ -67,7 +67,9 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.bool(), pos, -1).amax(-1)
 
 
-def scale_token_rewards(token_reward: torch.Tensor, mask: torch.Tensor, scale: str) -> torch.Tensor:
+def scale_token_rewards(
+    token_reward: torch.Tensor, mask: torch.Tensor, scale: str, eos: torch.Tensor | None = None
+) -> torch.Tensor:
     """The token-level reward PPO optimises, from the RM's per-token rewards r_t [B, T].
 
     * ``raw`` — the paper's [R_1 … R_n]: the return Σ_t r_t = T·R(τ) grows with the response
@@ -75,16 +77,44 @@ def scale_token_rewards(token_reward: torch.Tensor, mask: torch.Tensor, scale: s
       reward, whether longer responses pay is set by that arbitrary level, not by the data;
     * ``mean`` — r̃_t = r_t / T (T = the row's valid tokens), so Σ_t r̃_t = R(τ) = (1/T) Σ_t r_t,
       the sequence reward the RM was trained on (eq. 1): a level shift c adds the same c to every
-      response whatever its length, and the per-token credit (which tokens the RM blames) stays.
+      response whatever its length, and the per-token credit (which tokens the RM blames) stays;
+    * ``running_mean`` — the same R(τ), but over the *content* tokens (EOS excluded) and paid out
+      *causally*: r̃_t = m_t − m_{t−1}, with m_t = the mean of the content scores up to t (m_0 = 0;
+      EOS and padding leave m unchanged, so they get 0). The sum is still R(τ) = m_T, but the
+      return-to-go from t, Σ_{k≥t} r̃_k = m_T − m_{t−1}, is exactly what the remaining actions
+      change. With ``mean`` (r_t / T) the earlier tokens' rewards depend on T, i.e. on the later
+      decision to stop, which GAE's reward-to-go cannot see: stopping looks like "0 from here",
+      continuing like "+r/T per further token", so whenever scores are positive the policy is
+      pushed to the cap (measured, ``bench/token_reward_scale.py``). Here continuing pays only if
+      it raises the mean, and since m_{t−1} is a function of the prefix, the policy gradient
+      equals that of R(τ) with a state baseline (unbiased). EOS's own score is left out because a
+      token RM trained on edits never learns it (EOS is unchanged in every pair: no gradient under
+      eq. 4), so it would otherwise decide when responses stop.
 
-    Example (by hand): r = [[2, 4, 0]], mask [[T, T, F]]: raw [[2, 4, 0]], mean [[1, 2, 0]].
+    Example (by hand): r = [[2, 4, 0]], mask [[T, T, F]]: raw [[2, 4, 0]], mean [[1, 2, 0]];
+    r = [[2, 4, 1, 0]], eos [[F, F, T, F]], mask [[T, T, T, F]]: m = 2, 3, 3 -> running_mean
+    [[2, 1, 0, 0]] (Σ = 3 = the mean of the content scores 2 and 4).
     """
     r = torch.where(mask, token_reward.float(), 0.0)
     if scale == "raw":
         return r
     if scale == "mean":
         return r / mask.sum(-1, keepdim=True).clamp_min(1).to(r.dtype)
-    raise ValueError(f"scale={scale!r} is not 'raw' or 'mean'")
+    if scale == "running_mean":
+        if eos is None:
+            raise ValueError("scale='running_mean' needs the eos positions")
+        content = mask & ~eos
+        n = content.to(r.dtype).cumsum(-1)
+        m = torch.where(n > 0, torch.where(content, r, 0.0).cumsum(-1) / n.clamp_min(1), 0.0)
+        return torch.where(mask, m - torch.nn.functional.pad(m[:, :-1], (1, 0)), 0.0)
+    raise ValueError(f"scale={scale!r} is not 'raw', 'mean' or 'running_mean'")
+
+
+def eos_positions(response_ids: torch.Tensor, mask: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
+    """[B, T] bool: the valid positions holding EOS (all False when there is no EOS token)."""
+    if eos_token_id is None:
+        return torch.zeros_like(mask, dtype=torch.bool)
+    return mask & (response_ids == eos_token_id)
 
 
 def missing_eos(response_ids: torch.Tensor, mask: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
