@@ -33,7 +33,7 @@ Seconds per iteration are wall clock between the ends of consecutive iterations,
 ``time.perf_counter()`` inside each process (the first ``--warmup`` intervals are dropped):
 
 * ours: ``trainer/ppo.py``'s ``main`` in one process (the code ``python trainer/ppo.py ...``
-  runs, imported by a 10-line worker of this script), with ``MetricsLog.write`` wrapped to add a
+  runs, imported by a small worker of this script), with ``MetricsLog.write`` wrapped to add a
   ``bench_wall_s`` stamp to each ``metrics.jsonl`` record: the record is written at step 6, once
   per iteration, after the iteration's all-reduce and host copy; ``metrics.jsonl`` itself has no
   timestamp. The per-phase split is the run's own ``time_{generate,score,rewards,train}_s``
@@ -101,8 +101,10 @@ The differences that remain, and whom they favour:
 * ours computes more per-iteration statistics (explained variance, KL, clip fractions: fp64 sums,
   one host copy); TRL's metrics are several ``.item()`` host syncs and a ``PrinterCallback`` line.
 
-Output: the table (setting | kernels | ours s/it | TRL s/it | ours/TRL | our phases), medians over
-every measured iteration of every repeat; ``--record`` appends it to ``bench/RESULTS.md``.
+Output: the table (setting | kernels | ours s/it | TRL s/it | ours/TRL | our phases | TRL's
+generate: the seconds in its ``batch_generation``, timed by a wrapper around that module function),
+medians over every measured iteration of every repeat; ``--record`` appends it to
+``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ NUM_MINIBATCHES = 2
 KL_COEF, VF_COEF, CLIP, VALUE_CLIP, GAMMA, LAM = 0.05, 0.5, 0.2, 0.2, 1.0, 0.95
 PAD, BOS, UNK, TRL_EOS = "<pad>", "<s>", "<unk>", "</s>"
 PHASES = ("generate", "score", "rewards", "train")
-FUSED_OPS = ("gae:", "token_logprobs:", "kernels: gae:", "kernels: token_logprobs:")
+FUSED_OPS = ("token_logprobs", "gae")  # the fgkernels ops trainer/ppo.py calls
 
 
 @dataclass(frozen=True)
@@ -249,19 +251,32 @@ def tag_ours(models) -> None:
 
 def ours_worker(spec: dict) -> None:
     """Run ``trainer/ppo.py``'s ``main`` in this process, each metrics record stamped with
-    ``bench_wall_s`` (``time.perf_counter()`` at the write); ``--count``: hooks count the work."""
-    from trainer.infra import metrics
+    ``bench_wall_s`` (``time.perf_counter()`` at the write); ``--count``: hooks count the work.
+    Prints ``bench-backends: op=backend ...``, what fgkernels dispatches CPU calls to here."""
+    import torch
 
-    write = metrics.MetricsLog.write
-    metrics.MetricsLog.write = lambda self, rec: write(self, {**rec, "bench_wall_s": time.perf_counter()})
+    import fgkernels._dispatch as dispatch
     import trainer.ppo as ppo
+    from trainer.infra import metrics
     from trainer.infra.dist import exit_process
 
+    cpu = torch.device("cpu")
+    print(
+        "bench-backends: " + " ".join(f"{op}={dispatch.resolve_backend(op, None, cpu)}" for op in FUSED_OPS)
+    )
+    write = metrics.MetricsLog.write
+    metrics.MetricsLog.write = lambda self, rec: write(self, {**rec, "bench_wall_s": time.perf_counter()})
     counts = None
     if spec.get("count_out"):
         counts = install_counters()
         build = ppo.build_models
-        ppo.build_models = lambda *a, **k: (lambda m: (tag_ours(m), m)[1])(build(*a, **k))
+
+        def tagged_build(*args, **kwargs):
+            models = build(*args, **kwargs)
+            tag_ours(models)
+            return models
+
+        ppo.build_models = tagged_build
     rc = ppo.main(spec["args"])
     if counts is not None:
         Path(spec["count_out"]).write_text(json.dumps(counts))
@@ -291,13 +306,14 @@ def trl_config(s: Setting, out: Path, iterations: int, optim: str):
 
 def trl_worker(spec: dict) -> None:
     """Build TRL's PPOTrainer on the shared models and prompts and train; each ``on_step_end``
-    appends ``time.perf_counter()`` to ``spec['times_out']`` (one JSON line per PPO update)."""
+    appends ``time.perf_counter()`` and the update's seconds in TRL's ``batch_generation`` to
+    ``spec['times_out']`` (one JSON line per PPO update)."""
     import torch
 
     torch.set_num_threads(spec["threads"])
     from datasets import Dataset
     from transformers import AutoTokenizer, LlamaForCausalLM, LlamaForSequenceClassification, TrainerCallback
-    from trl.experimental.ppo import PPOTrainer
+    from trl.experimental.ppo import PPOTrainer, ppo_trainer
 
     s, assets, out = Setting(**spec["setting"]), Path(spec["assets"]), Path(spec["out"])
     counts = install_counters() if spec.get("count_out") else None
@@ -314,11 +330,24 @@ def trl_worker(spec: dict) -> None:
         tag(m, role)
     ids = json.loads((assets / "prompt_ids.json").read_text())[: s.rollouts]
     times_out = Path(spec["times_out"])
+    gen_s = [0.0]  # seconds in TRL's batch_generation since the last update ended
+    batch_generation = ppo_trainer.batch_generation
+
+    def timed_generation(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return batch_generation(*args, **kwargs)
+        finally:
+            gen_s[0] += time.perf_counter() - t0
+
+    ppo_trainer.batch_generation = timed_generation  # (a timer only: the call is unchanged)
 
     class Stamp(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
+            rec = {"step": state.global_step, "bench_wall_s": time.perf_counter(), "generate_s": gen_s[0]}
+            gen_s[0] = 0.0
             with times_out.open("a") as fh:
-                fh.write(json.dumps({"step": state.global_step, "bench_wall_s": time.perf_counter()}) + "\n")
+                fh.write(json.dumps(rec) + "\n")
 
     trainer = PPOTrainer(
         args=trl_config(s, out, spec["iterations"], spec["optim"]), processing_class=tok, model=policy,
@@ -420,7 +449,7 @@ def intervals(stamps: list[float], warmup: int) -> list[float]:
 
 
 def run_ours(s: Setting, assets: Path, out: Path, a: argparse.Namespace, kernels: str) -> dict:
-    """One run of ``trainer/ppo.py``: ``{"wall": [s/it], phase: [s], "kernels_line": str}``."""
+    """One run of ``trainer/ppo.py``: ``{"wall": [s/it], phase: [s], "backends": str}``."""
     n = a.warmup + a.iterations
     extra = {"FGKERNELS_BACKEND": "reference"} if kernels == "reference" else {}
     stdout = spawn("ours", {"args": ours_args(s, assets, out, n, a.threads)}, worker_env(a.threads, extra))
@@ -432,9 +461,7 @@ def run_ours(s: Setting, assets: Path, out: Path, a: argparse.Namespace, kernels
     body = recs[a.warmup :]
     res = {"wall": intervals([r["bench_wall_s"] for r in recs], a.warmup)}
     res.update({ph: [r[f"time_{ph}_s"] for r in body] for ph in PHASES})
-    res["kernels_line"] = "; ".join(
-        x.removeprefix("kernels: ").split(";")[0] for x in stdout.splitlines() if x.startswith(FUSED_OPS)
-    )
+    res["backends"] = next((x.split(": ", 1)[1] for x in stdout.splitlines() if x.startswith("bench-")), "?")
     return res
 
 
@@ -444,10 +471,12 @@ def run_trl(s: Setting, assets: Path, out: Path, a: argparse.Namespace) -> dict:
     spec = {"setting": asdict(s), "assets": str(assets), "out": str(out), "iterations": n}
     spec.update({"threads": a.threads, "optim": a.trl_optim, "times_out": str(times)})
     spawn("trl", spec, worker_env(a.threads))
-    stamps = [json.loads(x)["bench_wall_s"] for x in times.read_text().splitlines()]
-    if len(stamps) != n:
-        raise SystemExit(f"{out}: {len(stamps)} TRL updates, expected {n}")
-    return {"wall": intervals(stamps, a.warmup)}
+    recs = [json.loads(x) for x in times.read_text().splitlines()]
+    if len(recs) != n:
+        raise SystemExit(f"{out}: {len(recs)} TRL updates, expected {n}")
+    return {"wall": intervals([r["bench_wall_s"] for r in recs], a.warmup)} | {
+        "generate": [r["generate_s"] for r in recs[a.warmup :]]
+    }
 
 
 def count_work(s: Setting, assets: Path, work: Path, a: argparse.Namespace) -> list[list[str]]:
@@ -482,7 +511,8 @@ def bench_setting(name: str, assets: Path, work: Path, a: argparse.Namespace) ->
             out = work / f"{name}_{side}{'_' + k if k else ''}_r{rep}"
             t0 = time.perf_counter()
             res = run_ours(s, assets, out, a, k) if side == "ours" else run_trl(s, assets, out, a)
-            lines[k] = res.pop("kernels_line", "") or lines.get(k, "")
+            if "backends" in res:
+                lines[k] = res.pop("backends")
             print(
                 f"  {name} {side} {k or '':9s} repeat {rep}: {med(res['wall'])} s/it "
                 f"(run {time.perf_counter() - t0:.0f} s)",
@@ -498,6 +528,7 @@ def bench_setting(name: str, assets: Path, work: Path, a: argparse.Namespace) ->
         label = f"{name} ({s.rollouts}x{s.response}, mb {s.micro})"
         rows.append(
             [label, k, f"{ours:.3f}", f"{trl:.3f}", f"{ours / trl:.2f}", *(med(p[ph]) for ph in PHASES)]
+            + [med(pooled[("trl", "")]["generate"])]
         )
     return rows, "; ".join(f"{k}: {v}" for k, v in lines.items() if k)
 
@@ -525,7 +556,7 @@ def main() -> None:
     assets = make_assets(work, max(SETTINGS[n].rollouts for n in a.settings))
     print(f"work directory {work}", flush=True)
     header = ["setting", "kernels", "ours s/it (median)", "TRL s/it (median)", "ours/TRL"]
-    header += ["generate s", "score s", "rewards+GAE s", "train s"]
+    header += ["generate s", "score s", "rewards+GAE s", "train s", "TRL generate s"]
     rows, lines = [], []
     for name in a.settings:
         if a.count:
@@ -543,7 +574,8 @@ def main() -> None:
         f"{a.iterations} iterations after {a.warmup} warm-up x {a.repeats} repeat(s) (order alternating); "
         "s/it = wall clock between iteration ends (perf_counter in each process); phases = our "
         f"metrics.jsonl time_*_s; trl 0.29.1 PPOTrainer, optim {a.trl_optim}; the remaining differences "
-        f"in work: the docstring of bench/ppo_vs_trl.py; our kernels ({lines[-1]})"
+        "in work: the docstring of bench/ppo_vs_trl.py; TRL generate = its batch_generation; fgkernels "
+        f"dispatch ({lines[-1]})"
     )
     if a.record:
         print(record("PPO loop vs TRL PPOTrainer (CPU, one process)", header, rows, notes))

@@ -31,6 +31,14 @@ SETTINGS = {
     "mean": ["token_reward_scale=mean"],
     "running_mean": ["token_reward_scale=running_mean"],
     "running_mean + eos penalty -1": ["token_reward_scale=running_mean", "missing_eos_penalty=-1"],
+    # the critic (issue 17, item 4): initialised from the token RM (the old `auto`), from it after a
+    # 5-iteration critic-only warm-up, or from the actor's backbone with a fresh head (the default)
+    "running_mean, critic from the RM": ["token_reward_scale=running_mean", "critic_from=RM"],
+    "running_mean, critic from the RM + critic_warmup=5": [
+        "token_reward_scale=running_mean",
+        "critic_from=RM",
+        "critic_warmup=5",
+    ],
     # a per-token baseline: running mean/std normalisation of the RM's token rewards (global), so
     # an ordinary token earns ~0 and only better-than-usual tokens pay
     "raw + reward_norm": ["token_reward_scale=raw", "reward_norm=true"],
@@ -65,10 +73,14 @@ def row(name: str, per_seed: list[dict], n: int) -> list[str]:
         a = statistics.fmean(s[key][0] for s in per_seed)
         b = statistics.fmean(s[key][1] for s in per_seed)
         cells.append(f"{a:.2f} → {b:.2f}")
+    cells += [f"{statistics.fmean(s[key] for s in per_seed):.2f}" for key in EXTRA]
     return cells
 
 
 KEYS = ("response_length", "truncated_fraction", "gold_reward_per_token", "kl", "explained_variance")
+# single numbers: the longest mean response of any iteration (a transient drift that the last 5
+# would hide) and the critic's explained variance over the first 10 iterations
+EXTRA = ("peak response_length", "explained_variance (it. 1-10)")
 
 
 def torchrun(args: list[str]) -> None:
@@ -85,12 +97,16 @@ def torchrun(args: list[str]) -> None:
         raise SystemExit(f"failed: {' '.join(args)}\n{p.stderr[-3000:]}")
 
 
-def summary(out: Path, k: int = 5) -> dict[str, tuple[float, float]]:
+def summary(out: Path, k: int = 5) -> dict:
+    """First-``k`` and last-``k`` iteration means of every key, and the :data:`EXTRA` numbers."""
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {
+    out = {
         key: (statistics.fmean(r[key] for r in recs[:k]), statistics.fmean(r[key] for r in recs[-k:]))
         for key in KEYS
     }
+    out[EXTRA[0]] = max(r["response_length"] for r in recs)
+    out[EXTRA[1]] = statistics.fmean(r["explained_variance"] for r in recs[:10])
+    return out
 
 
 def main() -> None:
@@ -118,12 +134,13 @@ def main() -> None:
             path = out / "metrics.jsonl"
             if not path.exists() or len(path.read_text().splitlines()) != args.iterations:
                 rm_arg = [] if "reward_source=gold" in extra else [f"reward_model={rm}"]
+                extra = [f"critic_from={rm}" if e == "critic_from=RM" else e for e in extra]
                 run = [*base, *REGIME, f"init_from={sft}", *extra, f"seed={seed}", *rm_arg]
                 torchrun([*run, f"output_dir={out}", "resume=false"])
             per_seed.append(summary(out))
         rows.append(row(name, per_seed, len(args.seeds)))
         print(" | ".join(rows[-1]), flush=True)
-    header = ["setting", "seeds", *(f"{k} (first 5 → last 5 it.)" for k in KEYS)]
+    header = ["setting", "seeds", *(f"{k} (first 5 → last 5 it.)" for k in KEYS), *EXTRA]
     if args.record:
         record(
             "Token-level PPO from the SFT model: raw, mean and running_mean token rewards (length incentive)",

@@ -188,7 +188,11 @@ class PPOConfig(TrainConfig):
     """SFT checkpoint of the actor (and reference); empty: a random-init tiny LLaMA (below)."""
     critic_from: str = "auto"
     """Critic initialisation: a reward-model directory, ``actor`` (the actor's backbone + a fresh
-    head) or ``auto`` (the reward model when it is a learned one of the actor's shape, else actor)."""
+    head) or ``auto``: at ``reward_level=sequence`` the reward model when it is a learned one of the
+    actor's shape (its score ≈ R, the value's scale), else the actor; at ``reward_level=token``
+    the actor — a token RM's head predicts one token's reward, not the return-to-go (measured:
+    explained variance starts at −2.5 from the token RM, at 0 from the actor, and the bad start
+    briefly drives the length up; ``bench/token_reward_scale.py``)."""
 
     iterations: int = 60
     """PPO iterations (rollout + update)."""
@@ -370,7 +374,7 @@ def build_models(run: Run, tokenizer: Any, rm_dir: Path | None, syn: SyntheticCo
     critic_src = cfg.critic_from
     if critic_src == "auto":
         critic_src = "actor"
-        if rm_dir is not None:
+        if rm_dir is not None and cfg.reward_level == "sequence":
             rc = AutoConfig.from_pretrained(rm_dir)
             keys = ("hidden_size", "num_hidden_layers", "vocab_size")
             critic_src = (
