@@ -223,6 +223,20 @@ def test_ppo_sequence_mode_adaptive_kl_k3(tmp_path):
     assert recs[-1]["kl_coef"] != recs[0]["kl_coef"]  # the adaptive controller moved β
 
 
+def test_critic_warmup_freezes_the_actor(tmp_path):
+    """critic_warmup=2: in iterations 1-2 only the critic trains, so iteration 3 still samples from
+    the reference policy (KL exactly 0, no policy loss logged before it); iteration 4 has moved."""
+    out = tmp_path / "warm"
+    torchrun(
+        "trainer/ppo.py",
+        [*TINY, "reward_source=gold", "critic_warmup=2", "iterations=4", f"output_dir={out}"],
+    )  # fmt: skip
+    recs = _check_run(out, 4)
+    assert [r["kl"] for r in recs[:3]] == [0.0, 0.0, 0.0]
+    assert recs[0]["policy_loss"] == recs[1]["policy_loss"] == 0.0 and recs[0]["value_loss"] > 0
+    assert recs[3]["kl"] != 0.0 and recs[2]["policy_loss"] != 0.0
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_preempted(tmp_path):
     """SIGTERM mid-run (one process): the iteration finishes, a checkpoint is written, exit 75
     (pre-empted, distinct from a finished run) and a PREEMPTED marker; a rerun resumes."""
