@@ -109,6 +109,7 @@ class PPOConfig(TrainConfig):
         "rm_level": ("auto", "token", "sequence"),
         "kl_estimator": ("k1", "k3"),
         "kl_controller": ("fixed", "adaptive"),
+        "old_logprobs": ("generate", "recompute"),
     }
     AT_LEAST: ClassVar[dict] = {
         "rollout_batch_size": 1, "forward_batch_size": 1, "num_minibatches": 1, "micro_batch_size": 1,
@@ -183,6 +184,13 @@ class PPOConfig(TrainConfig):
     top_p: float = 1.0
     """Nucleus sampling threshold (1: plain sampling). Below 1, sampling is from the truncated
     distribution while log-probs use the full one: slightly off-policy (a warning says so)."""
+
+    old_logprobs: str = "generate"
+    """Where PPO's old log-probs (and the entropy) come from: ``generate`` — the sampling logits
+    of the rollout itself (as TRL does; one policy forward fewer per iteration; in fp32 they equal
+    a recomputation to ~1e-6, tested) — or ``recompute``: a scoring forward of the actor over the
+    rollout (as verl/OpenRLHF do; in bf16 the KV-cache decoding and a full forward round
+    differently, so the first ratio is exactly 1 only this way)."""
 
     init_from: str = ""
     """SFT checkpoint of the actor (and reference); empty: a random-init tiny LLaMA (below)."""
@@ -642,22 +650,27 @@ def collect_rollout(
         batch = collate([prompts[i] for i in order], pad_id, padding_side="left")
         p_ids, p_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         models.actor.eval()
+        from_generation = cfg.old_logprobs == "generate"
         with unsharded(models.actor):
-            r_ids, r_mask = generate(
+            out = generate(
                 models.actor, p_ids, p_mask, cfg.max_new_tokens, tokenizer.eos_token_id, pad_id,
-                cfg.temperature, cfg.top_p,
+                cfg.temperature, cfg.top_p, return_logprobs=from_generation,
             )  # fmt: skip
         models.actor.train()
-        ro = Rollout(p_ids, p_mask, r_ids, r_mask)
+        ro = Rollout(p_ids, p_mask, out[0], out[1])
+        if from_generation:
+            ro.old_logp, ro.entropy = out[2], out[3]
     # 2. score, in chunks of forward_batch_size rows
-    parts: dict[str, list] = {k: [] for k in Rollout.SCORED}
+    scored = [k for k in Rollout.SCORED if getattr(ro, k) is None]
+    parts: dict[str, list] = {k: [] for k in scored}
     with phase("score"), torch.no_grad():
         for mb in ro.chunks(cfg.forward_batch_size):
             P = mb.prompt_ids.shape[1]
-            old, ent = policy_logprobs(models.actor, mb, cfg.temperature, entropy=True)
+            if "old_logp" in parts:  # old_logprobs=recompute
+                old, ent = policy_logprobs(models.actor, mb, cfg.temperature, entropy=True)
+                parts["old_logp"].append(old)
+                parts["entropy"].append(ent)
             reward = models.reward.score(mb.input_ids, mb.attention_mask, mb.full_response_mask)
-            parts["old_logp"].append(old)
-            parts["entropy"].append(ent)
             parts["ref_logp"].append(policy_logprobs(models.ref, mb, cfg.temperature))
             parts["values"].append(critic_values(models.critic, mb))
             parts["token_scores"].append(reward.token[:, P:])

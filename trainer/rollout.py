@@ -24,7 +24,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from trainer.infra.dryrun import is_fake
+from trainer.infra.dryrun import host_item, in_dry_run, is_fake
 from trainer.models import position_ids
 
 __all__ = ["Rollout", "generate", "sample_next", "unsharded"]
@@ -110,6 +110,10 @@ def unsharded(model: nn.Module):
 
     The modules' ``reshard_after_forward`` settings are saved and restored (FSDP2 keeps them
     per parameter group as ``post_forward_mesh_info``; there is no public getter in torch 2.13).
+    While gathered, FSDP2's forward hooks are taken off (and put back after): with every group
+    unsharded they would only re-check state on each of the hundreds of decoding forwards
+    (~15% of a tiny model's decoding time); the modules then hold their plain unsharded
+    parameters. A dry run keeps the hooks (its memory tracker hooks FSDP2's states).
     """
     from torch.distributed.fsdp import FSDPModule
 
@@ -123,9 +127,12 @@ def unsharded(model: nn.Module):
         m.set_reshard_after_forward(False, recurse=False)
     for m in mods:
         m.unshard()  # one all-gather per parameter group, for the whole rollout
+    hooks = None if in_dry_run() else _fsdp_hooks_off(mods)
     try:
         yield model
     finally:
+        if hooks is not None:
+            _restore_hooks(hooks)
         for m, (auto, infos) in zip(mods, saved):
             state = m._get_fsdp_state()
             state._auto_reshard_after_forward = auto
@@ -134,23 +141,75 @@ def unsharded(model: nn.Module):
             m.reshard()
 
 
+_HOOK_DICTS = (
+    "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks", "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)  # fmt: skip
+
+
+def _fsdp_hooks_off(mods: list) -> list:
+    """Remove the forward (pre-)hooks FSDP2 registered on ``mods`` (its states' own hooks only);
+    returns what :func:`_restore_hooks` needs to put every hook dict back exactly, in order."""
+    saved = []
+    for m in mods:
+        state = m._get_fsdp_state()
+        own = {
+            id(h.__self__) == id(state)
+            for h in (*m._forward_pre_hooks.values(), *m._forward_hooks.values())
+            if hasattr(h, "__self__")
+        }
+        if True not in own:  # hooks of another kind (grouped modules): leave them alone
+            continue
+        saved.append((m, {name: dict(getattr(m, name)) for name in _HOOK_DICTS}))
+        for hooks in (m._forward_pre_hooks, m._forward_hooks):
+            for key in [k for k, h in hooks.items() if getattr(h, "__self__", None) is state]:
+                del hooks[key]
+                for name in _HOOK_DICTS:
+                    getattr(m, name).pop(key, None)
+    return saved
+
+
+def _restore_hooks(saved: list) -> None:
+    for m, dicts in saved:
+        for name, content in dicts.items():
+            d = getattr(m, name)
+            d.clear()
+            d.update(content)
+
+
 def sample_next(
     logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False
 ) -> torch.Tensor:
     """One token per row from ``logits`` ``[B, V]``: argmax (``greedy``), else a sample from
     softmax(logits / temperature) restricted to the smallest set of tokens whose probability
-    reaches ``top_p`` (nucleus sampling). Uses the global torch RNG. Returns ``[B]`` int64."""
+    reaches ``top_p`` (nucleus sampling). Uses the global torch RNG. Returns ``[B]`` int64.
+
+    Sampling is by inverse CDF — one uniform per row, located in the rows' cumulative
+    probabilities — which draws from exactly the categorical distribution ``torch.multinomial``
+    draws from (tested against it), at a fraction of the cost: on the CPU ``multinomial`` makes
+    an exponential variate per vocabulary entry (~0.7 ms for 64 x 512 vs ~0.05 ms).
+    """
     if greedy:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
+    order = None
     if top_p < 1.0:
-        sorted_p, order = probs.sort(-1, descending=True)
+        probs, order = probs.sort(-1, descending=True)
         # drop a token when the tokens before it already reach top_p (the first is always kept)
-        drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        choice = torch.multinomial(sorted_p, 1)
-        return order.gather(-1, choice)[:, 0]
-    return torch.multinomial(probs, 1)[:, 0]
+        probs = probs.masked_fill((probs.cumsum(-1) - probs) >= top_p, 0.0)
+    return _inverse_cdf(probs) if order is None else order.gather(-1, _inverse_cdf(probs)[:, None])[:, 0]
+
+
+def _inverse_cdf(probs: torch.Tensor) -> torch.Tensor:
+    """``[B]`` indices drawn from the unnormalised non-negative ``probs`` ``[B, V]``: the first
+    index whose cumulative sum exceeds u·total, u ~ U[0, 1); never a zero-probability index (a
+    u·total rounded up to the total is clamped to the row's last positive entry)."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    idx = torch.searchsorted(cdf, u, right=True)[:, 0]
+    pos = torch.arange(probs.shape[-1], device=probs.device)
+    last_positive = torch.where(probs > 0, pos, 0).amax(-1)
+    return torch.minimum(idx, last_positive)
 
 
 @torch.no_grad()
@@ -164,55 +223,80 @@ def generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     greedy: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    return_logprobs: bool = False,
+    check_every: int = 8,
+) -> tuple[torch.Tensor, ...]:
     """Batched sampling with a KV cache from left-padded prompts.
 
     One prefill forward over the prompts, then one single-token forward per step reusing the
     cache. A row stops after it emits EOS (EOS is part of the response); later positions hold
     ``pad_token_id`` and are masked. Wrap the call in :func:`unsharded` under FSDP2.
 
+    The attention mask is allocated once for the whole rollout (no per-step concatenation), and
+    whether every row has ended is asked of the device every ``check_every`` steps only (a host
+    sync stalls a GPU's queue); the all-ended columns generated after the last row's EOS are
+    trimmed, so the result equals a check at every step.
+
     Args:
         model: a causal LM (``transformers``; sharded or not).
         prompt_ids: ``[B, P]`` int64, left-padded. prompt_mask: ``[B, P]`` bool.
         max_new_tokens: most response tokens per row.
         eos_token_id: ends a row (None: rows run to ``max_new_tokens``).
+        return_logprobs: also return log π(a_t | s_t) at ``temperature`` (the full softmax, also
+            with ``top_p`` < 1) and the entropy of that distribution, from the sampling logits
+            themselves: PPO's old log-probs without another forward.
 
     Returns:
-        ``(response_ids [B, R], response_mask [B, R])`` with ``R ≤ max_new_tokens``.
+        ``(response_ids [B, R], response_mask [B, R])`` with ``R ≤ max_new_tokens``, and with
+        ``return_logprobs`` also ``(logp [B, R], entropy [B, R])`` fp32 (0 where masked).
     """
-    B = prompt_ids.shape[0]
+    B, P = prompt_ids.shape
     device = prompt_ids.device
-    attn = prompt_mask.long()
+    attn = torch.zeros(B, P + max_new_tokens, dtype=torch.long, device=device)
+    attn[:, :P] = prompt_mask.long()
     out = model(
         input_ids=prompt_ids,
-        attention_mask=attn,
-        position_ids=position_ids(attn),
+        attention_mask=attn[:, :P],
+        position_ids=position_ids(attn[:, :P]),
         use_cache=True,
         logits_to_keep=1,
     )
     cache = out.past_key_values
-    next_pos = attn.sum(-1, keepdim=True)  # [B, 1] position of the first response token
+    next_pos = attn[:, :P].sum(-1, keepdim=True)  # [B, 1] position of the first response token
     alive = torch.ones(B, dtype=torch.bool, device=device)
-    tokens, masks = [], []
+    tokens, masks, logps, ents = [], [], [], []
     for t in range(max_new_tokens):
-        tok = sample_next(out.logits[:, -1], temperature, top_p, greedy)
+        logits = out.logits[:, -1]
+        tok = sample_next(logits, temperature, top_p, greedy)
+        if return_logprobs:
+            logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
+            logps.append(torch.where(alive, logp_all.gather(-1, tok[:, None])[:, 0], 0.0))
+            ents.append(torch.where(alive, -(logp_all.exp() * logp_all).sum(-1), 0.0))
         tok = torch.where(alive, tok, torch.full_like(tok, pad_token_id))
         tokens.append(tok)
         masks.append(alive)
         if eos_token_id is not None:
             alive = alive & (tok != eos_token_id)
-        # host sync once per token (early stop when every row has ended); a decoding loop
-        # cannot avoid it without running to max_new_tokens (a dry run's fake tensors have no
-        # data: every row runs to max_new_tokens, the worst case)
-        if t == max_new_tokens - 1 or (not is_fake(alive) and not bool(alive.any())):
+        # host sync every check_every steps (early stop when every row has ended); a dry run's
+        # fake tensors have no data: every row runs to max_new_tokens, the worst case
+        last = t == max_new_tokens - 1
+        if last or ((t + 1) % check_every == 0 and not is_fake(alive) and not bool(alive.any())):
             break
-        attn = torch.cat([attn, masks[-1].long()[:, None]], dim=1)
+        attn[:, P + t] = masks[-1].long()
         out = model(
             input_ids=tok[:, None],
-            attention_mask=attn,
+            attention_mask=attn[:, : P + t + 1],
             position_ids=next_pos + t,
             past_key_values=cache,
             use_cache=True,
         )
         cache = out.past_key_values
-    return torch.stack(tokens, dim=1), torch.stack(masks, dim=1)
+    response_mask = torch.stack(masks, dim=1)
+    keep = response_mask.shape[1]
+    if eos_token_id is not None and not is_fake(response_mask):  # drop the all-ended columns
+        cols = torch.arange(keep, device=device)
+        keep = int(host_item(torch.where(response_mask.any(0), cols, 0).amax())) + 1  # (one host sync)
+    result = (torch.stack(tokens, dim=1)[:, :keep], response_mask[:, :keep])
+    if return_logprobs:
+        result += (torch.stack(logps, dim=1)[:, :keep], torch.stack(ents, dim=1)[:, :keep])
+    return result
