@@ -14,7 +14,7 @@ batch of prompts, so both sides use every prompt once per iteration), sampling a
 (top_p 1, top_k 0), KL k1 with β = 0.05, sequence-level reward (the RM's last-token score at the
 last response token, −β·KL on every token: our ``reward_level=sequence``), GAE γ 1 λ 0.95 with
 whitened advantages, clip 0.2 / value clip 0.2, vf_coef 0.5, 1 PPO epoch of 2 minibatches,
-AdamW (torch, ``adamw_torch`` on TRL's side), no gradient clipping (TRL's loop never clips: ours
+fused AdamW on both sides, no gradient clipping (TRL's loop never clips: ours
 gets ``max_grad_norm=0``), no activation checkpointing, no bf16, no dropout. Settings:
 
     small: 16 rollouts x 32 response tokens, micro-batch 8  (= the minibatch)
@@ -56,7 +56,7 @@ forwards as calls x [rows x positions], the LM / score head's positions in paren
     =================  =====================================  =====================================
     generate (policy)  1 x [16x16] + 31 x [16x1] (head 1 pos.) 1 x [16x16] + 31 x [16x1] (head 1 pos.)
                        = 512 sampled tokens, KV cache          = 512 sampled tokens, KV cache
-    old log-probs      1 x [16x48] policy (head 33 pos.)       none: generate()'s scores
+    old log-probs      none: the sampling logits (default)     none: generate()'s scores
     ref log-probs      1 x [16x48] (head 33 pos.)              1 x [16x48] (head 48 pos.)
     values             1 x [16x48] (head 48 pos.)              1 x [16x48] (head 48 pos.)
     reward             1 x [16x48] (head 48 pos.)              1 x [16x48] (head 48 pos.)
@@ -71,9 +71,9 @@ The long setting is the same with 64 rows, 1 prefill + 255 decode forwards (16,3
 micro-batch are two ``backward()`` calls (actor loss, critic loss); TRL's one (pg + vf loss).
 The differences that remain, and whom they favour:
 
-* ours does one more forward per iteration: a policy forward over the rollout for the old
-  log-probs (and the entropy); TRL takes the old log-probs from ``generate(output_scores=True)``'s
-  processed logits. Favours TRL.
+* old log-probs: both sides take them from the sampling logits (ours: ``old_logprobs=generate``,
+  the default since 2026-12-02; with ``old_logprobs=recompute`` ours adds a policy forward over
+  the rollout, as it did before). Ours also takes the entropy there (TRL: in its train loop).
 * ours is FSDP2-wrapped even in one process (a world of one over gloo; per-layer hooks, DTensor
   parameters, the unshard/reshard around generation). Favours TRL.
 * logits: ours computes the LM head only at the last R+1 positions (``logits_to_keep``) in
@@ -82,9 +82,9 @@ The differences that remain, and whom they favour:
 * TRL computes the policy entropy in the train loop (a softmax over every micro-batch's logits,
   no grad); ours computes it once in scoring (the fused log-prob kernel's entropy output).
 * ours runs two AdamW (actor, critic) per minibatch, TRL one over both models' parameters: the
-  same parameters updated. TRL's default optimizer on torch >= 2.8 is ``adamw_torch_fused``;
-  ``--trl-optim adamw_torch_fused`` measures it (favours TRL); the default ``adamw_torch`` is
-  ours' ``torch.optim.AdamW``.
+  same parameters updated. Both are torch's fused AdamW (ours since 2026-12-02; TRL's own default
+  on torch >= 2.8 is ``adamw_torch_fused``, this script's default ``--trl-optim``); the run
+  recorded on 2026-12-02 01:58 gave TRL ``adamw_torch`` (its two steps a few ms slower in all).
 * TRL's batch sizes: in trl 0.29.1 the rollout batch is ``per_device_train_batch_size x
   gradient_accumulation_steps`` (no ``num_mini_batches`` factor) and a minibatch is
   1/``num_mini_batches`` of it, so ``gradient_accumulation_steps`` = rollouts / micro-batch (2 here:
@@ -544,7 +544,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="iterations dropped at the start (>= 1)")
     ap.add_argument("--repeats", type=int, default=1, help="runs per side, order alternating")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch/OMP threads, both sides")
-    ap.add_argument("--trl-optim", default="adamw_torch", help="TRL's optim (its default: adamw_torch_fused)")
+    ap.add_argument(
+        "--trl-optim", default="adamw_torch_fused", help="TRL's optim (its own default; ours is fused too)"
+    )
     ap.add_argument("--count", action="store_true", help="also count the work of one iteration per side")
     ap.add_argument("--workdir", default="", help="where runs go (default: a new temporary directory)")
     ap.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")

@@ -141,6 +141,52 @@ def unsharded(model: nn.Module):
             m.reshard()
 
 
+class PreallocatedLayer:
+    """One decoder layer's KV cache for a whole rollout: ``[B, heads, capacity, head_dim]`` buffers
+    allocated at the prefill, each step's keys and values written in place, and attention given a
+    *view* of the filled prefix. transformers' ``DynamicLayer`` concatenates instead — a copy of the
+    whole cache per layer per step, O(T²) bytes per rollout (~22% of a tiny model's decoding time
+    on the CPU); a static cache avoids the copy but attends over all ``capacity`` positions every
+    step. Built by :func:`preallocated_cache` (a subclass of transformers' ``DynamicLayer``, so the
+    rest of the ``Cache`` interface — masks, lengths — is the library's)."""
+
+
+def preallocated_cache(num_layers: int, capacity: int):
+    """A transformers ``Cache`` of ``num_layers`` :class:`PreallocatedLayer` s holding up to
+    ``capacity`` positions (prompt + response)."""
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    class _Layer(DynamicLayer, PreallocatedLayer):
+        __doc__ = PreallocatedLayer.__doc__
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.length = 0
+
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+            B, H, _, D = key_states.shape
+            self.device = key_states.device
+            self.keys = key_states.new_empty(B, H, capacity, D)
+            self.values = value_states.new_empty(B, H, capacity, value_states.shape[-1])
+            self.is_initialized = True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            end = self.length + key_states.shape[-2]
+            if end > capacity:
+                raise RuntimeError(f"KV cache of {capacity} positions overflows ({end})")
+            self.keys[:, :, self.length : end] = key_states
+            self.values[:, :, self.length : end] = value_states
+            self.length = end
+            return self.keys[:, :, :end], self.values[:, :, :end]
+
+        def get_seq_length(self) -> int:
+            return self.length
+
+    return Cache(layers=[_Layer() for _ in range(num_layers)])
+
+
 _HOOK_DICTS = (
     "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks", "_forward_hooks_with_kwargs",
     "_forward_hooks_always_called",
@@ -212,6 +258,11 @@ def _inverse_cdf(probs: torch.Tensor) -> torch.Tensor:
     return torch.minimum(idx, last_positive)
 
 
+def _num_layers(model: nn.Module) -> int:
+    config = model.config
+    return getattr(config, "num_hidden_layers", None) or config.get_text_config().num_hidden_layers
+
+
 @torch.no_grad()
 def generate(
     model: nn.Module,
@@ -254,14 +305,15 @@ def generate(
     device = prompt_ids.device
     attn = torch.zeros(B, P + max_new_tokens, dtype=torch.long, device=device)
     attn[:, :P] = prompt_mask.long()
+    cache = preallocated_cache(_num_layers(model), P + max_new_tokens)
     out = model(
         input_ids=prompt_ids,
         attention_mask=attn[:, :P],
         position_ids=position_ids(attn[:, :P]),
+        past_key_values=cache,
         use_cache=True,
         logits_to_keep=1,
     )
-    cache = out.past_key_values
     next_pos = attn[:, :P].sum(-1, keepdim=True)  # [B, 1] position of the first response token
     alive = torch.ones(B, dtype=torch.bool, device=device)
     tokens, masks, logps, ents = [], [], [], []
@@ -290,7 +342,6 @@ def generate(
             past_key_values=cache,
             use_cache=True,
         )
-        cache = out.past_key_values
     response_mask = torch.stack(masks, dim=1)
     keep = response_mask.shape[1]
     if eos_token_id is not None and not is_fake(response_mask):  # drop the all-ended columns

@@ -294,7 +294,11 @@ def build_optimizer(model: nn.Module, lr: float, cfg: TrainConfig) -> torch.opti
                 "or use optimizer=adamw"
             ) from e
         return bnb.optim.AdamW8bit(model.parameters(), **kw)
-    return torch.optim.AdamW(model.parameters(), **kw)
+    # fused: one kernel call for every parameter, on the CPU and CUDA alike. Under FSDP2 the
+    # parameters are DTensors, and the per-parameter Python loop of the default (single-tensor on
+    # the CPU) dispatches each of AdamW's ~10 element-wise ops through DTensor: ~25 ms per step
+    # for a 2-layer toy model, against ~1 ms fused. Same update (tested against the default).
+    return torch.optim.AdamW(model.parameters(), fused=True, **kw)
 
 
 def lr_lambda(warmup: int, total: int, min_ratio: float):
