@@ -196,12 +196,13 @@ def test_running_mean_sums_to_the_content_mean_and_is_causal():
     lengths = torch.tensor([11, 1, 5, 8, 3, 10])
     mask = torch.arange(11)[None, :] < lengths[:, None]
     eos = torch.zeros_like(mask)
-    eos[[0, 2, 3], lengths[[0, 2, 3]] - 1] = True  # rows 0, 2, 3 end with EOS; the others are cut
+    eos[[0, 1, 2, 3], lengths[[0, 1, 2, 3]] - 1] = True  # rows 0-3 end with EOS (row 1: EOS alone)
     out = rlhf.scale_token_rewards(r, mask, "running_mean", eos)
     content = mask & ~eos
     want = torch.where(content, r, 0.0).sum(-1) / content.sum(-1).clamp_min(1)
+    want[1] = r[1, 0]  # an EOS-only response: its EOS score stands for it
     torch.testing.assert_close(out.sum(-1), want)  # Σ r̃ = R(τ) over content tokens
-    assert (out[~mask] == 0).all() and (out[eos] == 0).all()
+    assert (out[~mask] == 0).all() and (out[eos][[0, 2, 3]] == 0).all()
     # causal: changing the scores from position 4 on leaves the rewards before 4 unchanged
     r2 = r.clone()
     r2[:, 4:] += 10.0

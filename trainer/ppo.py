@@ -16,10 +16,11 @@ The real job (LLaMA-7B, one node with 8×A100-80G; multi-node: replace ``--stand
 
 :func:`train` reads top to bottom: ``# 0. set-up`` (:func:`setup`: run, prompts, the four
 models, optimizers, resume), then every iteration ``# 1. generate`` and ``# 2. score``
-(:func:`collect_rollout`: the actor, all-gathered once, samples with a KV cache; old and
-reference log-probs with ``fgkernels.token_logprobs``, values, rewards from the frozen reward
-model), ``# 3. rewards + KL`` (``reward_level=sequence``: [−βKL_1, …, R − βKL_n]; ``token``:
-[R_1 − βKL_1, …, R_n − βKL_n]), ``# 4. GAE`` (``fgkernels.gae``, advantages whitened over all
+(:func:`collect_rollout`: the actor, all-gathered once, samples with a KV cache and keeps its
+sampling log-probs as the old ones; reference log-probs with ``fgkernels.token_logprobs``,
+values, rewards from the frozen reward model), ``# 3. rewards + KL`` (``reward_level=sequence``:
+[−βKL_1, …, R − βKL_n]; ``token``: [R_1 − βKL_1, …, R_n − βKL_n], R_t the RM's scores scaled by
+``token_reward_scale``), ``# 4. GAE`` (``fgkernels.gae``, advantages whitened over all
 ranks), ``# 5. PPO epochs`` (:func:`ppo_step` per shuffled minibatch: gradient accumulation,
 losses divided by the global valid-token count), ``# 6. log / checkpoint``
 (:class:`IterationStats`: one all-reduce), and at the end ``# 7. the final actor``.
@@ -168,7 +169,8 @@ class PPOConfig(TrainConfig):
     rm_epochs: float = 2.0
     """Epochs of the on-the-fly reward model."""
     reward_norm: bool = False
-    """Normalise RM scores by running mean/std (global statistics) before adding the KL penalty."""
+    """Normalise the RM's scores by running mean/std (global statistics), before the token scaling
+    and the KL penalty."""
 
     prompts: str = ""
     """Prompt file (JSONL/JSON/parquet with ``prompt``, or ``instruction`` [+ ``input``]); empty:
@@ -217,7 +219,8 @@ class PPOConfig(TrainConfig):
     ppo_epochs: int = 2
     """Passes over each rollout."""
     critic_warmup: int = 0
-    """Iterations at the start in which only the critic trains (the actor is frozen; the KL is 0):
+    """Iterations at the start in which only the critic trains (the actor is frozen, so the KL
+    stays ~0; a dry run measures the actor's step anyway):
     verl's ``critic_warmup``, OpenRLHF's ``freezing_actor_steps``. A critic initialised from a token
     RM predicts one token's reward, not the return-to-go, and its first errors bias the advantages."""
     actor_lr: float = 1e-3
@@ -922,20 +925,15 @@ def train(cfg: PPOConfig) -> dict:
             # 3. rewards + KL (token level: scaled per token, see token_reward_scale)
             with phase("rewards"):
                 token = cfg.reward_level == "token"
-                score = (
-                    rlhf.scale_token_rewards(
-                        ro.token_scores,
-                        mask,
-                        cfg.token_reward_scale,
-                        rlhf.eos_positions(ro.response_ids, mask, S.tokenizer.eos_token_id),
-                    )  # fmt: skip
-                    if token
-                    else ro.sequence_scores
-                )
-                if cfg.reward_norm:
+                score = ro.token_scores if token else ro.sequence_scores
+                if cfg.reward_norm:  # the RM's own scores, before any scaling (a per-token
+                    # shift after scaling would add a constant per token: a length incentive)
                     score = normalise_scores(
                         score, mask if token else torch.ones_like(score, dtype=torch.bool), S.moments
                     )
+                if token:
+                    eos = rlhf.eos_positions(ro.response_ids, mask, S.tokenizer.eos_token_id)
+                    score = rlhf.scale_token_rewards(score, mask, cfg.token_reward_scale, eos)
                 kl = rlhf.kl_penalty(ro.old_logp, ro.ref_logp, cfg.kl_estimator)
                 ro.rewards = rlhf.compute_rewards(
                     kl, mask, S.kl_ctl.value, cfg.reward_level,
@@ -1111,7 +1109,7 @@ def dry_run(cfg: PPOConfig) -> dict:
             cfg, output_dir=tmp, iterations=DRY_RUN_ITERATIONS, stop_after_iterations=0, resume=False,
             save_final=False, plots=False, report=False, save_rollouts_every=0, progress=False,
             tensorboard=False, device="cpu", attn_implementation="sdpa", deterministic=False,
-            checkpoint_every=DRY_RUN_ITERATIONS,
+            checkpoint_every=DRY_RUN_ITERATIONS, critic_warmup=0,  # (the actor's step is measured)
         )  # fmt: skip
         with fake_world(cfg.dry_run_world_size):
             return train(dcfg)

@@ -89,7 +89,8 @@ def scale_token_rewards(
       it raises the mean, and since m_{t−1} is a function of the prefix, the policy gradient
       equals that of R(τ) with a state baseline (unbiased). EOS's own score is left out because a
       token RM trained on edits never learns it (EOS is unchanged in every pair: no gradient under
-      eq. 4), so it would otherwise decide when responses stop.
+      eq. 4), so it would otherwise decide when responses stop — except in a response that is EOS
+      alone, whose reward is its EOS score (a fixed 0 would beat every negative level).
 
     Example (by hand): r = [[2, 4, 0]], mask [[T, T, F]]: raw [[2, 4, 0]], mean [[1, 2, 0]];
     r = [[2, 4, 1, 0]], eos [[F, F, T, F]], mask [[T, T, T, F]]: m = 2, 3, 3 -> running_mean
@@ -104,6 +105,9 @@ def scale_token_rewards(
         if eos is None:
             raise ValueError("scale='running_mean' needs the eos positions")
         content = mask & ~eos
+        # a response that is EOS alone has no content: its EOS score stands for it, so an empty
+        # answer moves with the RM's level like any other (0 would beat every negative level)
+        content = torch.where(content.any(-1, keepdim=True), content, mask)
         n = content.to(r.dtype).cumsum(-1)
         m = torch.where(n > 0, torch.where(content, r, 0.0).cumsum(-1) / n.clamp_min(1), 0.0)
         return torch.where(mask, m - torch.nn.functional.pad(m[:, :-1], (1, 0)), 0.0)

@@ -24,7 +24,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from trainer.infra.dryrun import host_item, in_dry_run, is_fake
+from trainer.infra.dryrun import host_item, host_list, in_dry_run, is_fake
 from trainer.models import position_ids
 
 __all__ = ["Rollout", "generate", "sample_next", "unsharded"]
@@ -153,8 +153,12 @@ class PreallocatedLayer:
 
 def preallocated_cache(num_layers: int, capacity: int):
     """A transformers ``Cache`` of ``num_layers`` :class:`PreallocatedLayer` s holding up to
-    ``capacity`` positions (prompt + response)."""
-    from transformers.cache_utils import Cache, DynamicLayer
+    ``capacity`` positions (prompt + response); None with a transformers older than the
+    layer-based ``Cache`` (the model then grows its own ``DynamicCache``)."""
+    try:
+        from transformers.cache_utils import Cache, DynamicLayer
+    except ImportError:
+        return None
 
     class _Layer(DynamicLayer, PreallocatedLayer):
         __doc__ = PreallocatedLayer.__doc__
@@ -184,7 +188,10 @@ def preallocated_cache(num_layers: int, capacity: int):
         def get_seq_length(self) -> int:
             return self.length
 
-    return Cache(layers=[_Layer() for _ in range(num_layers)])
+    try:
+        return Cache(layers=[_Layer() for _ in range(num_layers)])
+    except TypeError:  # a Cache without ``layers=``
+        return None
 
 
 _HOOK_DICTS = (
@@ -250,7 +257,7 @@ def _inverse_cdf(probs: torch.Tensor) -> torch.Tensor:
     """``[B]`` indices drawn from the unnormalised non-negative ``probs`` ``[B, V]``: the first
     index whose cumulative sum exceeds u·total, u ~ U[0, 1); never a zero-probability index (a
     u·total rounded up to the total is clamped to the row's last positive entry)."""
-    cdf = probs.cumsum(-1)
+    cdf = probs.double().cumsum(-1)  # fp64: an fp32 sum over a large vocabulary loses tail mass
     u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
     idx = torch.searchsorted(cdf, u, right=True)[:, 0]
     pos = torch.arange(probs.shape[-1], device=probs.device)
@@ -314,11 +321,14 @@ def generate(
         use_cache=True,
         logits_to_keep=1,
     )
+    cache = out.past_key_values  # ours, or the model's own with an older transformers
     next_pos = attn[:, :P].sum(-1, keepdim=True)  # [B, 1] position of the first response token
     alive = torch.ones(B, dtype=torch.bool, device=device)
+    finite = torch.ones((), dtype=torch.bool, device=device)  # all logits so far finite
     tokens, masks, logps, ents = [], [], [], []
     for t in range(max_new_tokens):
         logits = out.logits[:, -1]
+        finite = finite & torch.isfinite(logits).all()
         tok = sample_next(logits, temperature, top_p, greedy)
         if return_logprobs:
             logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
@@ -332,7 +342,13 @@ def generate(
         # host sync every check_every steps (early stop when every row has ended); a dry run's
         # fake tensors have no data: every row runs to max_new_tokens, the worst case
         last = t == max_new_tokens - 1
-        if last or ((t + 1) % check_every == 0 and not is_fake(alive) and not bool(alive.any())):
+        if (last or (t + 1) % check_every == 0) and not is_fake(alive):
+            any_alive, ok = host_list(torch.stack([alive.any(), finite]))  # (one host sync)
+            if not ok:
+                raise FloatingPointError(f"non-finite logits while sampling (by step {t + 1})")
+            if not any_alive:
+                break
+        if last:
             break
         attn[:, P + t] = masks[-1].long()
         out = model(
