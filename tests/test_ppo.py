@@ -403,7 +403,7 @@ def test_token_rewards_keep_the_length_of_an_sft_start(tmp_path):
 
     a, b = metrics(ours), metrics(drift)
     len0, len1 = ends(a, "response_length")
-    assert len0 < 20, len0  # the SFT start ends its responses
+    assert len0 < 24, len0  # the SFT start ends its responses (~15-18 measured; cap 40)
     assert len1 < len0 + 8, (len0, len1)  # ~15 -> ~18 measured
     assert ends(a, "truncated_fraction")[1] < 0.1, ends(a, "truncated_fraction")
     gold0, gold1 = ends(a, "gold_reward_per_token")
