@@ -263,6 +263,9 @@ def _check_run(out_dir: Path, n: int) -> list[dict]:
     assert recs[0]["kl"] == pytest.approx(0.0, abs=1e-4)
     assert all(0.0 <= r["truncated_fraction"] <= 1.0 for r in recs)
     assert recs[-1]["kl"] != 0.0 and recs[-1]["approx_kl"] > 0
+    for r in recs:  # the iteration's wall clock holds its phases
+        phases = sum(r[f"time_{k}_s"] for k in ("generate", "score", "rewards", "train"))
+        assert 0 < phases <= r["iteration_s"], r
     init, final = (
         _initial_actor_weights(out_dir),
         load_file(out_dir / "final" / "actor" / "model.safetensors"),

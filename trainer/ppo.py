@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -913,6 +914,7 @@ def train(cfg: PPOConfig) -> dict:
     with S.memory if S.memory is not None else contextlib.nullcontext():  # a dry run's tracker
         while iteration < S.end:
             stats, phase = IterationStats(), Phases(di.device, S.memory)
+            t_start = time.perf_counter()
 
             # 1. generate + 2. score: this rank's share of the iteration's prompts (per-epoch
             # permutations: every prompt once per pass, a pure function of seed and iteration)
@@ -995,6 +997,9 @@ def train(cfg: PPOConfig) -> dict:
                 if name in phase_tokens:
                     metrics[f"tokens_per_s_{name}"] = phase_tokens[name] / dt
             metrics["peak_memory_mb"] = peak_memory_mb(di.device)
+            # wall seconds of steps 1-6 up to here (the log point's host copy has waited for the
+            # device); a checkpoint saved after the log point is not in it
+            metrics["iteration_s"] = time.perf_counter() - t_start
             S.kl_ctl.update(metrics["kl"], int(t["n_seq"]))
             cut_frac = metrics["truncated_fraction"]
             if cut_frac > cfg.truncation_warn and (iteration == S.iteration + 1 or iteration % 10 == 0):
