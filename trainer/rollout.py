@@ -111,9 +111,9 @@ def unsharded(model: nn.Module):
     The modules' ``reshard_after_forward`` settings are saved and restored (FSDP2 keeps them
     per parameter group as ``post_forward_mesh_info``; there is no public getter in torch 2.13).
     While gathered, FSDP2's forward hooks are taken off (and put back after): with every group
-    unsharded they would only re-check state on each of the hundreds of decoding forwards
-    (~15% of a tiny model's decoding time); the modules then hold their plain unsharded
-    parameters. A dry run keeps the hooks (its memory tracker hooks FSDP2's states).
+    unsharded they would only re-check state on each of the hundreds of decoding forwards (15%
+    of a tiny model's decode: ``bench/bench_rollout.py``); the modules then hold their plain
+    unsharded parameters. A dry run keeps the hooks (its memory tracker hooks FSDP2's states).
     """
     from torch.distributed.fsdp import FSDPModule
 
@@ -141,28 +141,23 @@ def unsharded(model: nn.Module):
             m.reshard()
 
 
-class PreallocatedLayer:
-    """One decoder layer's KV cache for a whole rollout: ``[B, heads, capacity, head_dim]`` buffers
-    allocated at the prefill, each step's keys and values written in place, and attention given a
-    *view* of the filled prefix. transformers' ``DynamicLayer`` concatenates instead — a copy of the
-    whole cache per layer per step, O(T²) bytes per rollout (~22% of a tiny model's decoding time
-    on the CPU); a static cache avoids the copy but attends over all ``capacity`` positions every
-    step. Built by :func:`preallocated_cache` (a subclass of transformers' ``DynamicLayer``, so the
-    rest of the ``Cache`` interface — masks, lengths — is the library's)."""
-
-
 def preallocated_cache(num_layers: int, capacity: int):
-    """A transformers ``Cache`` of ``num_layers`` :class:`PreallocatedLayer` s holding up to
-    ``capacity`` positions (prompt + response); None with a transformers older than the
-    layer-based ``Cache`` (the model then grows its own ``DynamicCache``)."""
+    """A transformers ``Cache`` of ``num_layers`` layers holding up to ``capacity`` positions
+    (prompt + response) for a whole rollout: ``[B, heads, capacity, head_dim]`` buffers allocated
+    at the prefill, each step's keys and values written in place, attention given a *view* of the
+    filled prefix. transformers' ``DynamicLayer`` concatenates instead — a copy of the whole cache
+    per layer per step, O(T²) bytes per rollout (22% of a profiled tiny-model decode on the CPU;
+    2-6% of its wall time in ``bench/bench_rollout.py``);
+    a static cache avoids the copy but attends over all ``capacity`` positions every step. The
+    layers subclass ``DynamicLayer``, so the rest of the interface (masks, lengths) is the
+    library's. None with a transformers older than the layer-based ``Cache`` (the model then grows
+    its own ``DynamicCache``)."""
     try:
         from transformers.cache_utils import Cache, DynamicLayer
     except ImportError:
         return None
 
-    class _Layer(DynamicLayer, PreallocatedLayer):
-        __doc__ = PreallocatedLayer.__doc__
-
+    class _Layer(DynamicLayer):
         def __init__(self) -> None:
             super().__init__()
             self.length = 0
@@ -206,17 +201,13 @@ def _fsdp_hooks_off(mods: list) -> list:
     saved = []
     for m in mods:
         state = m._get_fsdp_state()
-        own = {
-            id(h.__self__) == id(state)
-            for h in (*m._forward_pre_hooks.values(), *m._forward_hooks.values())
-            if hasattr(h, "__self__")
-        }
-        if True not in own:  # hooks of another kind (grouped modules): leave them alone
-            continue
+        hooks = (*m._forward_pre_hooks.values(), *m._forward_hooks.values())
+        if not any(getattr(h, "__self__", None) is state for h in hooks):
+            continue  # hooks of another kind (grouped modules): leave them alone
         saved.append((m, {name: dict(getattr(m, name)) for name in _HOOK_DICTS}))
-        for hooks in (m._forward_pre_hooks, m._forward_hooks):
-            for key in [k for k, h in hooks.items() if getattr(h, "__self__", None) is state]:
-                del hooks[key]
+        for d in (m._forward_pre_hooks, m._forward_hooks):
+            for key in [k for k, h in d.items() if getattr(h, "__self__", None) is state]:
+                del d[key]
                 for name in _HOOK_DICTS:
                     getattr(m, name).pop(key, None)
     return saved
@@ -231,7 +222,11 @@ def _restore_hooks(saved: list) -> None:
 
 
 def sample_next(
-    logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    probs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One token per row from ``logits`` ``[B, V]``: argmax (``greedy``), else a sample from
     softmax(logits / temperature) restricted to the smallest set of tokens whose probability
@@ -240,11 +235,14 @@ def sample_next(
     Sampling is by inverse CDF — one uniform per row, located in the rows' cumulative
     probabilities — which draws from exactly the categorical distribution ``torch.multinomial``
     draws from (tested against it), at a fraction of the cost: on the CPU ``multinomial`` makes
-    an exponential variate per vocabulary entry (~0.7 ms for 64 x 512 vs ~0.05 ms).
+    an exponential variate per vocabulary entry (0.87 vs 0.23 ms for 64 x 512:
+    ``bench/bench_rollout.py``).
+    ``probs``: softmax(logits / temperature) when the caller already has it.
     """
     if greedy:
         return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if probs is None:
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
     order = None
     if top_p < 1.0:
         probs, order = probs.sort(-1, descending=True)
@@ -329,11 +327,14 @@ def generate(
     for t in range(max_new_tokens):
         logits = out.logits[:, -1]
         finite = finite & torch.isfinite(logits).all()
-        tok = sample_next(logits, temperature, top_p, greedy)
-        if return_logprobs:
+        if return_logprobs:  # one log-softmax serves the sample, its log-prob and the entropy
             logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
+            p_all = logp_all.exp()
+            tok = sample_next(logits, temperature, top_p, greedy, probs=p_all)
             logps.append(torch.where(alive, logp_all.gather(-1, tok[:, None])[:, 0], 0.0))
-            ents.append(torch.where(alive, -(logp_all.exp() * logp_all).sum(-1), 0.0))
+            ents.append(torch.where(alive, -(p_all * logp_all).sum(-1), 0.0))
+        else:
+            tok = sample_next(logits, temperature, top_p, greedy)
         tok = torch.where(alive, tok, torch.full_like(tok, pad_token_id))
         tokens.append(tok)
         masks.append(alive)

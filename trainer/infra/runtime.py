@@ -296,10 +296,11 @@ def build_optimizer(model: nn.Module, lr: float, cfg: TrainConfig) -> torch.opti
         return bnb.optim.AdamW8bit(model.parameters(), **kw)
     # fused: one kernel call for every parameter, on the CPU and CUDA alike. Under FSDP2 the
     # parameters are DTensors, and the per-parameter Python loop of the default (single-tensor on
-    # the CPU) dispatches each of AdamW's ~10 element-wise ops through DTensor: 6.1 ms per step
-    # for a 2-layer toy model, against 2.6 ms with foreach and 0.9 ms fused (torch 2.13). Fused
-    # over DTensors leaked a DTensorSpec per parameter per step in torch 2.10-2.11 (reported
-    # upstream), so older torch gets foreach. Same update either way (tests/test_ppo.py).
+    # the CPU) dispatches each of AdamW's ~10 element-wise ops through DTensor: 7.0 ms per step
+    # for a 2-layer toy model, against 1.7 ms with foreach and 0.9 ms fused (torch 2.13,
+    # bench/bench_rollout.py). Fused over DTensors leaked a DTensorSpec per parameter per step in
+    # torch 2.10-2.11 (reported upstream), so older torch gets foreach.
+    # Same update either way (tests/test_ppo.py).
     fast = {"fused": True} if _torch_version() >= (2, 12) else {"foreach": True}
     return torch.optim.AdamW(model.parameters(), **fast, **kw)
 
