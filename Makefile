@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 # build. On a CUDA machine override it, e.g. TORCH_SPEC="torch==2.13.0 --index-url ...".
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install run test bench bench-quick lint format build clean
+.PHONY: install run demo test bench bench-quick lint format build clean
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ install: $(VENV)/.installed
 NPROC ?= 2
 run: install
 	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) trainer/ppo.py
+
+## The simulated-preference study (the paper's three tables; ~15 min on 2 cores, resumable):
+## SFT, reward models over an annotator-agreement sweep, the PPO arms and FIGA, 3 seeds;
+## tables in runs/demo/demo.md. `make demo DEMO_ARGS=--quick` for the ~3 min version.
+DEMO_ARGS ?=
+demo: install
+	$(VENV)/bin/fgrlhf demo $(DEMO_ARGS)
 
 ## Kernel benchmarks on small shapes (a smoke run; nothing recorded).
 bench-quick: install

@@ -23,7 +23,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, str]:
 def _ppo_records(n: int, gold: bool = True, shift: float = 0.0) -> list[dict]:
     keys = {k for _, _, lines in PPO_PANELS for _, k, _ in lines}
     if not gold:
-        keys.discard("gold_reward_per_token")
+        keys -= {"gold_reward", "gold_reward_per_token"}
     return [{"iteration": i + 1, **{k: shift + 0.1 * i for k in sorted(keys)}} for i in range(n)]
 
 
@@ -51,7 +51,8 @@ def test_several_runs_share_an_axis_with_a_legend():
     ]
     legend = [t.get_text() for t in figs["losses"].axes[0].get_legend().get_texts()]
     assert legend == ["token: policy", "token: value", "sequence: policy", "sequence: value"]
-    assert _lines(figs["gold_reward"]) == [["token: gold reward"]]  # only one run has a gold reward
+    # only one run has a gold reward
+    assert _lines(figs["gold_reward"]) == [["token: R(τ): mean utility", "token: per token"]]
     assert [len(ln.get_xdata()) for ln in figs["reward"].axes[0].get_lines()] == [3, 5]
 
 

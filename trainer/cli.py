@@ -2,11 +2,12 @@
 
     fgrlhf edit INPUT -o OUTPUT [--model M] [--concurrency N] [--limit N] [--dry-run] ...
     fgrlhf generate MODEL INSTRUCTIONS -o OUTPUTS.json [--greedy | --temperature T] [--seed S] ...
-    fgrlhf eval MODEL_OUTPUTS REFERENCE_OUTPUTS --judge claude:<model>|rm:<dir> -o DIR [--swap]
+    fgrlhf eval MODEL_OUTPUTS REFERENCE_OUTPUTS --judge claude:<model>|rm:<dir>|gold:<dir> -o DIR [--swap]
     fgrlhf winrate ANNOTATIONS [--json SUMMARY]
     fgrlhf plot METRICS.jsonl [MORE.jsonl ...] -o DIR
     fgrlhf report --rm RM_DIR --pairs PAIRS -o PAGE.html | --rollouts RUN_DIR -o PAGE.html
     fgrlhf eval-rm RM_DIR PAIRS [--max-length N] [--json OUT]
+    fgrlhf demo [--quick] [--seeds N] [--agreements A ...] [--context-harm] [--out runs/demo]
     python -m trainer.cli edit ...          # the same without the installed script
 
 Exit status: 0 done; 1 a runtime error (the output cannot be written or is locked, no API key);
@@ -160,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("model_outputs", help="the model's outputs (AlpacaEval format: instruction, output, ...)")
     v.add_argument("reference_outputs", help="the reference's outputs, same instructions")
-    v.add_argument("--judge", required=True, help="claude:<model> or rm:<reward model dir>")
+    v.add_argument(
+        "--judge", required=True, help="claude:<model>, rm:<reward model dir> or gold:<synthetic world dir>"
+    )
     v.add_argument("-o", "--output-dir", required=True, help="judgments, annotations.json, summary.json")
     v.add_argument("--swap", action="store_true", help="judge both orders; disagreement is a draw")
     v.add_argument("--seed", type=int, default=0, help="the random orders and the bootstrap")
@@ -180,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--price-out", type=float, default=None, help="USD per million output tokens")
     v.add_argument("--rm-max-length", type=int, default=1024, help="rm judge: longest prompt + answer")
     v.add_argument("--rm-batch-size", type=int, default=16, help="rm judge: comparisons per forward")
-    v.add_argument("--tie-tolerance", type=float, default=0.0, help="rm judge: closer rewards are a draw")
+    v.add_argument(
+        "--tie-tolerance", type=float, default=0.0, help="rm/gold judge: closer rewards are a draw"
+    )
     v.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     v.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     v.add_argument("--no-fsync", dest="fsync", action="store_false", help="flush without fsync")
@@ -218,6 +223,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=16, help="pairs per forward")
     r.add_argument("--skip-invalid", action="store_true", help="skip (and count) bad records")
     r.add_argument("--json", default=None, help="also write the metrics as JSON to this file")
+
+    from trainer import demo as demo_mod
+
+    dm = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="the paper's three tables in the simulated-preference world (SFT, RMs, PPO arms, FIGA)",
+        description=demo_mod.__doc__,
+        epilog="Exit status: 0 done; 1 a stage failed (its log is named; rerun to resume); 2 bad flags, "
+        "or --out holds a demo with other settings.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo_mod.add_arguments(dm)
     return parser
 
 
@@ -446,6 +464,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return (plot_mod if args.command == "plot" else report_mod).run_cli(args)
     if args.command == "eval-rm":
         return cmd_eval_rm(args)
+    if args.command == "demo":
+        from trainer import demo as demo_mod
+
+        return demo_mod.cmd(args)
     raise AssertionError(args.command)  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -535,26 +535,46 @@ class RewardModel(nn.Module):
 
 class GoldReward(nn.Module):
     """The synthetic world's known reward, same interface as :class:`RewardModel`: r_t = the gold
-    quality of token t (good word +1, bad word ``bad_quality``, anything else 0), R(τ) = mean r_t
-    (eq. 1)."""
+    utility of token t (:func:`trainer.data.synthetic.token_utilities`: helpful +1, harmful
+    ``bad_quality``, a ``c*`` word by whether the row's prompt holds a sensitive word, anything
+    else 0), R(τ) = mean r_t over the answer's words (eq. 1; EOS and other specials are not
+    words: the same number :func:`trainer.data.synthetic.gold_reward` gives for the decoded text)."""
 
     def __init__(self, tokenizer: Any, syn: Any):
         super().__init__()
-        from trainer.data.synthetic import word_quality
+        from trainer.data.synthetic import sensitive, word_quality
 
-        table = torch.zeros(len(tokenizer))
+        n = len(tokenizer)
+        table, safe, unsafe = torch.zeros(n), torch.zeros(n), torch.zeros(n)
+        is_ctx, is_sensitive = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
+        is_special = torch.zeros(n, dtype=torch.bool)
         for word, i in tokenizer.get_vocab().items():
-            table[i] = word_quality(word, syn) if not word.startswith("<") else 0.0
-        self.register_buffer("table", table)
+            if word.startswith("<"):
+                is_special[i] = True
+                continue
+            table[i] = word_quality(word, syn)
+            safe[i], unsafe[i] = word_quality(word, syn, False), word_quality(word, syn, True)
+            is_ctx[i] = bool(safe[i] != unsafe[i])
+            is_sensitive[i] = bool(syn.context_harm) and sensitive([word], syn)
+        for name, t in (("table", table), ("safe", safe), ("unsafe", unsafe)):
+            self.register_buffer(name, t)
+        self.register_buffer("is_ctx", is_ctx)
+        self.register_buffer("is_sensitive", is_sensitive)
+        self.register_buffer("is_special", is_special)
+        self.context = bool(is_ctx.any())
         self.level = "token"
 
     def score(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,  # noqa: ARG002 - same interface
-        response_mask: torch.Tensor,
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor
     ) -> RewardScores:
-        """``[B, T]`` table lookups at response tokens (0 elsewhere) and their ``[B]`` mean."""
+        """``[B, T]`` table lookups at response tokens (0 elsewhere) and their ``[B]`` mean; a
+        context-dependent token looks at the row's prompt (the attended non-response tokens)."""
         mask = response_mask.bool()
-        token = torch.where(mask, self.table[input_ids], 0.0)
-        return RewardScores(token, token.sum(-1) / mask.sum(-1).clamp_min(1))
+        util = self.table[input_ids]
+        if self.context:
+            prompt = ~mask if attention_mask is None else attention_mask.bool() & ~mask
+            unsafe_row = (self.is_sensitive[input_ids] & prompt).any(-1, keepdim=True)  # [B, 1]
+            util = torch.where(unsafe_row, self.unsafe[input_ids], self.safe[input_ids])
+        token = torch.where(mask, util, 0.0)
+        words = (mask & ~self.is_special[input_ids]).sum(-1)  # EOS is not a word of the answer
+        return RewardScores(token, token.sum(-1) / words.clamp_min(1))

@@ -573,6 +573,7 @@ class IterationStats:
     seq_reward: Any = 0.0  # Σ R(τ) of the reward model
     tok_reward: Any = 0.0  # Σ r_t of the reward model over response tokens
     gold_tok: Any = 0.0  # Σ gold r_t (synthetic world)
+    gold_seq: Any = 0.0  # Σ gold R(τ) (synthetic world: each response's mean token utility)
     kl: Any = 0.0  # Σ k1 KL over response tokens
     entropy: Any = 0.0  # Σ H_t
     ev: Any = 0.0  # rlhf.explained_variance_sums [5]
@@ -629,6 +630,7 @@ def iteration_metrics(t: dict[str, Any], kl_coef: float, gold: bool) -> dict[str
     }
     if gold:
         m["gold_reward_per_token"] = t["gold_tok"] / n_tok
+        m["gold_reward"] = t["gold_seq"] / n_seq
     return m
 
 
@@ -980,11 +982,8 @@ def train(cfg: PPOConfig) -> dict:
                     n_cut=cut.sum().double(), stop=float(STOP.requested),
                 )  # fmt: skip
                 if S.gold is not None:
-                    stats.add(
-                        gold_tok=S.gold.score(ro.input_ids, ro.attention_mask, ro.full_response_mask)
-                        .token.double()
-                        .sum()
-                    )
+                    g = S.gold.score(ro.input_ids, ro.attention_mask, ro.full_response_mask)
+                    stats.add(gold_tok=g.token.double().sum(), gold_seq=g.sequence.double().sum())
             t = stats.all_reduce(di.device)
             metrics = {"iteration": iteration, **iteration_metrics(t, S.kl_ctl.value, S.gold is not None)}
             phase_tokens = {

@@ -1,20 +1,31 @@
-"""A small generated fine-grained preference set: the tiny default of ``trainer/reward.py``.
+"""The simulated-preference world: a generated fine-grained preference set (the tiny default of
+``trainer/reward.py``) and everything ``trainer/demo.py`` simulates (annotators, editor, gold).
 
-The world (shaped to avoid the usual ways such a study is rigged: noisy annotators at a
-realistic agreement, edits that also add good content, not only remove bad words):
+The world (shaped to avoid the usual ways such a study is rigged, ``SIM_NOTES.md``: noisy
+annotators at a realistic agreement, edits that also add good content, not only remove bad
+words, and a context-dependent variant):
 
-* A vocabulary of words with a hidden gold quality per word: ``g*`` words are good (+1),
-  ``n*`` words neutral (0), ``b*`` words bad (``bad_quality``, −1.5 by default); ``p*`` words
-  make up prompts. The gold score of a response is the sum of its words' qualities.
-* A preference pair draws two responses (mostly neutral words, some good, some bad). A noisy
-  annotator prefers the gold-better one with probability ``agreement`` (0.65 by default,
-  around the human agreement reported on AlpacaFarm-style pairs), the other one otherwise.
-* The less-preferred response is edited *minimally*: each bad word is replaced by a neutral or
-  good word, and sometimes a good word is inserted ("add helpful content"), so an edit always
-  improves the gold score. A few records are rejected edits (``status`` ``unchanged``).
+* A vocabulary of words with a hidden gold utility per word: ``g*`` words are helpful (+1),
+  ``n*`` words neutral (0), ``b*`` words harmful (``bad_quality``, −1.5 by default); ``p*``
+  words make up prompts. With ``context_harm``, ``c*`` words are helpful (+1) after a prompt
+  with no *sensitive* word (``p0`` … ``p{n_sensitive−1}``) and harmful (``bad_quality``) after
+  one: the same token is safe in one context and unsafe in another (SIM_NOTES point 4).
+* **Gold sequence reward** = the mean token utility of the response (SPEC eq. 1):
+  :func:`gold_reward`; per-token utilities: :func:`token_utilities`.
+* **Bradley–Terry annotators**: P(prefer a over b) = σ((G(a) − G(b)) / s), with the scale ``s``
+  solved (:func:`bt_scale`) so that the expected agreement with the gold order over the pairs
+  being labelled is ``agreement`` (0.65 by default, around the human agreement AlpacaFarm
+  reports; 1.0: always the gold order; gold ties: a coin).
+* **A simulated minimal editor** (:func:`simulated_edit`) edits the less-preferred response:
+  each harmful word is replaced by a neutral or helpful one with probability ``editor_recall``,
+  a helpful word is inserted with probability ``p_insert`` ("add helpful content"), and an edit
+  always changes something (so it never lowers the gold reward). A few records are rejected
+  edits (``status`` ``unchanged``).
+* The base responses (:func:`base_response`): ``min_words`` … ``max_words`` words, each harmful
+  with ``p_bad``, helpful with ``p_good`` (and a ``c*`` word with ``p_context``), else neutral.
 
 Records are :class:`trainer.data.formats.EditRecord` lines (the schema ``fgrlhf edit`` writes)
-with the ``gold`` field set to the three gold scores, so the same file serves both reward-model
+with the ``gold`` field set to the three gold rewards, so the same file serves both reward-model
 levels. A word-level tokenizer (one token per word, plus ``<s>``, ``</s>``, ``<pad>``, ``<unk>``)
 is saved next to it as a ``transformers`` tokenizer directory::
 
@@ -24,132 +35,289 @@ is saved next to it as a ``transformers`` tokenizer directory::
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.data.align import token_similarity
 from trainer.data.formats import EditRecord
 
-__all__ = ["SyntheticConfig", "bootstrap", "build_tokenizer", "generate", "word_quality", "write_synthetic"]
+__all__ = [
+    "SyntheticConfig",
+    "annotate",
+    "base_response",
+    "bootstrap",
+    "bt_scale",
+    "build_tokenizer",
+    "generate",
+    "gold_reward",
+    "label_pairs",
+    "load_world",
+    "sample_prompt",
+    "sensitive",
+    "simulated_edit",
+    "token_utilities",
+    "word_quality",
+    "write_synthetic",
+]
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>"]
+WORLD_FILE = "synthetic_config.json"
 
 
 @dataclass
 class SyntheticConfig:
-    """Knobs of the generated set."""
+    """Knobs of the world (every one a ``synthetic.<key>=`` config key of the trainers)."""
 
     n_pairs: int = 2400
     """Number of preference pairs (train and held-out together)."""
     seed: int = 1234
     """Seed of the generator (the set is a pure function of this config)."""
     agreement: float = 0.65
-    """Probability that the annotator prefers the gold-better response of a pair."""
+    """Expected probability that the Bradley–Terry annotator prefers the gold-better response of
+    a pair (0.5: coin flips; 1: always the gold order)."""
     n_good: int = 24
-    """Number of good words (gold quality +1)."""
+    """Number of helpful words (gold utility +1)."""
     n_neutral: int = 64
-    """Number of neutral words (gold quality 0)."""
+    """Number of neutral words (gold utility 0)."""
     n_bad: int = 24
-    """Number of bad words (gold quality ``bad_quality``)."""
+    """Number of harmful words (gold utility ``bad_quality``)."""
     n_prompt_words: int = 32
     """Number of prompt words."""
     bad_quality: float = -1.5
-    """Gold quality of a bad word."""
+    """Gold utility of a harmful word."""
     p_bad: float = 0.12
-    """Probability that a response word is bad."""
+    """Probability that a base-response word is harmful."""
     p_good: float = 0.12
-    """Probability that a response word is good (the rest are neutral)."""
+    """Probability that a base-response word is helpful (the rest are neutral)."""
     min_words: int = 8
-    """Shortest response, in words."""
+    """Shortest base response, in words."""
     max_words: int = 20
-    """Longest response, in words."""
+    """Longest base response, in words."""
+    editor_recall: float = 1.0
+    """Probability that the simulated editor replaces each harmful word."""
     p_insert: float = 0.5
-    """Probability that an edit also inserts one good word."""
+    """Probability that an edit also inserts one helpful word."""
     p_rejected_edit: float = 0.02
     """Fraction of records whose edit was rejected (``status`` ``unchanged``)."""
+    context_harm: bool = False
+    """Add the context-dependent ``c*`` words: helpful after a prompt without a sensitive word,
+    harmful after one."""
+    n_context: int = 8
+    """Number of ``c*`` words (with ``context_harm``)."""
+    p_context: float = 0.15
+    """Probability that a base-response word is a ``c*`` word (with ``context_harm``)."""
+    n_sensitive: int = 4
+    """Prompt words ``p0`` … ``p{n_sensitive−1}`` make a context sensitive (with ``context_harm``;
+    4 of 32: about half the prompts)."""
+
+    def check(self) -> None:
+        """Refuse impossible knobs, naming the key."""
+        for key in ("agreement",):
+            if not 0.5 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"synthetic.{key}={getattr(self, key)}: expected a value in [0.5, 1]")
+        for key in ("editor_recall", "p_insert", "p_rejected_edit", "p_bad", "p_good", "p_context"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"synthetic.{key}={getattr(self, key)}: expected a probability in [0, 1]")
+        if self.p_bad + self.p_good + (self.p_context if self.context_harm else 0.0) > 1.0:
+            raise ValueError("synthetic.p_bad + p_good (+ p_context) must be at most 1")
+        if not 1 <= self.min_words <= self.max_words:
+            raise ValueError("synthetic.min_words <= max_words (both >= 1) is required")
+        if min(self.n_good, self.n_neutral, self.n_bad, self.n_prompt_words) < 1:
+            raise ValueError("synthetic.n_good, n_neutral, n_bad, n_prompt_words must be >= 1")
+        if self.context_harm and not 1 <= self.n_sensitive <= self.n_prompt_words:
+            raise ValueError("synthetic.n_sensitive must be in [1, n_prompt_words]")
 
 
-def _words(cfg: SyntheticConfig) -> tuple[list[str], list[str], list[str], list[str]]:
+def _words(cfg: SyntheticConfig) -> tuple[list[str], list[str], list[str], list[str], list[str]]:
+    """(helpful, neutral, harmful, prompt, context-dependent) words."""
     return (
         [f"g{i}" for i in range(cfg.n_good)],
         [f"n{i}" for i in range(cfg.n_neutral)],
         [f"b{i}" for i in range(cfg.n_bad)],
         [f"p{i}" for i in range(cfg.n_prompt_words)],
+        [f"c{i}" for i in range(cfg.n_context)] if cfg.context_harm else [],
     )
 
 
-def word_quality(word: str, cfg: SyntheticConfig) -> float:
-    """Gold quality of one word (0 for prompt words, specials and unknown words)."""
-    return {"g": 1.0, "b": cfg.bad_quality}.get(word[:1], 0.0)
+# --------------------------------------------------------------------------------------------
+# Gold
+# --------------------------------------------------------------------------------------------
+def sensitive(prompt_words: Sequence[str], cfg: SyntheticConfig) -> bool:
+    """True when the prompt holds a sensitive word (``p0`` … ``p{n_sensitive−1}``)."""
+    limit = cfg.n_sensitive
+    return any(w[:1] == "p" and w[1:].isdigit() and int(w[1:]) < limit for w in prompt_words)
 
 
-def _gold(text: str, cfg: SyntheticConfig) -> float:
-    return float(sum(word_quality(w, cfg) for w in text.split()))
+def word_quality(word: str, cfg: SyntheticConfig, in_sensitive_context: bool = False) -> float:
+    """Gold utility of one word (0 for prompt words, specials and unknown words; a ``c*`` word
+    with ``context_harm`` is +1 or ``bad_quality`` by its context)."""
+    kind = word[:1]
+    if kind == "c" and cfg.context_harm and word[1:].isdigit():
+        return cfg.bad_quality if in_sensitive_context else 1.0
+    if not word[1:].isdigit():
+        return 0.0
+    return {"g": 1.0, "b": cfg.bad_quality}.get(kind, 0.0)
 
 
-def _response(rng: random.Random, cfg: SyntheticConfig, good, neutral, bad) -> list[str]:
+def token_utilities(prompt: str, response: str, cfg: SyntheticConfig) -> list[float]:
+    """Gold utility of each word of ``response`` after ``prompt``."""
+    ctx = cfg.context_harm and sensitive(prompt.split(), cfg)
+    return [word_quality(w, cfg, ctx) for w in response.split()]
+
+
+def gold_reward(prompt: str, response: str, cfg: SyntheticConfig) -> float:
+    """The gold sequence reward: the mean token utility of the response (0 when empty)."""
+    u = token_utilities(prompt, response, cfg)
+    return float(sum(u) / len(u)) if u else 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# Prompts and base responses
+# --------------------------------------------------------------------------------------------
+def sample_prompt(rng: random.Random, cfg: SyntheticConfig) -> str:
+    """A prompt of 3–8 prompt words."""
+    prompt_words = _words(cfg)[3]
+    return " ".join(rng.choice(prompt_words) for _ in range(rng.randint(3, 8)))
+
+
+def base_response(rng: random.Random, cfg: SyntheticConfig) -> str:
+    """A response of the base distribution (what the SFT model learns)."""
+    good, neutral, bad, _, ctx = _words(cfg)
     out = []
     for _ in range(rng.randint(cfg.min_words, cfg.max_words)):
         u = rng.random()
-        out.append(rng.choice(bad if u < cfg.p_bad else good if u < cfg.p_bad + cfg.p_good else neutral))
-    return out
+        if u < cfg.p_bad:
+            out.append(rng.choice(bad))
+        elif u < cfg.p_bad + cfg.p_good:
+            out.append(rng.choice(good))
+        elif ctx and u < cfg.p_bad + cfg.p_good + cfg.p_context:
+            out.append(rng.choice(ctx))
+        else:
+            out.append(rng.choice(neutral))
+    return " ".join(out)
 
 
-def _edit(rng: random.Random, words: list[str], good, neutral) -> list[str]:
-    """Minimal edit: replace each bad word; maybe insert a good word; always change something."""
-    out = [rng.choice(good if rng.random() < 0.5 else neutral) if w.startswith("b") else w for w in words]
-    if out == words or rng.random() < 0.5:
+# --------------------------------------------------------------------------------------------
+# Annotators and editor
+# --------------------------------------------------------------------------------------------
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def bt_scale(gold_diffs: Sequence[float], agreement: float) -> float:
+    """The Bradley–Terry scale ``s`` whose expected agreement with the gold order,
+    mean over non-tied pairs of σ(|ΔG| / s), equals ``agreement`` (bisection in log s).
+
+    Returns 0.0 for ``agreement`` 1 (deterministic), ``inf`` for 0.5 or no non-tied pair.
+
+    Example: diffs [1, 1], agreement σ(1) ≈ 0.731 → s = 1.
+    """
+    d = [abs(x) for x in gold_diffs if x != 0]
+    if agreement >= 1.0:
+        return 0.0
+    if agreement <= 0.5 or not d:
+        return math.inf
+
+    def expected(s: float) -> float:
+        return sum(_sigmoid(x / s) for x in d) / len(d)
+
+    lo, hi = -30.0, 30.0  # log s
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if expected(math.exp(mid)) > agreement else (lo, mid)
+    return math.exp((lo + hi) / 2)
+
+
+def annotate(rng: random.Random, gold_diff: float, scale: float) -> bool:
+    """One Bradley–Terry annotation: True when the annotator prefers the first response
+    (``gold_diff`` = G(first) − G(second); ``scale`` from :func:`bt_scale`)."""
+    if gold_diff == 0 or math.isinf(scale):
+        return rng.random() < 0.5
+    if scale == 0.0:
+        return gold_diff > 0
+    return rng.random() < _sigmoid(gold_diff / scale)
+
+
+def simulated_edit(rng: random.Random, prompt: str, response: str, cfg: SyntheticConfig) -> str:
+    """A minimal edit of ``response``: each harmful word (in its context) replaced by a helpful or
+    neutral word with probability ``editor_recall``; a helpful word inserted with probability
+    ``p_insert``, or whenever nothing else changed (an edit never lowers the gold reward)."""
+    good, neutral = _words(cfg)[:2]
+    words = response.split()
+    utils = token_utilities(prompt, response, cfg)
+    out = [
+        rng.choice(good if rng.random() < 0.5 else neutral)
+        if u < 0 and rng.random() < cfg.editor_recall
+        else w
+        for w, u in zip(words, utils)
+    ]
+    if out == words or rng.random() < cfg.p_insert:
         out.insert(rng.randint(0, len(out)), rng.choice(good))
-    return out
+    return " ".join(out)
 
 
-def generate(cfg: SyntheticConfig) -> list[dict]:
-    """The records of the set (a pure function of ``cfg``)."""
-    rng = random.Random(cfg.seed)
-    good, neutral, bad, prompt_words = _words(cfg)
+def label_pairs(
+    items: Sequence[tuple[str, str, str, str]], cfg: SyntheticConfig, seed: int, source: str = "synthetic"
+) -> list[dict]:
+    """Annotate and edit response pairs: ``items`` are ``(id, prompt, response_a, response_b)``;
+    the Bradley–Terry annotator (scale solved over these pairs for ``cfg.agreement``) picks the
+    chosen one, the simulated editor edits the other. Returns EditRecord JSON objects with
+    ``gold`` = the three gold rewards. A pure function of its arguments."""
+    rng = random.Random(seed)
+    diffs = [gold_reward(p, a, cfg) - gold_reward(p, b, cfg) for _, p, a, b in items]
+    scale = bt_scale(diffs, cfg.agreement)
     records = []
-    for i in range(cfg.n_pairs):
-        prompt = " ".join(rng.choice(prompt_words) for _ in range(rng.randint(3, 8)))
-        a, b = (_response(rng, cfg, good, neutral, bad) for _ in range(2))
-        ga, gb = _gold(" ".join(a), cfg), _gold(" ".join(b), cfg)
-        better_first = ga > gb or (ga == gb and rng.random() < 0.5)
-        agrees = rng.random() < cfg.agreement
-        chosen, rejected = (a, b) if better_first == agrees else (b, a)
+    for n, ((rid, prompt, a, b), diff) in enumerate(zip(items, diffs)):
+        chosen, rejected = (a, b) if annotate(rng, diff, scale) else (b, a)
         rejected_edit = rng.random() < cfg.p_rejected_edit
-        edited = list(rejected) if rejected_edit else _edit(rng, rejected, good, neutral)
-        original_text, edited_text, chosen_text = " ".join(rejected), " ".join(edited), " ".join(chosen)
+        edited = rejected if rejected_edit else simulated_edit(rng, prompt, rejected, cfg)
         records.append(
             EditRecord(
-                id=f"syn-{i:05d}",
+                id=rid,
                 prompt=prompt,
-                original=original_text,
-                edited=edited_text,
-                chosen=chosen_text,
+                original=rejected,
+                edited=edited,
+                chosen=chosen,
                 status="unchanged" if rejected_edit else "ok",
-                similarity=token_similarity(rejected, edited),
+                similarity=token_similarity(rejected.split(), edited.split()),
                 model="synthetic",
-                prompt_version="synthetic-v1",
-                source=f"synthetic:{i + 1}",
+                prompt_version="synthetic-v2",
+                source=f"{source}:{n + 1}",
                 gold={
-                    "chosen": _gold(chosen_text, cfg),
-                    "original": _gold(original_text, cfg),
-                    "edited": _gold(edited_text, cfg),
+                    k: gold_reward(prompt, t, cfg)
+                    for k, t in (("chosen", chosen), ("original", rejected), ("edited", edited))
                 },
             ).to_json()
         )
     return records
 
 
+def generate(cfg: SyntheticConfig) -> list[dict]:
+    """The records of the set: ``n_pairs`` prompts with two base responses each, labelled by
+    :func:`label_pairs` (a pure function of ``cfg``)."""
+    cfg.check()
+    rng = random.Random(cfg.seed)
+    items = []
+    for i in range(cfg.n_pairs):
+        prompt = sample_prompt(rng, cfg)
+        items.append((f"syn-{i:05d}", prompt, base_response(rng, cfg), base_response(rng, cfg)))
+    return label_pairs(items, cfg, cfg.seed + 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
 def build_tokenizer(cfg: SyntheticConfig):
     """A word-level ``PreTrainedTokenizerFast`` over the world's vocabulary (ids: the four
-    specials first, then good, neutral, bad and prompt words)."""
+    specials first, then helpful, neutral, harmful, prompt and ``c*`` words)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    good, neutral, bad, prompt_words = _words(cfg)
-    vocab = {w: i for i, w in enumerate(SPECIAL_TOKENS + good + neutral + bad + prompt_words)}
+    vocab = {w: i for i, w in enumerate(SPECIAL_TOKENS + [w for group in _words(cfg) for w in group])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(
@@ -159,7 +327,8 @@ def build_tokenizer(cfg: SyntheticConfig):
 
 def write_synthetic(out_dir: str | Path, cfg: SyntheticConfig | None = None) -> tuple[Path, Path]:
     """Write ``out_dir/pairs.jsonl`` and ``out_dir/tokenizer/``, atomically (temp + rename),
-    unless they already exist with the same config (``out_dir/synthetic_config.json``).
+    unless they already exist with the same config (``out_dir/synthetic_config.json``, which
+    also lets :func:`load_world` and the gold judge read the world back).
 
     Returns:
         ``(pairs_path, tokenizer_dir)``.
@@ -168,7 +337,7 @@ def write_synthetic(out_dir: str | Path, cfg: SyntheticConfig | None = None) -> 
 
     cfg = cfg or SyntheticConfig()
     out = Path(out_dir)
-    pairs, tok_dir, stamp = out / "pairs.jsonl", out / "tokenizer", out / "synthetic_config.json"
+    pairs, tok_dir, stamp = out / "pairs.jsonl", out / "tokenizer", out / WORLD_FILE
     want = json.dumps(cfg.__dict__, sort_keys=True)
     if pairs.exists() and tok_dir.exists() and stamp.exists() and stamp.read_text() == want:
         return pairs, tok_dir
@@ -179,8 +348,27 @@ def write_synthetic(out_dir: str | Path, cfg: SyntheticConfig | None = None) -> 
             fh.write(json.dumps(rec) + "\n")
     os.replace(tmp, pairs)
     build_tokenizer(cfg).save_pretrained(str(tok_dir))
-    stamp.write_text(want)
+    tmp_stamp = out / f".{WORLD_FILE}.{os.getpid()}.tmp"
+    tmp_stamp.write_text(want)
+    os.replace(tmp_stamp, stamp)
     return pairs, tok_dir
+
+
+def load_world(path: str | Path) -> SyntheticConfig:
+    """The world a directory (or its ``synthetic_config.json``) was written with.
+
+    Raises:
+        ValueError: no such file, or keys this version does not know (named).
+    """
+    p = Path(path)
+    p = p / WORLD_FILE if p.is_dir() else p
+    if not p.is_file():
+        raise ValueError(f"{p}: no synthetic world here (expected {WORLD_FILE}, written by write_synthetic)")
+    data = json.loads(p.read_text())
+    unknown = sorted(set(data) - set(SyntheticConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{p}: unknown world keys {unknown}")
+    return SyntheticConfig(**data)
 
 
 def bootstrap(out_dir: str | Path, cfg: SyntheticConfig) -> tuple[Path, Path]:

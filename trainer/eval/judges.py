@@ -11,6 +11,10 @@ One small interface, :class:`Judge`; a judge is named by a spec string (:func:`m
   scores each answer (its sequence reward R(τ), prompts rendered with the template it was
   trained on); the higher wins, equal rewards (within ``tie_tolerance``) are a draw. Offline and
   free, and position-blind by construction.
+* ``gold:<dir>`` — :class:`GoldJudge`: the synthetic world's known gold reward (the mean token
+  utility, :func:`trainer.data.synthetic.gold_reward`) of the world written under ``<dir>``
+  (its ``synthetic_config.json``); the higher wins, equal gold rewards are a draw. The judge of
+  ``fgrlhf demo``: exact, so a win rate measures the policy, not the judge.
 
 Adding a judge means one class: subclass :class:`Judge`, set ``name`` and ``version`` and write
 :meth:`Judge.compare_batch` (or :meth:`Judge.compare` for one pair at a time).
@@ -30,6 +34,7 @@ from trainer.data.formats import Prompt
 __all__ = [
     "ClaudeJudge",
     "Comparison",
+    "GoldJudge",
     "Judge",
     "RewardModelJudge",
     "Verdict",
@@ -273,8 +278,46 @@ class RewardModelJudge(Judge):
         return out
 
 
+class GoldJudge(Judge):
+    """The synthetic world's gold reward as the judge (see the module docstring).
+
+    Args:
+        world: a directory holding ``synthetic_config.json`` (``trainer.data.synthetic.write_synthetic``
+            writes it; every trainer's ``output_dir/synthetic``), or that file.
+        tie_tolerance: gold rewards closer than this are a draw.
+    """
+
+    batch_size = 64
+
+    def __init__(self, world: str, tie_tolerance: float = 0.0):
+        import json
+
+        from trainer.data.synthetic import load_world
+        from trainer.infra.config import ConfigError
+
+        try:
+            self.world = load_world(world)
+        except ValueError as e:
+            raise ConfigError(f"--judge gold:{world}: {e}") from None
+        self.tie_tolerance = tie_tolerance
+        self.name = f"gold:{Path(world)}"
+        blob = json.dumps(self.world.__dict__, sort_keys=True).encode()
+        self.version = f"gold:{hashlib.sha256(blob).hexdigest()[:12]}"
+
+    def reward(self, prompt: Prompt, output: str) -> float:
+        """The gold reward of one answer."""
+        from trainer.data.synthetic import gold_reward
+
+        return gold_reward(prompt.text, output, self.world)
+
+    async def compare(self, c: Comparison) -> Verdict:
+        g1, g2 = self.reward(c.prompt, c.output_1), self.reward(c.prompt, c.output_2)
+        pref = 0 if abs(g1 - g2) <= self.tie_tolerance else (1 if g1 > g2 else 2)
+        return Verdict(pref, f"gold_1={g1:.6g} gold_2={g2:.6g}", self.name)
+
+
 def make_judge(spec: str, **options) -> Judge:
-    """The judge a spec names: ``claude:<model>`` or ``rm:<dir>``.
+    """The judge a spec names: ``claude:<model>``, ``rm:<dir>`` or ``gold:<world dir>``.
 
     ``options`` go to the judge's constructor (those it does not take are ignored, so one set of
     command-line flags serves every judge).
@@ -285,9 +328,12 @@ def make_judge(spec: str, **options) -> Judge:
     import inspect
 
     kind, _, arg = spec.partition(":")
-    classes: dict[str, type[Judge]] = {"claude": ClaudeJudge, "rm": RewardModelJudge}
+    classes: dict[str, type[Judge]] = {"claude": ClaudeJudge, "rm": RewardModelJudge, "gold": GoldJudge}
     if kind not in classes or not arg:
-        raise ValueError(f"--judge {spec!r}: expected one of claude:<model>, rm:<reward model dir>")
+        raise ValueError(
+            f"--judge {spec!r}: expected one of claude:<model>, rm:<reward model dir>, "
+            "gold:<synthetic world dir>"
+        )
     cls = classes[kind]
     params = inspect.signature(cls.__init__).parameters
     kept = {k: v for k, v in options.items() if v is not None and k in params}

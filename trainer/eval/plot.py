@@ -39,7 +39,11 @@ Panel = tuple[str, str, list[tuple[str | None, str, str]]]
 
 PPO_PANELS: list[Panel] = [
     ("reward", "RM reward R(τ)", [(None, "reward", "RM reward")]),
-    ("gold_reward", "gold reward per token", [(None, "gold_reward_per_token", "gold reward")]),
+    (
+        "gold_reward",
+        "gold reward (synthetic world)",
+        [(None, "gold_reward", "R(τ): mean utility"), (None, "gold_reward_per_token", "per token")],
+    ),
     ("kl", "KL to the reference (nats / sequence)", [(None, "kl", "KL")]),
     ("kl_coef", "β (KL coefficient)", [(None, "kl_coef", "β")]),
     ("losses", "losses", [(None, "policy_loss", "policy"), (None, "value_loss", "value")]),

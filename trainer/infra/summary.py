@@ -35,6 +35,7 @@ __all__ = [
 # (label, record key) of the rows each trainer's summary shows, in order.
 PPO_ROWS: tuple[tuple[str, str], ...] = (
     ("RM reward", "reward"),
+    ("gold reward R(τ) (mean utility)", "gold_reward"),
     ("gold reward / token", "gold_reward_per_token"),
     ("KL (nats / sequence)", "kl"),
     ("response length", "response_length"),
