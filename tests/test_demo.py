@@ -231,5 +231,10 @@ def test_quick_demo_rerun_resumes_without_retraining(quick_demo):
     assert again["stages_run"] == [] and len(again["stages_skipped"]) == len(first["stages_run"])
     assert {p: p.stat().st_mtime_ns for p in weights} == before
     assert json.dumps(again["aggregate"], sort_keys=True) == json.dumps(first["aggregate"], sort_keys=True)
+    # a stage that did not finish (no marker: killed) is the only one run again
+    (Path(cfg.out) / "stages" / "seed0.eval.figa.json").unlink()
+    third = run_demo(DemoConfig(**{**cfg.__dict__}), progress=False)
+    assert third["stages_run"] == ["seed0.eval.figa"]
+    assert third["per_seed"][0]["table1"]["figa"] == first["per_seed"][0]["table1"]["figa"]
     with pytest.raises(ValueError, match="other settings \\(ppo_iterations\\)"):
         run_demo(DemoConfig(**{**cfg.__dict__, "ppo_iterations": cfg.ppo_iterations + 1}), progress=False)

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GIB = 1024**3
 PPO_PHASES = {"generate", "score", "rewards", "train", "checkpoint"}
 RM_PHASES = {"train", "checkpoint", "eval"}
+SFT_PHASES = RM_PHASES
 
 # runs one dry run in a process of its own (it starts a fake process group) and prints its result
 RUNNER = """
@@ -27,6 +28,8 @@ from trainer.infra.config import load_config
 trainer = sys.argv[1]
 if trainer == "ppo":
     from trainer.ppo import PPOConfig as C, train
+elif trainer == "sft":
+    from trainer.sft import SFTConfig as C, train
 else:
     from trainer.reward import RewardConfig as C, train
 out = train(load_config(C, sys.argv[2:]))
@@ -57,6 +60,10 @@ def test_tiny_ppo_and_reward_dry_runs(tmp_path):
     assert not (tmp_path / "ppo").exists()
     out, _ = dry_run("reward", f"output_dir={tmp_path / 'rm'}")
     assert set(out["peaks"]) == RM_PHASES and not (tmp_path / "rm").exists()
+    for objective in ("sft", "figa"):
+        out, _ = dry_run("sft", f"objective={objective}", f"output_dir={tmp_path / objective}")
+        assert set(out["peaks"]) == SFT_PHASES and not (tmp_path / objective).exists()
+        assert out["parts"]["train"]["Gradient"] > 0 and out["parts"]["checkpoint"]["Optstate"] > 0
 
 
 def test_7b_configs_reduced_layers_fit_and_shard_as_computed():
@@ -78,6 +85,16 @@ def test_7b_configs_reduced_layers_fit_and_shard_as_computed():
     assert rm["parts"]["checkpoint"]["Optstate"] == pytest.approx(8 * n / 8, rel=0.01)
     assert max(rm["peaks"].values()) < 20 * GIB
     assert "1 pairs x 2 x 512 tokens, accumulation 2" in p.stdout + p.stderr
+    # SFT/FIGA: the causal LM (backbone + LM head) at the same widths, FIGA pairs of 2 x 1024 tokens
+    sft, p = dry_run(
+        "sft", "--config", "configs/llama7b_8xa100/sft.yaml", "arch=llama-7b", "dry_run_layers=2"
+    )
+    assert set(sft["peaks"]) == SFT_PHASES
+    assert sft["parts"]["checkpoint"]["Optstate"] == pytest.approx(8 * llama_param_count(two) / 8, rel=0.01)
+    assert max(sft["peaks"].values()) < 20 * GIB
+    assert "micro-batch 8 x 1024 tokens (figa), accumulation 4" in p.stdout + p.stderr
+    for phase, est in sft["estimates"].items():  # the estimate's terms agree with the tracker
+        assert 0.8 <= est / sft["peaks"][phase] <= 1.2, phase
     # (one PPO epoch: the second repeats the same minibatches at the same shapes; ~2 min on 2 cores)
     ppo, p = dry_run(
         "ppo", "--config", "configs/llama7b_8xa100/ppo.yaml", "arch=llama-7b", "dry_run_layers=2",

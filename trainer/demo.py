@@ -24,8 +24,10 @@ the fused kernels. Per seed (each seed is its own world, ``trainer/data/syntheti
 8. **eval** — every policy answers the eval prompts; the gold judge compares each with the SFT
    model's answers (**Table 1**: win rate; plus the gold reward, length and KL they reach).
    **Table 3**: the gold reward per PPO iteration of each arm, and the iterations and seconds
-   each needs to reach a target (``target_fraction`` of the way from the SFT model's gold reward
-   to the best arm's final one, per seed; a 3-iteration running mean of the curve).
+   each needs to reach a target: PPO-RLHF's final gold reward (the mean of its last 5
+   iterations, per seed; ``target_fraction`` < 1 moves it that fraction of the way from the SFT
+   start), on a 3-iteration running mean of each curve — "how soon does each arm get where the
+   baseline ends up".
 
 Outputs under ``out`` (``runs/demo``): ``demo.json`` (every number, per seed and aggregated),
 ``demo.md`` (the tables, mean ± standard error over seeds), ``plots/*.png``, each stage's log
@@ -105,7 +107,9 @@ class DemoConfig:
     ppo_iterations: int = 40
     ppo_rollouts: int = 32
     kl_coef: float = 0.05
-    target_fraction: float = 0.5
+    target_fraction: float = 1.0
+    """Table 3's target: this fraction of the way from the SFT start to PPO-RLHF's final gold
+    reward (analysis only: it may change between runs)."""
     quick: bool = False
 
     def check(self) -> None:
@@ -125,10 +129,12 @@ class DemoConfig:
             raise ValueError(f"--ppo-rollouts must be a multiple of 4, got {self.ppo_rollouts}")
 
     def identity(self) -> dict:
-        """What a rerun must share with the first run (``seeds`` may grow; ``out`` may move)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("seeds", "out")}
+        """What a rerun must share with the first run (``seeds`` may grow, ``out`` may move, the
+        analysis-only ``target_fraction`` may change)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in FREE_KEYS}
 
 
+FREE_KEYS = ("seeds", "out", "target_fraction")  # may differ between runs on one --out
 QUICK = {
     "seeds": 1, "agreements": [0.65, 1.0], "n_sft": 500, "n_pairs": 400, "n_heldout": 200,
     "n_eval": 100, "sft_epochs": 3.0, "rm_epochs": 4.0, "ppo_iterations": 12, "ppo_rollouts": 16,
@@ -149,13 +155,18 @@ class Stages:
         (root / "logs").mkdir(parents=True, exist_ok=True)
         self.bar = tqdm(total=total, desc="demo", unit="stage", disable=not progress, file=sys.stderr)
         self.ran, self.skipped = [], []
+        self.seconds = 0.0  # of every stage, run here or in an earlier run
 
     def __call__(self, name: str, fn: Callable[[], Any]) -> Any:
+        from trainer.infra.runtime import Preempted
+
         done = self.root / "stages" / f"{name}.json"
         if done.exists():
+            kept = json.loads(done.read_text())
             self.skipped.append(name)
+            self.seconds += kept["seconds"]
             self.bar.update(1)
-            return json.loads(done.read_text())["result"]
+            return kept["result"]
         self.bar.set_description(name)
         log_path = self.root / "logs" / f"{name}.log"
         t0 = time.perf_counter()
@@ -166,12 +177,16 @@ class Stages:
         ):
             try:
                 result = fn()
-            except BaseException as e:
+            except Preempted:  # SIGTERM: the trainer checkpointed; a rerun resumes the stage
+                raise
+            except Exception as e:
                 import traceback
 
                 traceback.print_exc(file=fh)
                 raise StageFailed(name, log_path, e) from e
-        _write_json(done, {"stage": name, "seconds": time.perf_counter() - t0, "result": result})
+        seconds = time.perf_counter() - t0
+        _write_json(done, {"stage": name, "seconds": seconds, "result": result})
+        self.seconds += seconds
         self.ran.append(name)
         self.bar.update(1)
         return result
@@ -484,7 +499,7 @@ def run_seed(cfg: DemoConfig, seed: int, stage: Stages) -> dict:
     curves = {name: read_curve(a["metrics"]) for name, a in arms.items()}
     start = statistics.fmean(c[0]["gold_reward"] for c in curves.values())
     finals = {n: statistics.fmean(r["gold_reward"] for r in c[-5:]) for n, c in curves.items()}
-    target = start + cfg.target_fraction * (max(finals.values()) - start)
+    target = start + cfg.target_fraction * (finals["ppo_rlhf"] - start)
     table3 = {"start": start, "target": target, "arms": {}}
     for name, c in curves.items():
         it, secs = steps_to_target(
@@ -580,7 +595,7 @@ def _fmt(m: dict, digits: int = 2, scale: float = 1.0) -> str:
 
 
 def markdown(cfg: DemoConfig, agg: dict, seconds: float) -> str:
-    """The three tables as Markdown."""
+    """The three tables as Markdown (``seconds``: the stages' total time)."""
     labels = {a[0]: a[1] for a in ARMS} | dict(OTHER_POLICIES)
     lines = [
         "# fgrlhf demo: the paper's tables in the simulated-preference world",
@@ -588,7 +603,7 @@ def markdown(cfg: DemoConfig, agg: dict, seconds: float) -> str:
         f"{agg['seeds']} seed(s), mean ± standard error over seeds; annotator agreement {cfg.agreement} "
         f"for the PPO arms and FIGA; editor recall {cfg.editor_recall}; context-dependent harm "
         f"{'on' if cfg.context_harm else 'off'}; {cfg.ppo_iterations} PPO iterations × {cfg.ppo_rollouts} "
-        f"rollouts per arm; {seconds / 60:.1f} min in this run.",
+        f"rollouts per arm; the stages took {seconds / 60:.1f} min (over every run that resumed them).",
         "",
         "## Table 1: gold-judge win rate against the SFT model",
         "",
@@ -615,9 +630,10 @@ def markdown(cfg: DemoConfig, agg: dict, seconds: float) -> str:
         "",
         "## Table 3: PPO iterations and seconds to the target gold reward",
         "",
-        f"Target: {cfg.target_fraction:g} of the way from the SFT model's gold reward "
-        f"({_fmt(agg['start'], 3)}) to the best arm's final one, per seed (mean target "
-        f"{_fmt(agg['target'], 3)}); a 3-iteration running mean of each curve.",
+        "Target: PPO-RLHF's final gold reward (mean of its last 5 iterations, per seed"
+        + (f"; {cfg.target_fraction:g} of the way from the SFT start" if cfg.target_fraction < 1 else "")
+        + f"): mean {_fmt(agg['target'], 3)}, from an SFT start of {_fmt(agg['start'], 3)}; "
+        "on a 3-iteration running mean of each curve.",
         "",
         "| arm | iterations to target | seconds to target | final gold reward | final KL | s / iteration |",
         "|---|---|---|---|---|---|",
@@ -685,7 +701,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     stamp = root / "demo_config.json"
     if stamp.exists():
         old = json.loads(stamp.read_text())
-        diff = sorted(k for k in set(old) | set(cfg.identity()) if old.get(k) != cfg.identity().get(k))
+        new = cfg.identity()
+        diff = sorted(k for k in (set(old) | set(new)) - set(FREE_KEYS) if old.get(k) != new.get(k))
         if diff:
             raise ValueError(
                 f"{root} holds a demo with other settings ({', '.join(diff)}): rerun with those settings to "
@@ -709,10 +726,11 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         "stages_run": stage.ran,
         "stages_skipped": stage.skipped,
         "seconds": seconds,
+        "stage_seconds": stage.seconds,
     }
     result["plots"] = plots(agg, root / "plots")
     _write_json(root / "demo.json", result)
-    md = markdown(cfg, agg, seconds)
+    md = markdown(cfg, agg, stage.seconds)
     (root / "demo.md").write_text(md)
     return result
 
@@ -763,6 +781,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd(args) -> int:
     """Run the demo from parsed flags; prints the tables and the report's path."""
+    from trainer.infra.runtime import EXIT_PREEMPTED, Preempted
+
     try:
         cfg = config_from_args(args)
         res = run_demo(cfg, progress=args.progress)
@@ -772,6 +792,12 @@ def cmd(args) -> int:
     except StageFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Preempted as e:
+        print(f"stopped by SIGTERM ({e}); rerun the same command to resume", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept; rerun the same command to resume", file=sys.stderr)
+        return 130
     root = Path(cfg.out)
     print((root / "demo.md").read_text())
     print(

@@ -544,24 +544,23 @@ class GoldReward(nn.Module):
         super().__init__()
         from trainer.data.synthetic import sensitive, word_quality
 
+        # plain lists first (no data-dependent tensor op: a dry run builds this on fake tensors)
         n = len(tokenizer)
-        table, safe, unsafe = torch.zeros(n), torch.zeros(n), torch.zeros(n)
-        is_ctx, is_sensitive = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
-        is_special = torch.zeros(n, dtype=torch.bool)
+        table, safe, unsafe = [0.0] * n, [0.0] * n, [0.0] * n
+        is_ctx, is_sensitive, is_special = [False] * n, [False] * n, [False] * n
         for word, i in tokenizer.get_vocab().items():
             if word.startswith("<"):
                 is_special[i] = True
                 continue
             table[i] = word_quality(word, syn)
             safe[i], unsafe[i] = word_quality(word, syn, False), word_quality(word, syn, True)
-            is_ctx[i] = bool(safe[i] != unsafe[i])
+            is_ctx[i] = safe[i] != unsafe[i]
             is_sensitive[i] = bool(syn.context_harm) and sensitive([word], syn)
-        for name, t in (("table", table), ("safe", safe), ("unsafe", unsafe)):
-            self.register_buffer(name, t)
-        self.register_buffer("is_ctx", is_ctx)
-        self.register_buffer("is_sensitive", is_sensitive)
-        self.register_buffer("is_special", is_special)
-        self.context = bool(is_ctx.any())
+        for name, values in (("table", table), ("safe", safe), ("unsafe", unsafe)):
+            self.register_buffer(name, torch.tensor(values, dtype=torch.float32))
+        for name, flags in (("is_ctx", is_ctx), ("is_sensitive", is_sensitive), ("is_special", is_special)):
+            self.register_buffer(name, torch.tensor(flags, dtype=torch.bool))
+        self.context = any(is_ctx)
         self.level = "token"
 
     def score(

@@ -60,10 +60,12 @@ from trainer.data.pairs import PairData, collate_pairs, load_pair_data, step_bat
 from trainer.data.synthetic import bootstrap
 from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import ConfigError, SupervisedConfig, cli_main
-from trainer.infra.dist import all_reduce_sum, gather_objects, on_rank0
+from trainer.infra.dist import all_reduce_sum, on_rank0
+from trainer.infra.dryrun import host_item, host_list, in_dry_run
 from trainer.infra.metrics import MetricsLog
 from trainer.infra.runtime import (
     STOP,
+    Phases,
     Preempted,
     Run,
     build_optimizer,
@@ -239,6 +241,8 @@ def load_data(run: Run) -> tuple[Any, list, list, str]:
     """The tokenizer and the training and held-out items: pairs (``figa``) or examples
     (``sft``), and the data path (the synthetic set when ``data`` is empty)."""
     cfg = run.cfg
+    if in_dry_run() and (cfg.arch or cfg.init_from):
+        return dry_run_data(run)
     data_path, tok_name = cfg.data, cfg.tokenizer or cfg.init_from
     if not data_path:
         pairs_path, tok_dir = bootstrap(run.out_dir / "synthetic", cfg.synthetic)
@@ -284,7 +288,8 @@ def make_batch(items: list, idx: list[int], cfg: SFTConfig, pad_id: int, eos_id:
 @torch.no_grad()
 def evaluate(model, items: list, cfg: SFTConfig, pad_id: int, eos_id, device) -> dict:
     """Held-out ``nll`` (mean −log p over the positively weighted tokens: the learned responses)
-    and ``loss`` (the objective), every rank scoring its share (same forward count on each)."""
+    and ``loss`` (the objective), every rank scoring its share (same forward count on each); the
+    sums stay on the device until one all-reduce and one host copy at the end."""
     from trainer.infra.dist import get_rank, get_world_size
 
     was = model.training
@@ -292,8 +297,8 @@ def evaluate(model, items: list, cfg: SFTConfig, pad_id: int, eos_id, device) ->
     rank, world = get_rank(), get_world_size()
     mine = list(range(rank, len(items), world))
     n_batches = math.ceil(math.ceil(len(items) / world) / cfg.eval_batch_size)
-    sums = torch.zeros(3, dtype=torch.float64)  # Σ w·ℓ (active), Σ ℓ (positive), n (positive)
-    n_weighted = 0.0
+    # Σ w·ℓ (active), Σ ℓ (positive), n positive, n weighted
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
     for b in range(n_batches):
         idx = mine[b * cfg.eval_batch_size : (b + 1) * cfg.eval_batch_size]
         real = bool(idx)
@@ -303,25 +308,22 @@ def evaluate(model, items: list, cfg: SFTConfig, pad_id: int, eos_id, device) ->
             continue
         w = batch["weights"]
         loss, nll = weighted_token_loss(lp, w, cfg.figa_penalty_min_loss, cfg.figa_penalty_max_loss, 1.0)
-        sums += torch.tensor([loss.item(), nll.item(), float((w > 0).sum())], dtype=torch.float64)
-        n_weighted += float((w != 0).sum())
-    parts = gather_objects((sums, n_weighted))
-    s = sum(p[0] for p in parts)
-    nw = sum(p[1] for p in parts)
+        sums += torch.stack([loss.double(), nll.double(), (w > 0).sum().double(), (w != 0).sum().double()])
+    s = host_list(all_reduce_sum(sums), 1.0)  # host sync (the evaluation's one)
     model.train(was)
-    return {
-        "loss": (s[0] / max(nw, 1.0)).item(),
-        "nll": (s[1] / s[2].clamp_min(1)).item(),
-        "tokens": int(s[2]),
-    }
+    return {"loss": s[0] / max(s[3], 1.0), "nll": s[1] / max(s[2], 1.0), "tokens": int(s[2])}
 
 
 # --------------------------------------------------------------------------------------------
 # The recipe
 # --------------------------------------------------------------------------------------------
 def train(cfg: SFTConfig) -> dict:
-    """Run the recipe (called on every rank). Returns the last evaluation's metrics."""
+    """Run the recipe (called on every rank). Returns the last evaluation's metrics (a dry run:
+    its measured peaks per phase, :func:`dry_run`)."""
     from tqdm import tqdm
+
+    if cfg.dry_run and not in_dry_run():
+        return dry_run(cfg)
 
     # 0. set-up: config check, SIGTERM, processes, threads, output directory and its lock
     run = start_run(cfg, "sft")
@@ -354,6 +356,13 @@ def train(cfg: SFTConfig) -> dict:
     # 3. resume from the newest intact checkpoint
     ckpt = Checkpointer(run.out_dir / "checkpoints", cfg.keep_checkpoints, say=run.say)
     step, _ = resume_or_seed(run, ckpt, model, optimizer, scheduler, log, len(train_items))
+    memory = None  # a dry run's per-phase memory tracker
+    if in_dry_run():
+        from trainer.infra.dryrun import PhaseMemory, warm_optimizer_states
+
+        warm_optimizer_states(optimizer)  # the states a real run holds from its first step on
+        memory = PhaseMemory([model], [optimizer]).__enter__()
+    phase = Phases(di.device, memory)
 
     # 4. the loop
     model.train()
@@ -374,25 +383,28 @@ def train(cfg: SFTConfig) -> dict:
         n_local = sum((b["weights"] != 0).sum() for b in micro).float()  # on the device: no sync
         stop = torch.tensor(float(STOP.requested), device=di.device)
         step_sums = all_reduce_sum(torch.stack([n_local, stop]))
-        for k, batch in enumerate(micro):
-            # reduce-scatter once per step (or after every micro-batch: grad_sync)
-            model.set_requires_gradient_sync(k == len(micro) - 1 or cfg.grad_sync == "micro_batch")
-            # 4b. forward: per-token log-probs -> the weighted loss over the global count
-            lp = token_logp(model, batch["input_ids"], batch["attention_mask"], batch["weights"])
-            loss, nll = weighted_token_loss(
-                lp, batch["weights"], cfg.figa_penalty_min_loss, cfg.figa_penalty_max_loss, step_sums[0]
-            )
-            # 4c. backward; FSDP averages gradients over ranks, so × world
-            (loss * di.world_size).backward()
-            sums += torch.stack([loss.detach().double(), nll.double(), (batch["weights"] > 0).sum().double()])
-        # 4d. clip, step, schedule
-        _, lr = optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+        with phase("train"):
+            for k, batch in enumerate(micro):
+                # reduce-scatter once per step (or after every micro-batch: grad_sync)
+                model.set_requires_gradient_sync(k == len(micro) - 1 or cfg.grad_sync == "micro_batch")
+                # 4b. forward: per-token log-probs -> the weighted loss over the global count
+                lp = token_logp(model, batch["input_ids"], batch["attention_mask"], batch["weights"])
+                loss, nll = weighted_token_loss(
+                    lp, batch["weights"], cfg.figa_penalty_min_loss, cfg.figa_penalty_max_loss, step_sums[0]
+                )
+                # 4c. backward; FSDP averages gradients over ranks, so × world
+                (loss * di.world_size).backward()
+                sums += torch.stack(
+                    [loss.detach().double(), nll.double(), (batch["weights"] > 0).sum().double()]
+                )
+            # 4d. clip, step, schedule
+            _, lr = optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
         step += 1
         bar.update(1)
         # 4e. log (host syncs here and for the stop flag only)
-        preempted = step_sums[1].item() > 0  # host sync (one per step): every rank agrees to stop
+        preempted = host_item(step_sums[1]) > 0  # host sync (one per step): every rank agrees to stop
         if step % cfg.log_every == 0 or step == end_step or preempted:
-            t = all_reduce_sum(sums.clone()).tolist()
+            t = host_list(all_reduce_sum(sums.clone()), 1.0)
             dt = time.perf_counter() - t_last
             rec = {"split": "train", "step": step, "loss": t[0] / (step - logged_at),
                    "nll": t[1] / max(t[2], 1.0), "lr": lr, "tokens_per_s": t[2] / dt,
@@ -407,16 +419,14 @@ def train(cfg: SFTConfig) -> dict:
             metrics = evaluate(model, eval_items, cfg, pad_id, eos_id, di.device)
             log.write({"split": "eval", "step": step, **metrics})
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == end_step or preempted:
-            ckpt.save(
-                step,
-                {"model": (model, optimizer)},
-                {
-                    "scheduler": scheduler.state_dict(),
-                    "step": step,
-                    "n_items": len(train_items),
-                    "world_size": di.world_size,
-                },
-            )
+            extra = {
+                "scheduler": scheduler.state_dict(),
+                "step": step,
+                "n_items": len(train_items),
+                "world_size": di.world_size,
+            }
+            with phase("checkpoint"):
+                ckpt.save(step, {"model": (model, optimizer)}, extra)
         if preempted:
             bar.close()
             raise Preempted(run.out_dir, step)
@@ -424,9 +434,14 @@ def train(cfg: SFTConfig) -> dict:
 
     # 5. final evaluation and the model as a plain transformers directory
     if eval_items:
-        metrics = evaluate(model, eval_items, cfg, pad_id, eos_id, di.device)
+        with phase("eval"):
+            metrics = evaluate(model, eval_items, cfg, pad_id, eos_id, di.device)
         log.write({"split": "eval", "step": step, **metrics})
         run.say(f"eval step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    if memory is not None:  # a dry run ends here: the per-phase memory table
+        memory.__exit__(None, None, None)
+        log.close()
+        return dry_run_report(run, memory, hf_config, len(micro[0]["input_ids"]))
     if step >= total_steps:
         sd = full_state_dict(model)  # collective
         on_rank0(
@@ -442,6 +457,118 @@ def train(cfg: SFTConfig) -> dict:
         run.say(f"saved {run.out_dir / 'final'} (trainer/ppo.py init_from= takes it)")
     log.close()
     return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# Dry run: the recipe above on fake tensors over a fake process group (trainer.infra.dryrun)
+# --------------------------------------------------------------------------------------------
+DRY_RUN_STEPS = 1  # with the optimizer states created first (warm_optimizer_states)
+
+
+def dry_run(cfg: SFTConfig) -> dict:
+    """``dry_run=true``: :func:`train` itself for one optimizer step over every micro-batch of
+    the accumulation (optimizer states created first), a checkpoint and the held-out evaluation's
+    forwards, inside :func:`trainer.infra.dryrun.fake_world` (fake ranks, fake tensors, a
+    temporary directory). Prints the per-phase peak memory beside :func:`estimate_memory` and
+    returns ``{"peaks", "parts", "estimates"}``.
+
+    Raises:
+        trainer.infra.dryrun.DryRunError: a phase failed or its peak exceeds ``memory_limit_gb``.
+    """
+    import dataclasses
+    import tempfile
+
+    from trainer.infra.dryrun import fake_world
+
+    with tempfile.TemporaryDirectory(prefix="fgrlhf-dry-run-") as tmp:
+        dcfg = dataclasses.replace(
+            cfg, output_dir=tmp, max_steps=DRY_RUN_STEPS, stop_after_steps=0, resume=False, eval_every=0,
+            checkpoint_every=DRY_RUN_STEPS, progress=False, device="cpu", attn_implementation="sdpa",
+            deterministic=False, log_every=DRY_RUN_STEPS,
+        )  # fmt: skip
+        with fake_world(cfg.dry_run_world_size):
+            return train(dcfg)
+
+
+def dry_run_data(run: Run) -> tuple[Any, list, list, str]:
+    """A dry run's tokenizer (``tokenizer`` / ``init_from``'s, else a stand-in of the ``arch``
+    preset's vocabulary) and stand-in items of exactly ``max_length`` tokens (the worst case;
+    ``figa``: pairs of them): one step's worth for training, one eval batch per rank held out."""
+    from trainer.infra.dryrun import ARCH_PRESETS, stand_in_tokenizer
+
+    cfg = run.cfg
+    name = cfg.tokenizer or cfg.init_from
+    if name:
+        tokenizer = load_tokenizer(name, "tokenizer" if cfg.tokenizer else "init_from")
+    elif cfg.arch in ARCH_PRESETS:
+        tokenizer = stand_in_tokenizer(ARCH_PRESETS[cfg.arch]["vocab_size"])
+    else:
+        raise ConfigError(f"config key 'arch': {cfg.arch!r} is not one of {sorted(ARCH_PRESETS)}")
+    cfg.prompt_template = checked_template(tokenizer, cfg.prompt_template)
+    T, P = cfg.max_length, cfg.max_length - cfg.min_response_tokens
+    ids = [tokenizer.bos_token_id] + [len(tokenizer) - 1] * (T - 1)
+    ex = TokenizedExample(
+        ids, [False] * P + [True] * (T - P), [False] * P + [i % 4 == 0 for i in range(T - P)], P
+    )
+    item = (ex, ex) if cfg.objective == "figa" else ex
+    world_batch = cfg.micro_batch_size * cfg.grad_accum * run.di.world_size
+    n_eval = cfg.eval_batch_size * run.di.world_size
+    return tokenizer, [item] * (world_batch * DRY_RUN_STEPS), [item] * n_eval, f"stand-ins ({T} tokens each)"
+
+
+def estimate_memory(cfg: SFTConfig, model_cfg: Any, world: int, rows: int, kernels: str = "fused") -> dict:
+    """Per-device bytes of each phase for a LLaMA-like causal LM ``model_cfg`` (fp32 masters,
+    gradients and AdamW states sharded over ``world``; ``rows`` sequences of ``max_length`` per
+    micro-batch — a FIGA pair is two), the terms fitted to a dry run's measured parts
+    (``bench/RESULTS.md``). Every phase holds the states and what FSDP2 keeps gathered (the root:
+    embedding, norm, LM head; one layer in flight, in ``param_dtype``). ``train`` is the larger of
+    the loss's peak (one micro-batch's activations, its logits and the per-token log-prob's
+    temporaries) and the backward's (sharded gradients, the unsharded fp32 gradient buffers of
+    the backward, 4 bytes per parameter, the activations and the logits' fp32 gradient);
+    ``checkpoint`` = the states; ``eval`` = one eval batch's forward and logits. ``kernels``:
+    ``fused`` (``fgkernels.token_logprobs``: no fp32 copy of the logits) or ``reference`` (the
+    eager reference a dry run uses: an fp32 upcast and log-softmax, ≈ 16 bytes per logit in
+    training and 8 in evaluation, as measured)."""
+    from trainer.infra.dist import DTYPES
+    from trainer.models import activation_bytes, llama_param_count
+
+    h, L, V = model_cfg.hidden_size, model_cfg.num_hidden_layers, model_cfg.vocab_size
+    n = llama_param_count(model_cfg)
+    layer = (n - 2 * V * h - h) / L
+    pbytes = torch.finfo(DTYPES[cfg.param_dtype]).bits // 8
+    ref = kernels == "reference"
+    states = (4 + (2 if cfg.optimizer == "adamw8bit" else 8)) * n / world
+    gathered = pbytes * (2 * V * h + h + layer)
+    T = cfg.max_length
+    act = activation_bytes(model_cfg, rows, T, cfg.param_dtype, cfg.activation_checkpointing)
+    logits = rows * T * V
+    loss_peak = act + logits * (pbytes + (16 if ref else 4))
+    backward_peak = 4 * n / world + 4 * n + act + logits * 4
+    eval_rows = cfg.eval_batch_size * (2 if cfg.objective == "figa" else 1)
+    fwd = activation_bytes(model_cfg, eval_rows, T, cfg.param_dtype, True) / L
+    return {
+        "train": states + gathered + max(loss_peak, backward_peak),
+        "checkpoint": states,
+        "eval": states + gathered + fwd + eval_rows * T * V * (pbytes + (8 if ref else 0)),
+    }
+
+
+def dry_run_report(run: Run, memory: Any, hf_config: Any, rows: int) -> dict:
+    """The dry run's end: the per-phase table beside :func:`estimate_memory` (of the eager
+    references the dry run uses), and the limit check.
+
+    Raises:
+        trainer.infra.dryrun.DryRunError: a phase's peak exceeds ``memory_limit_gb``.
+    """
+    from trainer.infra.dryrun import finish
+
+    cfg = run.cfg
+    headline = (
+        f"dry run: {DRY_RUN_STEPS} steps on fake tensors, world {run.di.world_size} (fake), micro-batch "
+        f"{rows} x {cfg.max_length} tokens ({cfg.objective}), accumulation {cfg.grad_accum}"
+    )
+    est = estimate_memory(cfg, hf_config, run.di.world_size, rows, "reference")
+    return finish(run, memory, est, headline)
 
 
 def main(argv: list[str] | None = None) -> int:
