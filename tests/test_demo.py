@@ -170,6 +170,10 @@ def test_demo_flags_are_checked(capsys):
     assert "--seeds" in capsys.readouterr().err
     assert main(["demo", "--agreement", "0.7", "--out", "/nonexistent/x"]) == 2
     assert "--agreement 0.7 must be one of --agreements" in capsys.readouterr().err
+    assert main(["demo", "--world", "nope=1", "--out", "/nonexistent/x"]) == 2
+    assert "--world 'nope=1'" in capsys.readouterr().err
+    assert main(["demo", "--world", "p_bad=often", "--out", "/nonexistent/x"]) == 2
+    assert "--world p_bad='often': expected a float" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -87,12 +87,19 @@ class DemoConfig:
     """The study's settings (every one a flag of ``fgrlhf demo``)."""
 
     out: str = "runs/demo"
+    """Output directory (a rerun resumes it)."""
     seeds: int = 3
+    """Seeds; seed ``s`` is its own world (``SyntheticConfig.seed`` 1000 + s) and training seed."""
     agreements: list[float] = field(default_factory=lambda: [0.6, 0.65, 0.8, 1.0])
+    """Table 2's annotator agreements (a reward model of each kind is trained at each)."""
     agreement: float = 0.65
     """The annotator agreement of the PPO arms' and FIGA's data (one of ``agreements``)."""
     editor_recall: float = 1.0
+    """Probability that the simulated editor fixes each harmful word."""
     context_harm: bool = False
+    """The context-dependent variant of the world (``c*`` words)."""
+    world: dict[str, Any] = field(default_factory=dict)
+    """Any other knob of :class:`trainer.data.synthetic.SyntheticConfig` (``--world p_bad=0.2``)."""
     n_sft: int = 1000
     """SFT examples (prompt + base response)."""
     n_pairs: int = 800
@@ -102,15 +109,22 @@ class DemoConfig:
     n_eval: int = 200
     """Eval prompts of Table 1."""
     max_new_tokens: int = 32
+    """Longest sampled answer (pairs, PPO rollouts, evaluation): 1.6× the world's longest."""
     sft_epochs: float = 4.0
+    """SFT epochs over the base responses."""
     rm_epochs: float = 5.0
+    """Reward-model epochs (the best held-out checkpoint is kept: early stopping by selection)."""
     ppo_iterations: int = 40
+    """PPO iterations per arm (the same budget for every arm)."""
     ppo_rollouts: int = 32
+    """Rollouts per PPO iteration."""
     kl_coef: float = 0.05
+    """β of the arms with a KL penalty (trainer/ppo.py's default)."""
     target_fraction: float = 1.0
     """Table 3's target: this fraction of the way from the SFT start to PPO-RLHF's final gold
     reward (analysis only: it may change between runs)."""
     quick: bool = False
+    """Started with ``--quick`` (its smaller sizes: :data:`QUICK`)."""
 
     def check(self) -> None:
         """Refuse impossible settings, naming the flag."""
@@ -125,6 +139,11 @@ class DemoConfig:
         for key in ("n_sft", "n_pairs", "n_heldout", "n_eval", "ppo_iterations", "max_new_tokens"):
             if getattr(self, key) < 1:
                 raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(self, key)}")
+        fixed = {"n_pairs", "seed", "agreement", "editor_recall", "context_harm"}
+        for key in self.world:
+            if key in fixed:
+                raise ValueError(f"--world {key}=...: the demo sets {key} itself (use its own flag, if any)")
+        world_config(self, 0).check()  # unknown keys and impossible values, named
         if self.ppo_rollouts < 4 or self.ppo_rollouts % 4:
             raise ValueError(f"--ppo-rollouts must be a multiple of 4, got {self.ppo_rollouts}")
 
@@ -216,7 +235,13 @@ def world_config(cfg: DemoConfig, seed: int, agreement: float | None = None):
     """The seed's world (its own vocabulary draw, prompts and annotators)."""
     from trainer.data.synthetic import SyntheticConfig
 
+    unknown = sorted(set(cfg.world) - set(SyntheticConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(
+            f"--world: {', '.join(unknown)} is not a knob of the world (trainer/data/synthetic.py)"
+        )
     return SyntheticConfig(
+        **cfg.world,
         n_pairs=max(200, 4 * cfg.ppo_rollouts),  # PPO's prompts (trainer/ppo.py's synthetic set)
         seed=1000 + seed,
         agreement=cfg.agreement if agreement is None else agreement,
@@ -371,7 +396,6 @@ def train_rm(cfg: DemoConfig, seed: int, d: Path, agreement: float, kind: str) -
         "model": str(best),
         "own_heldout_accuracy": metrics.get("accuracy"),
         "gold_accuracy": held["gold_accuracy"],
-        "heldout_pairs": held.get("original_pairs", None),
     }
 
 
@@ -701,8 +725,10 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     stamp = root / "demo_config.json"
     if stamp.exists():
         old = json.loads(stamp.read_text())
-        new = cfg.identity()
-        diff = sorted(k for k in (set(old) | set(new)) - set(FREE_KEYS) if old.get(k) != new.get(k))
+        new, default = cfg.identity(), DemoConfig().identity()  # a key added since: its default
+        diff = sorted(
+            k for k in (set(old) | set(new)) - set(FREE_KEYS) if old.get(k, default.get(k)) != new.get(k)
+        )
         if diff:
             raise ValueError(
                 f"{root} holds a demo with other settings ({', '.join(diff)}): rerun with those settings to "
@@ -747,6 +773,13 @@ def add_arguments(p) -> None:
         "--editor-recall", type=float, default=d.editor_recall, help="P(editor fixes a harmful word)"
     )
     p.add_argument("--context-harm", action="store_true", help="add the context-dependent harmful words")
+    p.add_argument(
+        "--world",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other knob of the world (trainer/data/synthetic.py SyntheticConfig), e.g. p_bad=0.2",
+    )
     p.add_argument("--ppo-iterations", type=int, default=None, help="PPO iterations per arm")
     p.add_argument("--target-fraction", type=float, default=d.target_fraction, help="Table 3's target")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -766,7 +799,35 @@ def config_from_args(args) -> DemoConfig:
             setattr(cfg, key, getattr(args, key))
     if args.quick and cfg.agreement not in cfg.agreements:
         cfg.agreements = sorted({*cfg.agreements, cfg.agreement})
+    cfg.world = parse_world(args.world)
     return cfg
+
+
+def parse_world(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> world knobs, each value converted to its field's type.
+
+    Raises:
+        ValueError: a malformed item, an unknown knob or a value of the wrong type (named).
+    """
+    from trainer.data.synthetic import SyntheticConfig
+
+    fields_ = SyntheticConfig.__dataclass_fields__
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in fields_:
+            raise ValueError(f"--world {item!r}: expected KEY=VALUE with KEY a knob of SyntheticConfig")
+        kind = {"int": int, "float": float, "bool": bool}.get(str(fields_[key].type), str)
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                out[key] = text.lower() in ("true", "1")
+            else:
+                out[key] = kind(text)
+        except ValueError:
+            raise ValueError(f"--world {key}={text!r}: expected a {kind.__name__}") from None
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -802,7 +863,8 @@ def cmd(args) -> int:
     print((root / "demo.md").read_text())
     print(
         f"{len(res['stages_run'])} stages run, {len(res['stages_skipped'])} resumed, {res['seconds']:.0f} s; "
-        f"report: {root / 'demo.md'} (numbers: {root / 'demo.json'}, plots: {root / 'plots'})"
+        f"report: {root / 'demo.md'} (numbers: {root / 'demo.json'}, plots: {root / 'plots'}; per-token "
+        f"rewards of the token-level arm: {res['per_seed'][0]['reports']['token-level PPO rollouts']})"
     )
     return 0
 

@@ -605,26 +605,14 @@ def dry_run(cfg: RewardConfig) -> dict:
 
 
 def dry_run_data(run: Run) -> tuple[Any, list[Pair], PairData, str]:
-    """A dry run's tokenizer (``tokenizer`` / ``init_from``'s, else a stand-in of the ``arch``
-    preset's vocabulary) and stand-in pairs of exactly ``max_length`` tokens on both sides (the
-    worst case): two steps' worth for training, one eval batch of each kind held out."""
-    from trainer.data.examples import TokenizedExample
-    from trainer.infra.dryrun import ARCH_PRESETS, stand_in_tokenizer
+    """A dry run's tokenizer and stand-in pairs of exactly ``max_length`` tokens on both sides
+    (the worst case, :func:`trainer.infra.dryrun.stand_in_example`): the steps' worth for
+    training, one eval batch of each kind held out."""
+    from trainer.infra.dryrun import stand_in_example
 
     cfg = run.cfg
-    name = cfg.tokenizer or cfg.init_from
-    if name:
-        tokenizer = load_tokenizer(name, "tokenizer" if cfg.tokenizer else "init_from")
-    elif cfg.arch in ARCH_PRESETS:
-        tokenizer = stand_in_tokenizer(ARCH_PRESETS[cfg.arch]["vocab_size"])
-    else:
-        raise ConfigError(f"config key 'arch': {cfg.arch!r} is not one of {sorted(ARCH_PRESETS)}")
-    cfg.prompt_template = checked_template(tokenizer, cfg.prompt_template)
-    T, P = cfg.max_length, cfg.max_length - cfg.min_response_tokens
-    ids = [tokenizer.bos_token_id] + [len(tokenizer) - 1] * (T - 1)
-    resp = [False] * P + [True] * (T - P)
-    changed = [False] * P + [i % 4 == 0 for i in range(T - P)]
-    ex = TokenizedExample(ids, resp, changed, P)
+    tokenizer, ex = stand_in_example(cfg)
+    T = cfg.max_length
     pair = (ex, ex)
     world_batch = cfg.micro_batch_size * cfg.grad_accum * run.di.world_size
     n_eval = cfg.eval_batch_size * run.di.world_size

@@ -491,25 +491,14 @@ def dry_run(cfg: SFTConfig) -> dict:
 
 
 def dry_run_data(run: Run) -> tuple[Any, list, list, str]:
-    """A dry run's tokenizer (``tokenizer`` / ``init_from``'s, else a stand-in of the ``arch``
-    preset's vocabulary) and stand-in items of exactly ``max_length`` tokens (the worst case;
-    ``figa``: pairs of them): one step's worth for training, one eval batch per rank held out."""
-    from trainer.infra.dryrun import ARCH_PRESETS, stand_in_tokenizer
+    """A dry run's tokenizer and stand-in items of exactly ``max_length`` tokens (the worst case,
+    :func:`trainer.infra.dryrun.stand_in_example`; ``figa``: pairs of them): one step's worth for
+    training, one eval batch per rank held out."""
+    from trainer.infra.dryrun import stand_in_example
 
     cfg = run.cfg
-    name = cfg.tokenizer or cfg.init_from
-    if name:
-        tokenizer = load_tokenizer(name, "tokenizer" if cfg.tokenizer else "init_from")
-    elif cfg.arch in ARCH_PRESETS:
-        tokenizer = stand_in_tokenizer(ARCH_PRESETS[cfg.arch]["vocab_size"])
-    else:
-        raise ConfigError(f"config key 'arch': {cfg.arch!r} is not one of {sorted(ARCH_PRESETS)}")
-    cfg.prompt_template = checked_template(tokenizer, cfg.prompt_template)
-    T, P = cfg.max_length, cfg.max_length - cfg.min_response_tokens
-    ids = [tokenizer.bos_token_id] + [len(tokenizer) - 1] * (T - 1)
-    ex = TokenizedExample(
-        ids, [False] * P + [True] * (T - P), [False] * P + [i % 4 == 0 for i in range(T - P)], P
-    )
+    tokenizer, ex = stand_in_example(cfg)
+    T = cfg.max_length
     item = (ex, ex) if cfg.objective == "figa" else ex
     world_batch = cfg.micro_batch_size * cfg.grad_accum * run.di.world_size
     n_eval = cfg.eval_batch_size * run.di.world_size

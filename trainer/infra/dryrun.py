@@ -49,6 +49,7 @@ __all__ = [
     "is_fake",
     "preset_config",
     "real_tensors",
+    "stand_in_example",
     "stand_in_tokenizer",
     "warm_optimizer_states",
 ]
@@ -156,6 +157,34 @@ def stand_in_tokenizer(vocab_size: int):
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
+
+
+def stand_in_example(cfg: Any) -> tuple[Any, Any]:
+    """The supervised trainers' dry-run data (reward, SFT/FIGA): the tokenizer (``tokenizer`` /
+    ``init_from``'s, else a stand-in of the ``arch`` preset's vocabulary; ``cfg.prompt_template``
+    resolved against it) and one stand-in :class:`~trainer.data.examples.TokenizedExample` of
+    exactly ``max_length`` tokens, the last ``min_response_tokens`` the response, every fourth of
+    them "changed" (the worst case for every mask-dependent op).
+
+    Raises:
+        ConfigError: no tokenizer, no checkpoint and an unknown ``arch``.
+    """
+    from trainer.data.examples import TokenizedExample, checked_template
+    from trainer.models import load_tokenizer
+
+    name = cfg.tokenizer or cfg.init_from
+    if name:
+        tokenizer = load_tokenizer(name, "tokenizer" if cfg.tokenizer else "init_from")
+    elif cfg.arch in ARCH_PRESETS:
+        tokenizer = stand_in_tokenizer(ARCH_PRESETS[cfg.arch]["vocab_size"])
+    else:
+        raise ConfigError(f"config key 'arch': {cfg.arch!r} is not one of {sorted(ARCH_PRESETS)}")
+    cfg.prompt_template = checked_template(tokenizer, cfg.prompt_template)
+    T, P = cfg.max_length, cfg.max_length - cfg.min_response_tokens
+    ids = [tokenizer.bos_token_id] + [len(tokenizer) - 1] * (T - 1)
+    resp = [False] * P + [True] * (T - P)
+    changed = [False] * P + [i % 4 == 0 for i in range(T - P)]
+    return tokenizer, TokenizedExample(ids, resp, changed, P)
 
 
 @contextlib.contextmanager
