@@ -145,7 +145,9 @@ def test_ppo_saves_rollout_samples_with_per_token_values(tiny_run):
         assert n >= 1 and all(
             len(r[k]) == n for k in ("pieces", "reward", "kl", "total", "advantage", "value")
         )
-        assert r["kl"] == [0.0] * n or r["iteration"] > 1  # the actor is the reference at iteration 1
+        # the actor is the reference at iteration 1: KL 0 up to the ~1e-6 by which the decoding's
+        # log-probs (old_logprobs=generate) differ from the reference's full forward
+        assert r["iteration"] > 1 or all(abs(x) <= 1e-5 for x in r["kl"])
     assert (out / "report.html").read_text().count('class="item rollout"') == 4
 
 
