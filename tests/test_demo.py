@@ -163,6 +163,37 @@ def test_steps_to_target_and_mean_se():
     assert m["mean"] == 2.0 and m["se"] == pytest.approx(1.0) and m["n"] == 2 and m["n_missing"] == 1
 
 
+def _recs(golds, secs=1.0):
+    return [{"gold_reward": g, "kl": 0.0, "response_length": 5.0, "iteration_s": secs} for g in golds]
+
+
+def test_table3_by_hand_censoring_and_a_baseline_that_does_not_improve():
+    from trainer.demo import table3_of
+
+    t = table3_of({"ppo_rlhf": _recs([0, 1, 1, 1, 1, 1]), "x": _recs([0, 2, 2, 2, 2, 2], 2.0)}, 0.5)
+    assert t["start"] == 0 and t["target"] == 0.5 and t["baseline_improved"]
+    assert t["arms"]["ppo_rlhf"]["iterations_to_target"] == 2 and t["arms"]["x"]["iterations_to_target"] == 2
+    assert t["arms"]["x"]["seconds_to_target"] == 4.0 and t["arms"]["x"]["final_gold_reward"] == 2.0
+    # an arm that never gets there: censored at len + 1 iterations and its whole run's seconds
+    t = table3_of({"ppo_rlhf": _recs([0, 1, 1, 1, 1, 1]), "slow": _recs([0, 0, 0, 0, 0, 0])}, 1.0)
+    slow = t["arms"]["slow"]
+    assert not slow["reached"] and slow["iterations_to_target"] == 7 and slow["seconds_to_target"] == 6.0
+    # a baseline that ends below its start: no target, no iterations for anyone
+    t = table3_of({"ppo_rlhf": _recs([0.5, 0, 0, 0, 0, 0]), "x": _recs([0.5, 2, 2, 2, 2, 2])}, 0.8)
+    assert not t["baseline_improved"] and t["arms"]["x"]["iterations_to_target"] is None
+
+
+def test_sampling_streams_never_share_a_batch_seed():
+    from trainer.demo import SAMPLING_STREAMS, sampling_seed
+
+    batches = 10**4  # far more than any split has (fgrlhf generate seeds batch b with seed + b)
+    spans = [
+        (sampling_seed(s, k), sampling_seed(s, k) + batches) for s in range(20) for k in SAMPLING_STREAMS
+    ]
+    spans.sort()
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+
+
 def test_demo_flags_are_checked(capsys):
     from trainer.cli import main
 
@@ -212,10 +243,21 @@ def test_quick_demo_fills_every_table(quick_demo):
             assert _finite(arm[key]), (name, key)
         if arm["iterations_to_target"] is not None:
             reached += 1
-            assert 1 <= arm["iterations_to_target"] <= cfg.ppo_iterations and arm["seconds_to_target"] > 0
-    assert reached >= 1
-    # the β = 0 arm is trained without the KL penalty, the others with it
-    assert seed0["table1"]["fg_token_ppo"]["kl"] >= 0
+            assert 1 <= arm["iterations_to_target"] <= cfg.ppo_iterations + 1 and arm["seconds_to_target"] > 0
+    assert reached == len(ARMS) or not t3["baseline_improved"]
+    # the β = 0 arm is trained without the KL penalty, the others with the same one
+    for name, *_ in ARMS:
+        betas = {
+            r["kl_coef"]
+            for r in map(json.loads, (Path(cfg.out) / "seed0" / "ppo" / name / "metrics.jsonl").open())
+        }
+        assert betas == ({0.0} if name == "fg_token_ppo" else {cfg.kl_coef}), name
+    # an arm that reached the target did so at the first iteration whose running mean got there
+    for arm in t3["arms"].values():
+        if arm["reached"] and t3["baseline_improved"]:
+            k, c = arm["iterations_to_target"], arm["curve"]
+            assert statistics.fmean(c[max(0, k - 3) : k]) >= t3["target"]
+            assert k == 1 or statistics.fmean(c[max(0, k - 4) : k - 1]) < t3["target"]
     out = res["config"]["out"]
     for f in ("demo.json", "demo.md", "plots/table3_gold_reward.png", "plots/table2_rm_accuracy.png"):
         assert (Path(out) / f).stat().st_size > 0, f

@@ -24,9 +24,9 @@ the fused kernels. Per seed (each seed is its own world, ``trainer/data/syntheti
 8. **eval** — every policy answers the eval prompts; the gold judge compares each with the SFT
    model's answers (**Table 1**: win rate; plus the gold reward, length and KL they reach).
    **Table 3**: the gold reward per PPO iteration of each arm, and the iterations and seconds
-   each needs to reach a target: PPO-RLHF's final gold reward (the mean of its last 5
-   iterations, per seed; ``target_fraction`` < 1 moves it that fraction of the way from the SFT
-   start), on a 3-iteration running mean of each curve — "how soon does each arm get where the
+   each needs to reach a target: ``target_fraction`` (0.8) of the way from the SFT start to
+   PPO-RLHF's final gold reward (the mean of its last 5 iterations, per seed), on a 3-iteration
+   running mean of each curve — "how soon does each arm get (most of the way) to where the
    baseline ends up".
 
 Outputs under ``out`` (``runs/demo``): ``demo.json`` (every number, per seed and aggregated),
@@ -36,8 +36,8 @@ per-token rewards). A rerun resumes: finished stages are skipped (``stages/*.jso
 interrupted trainer resumes from its checkpoint; ``--seeds`` may grow between runs, the other
 settings may not (a changed setting is refused: use another ``--out``).
 
-    fgrlhf demo                 # 3 seeds, agreement sweep 0.6 / 0.65 / 0.8 / 1.0 (~15 min, 2 cores)
-    fgrlhf demo --quick         # 1 seed, 2 agreements, shorter runs (~3 min)
+    fgrlhf demo                 # 3 seeds, agreement sweep 0.6 / 0.65 / 0.8 / 1.0 (12.5 min on 2 cores)
+    fgrlhf demo --quick         # 1 seed, 2 agreements, shorter runs (1.3 min)
     fgrlhf demo --seeds 5 --context-harm --out runs/demo_context
 """
 
@@ -120,7 +120,7 @@ class DemoConfig:
     """Rollouts per PPO iteration."""
     kl_coef: float = 0.05
     """β of the arms with a KL penalty (trainer/ppo.py's default)."""
-    target_fraction: float = 1.0
+    target_fraction: float = 0.8
     """Table 3's target: this fraction of the way from the SFT start to PPO-RLHF's final gold
     reward (analysis only: it may change between runs)."""
     quick: bool = False
@@ -139,6 +139,8 @@ class DemoConfig:
         for key in ("n_sft", "n_pairs", "n_heldout", "n_eval", "ppo_iterations", "max_new_tokens"):
             if getattr(self, key) < 1:
                 raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.editor_recall <= 1:
+            raise ValueError(f"--editor-recall must be in [0, 1], got {self.editor_recall}")
         fixed = {"n_pairs", "seed", "agreement", "editor_recall", "context_harm"}
         for key in self.world:
             if key in fixed:
@@ -150,9 +152,12 @@ class DemoConfig:
     def identity(self) -> dict:
         """What a rerun must share with the first run (``seeds`` may grow, ``out`` may move, the
         analysis-only ``target_fraction`` may change)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in FREE_KEYS}
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in FREE_KEYS}
+        return {**out, "version": DEMO_VERSION}
 
 
+DEMO_VERSION = 2  # 2: sampling streams spaced apart (1: overlapping batch seeds); a rerun never mixes them
+RM_EVAL_FRACTION = 0.15  # of each RM's pairs held out for its early stopping
 FREE_KEYS = ("seeds", "out", "target_fraction")  # may differ between runs on one --out
 QUICK = {
     "seeds": 1, "agreements": [0.65, 1.0], "n_sft": 500, "n_pairs": 400, "n_heldout": 200,
@@ -270,7 +275,7 @@ def make_world(cfg: DemoConfig, seed: int, d: Path) -> dict:
 
     world = world_config(cfg, seed)
     write_synthetic(d / "world", world)
-    rng = random.Random(world.seed + 7)
+    rng = random.Random(f"demo-prompts-{world.seed}")  # not another seed's world stream
     sizes = {"sft": cfg.n_sft, "pairs": cfg.n_pairs, "heldout": cfg.n_heldout, "eval": cfg.n_eval}
     prompts = _unique_prompts(rng, world, sum(sizes.values()))
     start = 0
@@ -323,17 +328,27 @@ def sample(cfg: DemoConfig, model: str, prompts: Path, out: Path, seed: int, nam
     return str(out)
 
 
+SAMPLING_STREAMS = ("pairs_a", "pairs_b", "heldout_a", "heldout_b", "eval_reference", "eval_policy")
+
+
+def sampling_seed(seed: int, stream: str) -> int:
+    """The ``fgrlhf generate`` seed of one sampling stream of a demo seed. ``generate`` seeds its
+    batch ``b`` with ``seed + b``, so streams are spaced 10⁶ apart: no two batches of two streams
+    share a seed (the held-out pairs are fresh samples, not the training pairs' batches again)."""
+    return 10**8 * (seed + 1) + 10**6 * SAMPLING_STREAMS.index(stream)
+
+
 def sample_pairs(cfg: DemoConfig, seed: int, d: Path) -> dict:
     """Stage 3: two samples of the SFT model per prompt (pairs and held-out pairs)."""
     out = {}
     model = str(d / "sft" / "final")
     for split in ("pairs", "heldout"):
-        for k, side in enumerate("ab"):
-            path = d / "samples" / f"{split}_{side}.json"
+        for side in "ab":
+            stream = f"{split}_{side}"
+            path = d / "samples" / f"{stream}.json"
             path.parent.mkdir(exist_ok=True)
-            out[f"{split}_{side}"] = sample(
-                cfg, model, d / f"prompts_{split}.json", path, 100 * seed + k, "sft"
-            )
+            prompts = d / f"prompts_{split}.json"
+            out[stream] = sample(cfg, model, prompts, path, sampling_seed(seed, stream), "sft")
     return out
 
 
@@ -378,23 +393,26 @@ def train_rm(cfg: DemoConfig, seed: int, d: Path, agreement: float, kind: str) -
     scored on the fresh held-out pairs by the gold order."""
     from trainer.eval.rm_accuracy import evaluate_reward_model
     from trainer.infra.config import load_config
+    from trainer.models import read_reward_meta
     from trainer.reward import RewardConfig, train
 
     out_dir = d / "rm" / f"{kind}_agreement{agreement:g}"
-    n_train = 0.9 * cfg.n_pairs
+    n_train = (1 - RM_EVAL_FRACTION) * cfg.n_pairs
     steps_per_epoch = max(1, int(n_train // 32))
     args = [
         f"data={d / f'pairs_agreement{agreement:g}.jsonl'}", f"tokenizer={d / 'world' / 'tokenizer'}",
         f"output_dir={out_dir}", *RMS[kind][1], f"epochs={cfg.rm_epochs}", "micro_batch_size=32",
         f"eval_every={max(1, steps_per_epoch // 2)}", "plots=false", "report=false", "checkpoint_every=100",
-        "eval_fraction=0.15", *_common(seed),
+        f"eval_fraction={RM_EVAL_FRACTION}", *_common(seed),
     ]  # fmt: skip
     metrics = train(load_config(RewardConfig, args))
     best = out_dir / "best" if (out_dir / "best").exists() else out_dir / "final"
     held = evaluate_reward_model(str(best), str(d / "heldout_pairs.jsonl"), max_length=128, batch_size=64)
+    kept = read_reward_meta(best)  # the early-stopped model's own held-out metrics
     return {
         "model": str(best),
-        "own_heldout_accuracy": metrics.get("accuracy"),
+        "best_step": kept.get("step"),
+        "own_heldout_accuracy": (kept.get("eval") or metrics).get("accuracy"),
         "gold_accuracy": held["gold_accuracy"],
     }
 
@@ -445,9 +463,18 @@ def evaluate_policy(cfg: DemoConfig, seed: int, d: Path, name: str, model: str) 
     ev = d / "eval"
     ev.mkdir(exist_ok=True)
     ref = ev / "reference_sft.json"
-    if not ref.exists():  # the reference answers: the SFT model, seed 1 of the eval prompts
-        sample(cfg, str(d / "sft" / "final"), d / "prompts_eval.json", ref, 7 + 100 * seed, "sft_reference")
-    outs = sample(cfg, model, d / "prompts_eval.json", ev / f"{name}.json", 8 + 100 * seed, name)
+    prompts = d / "prompts_eval.json"
+    if not ref.exists():  # the reference answers: the SFT model's, from a stream of their own
+        sample(
+            cfg,
+            str(d / "sft" / "final"),
+            prompts,
+            ref,
+            sampling_seed(seed, "eval_reference"),
+            "sft_reference",
+        )
+    # every policy answers from the same stream (the same uniforms for the same prompts)
+    outs = sample(cfg, model, prompts, ev / f"{name}.json", sampling_seed(seed, "eval_policy"), name)
     s = run_eval(
         EvalConfig(
             model_outputs=outs, reference_outputs=str(ref), judge=f"gold:{d / 'world'}",
@@ -492,6 +519,44 @@ def steps_to_target(
     return None, None
 
 
+def table3_of(curves: dict[str, list[dict]], target_fraction: float) -> dict:
+    """Table 3 of one seed from each arm's PPO records (``gold_reward``, ``kl``,
+    ``response_length``, ``iteration_s`` per iteration; ``ppo_rlhf`` is the baseline): the
+    start (the arms' mean first-iteration gold), the target (``target_fraction`` of the way to the
+    baseline's final gold: the mean of its last 5 iterations) and per arm its curve, iterations and
+    seconds to the target (:func:`steps_to_target`; censored at ``len + 1`` and the whole run's
+    seconds when never reached; None for every arm when the baseline ends no better than the
+    start) and its final gold, KL and length.
+
+    Example: baseline [0, 1, 1, 1, 1, 1] (final 1), other arm [0, 2, 2, 2, 2, 2], fraction 0.5 ->
+    target 0.5, iterations 2 (baseline: running mean (0+1)/2 = 0.5) and 2 (mean(0, 2) = 1).
+    """
+    start = statistics.fmean(c[0]["gold_reward"] for c in curves.values())
+    finals = {n: statistics.fmean(r["gold_reward"] for r in c[-5:]) for n, c in curves.items()}
+    target = start + target_fraction * (finals["ppo_rlhf"] - start)
+    # a baseline that ends no better than the start gives no target (every arm would "reach" it at
+    # iteration 1): the seed is left out of the iterations/seconds columns, and says so
+    improved = finals["ppo_rlhf"] > start
+    table3 = {"start": start, "target": target, "baseline_improved": improved, "arms": {}}
+    for name, c in curves.items():
+        seconds = [r.get("iteration_s", math.nan) for r in c]
+        it, secs = steps_to_target([r["gold_reward"] for r in c], seconds, target)
+        reached = it is not None
+        if improved and not reached:  # censored: counted as one iteration past the budget
+            it, secs = len(c) + 1, float(sum(seconds))
+        table3["arms"][name] = {
+            "curve": [r["gold_reward"] for r in c],
+            "reached": reached,
+            "iterations_to_target": it if improved else None,
+            "seconds_to_target": secs if improved else None,
+            "final_gold_reward": finals[name],
+            "final_kl": statistics.fmean(r["kl"] for r in c[-5:]),
+            "final_response_length": statistics.fmean(r["response_length"] for r in c[-5:]),
+            "seconds_per_iteration": statistics.fmean(r.get("iteration_s", math.nan) for r in c),
+        }
+    return table3
+
+
 def run_seed(cfg: DemoConfig, seed: int, stage: Stages) -> dict:
     """Every stage of one seed; returns its tables' numbers."""
     d = Path(cfg.out) / f"seed{seed}"
@@ -520,24 +585,7 @@ def run_seed(cfg: DemoConfig, seed: int, stage: Stages) -> dict:
         for name, model in policies.items()
     }
     # Table 3: gold reward per iteration, iterations/seconds to the target
-    curves = {name: read_curve(a["metrics"]) for name, a in arms.items()}
-    start = statistics.fmean(c[0]["gold_reward"] for c in curves.values())
-    finals = {n: statistics.fmean(r["gold_reward"] for r in c[-5:]) for n, c in curves.items()}
-    target = start + cfg.target_fraction * (finals["ppo_rlhf"] - start)
-    table3 = {"start": start, "target": target, "arms": {}}
-    for name, c in curves.items():
-        it, secs = steps_to_target(
-            [r["gold_reward"] for r in c], [r.get("iteration_s", math.nan) for r in c], target
-        )
-        table3["arms"][name] = {
-            "curve": [r["gold_reward"] for r in c],
-            "iterations_to_target": it,
-            "seconds_to_target": secs,
-            "final_gold_reward": finals[name],
-            "final_kl": statistics.fmean(r["kl"] for r in c[-5:]),
-            "final_response_length": statistics.fmean(r["response_length"] for r in c[-5:]),
-            "seconds_per_iteration": statistics.fmean(r.get("iteration_s", math.nan) for r in c),
-        }
+    table3 = table3_of({name: read_curve(a["metrics"]) for name, a in arms.items()}, cfg.target_fraction)
     for name in arms:
         table1[name]["kl"] = table3["arms"][name]["final_kl"]
     table2 = {a: {kind: r["gold_accuracy"] for kind, r in by.items()} for a, by in rms.items()}
@@ -592,6 +640,10 @@ def aggregate(per_seed: list[dict]) -> dict:
     )
     arms = list(per_seed[0]["table3"]["arms"])
     table3 = {n: {k: mean_se([s["table3"]["arms"][n][k] for s in per_seed]) for k in t3_keys} for n in arms}
+    for n in arms:  # seeds whose baseline improved but where this arm never reached the target
+        table3[n]["misses"] = sum(
+            1 for s in per_seed if s["table3"]["baseline_improved"] and not s["table3"]["arms"][n]["reached"]
+        )
     curves = {}
     for n in arms:
         cs = [s["table3"]["arms"][n]["curve"] for s in per_seed]
@@ -654,17 +706,21 @@ def markdown(cfg: DemoConfig, agg: dict, seconds: float) -> str:
         "",
         "## Table 3: PPO iterations and seconds to the target gold reward",
         "",
-        "Target: PPO-RLHF's final gold reward (mean of its last 5 iterations, per seed"
-        + (f"; {cfg.target_fraction:g} of the way from the SFT start" if cfg.target_fraction < 1 else "")
-        + f"): mean {_fmt(agg['target'], 3)}, from an SFT start of {_fmt(agg['start'], 3)}; "
-        "on a 3-iteration running mean of each curve.",
+        f"Target: {cfg.target_fraction:g} of the way from the SFT start ({_fmt(agg['start'], 3)}) to "
+        f"PPO-RLHF's final gold reward (mean of its last 5 iterations), per seed: mean "
+        f"{_fmt(agg['target'], 3)}; on a 3-iteration running mean of each curve. A seed whose PPO-RLHF "
+        "ends no better than the start has no target (left out: the n/N seeds); an arm that never "
+        f"reaches it counts as {cfg.ppo_iterations + 1} iterations and its whole run's seconds. The "
+        "baseline's own row is biased late (its target comes from its own end).",
         "",
         "| arm | iterations to target | seconds to target | final gold reward | final KL | s / iteration |",
         "|---|---|---|---|---|---|",
     ]
     for n, m in agg["table3"].items():
+        miss = f" ({m['misses']} not reached: counted as {cfg.ppo_iterations + 1})" if m["misses"] else ""
         lines.append(
-            f"| {labels[n]} | {_fmt(m['iterations_to_target'], 1)} | {_fmt(m['seconds_to_target'], 1)} | "
+            f"| {labels[n]} | {_fmt(m['iterations_to_target'], 1)}{miss} | "
+            f"{_fmt(m['seconds_to_target'], 1)} | "
             f"{_fmt(m['final_gold_reward'], 3)} | {_fmt(m['final_kl'], 2)} | "
             f"{_fmt(m['seconds_per_iteration'], 2)} |"
         )
@@ -726,9 +782,15 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     if stamp.exists():
         old = json.loads(stamp.read_text())
         new, default = cfg.identity(), DemoConfig().identity()  # a key added since: its default
+        default["version"] = 1  # ... except the version: a stamp without one is version 1
         diff = sorted(
             k for k in (set(old) | set(new)) - set(FREE_KEYS) if old.get(k, default.get(k)) != new.get(k)
         )
+        if "version" in diff:
+            raise ValueError(
+                f"{root} holds a demo made by an earlier version of fgrlhf demo (its samples are drawn "
+                "differently): move it away or choose another --out"
+            )
         if diff:
             raise ValueError(
                 f"{root} holds a demo with other settings ({', '.join(diff)}): rerun with those settings to "
@@ -765,7 +827,9 @@ def add_arguments(p) -> None:
     """The flags of ``fgrlhf demo``."""
     d = DemoConfig()
     p.add_argument("--out", default=d.out, help="output directory (a rerun resumes it)")
-    p.add_argument("--quick", action="store_true", help="1 seed, 2 agreements, short runs (~3 min)")
+    p.add_argument(
+        "--quick", action="store_true", help="1 seed, 2 agreements, short runs (1.3 min on 2 cores)"
+    )
     p.add_argument("--seeds", type=int, default=None, help=f"worlds / seeds (default {d.seeds}; quick 1)")
     p.add_argument("--agreements", type=float, nargs="+", default=None, help="Table 2's annotator agreements")
     p.add_argument("--agreement", type=float, default=d.agreement, help="agreement of the PPO arms' data")

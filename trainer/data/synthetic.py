@@ -122,6 +122,10 @@ class SyntheticConfig:
         for key in ("editor_recall", "p_insert", "p_rejected_edit", "p_bad", "p_good", "p_context"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"synthetic.{key}={getattr(self, key)}: expected a probability in [0, 1]")
+        if self.bad_quality >= 0:
+            raise ValueError(
+                f"synthetic.bad_quality={self.bad_quality}: a harmful word's utility must be < 0"
+            )
         if self.p_bad + self.p_good + (self.p_context if self.context_harm else 0.0) > 1.0:
             raise ValueError("synthetic.p_bad + p_good (+ p_context) must be at most 1")
         if not 1 <= self.min_words <= self.max_words:
