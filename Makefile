@@ -27,7 +27,7 @@ NPROC ?= 2
 run: install
 	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) trainer/ppo.py
 
-## The simulated-preference study (the paper's three tables; 12.5 min on 2 cores, resumable):
+## The simulated-preference study (the paper's three tables; 12.5-14 min on 2 cores, resumable):
 ## SFT, reward models over an annotator-agreement sweep, the PPO arms and FIGA, 3 seeds;
 ## tables in runs/demo/demo.md. `make demo DEMO_ARGS=--quick` for the 1.3 min version.
 DEMO_ARGS ?=

@@ -36,7 +36,7 @@ per-token rewards). A rerun resumes: finished stages are skipped (``stages/*.jso
 interrupted trainer resumes from its checkpoint; ``--seeds`` may grow between runs, the other
 settings may not (a changed setting is refused: use another ``--out``).
 
-    fgrlhf demo                 # 3 seeds, agreement sweep 0.6 / 0.65 / 0.8 / 1.0 (12.5 min on 2 cores)
+    fgrlhf demo                 # 3 seeds, agreement sweep 0.6 / 0.65 / 0.8 / 1.0 (12.5-14 min on 2 cores)
     fgrlhf demo --quick         # 1 seed, 2 agreements, shorter runs (1.3 min)
     fgrlhf demo --seeds 5 --context-harm --out runs/demo_context
 """
