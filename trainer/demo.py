@@ -47,7 +47,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import random
 import statistics
 import sys
@@ -228,9 +227,9 @@ class StageFailed(RuntimeError):
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float) + "\n")
-    os.replace(tmp, path)
+    from trainer.eval.report import write_atomic
+
+    write_atomic(path, json.dumps(obj, indent=1, default=float) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,9 +290,9 @@ def make_world(cfg: DemoConfig, seed: int, d: Path) -> dict:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    from trainer.eval.report import write_atomic
+
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _common(seed: int) -> list[str]:

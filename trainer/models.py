@@ -546,17 +546,16 @@ class GoldReward(nn.Module):
 
         # plain lists first (no data-dependent tensor op: a dry run builds this on fake tensors)
         n = len(tokenizer)
-        table, safe, unsafe = [0.0] * n, [0.0] * n, [0.0] * n
+        table, unsafe = [0.0] * n, [0.0] * n  # utility in a safe / a sensitive context
         is_ctx, is_sensitive, is_special = [False] * n, [False] * n, [False] * n
         for word, i in tokenizer.get_vocab().items():
             if word.startswith("<"):
                 is_special[i] = True
                 continue
-            table[i] = word_quality(word, syn)
-            safe[i], unsafe[i] = word_quality(word, syn, False), word_quality(word, syn, True)
-            is_ctx[i] = safe[i] != unsafe[i]
+            table[i], unsafe[i] = word_quality(word, syn, False), word_quality(word, syn, True)
+            is_ctx[i] = table[i] != unsafe[i]
             is_sensitive[i] = bool(syn.context_harm) and sensitive([word], syn)
-        for name, values in (("table", table), ("safe", safe), ("unsafe", unsafe)):
+        for name, values in (("table", table), ("unsafe", unsafe)):
             self.register_buffer(name, torch.tensor(values, dtype=torch.float32))
         for name, flags in (("is_ctx", is_ctx), ("is_sensitive", is_sensitive), ("is_special", is_special)):
             self.register_buffer(name, torch.tensor(flags, dtype=torch.bool))
@@ -573,7 +572,7 @@ class GoldReward(nn.Module):
         if self.context:
             prompt = ~mask if attention_mask is None else attention_mask.bool() & ~mask
             unsafe_row = (self.is_sensitive[input_ids] & prompt).any(-1, keepdim=True)  # [B, 1]
-            util = torch.where(unsafe_row, self.unsafe[input_ids], self.safe[input_ids])
+            util = torch.where(unsafe_row, self.unsafe[input_ids], util)
         token = torch.where(mask, util, 0.0)
         words = (mask & ~self.is_special[input_ids]).sum(-1)  # EOS is not a word of the answer
         return RewardScores(token, token.sum(-1) / words.clamp_min(1))
