@@ -24,6 +24,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from trainer.decode import decode_step, llama_decoder
 from trainer.infra.dryrun import host_item, host_list, in_dry_run, is_fake
 from trainer.models import position_ids
 
@@ -161,6 +162,7 @@ def preallocated_cache(num_layers: int, capacity: int):
         def __init__(self) -> None:
             super().__init__()
             self.length = 0
+            self.capacity = capacity
 
         def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
             B, H, _, D = key_states.shape
@@ -253,14 +255,14 @@ def sample_next(
 
 def _inverse_cdf(probs: torch.Tensor) -> torch.Tensor:
     """``[B]`` indices drawn from the unnormalised non-negative ``probs`` ``[B, V]``: the first
-    index whose cumulative sum exceeds u·total, u ~ U[0, 1); never a zero-probability index (a
-    u·total rounded up to the total is clamped to the row's last positive entry)."""
-    cdf = probs.double().cumsum(-1)  # fp64: an fp32 sum over a large vocabulary loses tail mass
-    u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
-    idx = torch.searchsorted(cdf, u, right=True)[:, 0]
-    pos = torch.arange(probs.shape[-1], device=probs.device)
-    last_positive = torch.where(probs > 0, pos, 0).amax(-1)
-    return torch.minimum(idx, last_positive)
+    index whose cumulative sum exceeds u·total, u ~ U[0, 1). u·total is kept strictly below the
+    total (a product rounded up to it is moved one ulp down), so the index found always has a
+    positive probability: never a zero-probability token, without a pass over the vocabulary."""
+    cdf = probs.cumsum(-1, dtype=torch.float64)  # fp64: an fp32 sum over a large vocabulary loses tail mass
+    total = cdf[:, -1:]
+    u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * total
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_max_(probs.shape[-1] - 1)
 
 
 def _num_layers(model: nn.Module) -> int:
@@ -281,12 +283,16 @@ def generate(
     greedy: bool = False,
     return_logprobs: bool = False,
     check_every: int = 8,
+    decoder: str = "auto",
 ) -> tuple[torch.Tensor, ...]:
     """Batched sampling with a KV cache from left-padded prompts.
 
-    One prefill forward over the prompts, then one single-token forward per step reusing the
-    cache. A row stops after it emits EOS (EOS is part of the response); later positions hold
-    ``pad_token_id`` and are masked. Wrap the call in :func:`unsharded` under FSDP2.
+    One prefill forward over the prompts (transformers), then one single-token step per token
+    reusing the cache: for a LLaMA-family model the written-out step of :mod:`trainer.decode`
+    (equal to the model's forward to float rounding, a third less time per rollout than calling
+    it: ``bench/bench_rollout.py``), for any other model its own forward. A row stops after it
+    emits EOS (EOS is part of the response); later positions hold ``pad_token_id`` and are
+    masked. Wrap the call in :func:`unsharded` under FSDP2.
 
     The attention mask is allocated once for the whole rollout (no per-step concatenation), and
     whether every row has ended is asked of the device every ``check_every`` steps only (a host
@@ -301,6 +307,8 @@ def generate(
         return_logprobs: also return log π(a_t | s_t) at ``temperature`` (the full softmax, also
             with ``top_p`` < 1) and the entropy of that distribution, from the sampling logits
             themselves: PPO's old log-probs without another forward.
+        decoder: ``auto`` (the written-out LLaMA step where it applies) or ``transformers``
+            (always the model's own forward; the A/B reference).
 
     Returns:
         ``(response_ids [B, R], response_mask [B, R])`` with ``R ≤ max_new_tokens``, and with
@@ -320,21 +328,28 @@ def generate(
         logits_to_keep=1,
     )
     cache = out.past_key_values  # ours, or the model's own with an older transformers
+    dec = None
+    if decoder == "auto" and getattr(getattr(cache, "layers", [None])[0], "capacity", None):
+        dec = llama_decoder(model, prompt_mask, P + max_new_tokens)  # None: not a LLaMA
+    if dec is not None:
+        keys, values = [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
     next_pos = attn[:, :P].sum(-1, keepdim=True)  # [B, 1] position of the first response token
     alive = torch.ones(B, dtype=torch.bool, device=device)
     finite = torch.ones((), dtype=torch.bool, device=device)  # all logits so far finite
     tokens, masks, logps, ents = [], [], [], []
+    logits = out.logits[:, -1]
     for t in range(max_new_tokens):
-        logits = out.logits[:, -1]
-        finite = finite & torch.isfinite(logits).all()
-        if return_logprobs:  # one log-softmax serves the sample, its log-prob and the entropy
-            logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
-            p_all = logp_all.exp()
-            tok = sample_next(logits, temperature, top_p, greedy, probs=p_all)
-            logps.append(torch.where(alive, logp_all.gather(-1, tok[:, None])[:, 0], 0.0))
+        # one log-softmax serves the sample, its log-prob and the entropy
+        z = logits.float() if temperature == 1.0 else logits.float() / temperature
+        logp_all = torch.log_softmax(z, dim=-1)
+        p_all = logp_all.exp()
+        tok = sample_next(logits, temperature, top_p, greedy, probs=p_all)
+        logp = logp_all.gather(-1, tok[:, None])[:, 0]
+        # a NaN or +inf logit makes its row's log-softmax NaN: the chosen token's log-prob sees it
+        finite = finite & torch.isfinite(logp).all()
+        if return_logprobs:
+            logps.append(torch.where(alive, logp, 0.0))
             ents.append(torch.where(alive, -(p_all * logp_all).sum(-1), 0.0))
-        else:
-            tok = sample_next(logits, temperature, top_p, greedy)
         tok = torch.where(alive, tok, torch.full_like(tok, pad_token_id))
         tokens.append(tok)
         masks.append(alive)
@@ -351,14 +366,17 @@ def generate(
                 break
         if last:
             break
+        if dec is not None:
+            logits = decode_step(dec, tok, next_pos[:, 0] + t, P + t, keys, values)
+            continue
         attn[:, P + t] = masks[-1].long()
-        out = model(
+        logits = model(
             input_ids=tok[:, None],
             attention_mask=attn[:, : P + t + 1],
             position_ids=next_pos + t,
             past_key_values=cache,
             use_cache=True,
-        )
+        ).logits[:, -1]
     response_mask = torch.stack(masks, dim=1)
     keep = response_mask.shape[1]
     if eos_token_id is not None and not is_fake(response_mask):  # drop the all-ended columns
