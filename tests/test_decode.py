@@ -56,9 +56,14 @@ VARIANTS = {
     "tied": {"tie_word_embeddings": True},
     "head_dim": {"head_dim": 16},  # head_dim x heads != hidden
     "llama3_rope": {
-        "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-                            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                            "original_max_position_embeddings": 16},
+        "rope_parameters": {
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+        },
     },  # fmt: skip
 }
 

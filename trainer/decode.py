@@ -193,8 +193,12 @@ def decode_step(
         keys[i][:, :, slot] = k
         values[i][:, :, slot] = v
         o = F.scaled_dot_product_attention(
-            q[:, :, None], keys[i][:, :, :end], values[i][:, :, :end], attn_mask=mask,
-            scale=dec.scaling, enable_gqa=gqa,
-        )  # fmt: skip  [B, H, 1, d]
+            q[:, :, None],
+            keys[i][:, :, :end],
+            values[i][:, :, :end],
+            attn_mask=mask,
+            scale=dec.scaling,
+            enable_gqa=gqa,
+        )  # [B, H, 1, d]
         h = attn_out_mlp(h, o.view(B, -1), wo, bo, ln2, wg, bg, wu, bu, wd, bd, dec.eps, dec.act)
     return lm_logits(h, dec.norm, dec.lm_head, dec.eps)
