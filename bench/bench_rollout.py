@@ -5,10 +5,13 @@
 
 * sampling one token per row: ``torch.multinomial`` vs the inverse-CDF sampler of
   ``trainer.rollout.sample_next`` (same distribution, tests/test_ppo.py);
-* a 256-step decode: transformers' ``DynamicCache`` (concatenates) vs
-  ``trainer.rollout.preallocated_cache`` (writes in place);
-* the same decode of an FSDP2-wrapped model (one rank, gloo) inside ``trainer.rollout.unsharded``
-  with FSDP2's forward hooks kept vs taken off (the default);
+* a 256-step decode through the model's forward: transformers' ``DynamicCache`` (concatenates)
+  vs ``trainer.rollout.preallocated_cache`` (writes in place);
+* a 256-step decode: the model's forward per step vs the written-out step of
+  ``trainer.decode`` (the default for LLaMA-family models; equal tokens, tests/test_decode.py);
+* the model-forward decode of an FSDP2-wrapped model (one rank, gloo) inside
+  ``trainer.rollout.unsharded`` with FSDP2's forward hooks kept vs taken off (the default; the
+  written-out step calls no module, so no hook);
 * one AdamW step over the FSDP2 (DTensor) parameters: single-tensor vs foreach vs fused.
 
 Each pair is timed alternately in one process (``--repeats`` rounds, the median reported).
@@ -83,11 +86,11 @@ def main() -> None:
     ids, mask = torch.randint(3, 512, (B, P)), torch.ones(B, P, dtype=torch.bool)
     pre = ro.preallocated_cache
 
-    def decode(cache_fn):
+    def decode(cache_fn, decoder="transformers"):
         def f():
             ro.preallocated_cache = cache_fn
             try:
-                ro.generate(model, ids, mask, R, None, 0, return_logprobs=True)
+                ro.generate(model, ids, mask, R, None, 0, return_logprobs=True, decoder=decoder)
             finally:
                 ro.preallocated_cache = pre
 
@@ -95,6 +98,8 @@ def main() -> None:
 
     t = _median_ms({"dyn": decode(lambda n, c: DynamicCache()), "pre": decode(pre)}, args.repeats)
     rows.append(["decode 256 steps: DynamicCache vs preallocated", f"{t['dyn']:.0f}", f"{t['pre']:.0f}"])
+    t = _median_ms({"hf": decode(pre), "ours": decode(pre, "auto")}, args.repeats)
+    rows.append(["decode 256 steps: model forward vs written-out step", f"{t['hf']:.0f}", f"{t['ours']:.0f}"])
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29531", RANK="0", WORLD_SIZE="1")
     dist.init_process_group("gloo")
@@ -108,7 +113,7 @@ def main() -> None:
             ro._fsdp_hooks_off = hooks_off if off else (lambda mods: [])
             try:
                 with ro.unsharded(model):
-                    ro.generate(model, ids, mask, R, None, 0, return_logprobs=True)
+                    ro.generate(model, ids, mask, R, None, 0, return_logprobs=True, decoder="transformers")
             finally:
                 ro._fsdp_hooks_off = hooks_off
 

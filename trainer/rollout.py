@@ -10,7 +10,8 @@ tensors, and a model sees ``cat(prompt, response)`` with position ids counted ov
 only (``attention_mask.cumsum - 1``), the same positions during generation and scoring.
 
 Under FSDP2, :func:`unsharded` all-gathers the actor once for a whole rollout and reshards it at
-the end; without it every decoding step would all-gather every layer again.
+the end; without it every decoding step would all-gather every layer again. Each decoding step of
+a LLaMA-family model is :func:`trainer.decode.decode_step` over those gathered weights.
 """
 
 from __future__ import annotations
