@@ -6,6 +6,7 @@ CI runs the 7B configs with 2 decoder layers of the real widths (``dry_run_layer
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,21 +50,62 @@ def dry_run(trainer: str, *args: str, ok: bool = True) -> tuple[dict | None, sub
     return json.loads(line[len("RESULT ") :]), p
 
 
+def only_the_plan(out_dir: Path, peaks: dict) -> bool:
+    """A dry run writes nothing where the config points but its measured memory plan."""
+    plan = json.loads((out_dir / "memory_plan.json").read_text())
+    return sorted(os.listdir(out_dir)) == ["memory_plan.json"] and plan["peaks"] == peaks
+
+
 def test_tiny_ppo_and_reward_dry_runs(tmp_path):
     """The tiny defaults: every phase runs and is measured; nothing is written where the config
-    points (a dry run works in a temporary directory)."""
+    points (a dry run works in a temporary directory) but the measured memory plan."""
     out, p = dry_run("ppo", f"output_dir={tmp_path / 'ppo'}")
     assert set(out["peaks"]) == PPO_PHASES and all(v > 0 for v in out["peaks"].values())
     assert out["parts"]["train"]["Gradient"] > 0 and out["parts"]["generate"]["Gradient"] == 0
     assert out["parts"]["generate"]["Optstate"] > 0  # states exist from the first step on
     assert "peak memory of one rank per phase" in p.stdout + p.stderr
-    assert not (tmp_path / "ppo").exists()
+    assert only_the_plan(tmp_path / "ppo", out["peaks"])
     out, _ = dry_run("reward", f"output_dir={tmp_path / 'rm'}")
-    assert set(out["peaks"]) == RM_PHASES and not (tmp_path / "rm").exists()
+    assert set(out["peaks"]) == RM_PHASES and only_the_plan(tmp_path / "rm", out["peaks"])
     for objective in ("sft", "figa"):
         out, _ = dry_run("sft", f"objective={objective}", f"output_dir={tmp_path / objective}")
-        assert set(out["peaks"]) == SFT_PHASES and not (tmp_path / objective).exists()
+        assert set(out["peaks"]) == SFT_PHASES and only_the_plan(tmp_path / objective, out["peaks"])
         assert out["parts"]["train"]["Gradient"] > 0 and out["parts"]["checkpoint"]["Optstate"] > 0
+
+
+def test_the_real_run_checks_memory_against_the_dry_runs_measurement(tmp_path):
+    """memory_limit_gb in a real run uses the dry run's measured peak of exactly this run
+    (output_dir/memory_plan.json): a limit under the measured peak but over nothing else is
+    refused naming the measured phase, one just over it runs even where the estimate would
+    refuse; a plan measured for another config, world size or reduced model is not used (the
+    differing keys are named) and the estimate decides."""
+    out = tmp_path / "run"
+    common = ["reward_source=gold", f"output_dir={out}", "progress=false", "rollout_batch_size=8",
+              "micro_batch_size=4"]  # fmt: skip
+    res, _ = dry_run("ppo", "dry_run_world_size=1", *common)
+    measured = max(res["peaks"].values())
+    phase = max(res["peaks"], key=res["peaks"].get)
+
+    def real(*extra: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "trainer/ppo.py", *common, "iterations=1", "plots=false", "report=false"]
+        env = {**clean_env(), "OMP_NUM_THREADS": "2"}
+        return subprocess.run([*cmd, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+    under = real(f"memory_limit_gb={0.95 * measured / GIB}")
+    assert under.returncode == 2, under.stderr[-2000:]
+    assert f"measured by its dry run, phase '{phase}'" in under.stderr
+    other = real("micro_batch_size=2", "memory_limit_gb=0.000001")  # refused by the estimate
+    assert other.returncode == 2 and "(estimated: " in other.stderr
+    assert "was measured for another run (differs in: micro_batch_size)" in other.stdout + other.stderr
+    estimate = json.loads((out / "memory_plan.json").read_text())["estimates"]
+    limit = 1.03 * measured
+    assert max(estimate.values()) > limit  # the estimate alone would refuse this limit
+    ok = real(f"memory_limit_gb={limit / GIB}")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert "memory plan: measured by the dry run" in ok.stdout + ok.stderr
+    reduced, _ = dry_run("ppo", "dry_run_world_size=1", "dry_run_layers=1", *common[:2],
+                         f"output_dir={tmp_path / 'reduced'}")  # fmt: skip
+    assert not (tmp_path / "reduced").exists()  # a smaller model's figures are no plan
 
 
 def test_7b_configs_reduced_layers_fit_and_shard_as_computed():

@@ -471,7 +471,7 @@ def test_memory_estimate_7b_fits_8xa100_and_refusal(tmp_path):
     assert 20 * gib < est["total"] < 80 * gib
     check_memory(cfg, est, torch.device("cpu"))  # 80 GiB limit in the YAML: fits
     cfg.memory_limit_gb = 10.0
-    with pytest.raises(ConfigError, match="GiB per device but 10.0 GiB"):
+    with pytest.raises(ConfigError, match="GiB per device but 10.00 GiB"):
         check_memory(cfg, est, torch.device("cpu"))
 
 

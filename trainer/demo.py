@@ -227,7 +227,7 @@ class StageFailed(RuntimeError):
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    from trainer.eval.report import write_atomic
+    from trainer.infra.runtime import write_atomic
 
     write_atomic(path, json.dumps(obj, indent=1, default=float) + "\n")
 
@@ -290,7 +290,7 @@ def make_world(cfg: DemoConfig, seed: int, d: Path) -> dict:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    from trainer.eval.report import write_atomic
+    from trainer.infra.runtime import write_atomic
 
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 

@@ -60,7 +60,7 @@ from trainer.eval.report import rollout_samples
 from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import ConfigError, TrainConfig, cli_main, describe
 from trainer.infra.dist import all_reduce_sum, barrier, get_world_size, on_rank0
-from trainer.infra.dryrun import host_item, host_list, in_dry_run, real_tensors
+from trainer.infra.dryrun import host_item, host_list, in_dry_run, measured_peaks, model_shape, real_tensors
 from trainer.infra.metrics import MetricsLog
 from trainer.infra.runtime import (
     STOP,
@@ -515,25 +515,25 @@ def estimate_phases(cfg: PPOConfig, est: dict[str, float]) -> dict[str, float]:
     }
 
 
-def check_memory(cfg: PPOConfig, est: dict[str, float], device: torch.device) -> tuple[str, float | None]:
-    """The estimate as one line, and the limit it was checked against (None: not checked).
+def check_memory(
+    cfg: PPOConfig, est: dict[str, float], device: torch.device, measured: dict[str, float] | None = None
+) -> tuple[str, float | None]:
+    """The plan as one line, and the limit it was checked against (None: not checked): the dry
+    run's measured peak when ``measured`` (its per-phase peaks for exactly this config, world size
+    and model: :func:`trainer.infra.dryrun.measured_peaks`) is given, else the estimate's largest
+    phase (:func:`trainer.infra.dryrun.check_fits`).
 
     Raises:
-        ConfigError: the estimate exceeds the limit (names the biggest parts and the knobs).
+        ConfigError: the figure exceeds the limit (names the phase or the biggest parts, and the knobs).
     """
-    gib = 1024**3
-    limit = cfg.memory_limit_gb * gib if cfg.memory_limit_gb > 0 else None
-    if limit is None and device.type == "cuda":
-        limit = torch.cuda.get_device_properties(device).total_memory
+    from trainer.infra.dryrun import check_fits
+
     line = ", ".join(f"{k} {format_bytes(v)}" for k, v in est.items()) + " per device"
-    if limit is not None and est["total"] > limit:
-        top = sorted(((v, k) for k, v in est.items() if k != "total"), reverse=True)[:2]
-        raise ConfigError(
-            f"this config needs about {est['total'] / gib:.1f} GiB per device but {limit / gib:.1f} GiB "
-            f"are available ({line}); biggest: {', '.join(k for _, k in top)}. Use more devices, "
-            "smaller rollout_batch_size / micro_batch_size / max_new_tokens, "
-            "activation_checkpointing=true, optimizer=adamw8bit, or raise memory_limit_gb."
-        )
+    top = ", ".join(k for _, k in sorted(((v, k) for k, v in est.items() if k != "total"), reverse=True)[:2])
+    limit = check_fits(cfg, device, est["total"], f"{line}; biggest: {top}", measured)
+    if measured:
+        phase = max(measured, key=measured.get)
+        line += f"; measured peak {format_bytes(measured[phase])} (phase '{phase}')"
     return line, limit
 
 
@@ -818,8 +818,13 @@ def setup(cfg: PPOConfig) -> Setup:
     gold = GoldReward(tokenizer, syn).to(di.device) if syn is not None else None
     run.say(f"prompts {prompt_file}: {len(prompts)}")
     # (c) the memory plan (before anything is trained), then the reward model
-    est = estimate_memory(cfg, base_config(cfg, tokenizer), di.world_size, max(len(p) for p in prompts))
-    line, limit = check_memory(cfg, est, di.device)
+    model_cfg = base_config(cfg, tokenizer)
+    est = estimate_memory(cfg, model_cfg, di.world_size, max(len(p) for p in prompts))
+    measured = None
+    if not dry:  # the dry run's measurement of exactly this run, when there is one
+        measured, note = measured_peaks(cfg, "ppo", di.world_size, model_shape(model_cfg))
+        run.say(f"memory plan: {note}")
+    line, limit = check_memory(cfg, est, di.device, measured)
     run.say(
         f"memory estimate: {line}" + (f" (limit {format_bytes(limit)})" if limit else " (not checked on CPU)")
     )
@@ -1106,7 +1111,7 @@ def dry_run(cfg: PPOConfig) -> dict:
     import dataclasses
     import tempfile
 
-    from trainer.infra.dryrun import fake_world
+    from trainer.infra.dryrun import fake_world, save_plan
 
     with tempfile.TemporaryDirectory(prefix="fgrlhf-dry-run-") as tmp:
         dcfg = dataclasses.replace(
@@ -1116,7 +1121,11 @@ def dry_run(cfg: PPOConfig) -> dict:
             checkpoint_every=DRY_RUN_ITERATIONS, critic_warmup=0,  # (the actor's step is measured)
         )  # fmt: skip
         with fake_world(cfg.dry_run_world_size):
-            return train(dcfg)
+            result = train(dcfg)
+    path = save_plan(cfg, "ppo", result)  # the real run's memory_limit_gb check reads it
+    if path is not None:
+        print(f"[ppo] measured memory plan written to {path}")
+    return result
 
 
 def dry_run_prompts(cfg: PPOConfig, world: int) -> tuple[Any, list[TokenizedExample]]:
@@ -1155,7 +1164,7 @@ def dry_run_report(run: Run, S: Setup) -> dict:
         f"dry run: {DRY_RUN_ITERATIONS} iterations on fake tensors, world {run.di.world_size} (fake), "
         f"rollout {cfg.rollout_batch_size} x ({P} + {cfg.max_new_tokens}) tokens per rank"
     )
-    return finish(run, S.memory, est, headline)
+    return finish(run, S.memory, est, headline, S.models.actor_config)
 
 
 def main(argv: list[str] | None = None) -> int:

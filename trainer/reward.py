@@ -55,7 +55,7 @@ from trainer.data.synthetic import bootstrap
 from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import ConfigError, SupervisedConfig, cli_main, describe
 from trainer.infra.dist import all_reduce_sum, gather_objects, on_rank0
-from trainer.infra.dryrun import host_item, host_list, in_dry_run
+from trainer.infra.dryrun import check_run_memory, host_item, host_list, in_dry_run
 from trainer.infra.metrics import MetricsLog
 from trainer.infra.runtime import (
     STOP,
@@ -348,6 +348,8 @@ def train(cfg: RewardConfig) -> dict:
 
     # 2. model (meta -> FSDP2 -> materialise -> weights from rank 0), optimizer, schedule
     hf_config = scalar_head_config(base_config(cfg, tokenizer, max(cfg.max_length, 128)), pad_id)
+    est = estimate_memory(cfg, hf_config, di.world_size, cfg.micro_batch_size)
+    check_run_memory(run, "reward", est, hf_config)  # the dry run's measurement, else the estimate
     full = load_on_rank0(di, "scalar_head", hf_config, cfg.init_from, cfg.seed, new_head=True)
     model = build_sharded("scalar_head", hf_config, full, di, cfg, train=True)
     n_params = sum(p.numel() for p in model.parameters())
@@ -592,7 +594,7 @@ def dry_run(cfg: RewardConfig) -> dict:
     import dataclasses
     import tempfile
 
-    from trainer.infra.dryrun import fake_world
+    from trainer.infra.dryrun import fake_world, save_plan
 
     with tempfile.TemporaryDirectory(prefix="fgrlhf-dry-run-") as tmp:
         dcfg = dataclasses.replace(
@@ -601,7 +603,11 @@ def dry_run(cfg: RewardConfig) -> dict:
             device="cpu", attn_implementation="sdpa", deterministic=False, log_every=DRY_RUN_STEPS,
         )  # fmt: skip
         with fake_world(cfg.dry_run_world_size):
-            return train(dcfg)
+            result = train(dcfg)
+    path = save_plan(cfg, "reward", result)  # the real run's memory_limit_gb check reads it
+    if path is not None:
+        print(f"[reward] measured memory plan written to {path}")
+    return result
 
 
 def dry_run_data(run: Run) -> tuple[Any, list[Pair], PairData, str]:
@@ -662,7 +668,7 @@ def dry_run_report(run: Run, memory: Any, hf_config: Any, rows: int) -> dict:
         f"dry run: {DRY_RUN_STEPS} steps on fake tensors, world {run.di.world_size} (fake), micro-batch "
         f"{rows} pairs x 2 x {cfg.max_length} tokens, accumulation {cfg.grad_accum}"
     )
-    return finish(run, memory, estimate_memory(cfg, hf_config, run.di.world_size, rows), headline)
+    return finish(run, memory, estimate_memory(cfg, hf_config, run.di.world_size, rows), headline, hf_config)
 
 
 def main(argv: list[str] | None = None) -> int:

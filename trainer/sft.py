@@ -61,7 +61,7 @@ from trainer.data.synthetic import bootstrap
 from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import ConfigError, SupervisedConfig, cli_main
 from trainer.infra.dist import all_reduce_sum, on_rank0
-from trainer.infra.dryrun import host_item, host_list, in_dry_run
+from trainer.infra.dryrun import check_run_memory, host_item, host_list, in_dry_run
 from trainer.infra.metrics import MetricsLog
 from trainer.infra.runtime import (
     STOP,
@@ -344,6 +344,9 @@ def train(cfg: SFTConfig) -> dict:
 
     # 2. model (meta -> FSDP2 -> weights from rank 0), optimizer, schedule
     hf_config = no_dropout(base_config(cfg, tokenizer, max(cfg.max_length, 128)))
+    rows = cfg.micro_batch_size * (2 if cfg.objective == "figa" else 1)  # a FIGA pair is two sequences
+    est = estimate_memory(cfg, hf_config, di.world_size, rows)
+    check_run_memory(run, "sft", est, hf_config)  # the dry run's measurement, else the estimate
     full = load_on_rank0(di, "causal_lm", hf_config, cfg.init_from, cfg.seed)
     model = build_sharded("causal_lm", hf_config, full, di, cfg, train=True)
     n_params = sum(p.numel() for p in model.parameters())
@@ -478,7 +481,7 @@ def dry_run(cfg: SFTConfig) -> dict:
     import dataclasses
     import tempfile
 
-    from trainer.infra.dryrun import fake_world
+    from trainer.infra.dryrun import fake_world, save_plan
 
     with tempfile.TemporaryDirectory(prefix="fgrlhf-dry-run-") as tmp:
         dcfg = dataclasses.replace(
@@ -487,7 +490,11 @@ def dry_run(cfg: SFTConfig) -> dict:
             deterministic=False, log_every=DRY_RUN_STEPS,
         )  # fmt: skip
         with fake_world(cfg.dry_run_world_size):
-            return train(dcfg)
+            result = train(dcfg)
+    path = save_plan(cfg, "sft", result)  # the real run's memory_limit_gb check reads it
+    if path is not None:
+        print(f"[sft] measured memory plan written to {path}")
+    return result
 
 
 def dry_run_data(run: Run) -> tuple[Any, list, list, str]:
@@ -557,7 +564,7 @@ def dry_run_report(run: Run, memory: Any, hf_config: Any, rows: int) -> dict:
         f"{rows} x {cfg.max_length} tokens ({cfg.objective}), accumulation {cfg.grad_accum}"
     )
     est = estimate_memory(cfg, hf_config, run.di.world_size, rows, "reference")
-    return finish(run, memory, est, headline)
+    return finish(run, memory, est, headline, hf_config)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,11 +31,11 @@ import hashlib
 import html
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from trainer.data.formats import DataError
+from trainer.infra.runtime import write_atomic
 
 __all__ = [
     "NEGATIVE",
@@ -361,16 +361,6 @@ def ppo_report_html(
         + "</select></label>"
     )
     return _page("token rewards: PPO rollouts", header, controls, kept, note, scales)
-
-
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, p)
-    return p
 
 
 # --------------------------------------------------------------------------------------------

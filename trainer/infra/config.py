@@ -195,8 +195,10 @@ class TrainConfig:
     """Architecture preset used when ``init_from`` is empty (``llama-7b``, ``llama-1b``: see
     ``trainer.infra.dryrun.ARCH_PRESETS``); empty: the tiny LLaMA of the sizes above."""
     memory_limit_gb: float = 0.0
-    """Per-device memory a run must fit in (checked before models are built, and by a dry run's
-    measured peaks); 0: the CUDA device's total (no check on CPU)."""
+    """Per-device memory a run must fit in, checked before models are built against the dry run's
+    measured peak of exactly this run (``output_dir/memory_plan.json``, written by
+    ``dry_run=true``) or, without one, the estimate; a dry run checks its own peaks. 0: the CUDA
+    device's total (no check on CPU)."""
     dry_run: bool = False
     """Run the real code path for one iteration / step on fake tensors over a fake process group
     of ``dry_run_world_size`` ranks (no memory, no GPU, no checkpoints needed: required paths may

@@ -32,6 +32,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -357,12 +358,13 @@ def memory_table(
     return "\n".join(lines)
 
 
-def finish(run: Any, pm: PhaseMemory, estimates: dict[str, float], headline: str) -> dict:
+def finish(run: Any, pm: PhaseMemory, estimates: dict[str, float], headline: str, model_config: Any) -> dict:
     """A trainer's dry run ends here: ``headline`` and the per-phase table (measured peaks beside
     ``estimates``) printed, every phase checked against ``memory_limit_gb``.
 
     Returns:
-        ``{"peaks", "parts", "estimates"}``.
+        ``{"peaks", "parts", "estimates", "model"}`` (``model``: :func:`model_shape` of the
+        measured ``model_config``), what :func:`save_plan` records.
 
     Raises:
         DryRunError: a phase's peak exceeds ``memory_limit_gb``.
@@ -371,4 +373,151 @@ def finish(run: Any, pm: PhaseMemory, estimates: dict[str, float], headline: str
     limit = gb * 1024**3 if gb > 0 else None
     run.say(f"{headline}; peak memory of one rank per phase:\n{memory_table(pm, estimates, limit)}")
     check_limit(pm, limit, gb)
-    return {"peaks": dict(pm.peaks), "parts": dict(pm.parts), "estimates": estimates}
+    return {
+        "peaks": dict(pm.peaks),
+        "parts": dict(pm.parts),
+        "estimates": estimates,
+        "model": model_shape(model_config),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The measured memory plan: what a dry run measured, for the real run's memory_limit_gb check
+# --------------------------------------------------------------------------------------------
+PLAN_NAME = "memory_plan.json"
+# keys that change no step's memory: run control, outputs, logging, and the data paths (a dry run
+# measures stand-ins of the configured lengths, the worst case of the real data)
+RUN_ONLY_KEYS = frozenset({
+    "output_dir", "iterations", "stop_after_iterations", "max_steps", "epochs", "resume", "seed",
+    "progress", "tensorboard", "plots", "report", "save_rollouts_every", "rollout_samples",
+    "checkpoint_every", "keep_checkpoints", "save_final", "num_threads", "deterministic",
+    "memory_limit_gb", "dry_run", "dry_run_world_size", "truncation_warn", "eval_every", "log_every",
+    "prompts", "init_from", "tokenizer", "reward_model", "critic_from", "pairs", "data", "eval_data",
+    "device", "attn_implementation", "synthetic", "prompt_template",
+})  # fmt: skip
+SHAPE_KEYS = (
+    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "vocab_size",
+)  # fmt: skip
+
+
+def model_shape(config: Any) -> dict[str, int]:
+    """The architecture numbers memory depends on, from a ``transformers`` config."""
+    return {k: int(getattr(config, k, None) or getattr(config, "num_attention_heads", 0)) for k in SHAPE_KEYS}
+
+
+def plan_key(cfg: Any, trainer: str, world: int, shape: dict[str, int]) -> dict[str, Any]:
+    """What a measured plan is valid for: the trainer, the world size, the model's shape and
+    every config key but :data:`RUN_ONLY_KEYS`."""
+    import dataclasses
+    import json
+
+    keys = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY_KEYS}
+    return json.loads(json.dumps({"trainer": trainer, "world_size": world, "model": shape, "config": keys}))
+
+
+def plan_path(cfg: Any) -> Path:
+    return Path(cfg.output_dir) / PLAN_NAME
+
+
+def save_plan(cfg: Any, trainer: str, result: dict) -> Path | None:
+    """After a full dry run (``dry_run_layers=0``): write ``output_dir/memory_plan.json`` — the
+    per-phase peaks measured for this config, world size and model — atomically, so that the
+    real run with this ``output_dir`` checks ``memory_limit_gb`` against the measurement instead
+    of the estimate. A reduced-layer dry run measures a smaller model and writes nothing."""
+    import datetime
+    import json
+
+    from trainer.infra.runtime import write_atomic
+
+    if cfg.dry_run_layers:
+        return None
+    path = plan_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "key": plan_key(cfg, trainer, cfg.dry_run_world_size, result["model"]),
+        "peaks": result["peaks"],
+        "estimates": result["estimates"],
+        "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_atomic(path, json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def measured_peaks(cfg: Any, trainer: str, world: int, shape: dict[str, int]) -> tuple[dict | None, str]:
+    """The dry run's per-phase peaks for exactly this run, if ``output_dir/memory_plan.json``
+    holds them: ``(peaks, note)``; ``(None, why not)`` when there is none, or it was measured for
+    another config (the differing keys are named), world size or model."""
+    import json
+
+    path = plan_path(cfg)
+    if not path.is_file():
+        return None, f"no dry-run measurement ({path}: run this config with dry_run=true first)"
+    try:
+        record = json.loads(path.read_text())
+        saved, peaks = record["key"], {k: float(v) for k, v in record["peaks"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        return None, f"{path} is not a memory plan ({type(e).__name__}: {e}); ignored"
+    want = plan_key(cfg, trainer, world, shape)
+    if saved == want:
+        return peaks, f"measured by the dry run of {record.get('measured_at', '?')} ({path})"
+    diff = [k for k in ("trainer", "world_size", "model") if saved.get(k) != want[k]]
+    cfg_keys = set(saved.get("config", {})) | set(want["config"])
+    diff += sorted(k for k in cfg_keys if saved.get("config", {}).get(k) != want["config"].get(k))
+    return None, f"{path} was measured for another run (differs in: {', '.join(diff)}); not used"
+
+
+def check_fits(
+    cfg: Any, device: torch.device, estimate: float, detail: str, measured: dict[str, float] | None
+) -> float | None:
+    """Before a real run builds its models: does it fit ``memory_limit_gb`` (0: the CUDA device's
+    total; no check on the CPU)? The figure checked is the dry run's measured peak when
+    ``measured`` (:func:`measured_peaks`) is given, else ``estimate`` (``detail`` says what it is
+    made of). Returns the limit in bytes (None: not checked).
+
+    Raises:
+        ConfigError: the figure exceeds the limit (names the measured phase or the estimate's parts).
+    """
+    from trainer.infra.summary import format_bytes
+
+    limit = cfg.memory_limit_gb * 1024**3 if cfg.memory_limit_gb > 0 else None
+    if limit is None and device.type == "cuda":
+        limit = torch.cuda.get_device_properties(device).total_memory
+    if measured:
+        phase = max(measured, key=measured.get)
+        needs, what = measured[phase], f"measured by its dry run, phase '{phase}'"
+    else:
+        needs, what = estimate, f"estimated: {detail}"
+    if limit is not None and needs > limit:
+        raise ConfigError(
+            f"this config needs about {format_bytes(needs)} per device but {format_bytes(limit)} are "
+            f"available ({what}). Use more devices, smaller batch sizes or lengths, "
+            "activation_checkpointing=true, optimizer=adamw8bit, or raise memory_limit_gb."
+        )
+    return limit
+
+
+def check_run_memory(run: Any, trainer: str, phases: dict[str, float], model_config: Any) -> None:
+    """A real run's memory check before its models are built: the dry run's measured peaks for
+    exactly this run (``output_dir/memory_plan.json``) when there are some, else the largest of
+    the estimated ``phases``, against ``memory_limit_gb`` (:func:`check_fits`); says which figure
+    it used. Nothing to do inside a dry run (it measures instead).
+
+    Raises:
+        ConfigError: the run does not fit.
+    """
+    from trainer.infra.summary import format_bytes
+
+    if in_dry_run():
+        return
+    cfg, di = run.cfg, run.di
+    measured, note = measured_peaks(cfg, trainer, di.world_size, model_shape(model_config))
+    run.say(f"memory plan: {note}")
+    detail = ", ".join(f"{k} {format_bytes(v)}" for k, v in phases.items())
+    limit = check_fits(cfg, di.device, max(phases.values()), detail, measured)
+    figure = "measured" if measured else "estimated"
+    peaks = measured or phases
+    run.say(
+        f"memory {figure} per device: {', '.join(f'{k} {format_bytes(v)}' for k, v in peaks.items())}"
+        + (f" (limit {format_bytes(limit)})" if limit else " (not checked on CPU)")
+    )

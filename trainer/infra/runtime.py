@@ -33,6 +33,7 @@ from trainer.infra.config import ConfigError, TrainConfig, describe, to_yaml
 from trainer.infra.dist import DistInfo, init_distributed
 
 __all__ = [
+    "write_atomic",
     "EXIT_PREEMPTED",
     "STOP",
     "Preempted",
@@ -117,10 +118,15 @@ def _lock_output_dir(out_dir: Path) -> None:
     _LOCKS[key] = fh
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename (a kill leaves the old
+    file or the new one, never half of one)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, p)
+    return p
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -156,7 +162,7 @@ def _check_resume_config(cfg: TrainConfig, out_dir: Path, say) -> None:
                 os.replace(out_dir / name, out_dir / f"{name}.before-{stamp}")
         say(f"resume=false: the previous run's checkpoints, metrics and config moved to *.before-{stamp}")
     if not (cfg.resume and saved_path.exists() and has_checkpoints):
-        _write_atomic(saved_path, to_yaml(cfg))
+        write_atomic(saved_path, to_yaml(cfg))
         return
     old = _flatten(OmegaConf.to_container(OmegaConf.load(saved_path)))
     new = _flatten(OmegaConf.to_container(OmegaConf.create(to_yaml(cfg))))
@@ -173,7 +179,7 @@ def _check_resume_config(cfg: TrainConfig, out_dir: Path, say) -> None:
             f"({saved_path}), another output_dir, or resume=false to start over"
         )
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    _write_atomic(out_dir / f"config.{stamp}.yaml", to_yaml(cfg))
+    write_atomic(out_dir / f"config.{stamp}.yaml", to_yaml(cfg))
     say(f"resuming with changed keys (allowed): {diff}; saved as config.{stamp}.yaml")
 
 
