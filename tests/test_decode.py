@@ -117,7 +117,7 @@ def test_step_logits_equal_the_forward_logits_at_every_position():
     """decode_step fed the forward's own tokens reproduces the forward's logits position by
     position (padding in the prompts, positions counted over real tokens)."""
     from trainer.models import position_ids
-    from trainer.rollout import preallocated_cache
+    from trainer.rollout import cache_argument, preallocated_cache
 
     model = _model(num_key_value_heads=2, attention_bias=True)
     ids, mask = _prompts(model.config.vocab_size)
@@ -130,7 +130,7 @@ def test_step_logits_equal_the_forward_logits_at_every_position():
         want = model(input_ids=full, attention_mask=attn, position_ids=position_ids(attn)).logits
         cache = preallocated_cache(model.config.num_hidden_layers, P + R)
         model(input_ids=ids, attention_mask=attn[:, :P], position_ids=position_ids(attn[:, :P]),
-              past_key_values=cache, use_cache=True)  # fmt: skip
+              use_cache=True, **{cache_argument(model): cache})  # fmt: skip
         dec = llama_decoder(model, mask, P + R)
         keys, values = [la.keys for la in cache.layers], [la.values for la in cache.layers]
         pos = mask.sum(-1)

@@ -17,6 +17,7 @@ a LLaMA-family model is :func:`trainer.decode.decode_step` over those gathered w
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -266,6 +267,13 @@ def _inverse_cdf(probs: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_max_(probs.shape[-1] - 1)
 
 
+def cache_argument(model: nn.Module) -> str:
+    """The name of ``model``'s KV-cache argument: ``cache`` in transformers 5.x
+    (``past_key_values`` is deprecated there, removed in 5.40), ``past_key_values`` before."""
+    params = inspect.signature(type(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def _num_layers(model: nn.Module) -> int:
     config = model.config
     return getattr(config, "num_hidden_layers", None) or config.get_text_config().num_hidden_layers
@@ -320,15 +328,17 @@ def generate(
     attn = torch.zeros(B, P + max_new_tokens, dtype=torch.long, device=device)
     attn[:, :P] = prompt_mask.long()
     cache = preallocated_cache(_num_layers(model), P + max_new_tokens)
+    cache_kw = cache_argument(model)
     out = model(
         input_ids=prompt_ids,
         attention_mask=attn[:, :P],
         position_ids=position_ids(attn[:, :P]),
-        past_key_values=cache,
         use_cache=True,
         logits_to_keep=1,
+        **{cache_kw: cache},
     )
-    cache = out.past_key_values  # ours, or the model's own with an older transformers
+    # ours, or the model's own with an older transformers (whose output names it past_key_values)
+    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
     dec = None
     if decoder == "auto" and getattr(getattr(cache, "layers", [None])[0], "capacity", None):
         dec = llama_decoder(model, prompt_mask, P + max_new_tokens)  # None: not a LLaMA
@@ -375,8 +385,8 @@ def generate(
             input_ids=tok[:, None],
             attention_mask=attn[:, : P + t + 1],
             position_ids=next_pos + t,
-            past_key_values=cache,
             use_cache=True,
+            **{cache_kw: cache},
         ).logits[:, -1]
     response_mask = torch.stack(masks, dim=1)
     keep = response_mask.shape[1]
