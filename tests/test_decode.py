@@ -55,6 +55,14 @@ VARIANTS = {
     "mqa_bias": {"num_key_value_heads": 1, "attention_bias": True, "mlp_bias": True},
     "tied": {"tie_word_embeddings": True},
     "head_dim": {"head_dim": 16},  # head_dim x heads != hidden
+    "yarn_rope": {
+        "rope_parameters": {
+            "rope_type": "yarn",
+            "rope_theta": 10000.0,
+            "factor": 4.0,
+            "original_max_position_embeddings": 16,
+        },
+    },  # fmt: skip
     "llama3_rope": {
         "rope_parameters": {
             "rope_type": "llama3",
@@ -153,3 +161,23 @@ def test_other_models_decode_through_their_own_forward():
     assert torch.equal(got[0], want[0])
     dyn = _model(rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})
     assert llama_decoder(dyn, mask, 20) is None  # a RoPE that changes with the length
+    with pytest.raises(ValueError, match="decoder must be"):
+        generate(dyn, ids, mask, 2, None, 0, decoder="hf")
+
+
+@pytest.mark.parametrize(
+    "value,greedy,logprobs", [("nan", True, False), ("inf", False, False), ("-inf", False, True)]
+)
+def test_non_finite_logits_are_refused(monkeypatch, value, greedy, logprobs):
+    """A NaN / +inf logit (every path) or a −inf one (when log-probs and entropies are taken:
+    they would be NaN) stops generation, as the full [B, V] check before it did."""
+    import trainer.decode as decode
+
+    head = decode.lm_logits  # the written-out step's logits get token 5's logit set to `value`
+    bad = torch.tensor([5])
+    monkeypatch.setattr(decode, "lm_logits", lambda *a: head(*a).index_fill(-1, bad, float(value)))
+    model = _model()
+    ids, mask = _prompts(model.config.vocab_size)
+    with pytest.raises(FloatingPointError, match="non-finite logits"):
+        generate(model, ids, mask, 4, None, 0, greedy=greedy, return_logprobs=logprobs)
+    generate(model, ids, mask, 4, None, 0, greedy=greedy, decoder="transformers")  # (the step's logits only)

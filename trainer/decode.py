@@ -15,8 +15,8 @@ angles, dispatches through its attention interface and cache object, and casts i
     logits = rmsnorm(h)·W_lmᵀ
 
 with the rotary cos/sin read from a table built once per rollout by the model's own rotary
-module (so every RoPE variant transformers implements statically — default, linear, llama3,
-yarn — is the model's own), the key mask fixed for the rollout (the prompts' left padding; a
+module (so every RoPE variant whose angles depend on the position only — default, linear,
+llama3, yarn — is the model's own), the key mask fixed for the rollout (the prompts' left padding; a
 row's own ended positions only ever affect that row, whose tokens are then padding), and
 attention through ``scaled_dot_product_attention`` (flash / memory-efficient kernels on a GPU).
 It matches a transformers forward to float rounding (greedy tokens exactly; tested), on the
@@ -37,7 +37,9 @@ __all__ = ["LlamaDecoder", "decode_step", "llama_decoder"]
 
 # architectures whose decoder layer is LLaMA's (pre-norm RMSNorm, RoPE attention, gated MLP)
 LLAMA_FAMILY = ("llama", "mistral")
-STATIC_ROPE = ("default", "linear", "llama3", "yarn", "longrope")
+# RoPE variants whose angles depend on the position only (longrope switches its factors by the
+# sequence length, dynamic NTK rescales with it: those decode through transformers)
+STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 
 
 @dataclass
@@ -187,18 +189,19 @@ def decode_step(
     cos, sin = dec.cos[positions][:, None], dec.sin[positions][:, None]  # [B, 1, d]
     end = slot + 1
     mask = None if dec.key_mask is None else dec.key_mask[..., :end]
-    gqa = dec.heads != dec.kv_heads
+    group = dec.heads // dec.kv_heads  # query heads per KV head (grouped-query attention)
     for i, (ln, wq, bq, wk, bk, wv, bv, wo, bo, ln2, wg, bg, wu, bu, wd, bd) in enumerate(dec.layers):
         q, k, v = attn_in(h, cos, sin, ln, wq, bq, wk, bk, wv, bv, dec.eps, dec.heads, dec.kv_heads)
         keys[i][:, :, slot] = k
         values[i][:, :, slot] = v
+        # one query per row: a KV head's `group` query heads are `group` queries of that head, so
+        # GQA needs no repeated keys/values (head h reads KV head h // group, as repeat_kv does)
         o = F.scaled_dot_product_attention(
-            q[:, :, None],
+            q.view(B, dec.kv_heads, group, -1),
             keys[i][:, :, :end],
             values[i][:, :, :end],
             attn_mask=mask,
             scale=dec.scaling,
-            enable_gqa=gqa,
-        )  # [B, H, 1, d]
+        )  # [B, kv_heads, group, d]
         h = attn_out_mlp(h, o.view(B, -1), wo, bo, ln2, wg, bg, wu, bu, wd, bd, dec.eps, dec.act)
     return lm_logits(h, dec.norm, dec.lm_head, dec.eps)

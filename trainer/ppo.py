@@ -499,6 +499,23 @@ def estimate_memory(
     return est
 
 
+def model_shapes(cfg: PPOConfig, actor_config: Any) -> dict[str, Any]:
+    """The shapes of the models a run builds (what its measured memory plan is keyed by): the
+    actor (= the reference), the critic and the reward model (None: the gold reward). Without a
+    ``reward_model`` directory the reward model has the actor's shape (trained on the fly, or a
+    dry run's random one); ``critic_from=auto`` is the actor or a reward model of its shape."""
+    from transformers import AutoConfig
+
+    actor = model_shape(actor_config)
+    reward = None
+    if cfg.reward_source == "learned":
+        reward = model_shape(AutoConfig.from_pretrained(cfg.reward_model)) if cfg.reward_model else actor
+    critic = actor
+    if cfg.critic_from not in ("auto", "actor"):
+        critic = model_shape(AutoConfig.from_pretrained(cfg.critic_from))
+    return {"actor": actor, "critic": critic, "reward": reward}
+
+
 def estimate_phases(cfg: PPOConfig, est: dict[str, float]) -> dict[str, float]:
     """Per-device peak bytes of each phase from :func:`estimate_memory`'s parts: the sharded
     states of the four models and the optimizer's under every phase, plus ``generate``: the
@@ -820,14 +837,13 @@ def setup(cfg: PPOConfig) -> Setup:
     # (c) the memory plan (before anything is trained), then the reward model
     model_cfg = base_config(cfg, tokenizer)
     est = estimate_memory(cfg, model_cfg, di.world_size, max(len(p) for p in prompts))
-    measured = None
-    if not dry:  # the dry run's measurement of exactly this run, when there is one
-        measured, note = measured_peaks(cfg, "ppo", di.world_size, model_shape(model_cfg))
+    if dry:  # a dry run measures every phase and checks its own peaks (dry_run_report)
+        line, limit = ", ".join(f"{k} {format_bytes(v)}" for k, v in est.items()), None
+    else:  # the dry run's measurement of exactly this run when there is one, else the estimate
+        measured, note = measured_peaks(cfg, "ppo", di.world_size, model_shapes(cfg, model_cfg))
         run.say(f"memory plan: {note}")
-    line, limit = check_memory(cfg, est, di.device, measured)
-    run.say(
-        f"memory estimate: {line}" + (f" (limit {format_bytes(limit)})" if limit else " (not checked on CPU)")
-    )
+        line, limit = check_memory(cfg, est, di.device, measured)
+    run.say(f"memory estimate: {line}" + (f" (limit {format_bytes(limit)})" if limit else " (not checked)"))
     if cfg.critic_from not in ("auto", "actor"):
         check_model_dir(cfg.critic_from, "critic_from")
     rm_dir = None
@@ -1164,7 +1180,7 @@ def dry_run_report(run: Run, S: Setup) -> dict:
         f"dry run: {DRY_RUN_ITERATIONS} iterations on fake tensors, world {run.di.world_size} (fake), "
         f"rollout {cfg.rollout_batch_size} x ({P} + {cfg.max_new_tokens}) tokens per rank"
     )
-    return finish(run, S.memory, est, headline, S.models.actor_config)
+    return finish(run, S.memory, est, headline, model_shapes(cfg, S.models.actor_config))
 
 
 def main(argv: list[str] | None = None) -> int:

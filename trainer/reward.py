@@ -55,7 +55,7 @@ from trainer.data.synthetic import bootstrap
 from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import ConfigError, SupervisedConfig, cli_main, describe
 from trainer.infra.dist import all_reduce_sum, gather_objects, on_rank0
-from trainer.infra.dryrun import check_run_memory, host_item, host_list, in_dry_run
+from trainer.infra.dryrun import check_run_memory, host_item, host_list, in_dry_run, model_shape
 from trainer.infra.metrics import MetricsLog
 from trainer.infra.runtime import (
     STOP,
@@ -349,7 +349,7 @@ def train(cfg: RewardConfig) -> dict:
     # 2. model (meta -> FSDP2 -> materialise -> weights from rank 0), optimizer, schedule
     hf_config = scalar_head_config(base_config(cfg, tokenizer, max(cfg.max_length, 128)), pad_id)
     est = estimate_memory(cfg, hf_config, di.world_size, cfg.micro_batch_size)
-    check_run_memory(run, "reward", est, hf_config)  # the dry run's measurement, else the estimate
+    check_run_memory(run, "reward", est, model_shape(hf_config))  # the dry run's measured plan, or est
     full = load_on_rank0(di, "scalar_head", hf_config, cfg.init_from, cfg.seed, new_head=True)
     model = build_sharded("scalar_head", hf_config, full, di, cfg, train=True)
     n_params = sum(p.numel() for p in model.parameters())
@@ -668,7 +668,8 @@ def dry_run_report(run: Run, memory: Any, hf_config: Any, rows: int) -> dict:
         f"dry run: {DRY_RUN_STEPS} steps on fake tensors, world {run.di.world_size} (fake), micro-batch "
         f"{rows} pairs x 2 x {cfg.max_length} tokens, accumulation {cfg.grad_accum}"
     )
-    return finish(run, memory, estimate_memory(cfg, hf_config, run.di.world_size, rows), headline, hf_config)
+    est = estimate_memory(cfg, hf_config, run.di.world_size, rows)
+    return finish(run, memory, est, headline, model_shape(hf_config))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -323,6 +323,8 @@ def generate(
         ``(response_ids [B, R], response_mask [B, R])`` with ``R ≤ max_new_tokens``, and with
         ``return_logprobs`` also ``(logp [B, R], entropy [B, R])`` fp32 (0 where masked).
     """
+    if decoder not in ("auto", "transformers"):
+        raise ValueError(f"generate: decoder must be 'auto' or 'transformers', not {decoder!r}")
     B, P = prompt_ids.shape
     device = prompt_ids.device
     attn = torch.zeros(B, P + max_new_tokens, dtype=torch.long, device=device)
@@ -350,17 +352,23 @@ def generate(
     tokens, masks, logps, ents = [], [], [], []
     logits = out.logits[:, -1]
     for t in range(max_new_tokens):
-        # one log-softmax serves the sample, its log-prob and the entropy
-        z = logits.float() if temperature == 1.0 else logits.float() / temperature
-        logp_all = torch.log_softmax(z, dim=-1)
-        p_all = logp_all.exp()
-        tok = sample_next(logits, temperature, top_p, greedy, probs=p_all)
-        logp = logp_all.gather(-1, tok[:, None])[:, 0]
-        # a NaN or +inf logit makes its row's log-softmax NaN: the chosen token's log-prob sees it
-        finite = finite & torch.isfinite(logp).all()
+        if greedy and not return_logprobs:
+            tok = logits.argmax(-1)  # (argmax picks a NaN: the check below sees it)
+            chosen = logits.gather(-1, tok[:, None])[:, 0].float()
+        else:  # one log-softmax serves the sample, its log-prob and the entropy
+            z = logits.float() if temperature == 1.0 else logits.float() / temperature
+            logp_all = torch.log_softmax(z, dim=-1)
+            p_all = logp_all.exp()
+            tok = sample_next(logits, temperature, top_p, greedy, probs=p_all)
+            chosen = logp_all.gather(-1, tok[:, None])[:, 0]
         if return_logprobs:
-            logps.append(torch.where(alive, logp, 0.0))
-            ents.append(torch.where(alive, -(p_all * logp_all).sum(-1), 0.0))
+            ent = -(p_all * logp_all).sum(-1)  # NaN when a row has a −inf logit (0 · −inf)
+            logps.append(torch.where(alive, chosen, 0.0))
+            ents.append(torch.where(alive, ent, 0.0))
+            chosen = chosen + ent
+        # a NaN or +inf logit makes its row's log-softmax NaN, so the chosen token's log-prob
+        # (and the entropy, also −inf) tells whether every logit was finite: [B] values, not [B, V]
+        finite = finite & torch.isfinite(chosen).all()
         tok = torch.where(alive, tok, torch.full_like(tok, pad_token_id))
         tokens.append(tok)
         masks.append(alive)

@@ -61,7 +61,7 @@ from trainer.data.synthetic import bootstrap
 from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import ConfigError, SupervisedConfig, cli_main
 from trainer.infra.dist import all_reduce_sum, on_rank0
-from trainer.infra.dryrun import check_run_memory, host_item, host_list, in_dry_run
+from trainer.infra.dryrun import check_run_memory, host_item, host_list, in_dry_run, model_shape
 from trainer.infra.metrics import MetricsLog
 from trainer.infra.runtime import (
     STOP,
@@ -346,7 +346,7 @@ def train(cfg: SFTConfig) -> dict:
     hf_config = no_dropout(base_config(cfg, tokenizer, max(cfg.max_length, 128)))
     rows = cfg.micro_batch_size * (2 if cfg.objective == "figa" else 1)  # a FIGA pair is two sequences
     est = estimate_memory(cfg, hf_config, di.world_size, rows)
-    check_run_memory(run, "sft", est, hf_config)  # the dry run's measurement, else the estimate
+    check_run_memory(run, "sft", est, model_shape(hf_config))  # the dry run's measured plan, or est
     full = load_on_rank0(di, "causal_lm", hf_config, cfg.init_from, cfg.seed)
     model = build_sharded("causal_lm", hf_config, full, di, cfg, train=True)
     n_params = sum(p.numel() for p in model.parameters())
@@ -564,7 +564,7 @@ def dry_run_report(run: Run, memory: Any, hf_config: Any, rows: int) -> dict:
         f"{rows} x {cfg.max_length} tokens ({cfg.objective}), accumulation {cfg.grad_accum}"
     )
     est = estimate_memory(cfg, hf_config, run.di.world_size, rows, "reference")
-    return finish(run, memory, est, headline, hf_config)
+    return finish(run, memory, est, headline, model_shape(hf_config))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -358,13 +358,13 @@ def memory_table(
     return "\n".join(lines)
 
 
-def finish(run: Any, pm: PhaseMemory, estimates: dict[str, float], headline: str, model_config: Any) -> dict:
+def finish(run: Any, pm: PhaseMemory, estimates: dict[str, float], headline: str, shape: dict) -> dict:
     """A trainer's dry run ends here: ``headline`` and the per-phase table (measured peaks beside
     ``estimates``) printed, every phase checked against ``memory_limit_gb``.
 
     Returns:
-        ``{"peaks", "parts", "estimates", "model"}`` (``model``: :func:`model_shape` of the
-        measured ``model_config``), what :func:`save_plan` records.
+        ``{"peaks", "parts", "estimates", "model"}`` (``model``: ``shape``, the measured models'
+        :func:`model_shape`), what :func:`save_plan` records.
 
     Raises:
         DryRunError: a phase's peak exceeds ``memory_limit_gb``.
@@ -377,7 +377,7 @@ def finish(run: Any, pm: PhaseMemory, estimates: dict[str, float], headline: str
         "peaks": dict(pm.peaks),
         "parts": dict(pm.parts),
         "estimates": estimates,
-        "model": model_shape(model_config),
+        "model": shape,
     }
 
 
@@ -393,27 +393,41 @@ RUN_ONLY_KEYS = frozenset({
     "checkpoint_every", "keep_checkpoints", "save_final", "num_threads", "deterministic",
     "memory_limit_gb", "dry_run", "dry_run_world_size", "truncation_warn", "eval_every", "log_every",
     "prompts", "init_from", "tokenizer", "reward_model", "critic_from", "pairs", "data", "eval_data",
-    "device", "attn_implementation", "synthetic", "prompt_template",
+    "device", "attn_implementation", "synthetic", "prompt_template", "stop_after_steps", "report_pairs",
+    "save_best", "dry_run_layers",
 })  # fmt: skip
-SHAPE_KEYS = (
-    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-    "vocab_size",
-)  # fmt: skip
+PLAN_VERSION = 1
 
 
-def model_shape(config: Any) -> dict[str, int]:
+def model_shape(config: Any) -> dict[str, Any]:
     """The architecture numbers memory depends on, from a ``transformers`` config."""
-    return {k: int(getattr(config, k, None) or getattr(config, "num_attention_heads", 0)) for k in SHAPE_KEYS}
+    heads = config.num_attention_heads
+    return {
+        "model_type": getattr(config, "model_type", ""),
+        "hidden_size": config.hidden_size,
+        "intermediate_size": getattr(config, "intermediate_size", None),
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": getattr(config, "num_key_value_heads", None) or heads,
+        "head_dim": getattr(config, "head_dim", None) or config.hidden_size // heads,
+        "vocab_size": config.vocab_size,
+        "tie_word_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
+        "attention_bias": bool(getattr(config, "attention_bias", False)),
+        "mlp_bias": bool(getattr(config, "mlp_bias", False)),
+    }
 
 
-def plan_key(cfg: Any, trainer: str, world: int, shape: dict[str, int]) -> dict[str, Any]:
-    """What a measured plan is valid for: the trainer, the world size, the model's shape and
-    every config key but :data:`RUN_ONLY_KEYS`."""
+def plan_key(cfg: Any, trainer: str, world: int, shape: dict[str, Any]) -> dict[str, Any]:
+    """What a measured plan is valid for: the plan format, torch's version (major.minor), the
+    trainer, the world size, the shapes of the models (``shape``: :func:`model_shape`, per model
+    for a trainer of several) and every config key but :data:`RUN_ONLY_KEYS`."""
     import dataclasses
     import json
 
     keys = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY_KEYS}
-    return json.loads(json.dumps({"trainer": trainer, "world_size": world, "model": shape, "config": keys}))
+    torch_version = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+    key = {"plan": PLAN_VERSION, "torch": torch_version, "trainer": trainer, "world_size": world}
+    return json.loads(json.dumps({**key, "model": shape, "config": keys}))
 
 
 def plan_path(cfg: Any) -> Path:
@@ -444,26 +458,38 @@ def save_plan(cfg: Any, trainer: str, result: dict) -> Path | None:
     return path
 
 
-def measured_peaks(cfg: Any, trainer: str, world: int, shape: dict[str, int]) -> tuple[dict | None, str]:
+def measured_peaks(cfg: Any, trainer: str, world: int, shape: dict[str, Any]) -> tuple[dict | None, str]:
     """The dry run's per-phase peaks for exactly this run, if ``output_dir/memory_plan.json``
-    holds them: ``(peaks, note)``; ``(None, why not)`` when there is none, or it was measured for
-    another config (the differing keys are named), world size or model."""
+    holds them: ``(peaks, note)``; ``(None, why not)`` when there is none, it was measured for
+    another config (the differing keys are named), world size, model or torch, or this run's
+    attention is ``eager`` (score matrices the dry run's ``sdpa`` does not build). Rank 0 reads
+    the file and every rank gets its answer (no rank may decide otherwise)."""
+    from trainer.infra.dist import broadcast_object, get_rank
+
+    answer = _read_plan(cfg, trainer, world, shape) if get_rank() == 0 else None
+    return broadcast_object(answer)
+
+
+def _read_plan(cfg: Any, trainer: str, world: int, shape: dict[str, Any]) -> tuple[dict | None, str]:
     import json
 
     path = plan_path(cfg)
     if not path.is_file():
         return None, f"no dry-run measurement ({path}: run this config with dry_run=true first)"
+    if cfg.attn_implementation == "eager":
+        return None, f"{path} not used: attn_implementation=eager keeps score matrices a dry run does not"
+    want = plan_key(cfg, trainer, world, shape)
     try:
         record = json.loads(path.read_text())
-        saved, peaks = record["key"], {k: float(v) for k, v in record["peaks"].items()}
+        saved, peaks = dict(record["key"]), {str(k): float(v) for k, v in record["peaks"].items()}
+        saved_cfg = dict(saved.get("config", {}))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        return None, f"{path} is not a memory plan ({type(e).__name__}: {e}); ignored"
-    want = plan_key(cfg, trainer, world, shape)
+        return None, f"{path} is not a memory plan ({type(e).__name__}: {e}); not used"
     if saved == want:
         return peaks, f"measured by the dry run of {record.get('measured_at', '?')} ({path})"
-    diff = [k for k in ("trainer", "world_size", "model") if saved.get(k) != want[k]]
-    cfg_keys = set(saved.get("config", {})) | set(want["config"])
-    diff += sorted(k for k in cfg_keys if saved.get("config", {}).get(k) != want["config"].get(k))
+    diff = [k for k in want if k != "config" and saved.get(k) != want[k]]
+    ours = want["config"]
+    diff += sorted(k for k in set(saved_cfg) | set(ours) if saved_cfg.get(k) != ours.get(k))
     return None, f"{path} was measured for another run (differs in: {', '.join(diff)}); not used"
 
 
@@ -497,7 +523,7 @@ def check_fits(
     return limit
 
 
-def check_run_memory(run: Any, trainer: str, phases: dict[str, float], model_config: Any) -> None:
+def check_run_memory(run: Any, trainer: str, phases: dict[str, float], shape: dict[str, Any]) -> None:
     """A real run's memory check before its models are built: the dry run's measured peaks for
     exactly this run (``output_dir/memory_plan.json``) when there are some, else the largest of
     the estimated ``phases``, against ``memory_limit_gb`` (:func:`check_fits`); says which figure
@@ -511,7 +537,7 @@ def check_run_memory(run: Any, trainer: str, phases: dict[str, float], model_con
     if in_dry_run():
         return
     cfg, di = run.cfg, run.di
-    measured, note = measured_peaks(cfg, trainer, di.world_size, model_shape(model_config))
+    measured, note = measured_peaks(cfg, trainer, di.world_size, shape)
     run.say(f"memory plan: {note}")
     detail = ", ".join(f"{k} {format_bytes(v)}" for k, v in phases.items())
     limit = check_fits(cfg, di.device, max(phases.values()), detail, measured)
