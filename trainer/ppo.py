@@ -506,13 +506,17 @@ def model_shapes(cfg: PPOConfig, actor_config: Any) -> dict[str, Any]:
     dry run's random one); ``critic_from=auto`` is the actor or a reward model of its shape."""
     from transformers import AutoConfig
 
+    def of(path: str) -> dict[str, Any] | str:  # (a bad path is refused later, by name)
+        try:
+            return model_shape(AutoConfig.from_pretrained(path))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return f"unreadable {path}: {type(e).__name__}"
+
     actor = model_shape(actor_config)
     reward = None
     if cfg.reward_source == "learned":
-        reward = model_shape(AutoConfig.from_pretrained(cfg.reward_model)) if cfg.reward_model else actor
-    critic = actor
-    if cfg.critic_from not in ("auto", "actor"):
-        critic = model_shape(AutoConfig.from_pretrained(cfg.critic_from))
+        reward = of(cfg.reward_model) if cfg.reward_model else actor
+    critic = of(cfg.critic_from) if cfg.critic_from not in ("auto", "actor") else actor
     return {"actor": actor, "critic": critic, "reward": reward}
 
 
