@@ -907,7 +907,7 @@ def setup(cfg: PPOConfig) -> Setup:
 
         warm_optimizer_states(*opts)  # the states a real run holds from its first step on
         reward_model = models.reward if isinstance(models.reward, nn.Module) else None
-        memory = PhaseMemory([models.actor, models.ref, models.critic, reward_model], opts)
+        memory = PhaseMemory([models.actor, models.ref, models.critic, reward_model], opts, say=run.say)
     return Setup(
         run, tokenizer, prompts, gold, models, opts, kl_ctl, moments, ckpt, log, rollouts, iteration, end,
         memory,

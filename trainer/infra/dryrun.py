@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,10 +258,13 @@ class PhaseMemory:
     Args:
         modules: every model of the trainer (parameters, buffers, gradients are tracked).
         optimizers: their optimizers (states tracked).
+        say: prints each phase's peak as soon as it is measured (a long dry run killed midway
+            still leaves the phases it finished).
     """
 
     modules: Sequence[torch.nn.Module]
     optimizers: Sequence[torch.optim.Optimizer] = ()
+    say: Callable[[str], None] | None = None
     peaks: dict[str, float] = field(default_factory=dict)
     parts: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase (fake ops)
@@ -309,6 +312,11 @@ class PhaseMemory:
             return  # a phase run several times (minibatches) keeps its highest peak
         self.peaks[name] = peak.get("Total", 0.0)
         self.parts[name] = {k: v for k, v in peak.items() if k != "Total"}
+        if self.say is not None:
+            from trainer.infra.summary import format_bytes
+
+            self.say(f"dry run: phase '{name}' peak {format_bytes(self.peaks[name])} so far "
+                     f"({self.seconds[name]:.0f} s)")  # fmt: skip
 
 
 def check_limit(pm: PhaseMemory, limit: float | None, limit_gb: float) -> None:
