@@ -455,7 +455,9 @@ def estimate_memory(
         ``prefill`` (one layer's MLP intermediates over the prompts), ``score`` (a forward
         batch's logits and what the log-prob kernel makes of them), ``reduce_scatter`` (with
         ``grad_sync=step``: the unsharded fp32 gradients FSDP2 accumulates between
-        micro-batches, 4 bytes per trainable parameter; measured, see ``bench/RESULTS.md``),
+        micro-batches, 4 bytes per trainable parameter; with ``micro_batch``: the backward's
+        gradient-sized fp32 buffers of the larger model, 4 bytes per actor parameter; both
+        measured, see ``bench/RESULTS.md``),
         ``activations`` (one micro-batch's stored activations and logits), ``rollout``; and
         ``total`` = the largest phase of :func:`estimate_phases`.
     """
@@ -489,8 +491,10 @@ def estimate_memory(
         "kv_cache": 2 * L * B * T * kv_heads * head_dim * pbytes,
         "prefill": B * prompt_len * 2 * inter * pbytes,
         "score": Bf * (R + 1) * V * per_logit,
-        # grad_sync=step: FSDP2 accumulates unsharded fp32 gradients between micro-batches
-        "reduce_scatter": 4 * trainable if cfg.grad_sync == "step" else 0.0,
+        # grad_sync=step: FSDP2 accumulates unsharded fp32 gradients between micro-batches;
+        # micro_batch: one model's backward still holds gradient-sized fp32 buffers (4 bytes per
+        # parameter of the larger model, the actor), as measured by the 32-layer dry run
+        "reduce_scatter": 4 * trainable if cfg.grad_sync == "step" else 4.0 * n,
         "activations": activation_bytes(model_cfg, Bm, T, cfg.param_dtype, cfg.activation_checkpointing)
         + Bm * (R + 1) * V * (per_logit + 4),
         "rollout": B * (T * 10 + R * 4 * 10),  # ids, masks and ~10 fp32 [B, R] fields
