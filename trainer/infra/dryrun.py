@@ -466,7 +466,6 @@ def save_plan(cfg: Any, trainer: str, result: dict) -> Path | None:
     if cfg.dry_run_layers:
         return None
     path = plan_path(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "key": plan_key(cfg, trainer, cfg.dry_run_world_size, result["model"]),
         "peaks": result["peaks"],
