@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# torch first, so the project's range (>=2.5,<2.15) is already met and pip pulls no other
+# torch first, so the project's range (>=2.13,<2.15) is already met and pip pulls no other
 # build. On a CUDA machine override it, e.g. TORCH_SPEC="torch==2.13.0 --index-url ...".
 TORCH_SPEC ?= torch==2.13.0
 

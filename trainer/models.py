@@ -29,6 +29,7 @@ or, level-aware, ``RewardModel.from_pretrained(path)``.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -49,12 +50,14 @@ __all__ = [
     "RewardModel",
     "RewardScores",
     "attn_implementation",
+    "flash_attn_works",
     "build_sharded",
     "check_model_dir",
     "full_state_dict",
     "initial_state_dict",
     "load_on_rank0",
     "load_tokenizer",
+    "master_config",
     "no_dropout",
     "per_token_scores",
     "position_ids",
@@ -82,13 +85,64 @@ def _auto_class(kind: str):
 
 
 # --- configs -------------------------------------------------------------------------------
+MASTER_DTYPE = torch.float32  # every trained (and frozen) model's stored weights; compute is param_dtype
+
+
+def master_config(config: Any) -> Any:
+    """A deep copy of ``config`` whose ``dtype`` is fp32, for building a model from it.
+
+    Two reasons, both found on a real checkpoint's path: a saved checkpoint's ``config.json``
+    says ``float16`` (stock LLaMA-7B) or ``bfloat16`` (our own ``save_dtype``), and
+    ``transformers`` builds in ``config.dtype`` unless told otherwise — the only weights (and
+    AdamW's updates to them) would then be half precision, where a 3e-6 step rounds away. And
+    ``from_config`` / ``from_pretrained`` write the dtype they built in back into the config
+    object they were given: one rank building from a shared config would change it for that
+    rank only (ranks then disagree on dtypes in collectives and checkpoint metadata). Building
+    from a copy leaves the caller's config as it was on every rank.
+    """
+    out = copy.deepcopy(config)
+    out.dtype = MASTER_DTYPE
+    return out
+
+
 def attn_implementation(choice: str = "auto", device: torch.device | None = None) -> str:
-    """``"flash_attention_2"`` when ``flash_attn`` is installed and the device is CUDA, else
-    ``"sdpa"`` (for ``choice="auto"``); any other choice is passed through."""
+    """``"flash_attention_2"`` when the device is CUDA and ``flash_attn`` imports *and runs* there
+    (:func:`flash_attn_works`), else ``"sdpa"`` (for ``choice="auto"``); any other choice is
+    passed through."""
     if choice != "auto":
         return choice
     on_cuda = device is not None and device.type == "cuda"
-    return "flash_attention_2" if on_cuda and importlib.util.find_spec("flash_attn") else "sdpa"
+    return "flash_attention_2" if on_cuda and flash_attn_works(device) else "sdpa"
+
+
+_FLASH_ATTN_OK: dict[str, bool] = {}
+
+
+def flash_attn_works(device: torch.device) -> bool:
+    """Whether FlashAttention 2 can be used on ``device``: the package imports (a wheel built for
+    another torch or CUDA fails here with an undefined symbol, which merely *finding* it does not
+    show) and one tiny causal call runs and gives finite output. Cached per device; the reason it
+    cannot is printed once."""
+    key = str(device)
+    if key not in _FLASH_ATTN_OK:
+        ok, why = False, ""
+        if importlib.util.find_spec("flash_attn") is None:
+            why = "not installed"
+        else:
+            try:
+                from flash_attn import flash_attn_func  # optional dependency: imported only here
+
+                q = torch.randn(1, 8, 2, 64, device=device, dtype=torch.bfloat16)
+                ok = bool(torch.isfinite(flash_attn_func(q, q, q, causal=True)).all())
+                why = "" if ok else "its test call returned non-finite values"
+            except Exception as e:  # noqa: BLE001 - ImportError, OSError (undefined symbol), CUDA errors
+                why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if not ok and why != "not installed":
+            print(
+                f"attn_implementation=auto: flash_attn cannot run on {device} ({why}); using sdpa", flush=True
+            )
+        _FLASH_ATTN_OK[key] = ok
+    return _FLASH_ATTN_OK[key]
 
 
 def tiny_llama_config(cfg: Any, tokenizer: Any, max_position_embeddings: int = 256):
@@ -194,9 +248,9 @@ def initial_state_dict(
     auto = _auto_class(kind)
     torch.manual_seed(seed)
     if not init_from:
-        return auto.from_config(config, dtype=torch.float32).state_dict()
+        return auto.from_config(master_config(config), dtype=MASTER_DTYPE).state_dict()
     model, info = auto.from_pretrained(
-        init_from, config=config, dtype=torch.float32, output_loading_info=True
+        init_from, config=master_config(config), dtype=MASTER_DTYPE, output_loading_info=True
     )
     missing, unexpected = list(info.get("missing_keys", [])), list(info.get("unexpected_keys", []))
     mismatched = [k for k, *_ in info.get("mismatched_keys", [])]
@@ -287,6 +341,10 @@ def build_sharded(
     (rank 0; None elsewhere) broadcast and sharded on arrival. Frozen (eval, no grad) unless
     ``train``.
 
+    The sharded parameters — the only copy of the weights, and what the optimizer updates — are
+    fp32 whatever dtype the checkpoint was saved in (:func:`master_config`); FSDP2 casts them to
+    ``cfg.param_dtype`` for each forward / backward.
+
     Args:
         kind: ``causal_lm`` or ``scalar_head``.
         config: the ``transformers`` config.
@@ -302,7 +360,9 @@ def build_sharded(
     impl = attn_implementation(cfg.attn_implementation, di.device)
     # 1. the skeleton on meta: no memory, no init
     with torch.device("meta"):
-        model = _auto_class(kind).from_config(config, attn_implementation=impl)
+        model = _auto_class(kind).from_config(
+            master_config(config), attn_implementation=impl, dtype=MASTER_DTYPE
+        )
     # 2. activation checkpointing + fully_shard per layer, then the root
     ac = train and cfg.activation_checkpointing
     parallelize(model, di.mesh, cfg.param_dtype, cfg.reduce_dtype, ac)
@@ -315,10 +375,28 @@ def build_sharded(
             model, full_sd or {}, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
         )
     _reset_nonpersistent_buffers(model)
+    _check_masters(model, kind)
     model.train(train)
     if not train:
         model.requires_grad_(False)
     return model
+
+
+def _check_masters(model: nn.Module, kind: str) -> None:
+    """Every rank's parameters must be fp32 masters (collective: each rank's dtypes are gathered,
+    so all raise together instead of one rank failing while the others wait in a collective).
+
+    Raises:
+        RuntimeError: naming the rank and the dtypes it built (a config whose ``dtype`` reached
+            the build, the defect :func:`master_config` exists for).
+    """
+    from trainer.infra.dist import gather_objects
+
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
+    bad = [(r, d) for r, d in enumerate(gather_objects(dtypes)) if d != ["float32"]]
+    if bad:
+        rank, got = bad[0]
+        raise RuntimeError(f"{kind} built with {got} parameters on rank {rank}: the masters must be float32")
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -353,7 +431,7 @@ def save_pretrained(
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     with torch.device("meta"):
-        model = _auto_class(kind).from_config(config)
+        model = _auto_class(kind).from_config(copy.deepcopy(config))  # (never the caller's config)
     sd = {k: v.to(DTYPES[dtype]) for k, v in state_dict.items()}
     model.load_state_dict(sd, assign=True, strict=True)
     model.config.dtype = dtype

@@ -911,7 +911,12 @@ def setup(cfg: PPOConfig) -> Setup:
 
         warm_optimizer_states(*opts)  # the states a real run holds from its first step on
         reward_model = models.reward if isinstance(models.reward, nn.Module) else None
-        memory = PhaseMemory([models.actor, models.ref, models.critic, reward_model], opts, say=run.say)
+        memory = PhaseMemory(
+            [models.actor, models.ref, models.critic, reward_model],
+            opts,
+            say=run.say,
+            limit_gb=cfg.memory_limit_gb,
+        )
     return Setup(
         run, tokenizer, prompts, gold, models, opts, kl_ctl, moments, ckpt, log, rollouts, iteration, end,
         memory,
@@ -1143,6 +1148,7 @@ def dry_run(cfg: PPOConfig) -> dict:
             save_final=False, plots=False, report=False, save_rollouts_every=0, progress=False,
             tensorboard=False, device="cpu", attn_implementation="sdpa", deterministic=False,
             checkpoint_every=DRY_RUN_ITERATIONS, critic_warmup=0,  # (the actor's step is measured)
+            ppo_epochs=1,  # a second epoch repeats the first one's shapes: same peaks, twice the time
         )  # fmt: skip
         with fake_world(cfg.dry_run_world_size):
             result = train(dcfg)

@@ -372,7 +372,7 @@ def train(cfg: RewardConfig) -> dict:
         from trainer.infra.dryrun import PhaseMemory, warm_optimizer_states
 
         warm_optimizer_states(optimizer)  # the states a real run holds from its first step on
-        memory = PhaseMemory([model], [optimizer], say=run.say).__enter__()
+        memory = PhaseMemory([model], [optimizer], say=run.say, limit_gb=cfg.memory_limit_gb).__enter__()
     phase = Phases(di.device, memory)
 
     # 4. the loop

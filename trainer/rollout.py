@@ -123,7 +123,7 @@ def unsharded(model: nn.Module):
     mods = [m for m in model.modules() if isinstance(m, FSDPModule)]
     saved = []
     for m in mods:
-        state = m._get_fsdp_state()
+        state = _fsdp_state(m)
         saved.append(
             (state._auto_reshard_after_forward, [g.post_forward_mesh_info for g in state._fsdp_param_groups])
         )
@@ -137,11 +137,37 @@ def unsharded(model: nn.Module):
         if hooks is not None:
             _restore_hooks(hooks)
         for m, (auto, infos) in zip(mods, saved):
-            state = m._get_fsdp_state()
+            state = _fsdp_state(m)
             state._auto_reshard_after_forward = auto
             for g, info in zip(state._fsdp_param_groups, infos):
                 g.post_forward_mesh_info = info
             m.reshard()
+
+
+# FSDP2 internals read and restored above (torch 2.13; no public getter for the per-group
+# reshard setting): checked on use, so a torch that renamed them fails with this line, not deep in
+# a rollout with an AttributeError.
+_FSDP_STATE_FIELDS = ("_auto_reshard_after_forward", "_fsdp_param_groups")
+
+
+def _fsdp_state(module: nn.Module):
+    """``module``'s FSDP2 state, after checking it has the private fields :func:`unsharded` uses.
+
+    Raises:
+        RuntimeError: naming the missing field and the installed torch (pyproject pins the tested
+            range).
+    """
+    state = module._get_fsdp_state() if hasattr(module, "_get_fsdp_state") else None
+    missing = [f for f in _FSDP_STATE_FIELDS if not hasattr(state, f)]
+    groups = getattr(state, "_fsdp_param_groups", None) or []
+    if not missing and not all(hasattr(g, "post_forward_mesh_info") for g in groups):
+        missing = ["FSDPParamGroup.post_forward_mesh_info"]
+    if state is None or missing:
+        raise RuntimeError(
+            f"rollout.unsharded needs FSDP2 internals of torch 2.13 ({missing or ['_get_fsdp_state']} "
+            f"missing in torch {torch.__version__}); install a torch in the range pyproject.toml declares"
+        )
+    return state
 
 
 def preallocated_cache(num_layers: int, capacity: int):

@@ -124,11 +124,11 @@ class TrainConfig:
     AT_LEAST: ClassVar[dict] = {
         "hidden_size": 1, "num_layers": 1, "num_heads": 1, "intermediate_size": 1, "weight_decay": 0,
         "max_grad_norm": 0, "num_threads": 0, "checkpoint_every": 0, "keep_checkpoints": 1,
-        "dry_run_world_size": 1, "dry_run_layers": 0, "memory_limit_gb": 0,
+        "dry_run_world_size": 1, "dry_run_layers": 0, "memory_limit_gb": 0, "dist_timeout_min": 1,
     }  # fmt: skip
     PATHS: ClassVar[dict] = {"init_from": None, "tokenizer": None}
     RESUME_SAFE: ClassVar[dict] = dict.fromkeys(
-        ("progress", "checkpoint_every", "keep_checkpoints", "num_threads", "resume")
+        ("progress", "checkpoint_every", "keep_checkpoints", "num_threads", "resume", "dist_timeout_min")
     )
 
     tokenizer: str = ""
@@ -174,6 +174,11 @@ class TrainConfig:
     """``auto`` (flash_attention_2 when installed on CUDA, else sdpa), ``sdpa``, ``eager``, ..."""
     device: str = "auto"
     """``auto``, ``cuda`` or ``cpu``."""
+    dist_timeout_min: float = 60.0
+    """Minutes a collective may wait for the slowest rank before the process group gives up
+    (NCCL's watchdog default is 10): rank 0 alone loads a 7B checkpoint in fp32, writes the final
+    ``save_pretrained`` and deletes old checkpoints while every other rank waits in the next
+    collective, which on a slow shared filesystem takes longer than 10 minutes."""
     num_threads: int = 0
     """CPU threads per process; 0: cores / processes on this node."""
     deterministic: bool = True
@@ -198,7 +203,8 @@ class TrainConfig:
     """Per-device memory a run must fit in, checked before models are built against the dry run's
     measured peak of exactly this run (``output_dir/memory_plan.json``, written by
     ``dry_run=true``) or, without one, the estimate; a dry run checks its own peaks. 0: the CUDA
-    device's total (no check on CPU)."""
+    device's total less ~3 GiB that the CUDA context, NCCL and cuBLAS hold outside the allocator
+    (no check on CPU). An 80 GB card holds 79.2 GiB: set 76, not 80."""
     dry_run: bool = False
     """Run the real code path for one iteration / step on fake tensors over a fake process group
     of ``dry_run_world_size`` ranks (no memory, no GPU, no checkpoints needed: required paths may
@@ -299,6 +305,13 @@ def load_config(cls: type[T], argv: list[str]) -> T:
     if required and not dry:  # a dry run needs no checkpoints or data: ??? paths stay empty
         key = sorted(required)[0]
         raise ConfigError(f"config key {key!r} is required (??? in the YAML file): set it as {key}=...")
+    arch = any(OmegaConf.select(src, "arch", default="") for _, src in sources)
+    if dry and "init_from" in required and not arch:  # ... but it must know which model it measures
+        raise ConfigError(
+            "config key 'init_from' is required (??? in the YAML file), also in a dry run: it measures "
+            "the model the real run builds. Set init_from=<checkpoint dir> (only its config.json and "
+            "tokenizer are read, no weights) or arch=<preset> (llama-7b, llama-1b)"
+        )
     for where, src in sources:
         try:
             merged = OmegaConf.merge(merged, src)

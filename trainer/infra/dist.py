@@ -27,6 +27,7 @@ __all__ = [
     "barrier",
     "broadcast_object",
     "collective_device",
+    "default_cuda_alloc_conf",
     "exit_process",
     "gather_objects",
     "get_rank",
@@ -64,12 +65,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
+CUDA_ALLOC_CONF = "expandable_segments:True"
+
+
+def default_cuda_alloc_conf() -> str:
+    """``PYTORCH_CUDA_ALLOC_CONF``: the user's when set, else :data:`CUDA_ALLOC_CONF` (set in this
+    process's environment, before the CUDA allocator starts). Expandable segments let the caching
+    allocator grow a segment instead of leaving fragments of fixed-size blocks: generation's KV
+    cache, the score phase's logits and training's activations come and go in different sizes
+    every iteration (torchtitan sets the same)."""
+    return os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", CUDA_ALLOC_CONF)
+
+
+def init_distributed(device: str = "auto", timeout_min: float = 60.0) -> DistInfo:
     """Initialise the default process group (once) and a 1-D device mesh.
 
     Args:
         device: ``"auto"`` (CUDA when available, else CPU), ``"cuda"`` or ``"cpu"``.
+        timeout_min: how long a collective waits for the slowest rank (every backend).
     """
+    from datetime import timedelta
+
     from torch.distributed.device_mesh import init_device_mesh
 
     # Under torchrun the launcher's env (RANK, WORLD_SIZE, MASTER_*) says everything. Without it
@@ -82,17 +98,19 @@ def init_distributed(device: str = "auto") -> DistInfo:
     local_rank = 0 if single else int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda:
+        default_cuda_alloc_conf()
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
     else:
         dev = torch.device("cpu")
     if not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
+        timeout = timedelta(minutes=timeout_min)
         if single:
             init = f"tcp://127.0.0.1:{_free_port()}"
-            dist.init_process_group(backend=backend, init_method=init, rank=0, world_size=1)
+            dist.init_process_group(backend=backend, init_method=init, rank=0, world_size=1, timeout=timeout)
         else:
-            dist.init_process_group(backend=backend, rank=rank, world_size=world)
+            dist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=timeout)
     rank, world = dist.get_rank(), dist.get_world_size()
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 

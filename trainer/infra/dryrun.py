@@ -271,11 +271,15 @@ class PhaseMemory:
         optimizers: their optimizers (states tracked).
         say: prints each phase's peak as soon as it is measured (a long dry run killed midway
             still leaves the phases it finished).
+        limit_gb: ``memory_limit_gb``: the first phase whose peak exceeds it stops the dry run
+            then and there, named (:class:`DryRunError`), instead of measuring the phases after
+            it first (0: no limit).
     """
 
     modules: Sequence[torch.nn.Module]
     optimizers: Sequence[torch.optim.Optimizer] = ()
     say: Callable[[str], None] | None = None
+    limit_gb: float = 0.0
     peaks: dict[str, float] = field(default_factory=dict)
     parts: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase (fake ops)
@@ -328,10 +332,11 @@ class PhaseMemory:
 
             self.say(f"dry run: phase '{name}' peak {format_bytes(self.peaks[name])} so far "
                      f"({self.seconds[name]:.0f} s)")  # fmt: skip
+        check_limit(self, self.limit_gb * 1024**3 if self.limit_gb > 0 else None, self.limit_gb, name)
 
 
-def check_limit(pm: PhaseMemory, limit: float | None, limit_gb: float) -> None:
-    """Every phase's peak must fit in ``limit`` bytes (None: not checked).
+def check_limit(pm: PhaseMemory, limit: float | None, limit_gb: float, only: str | None = None) -> None:
+    """Every phase's peak (``only``: that phase's) must fit in ``limit`` bytes (None: not checked).
 
     Raises:
         DryRunError: the first phase over the limit, with its parts and the knobs that help.
@@ -341,7 +346,7 @@ def check_limit(pm: PhaseMemory, limit: float | None, limit_gb: float) -> None:
     if limit is None:
         return
     for name, peak in pm.peaks.items():
-        if peak > limit:
+        if (only is None or name == only) and peak > limit:
             parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in pm.parts[name].items() if v)
             raise DryRunError(
                 f"dry run, phase '{name}': peak {format_bytes(peak)} per device exceeds memory_limit_gb="
@@ -413,7 +418,10 @@ RUN_ONLY_KEYS = frozenset({
     "memory_limit_gb", "dry_run", "dry_run_world_size", "truncation_warn", "eval_every", "log_every",
     "prompts", "init_from", "tokenizer", "reward_model", "critic_from", "pairs", "data", "eval_data",
     "device", "attn_implementation", "synthetic", "prompt_template", "stop_after_steps", "report_pairs",
-    "save_best", "dry_run_layers",
+    "save_best", "dry_run_layers", "dist_timeout_min", "ppo_epochs",
+    # the model's size: keyed by its measured shape instead (model_shape), so that a dry run of
+    # `arch=llama-7b` and the real run of `init_from=<a LLaMA-7B>` (or the other way) match
+    "arch", "hidden_size", "num_layers", "num_heads", "intermediate_size",
 })  # fmt: skip
 PLAN_VERSION = 1
 
@@ -511,13 +519,19 @@ def _read_plan(cfg: Any, trainer: str, world: int, shape: dict[str, Any]) -> tup
     return None, f"{path} was measured for another run (differs in: {', '.join(diff)}); not used"
 
 
+# What a CUDA process holds outside torch's caching allocator (the memory a dry run measures): the
+# CUDA context (~0.5 GiB), NCCL's communicator buffers (~1-2 GiB at 8 ranks), cuBLAS / cuDNN
+# workspaces. memory_limit_gb=0 checks against the device's total minus this.
+CUDA_RESERVED_GB = 3.0
+
+
 def check_fits(
     cfg: Any, device: torch.device, estimate: float, detail: str, measured: dict[str, float] | None
 ) -> float | None:
     """Before a real run builds its models: does it fit ``memory_limit_gb`` (0: the CUDA device's
-    total; no check on the CPU)? The figure checked is the dry run's measured peak when
-    ``measured`` (:func:`measured_peaks`) is given, else ``estimate`` (``detail`` says what it is
-    made of). Returns the limit in bytes (None: not checked).
+    total less :data:`CUDA_RESERVED_GB`; no check on the CPU)? The figure checked is the dry
+    run's measured peak when ``measured`` (:func:`measured_peaks`) is given, else ``estimate``
+    (``detail`` says what it is made of). Returns the limit in bytes (None: not checked).
 
     Raises:
         ConfigError: the figure exceeds the limit (names the measured phase or the estimate's parts).
@@ -526,7 +540,7 @@ def check_fits(
 
     limit = cfg.memory_limit_gb * 1024**3 if cfg.memory_limit_gb > 0 else None
     if limit is None and device.type == "cuda":
-        limit = torch.cuda.get_device_properties(device).total_memory
+        limit = torch.cuda.get_device_properties(device).total_memory - CUDA_RESERVED_GB * 1024**3
     if measured:
         phase = max(measured, key=measured.get)
         needs, what = measured[phase], f"measured by its dry run, phase '{phase}'"

@@ -217,7 +217,7 @@ def start_run(cfg: TrainConfig, name: str) -> Run:
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
-    di = init_distributed(cfg.device)
+    di = init_distributed(cfg.device, cfg.dist_timeout_min)
     if di.device.type == "cpu":
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // local_world))
