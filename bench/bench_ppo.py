@@ -34,7 +34,9 @@ def run(out: Path, args: list[str], nproc: int, env_extra: dict) -> list[dict]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
     p = subprocess.run(
-        cmd + ["trainer/ppo.py", *args, f"output_dir={out}", "progress=false", "save_final=false"],
+        cmd + ["trainer/ppo.py", *args, f"output_dir={out}", "progress=false", "save_final=false",
+               # (the random-init default, as recorded)
+               "sft_epochs=0", "eval_every=0", "missing_eos_penalty=0", "max_new_tokens=16"],
         cwd=ROOT, env=env, capture_output=True, text=True,
     )  # fmt: skip
     if p.returncode != 0:

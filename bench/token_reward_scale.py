@@ -51,7 +51,11 @@ SETTINGS = {
 # The starting policy: the tiny LLaMA after trainer/sft.py on the world's preferred responses
 # (sft_response=chosen: it ends its responses, ~14 tokens, so a length incentive can show), with
 # room to grow (max_new_tokens=40, twice the world's longest response).
-REGIME = ["max_new_tokens=40"]
+REGIME = [
+    "max_new_tokens=40",
+    "missing_eos_penalty=0",
+    "eval_every=0",
+]  # (as recorded; the penalty is a setting)
 
 
 def sft_start(out: Path) -> Path:

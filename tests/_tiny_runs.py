@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY_PPO = [
     "iterations=2", "save_rollouts_every=1", "rollout_samples=2", "progress=false",
     "synthetic.n_pairs=300", "rm_epochs=1", "rollout_batch_size=8", "micro_batch_size=4",
-    "hidden_size=32", "intermediate_size=64",
+    "hidden_size=32", "intermediate_size=64", "sft_epochs=0", "eval_every=1", "eval_size=8",
+    "missing_eos_penalty=0", "max_new_tokens=16",
 ]  # fmt: skip
 
 

@@ -27,6 +27,10 @@ from trainer.infra.checkpoint import Checkpointer
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
     "progress=false",
+    "sft_epochs=0",  # a random-init actor (the SFT start and held-out evaluation: their own tests)
+    "eval_every=0",
+    "missing_eos_penalty=0",
+    "max_new_tokens=16",  # (the tests' settings before the main job started from an SFT model)
     "synthetic.n_pairs=300",
     "rm_epochs=1",
     "rollout_batch_size=16",
@@ -498,3 +502,59 @@ def test_no_dropout_zeroes_every_dropout_probability():
     from transformers import LlamaConfig
 
     assert no_dropout(LlamaConfig(attention_dropout=0.3)).attention_dropout == 0.0
+
+
+def test_sft_start_heldout_evaluation_and_best_actor(tmp_path):
+    """The main job's default path at tiny size (1 process): a tiny SFT model trained first is
+    the actor's start; held-out evaluation every 2 iterations logs a gold score (held-out prompts,
+    sampled answers); ``best/actor`` holds the best-scoring iteration; evaluation leaves training
+    untouched (same losses as a run without it: its random stream is saved and restored); a resume
+    keeps the best score."""
+    base = ["progress=false", "synthetic.n_pairs=300", "rm_epochs=1", "rollout_batch_size=8",
+            "micro_batch_size=4", "sft_epochs=1", "iterations=4", "checkpoint_every=2", "eval_size=8",
+            "plots=false", "report=false"]  # fmt: skip
+    env = {**clean_env(), "OMP_NUM_THREADS": "2"}
+
+    def ppo(*args: str) -> subprocess.CompletedProcess:
+        p = subprocess.run([sys.executable, "trainer/ppo.py", *base, *args], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert p.returncode == 0, p.stderr[-4000:]
+        return p
+
+    on, off = tmp_path / "eval", tmp_path / "noeval"
+    p = ppo(f"output_dir={on}", "eval_every=2")
+    assert (on / "sft" / "final" / "config.json").exists() and "fine-tuning the tiny LLaMA first" in p.stdout
+    recs = metrics(on)
+    scored = {r["iteration"]: r["heldout_score"] for r in recs if "heldout_score" in r}
+    assert sorted(scored) == [2, 4] and all(math.isfinite(v) for v in scored.values())
+    assert all(0 <= r["heldout_finished"] <= 1 for r in recs if "heldout_finished" in r)
+    best_it = max(scored, key=scored.get)
+    meta = json.loads((on / "best" / "actor" / "fgrlhf_policy.json").read_text())
+    assert meta["iteration"] == best_it and meta["heldout_score"] == pytest.approx(scored[best_it])
+    assert "held-out gold reward" in p.stdout
+    ppo(f"output_dir={off}", "eval_every=0", f"reward_model={on / 'rm' / 'final'}")
+    for a, b in zip(recs, metrics(off), strict=True):
+        for k in ("policy_loss", "value_loss", "reward", "kl"):
+            assert a[k] == b[k], (a["iteration"], k)
+    # resume from iteration 2 (its best/actor written): the best of 2 and 4 is kept
+    split = tmp_path / "split"
+    args = [f"output_dir={split}", "eval_every=2", f"reward_model={on / 'rm' / 'final'}"]
+    ppo(*args, "stop_after_iterations=2")
+    ppo(*args)
+    resumed = json.loads((split / "best" / "actor" / "fgrlhf_policy.json").read_text())
+    assert resumed["iteration"] == best_it
+
+
+def test_heldout_note_names_the_peak_and_the_fall():
+    """The summary's over-optimisation line: a held-out score that peaked and fell while the
+    training reward rose is named with its iteration; one that kept rising is not."""
+    from trainer.infra.summary import heldout_note
+
+    fell = [{"iteration": i, "reward": 1.0 + i / 10, "heldout_score": s} for i, s in
+            [(10, 0.2), (20, 0.55), (30, 0.4), (40, 0.32)]]  # fmt: skip
+    note = heldout_note(fell, "gold reward")
+    assert "best 0.550 at 20" in note and "peaked at iteration 20 and fell by 0.230" in note
+    assert "training reward went 3.000 → 5.000" in note and "best/actor holds iteration 20" in note
+    rose = [{"iteration": i, "reward": 1.0, "heldout_score": i / 100} for i in (10, 20, 30)]
+    assert "warning" not in heldout_note(rose) and "best 0.300 at 30" in heldout_note(rose)
+    assert heldout_note([{"iteration": 1, "reward": 1.0}]) == ""

@@ -84,6 +84,7 @@ def test_tiny_runs_end_with_every_field(tiny_run):
         "checkpoints": out / "checkpoints", "final actor": out / "final" / "actor",
         "metrics": out / "metrics.jsonl", "rollouts": out / "rollouts.jsonl", "plots": out / "plots",
         "HTML page": out / "report.html", "reward model": out / "rm" / "final",
+        "best actor (held-out)": out / "best" / "actor",
     }  # fmt: skip
     assert {k: Path(v) for k, v in ppo_outputs.items()} == expect
     assert all(p.exists() for p in expect.values())

@@ -429,7 +429,9 @@ def train_arm(cfg: DemoConfig, seed: int, d: Path, arm: tuple, rm_model: str) ->
         f"kl_coef={cfg.kl_coef if with_kl else 0.0}", f"output_dir={d / 'ppo' / name}",
         f"iterations={cfg.ppo_iterations}", f"rollout_batch_size={cfg.ppo_rollouts}",
         f"micro_batch_size={cfg.ppo_rollouts // 4}", f"forward_batch_size={cfg.ppo_rollouts}",
-        f"max_new_tokens={cfg.max_new_tokens}", "checkpoint_every=10", "plots=false", *syn, *_common(seed),
+        f"max_new_tokens={cfg.max_new_tokens}", "checkpoint_every=10", "plots=false",
+        "eval_every=0", "missing_eos_penalty=0",  # (the study evaluates every arm itself, stage 8)
+        *syn, *_common(seed),
     ]  # fmt: skip
     train(load_config(PPOConfig, args))
     return {

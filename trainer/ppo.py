@@ -36,6 +36,7 @@ counts as done), saves a checkpoint and exits 75 (rerun to resume; exit codes: `
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 import warnings
@@ -53,7 +54,7 @@ from torch import nn
 import fgkernels as fk
 from trainer import rlhf
 from trainer.data.examples import TokenizedExample, build_prompt, checked_template, collate
-from trainer.data.formats import DataError, prompt_parts, read_records
+from trainer.data.formats import DataError, Prompt, prompt_parts, read_records
 from trainer.data.synthetic import SyntheticConfig, bootstrap
 from trainer.eval.plot import read_metrics
 from trainer.eval.report import rollout_samples
@@ -71,7 +72,7 @@ from trainer.infra.runtime import (
     peak_memory_mb,
     start_run,
 )
-from trainer.infra.summary import format_bytes, ppo_summary
+from trainer.infra.summary import format_bytes, heldout_note, ppo_summary
 from trainer.models import (
     GoldReward,
     RewardModel,
@@ -120,9 +121,14 @@ class PPOConfig(TrainConfig):
         "value_clip_eps": 0, "vf_coef": 0, "entropy_coef": 0, "kl_coef": 0, "kl_target": 0,
         "kl_horizon": 1, "memory_limit_gb": 0, "critic_warmup": 0, "lam": 0, "gamma": 0,
         "save_rollouts_every": 0,
-        "rollout_samples": 1,
+        "rollout_samples": 1, "sft_epochs": 0, "eval_every": 0, "eval_size": 1,
     }  # fmt: skip
-    PATHS: ClassVar[dict] = {"prompts": None, "reward_model": None}
+    PATHS: ClassVar[dict] = {
+        "prompts": None,
+        "reward_model": None,
+        "eval_prompts": None,
+        "eval_reward_model": None,
+    }
     RESUME_SAFE: ClassVar[dict] = dict.fromkeys(
         (
             "iterations",
@@ -150,9 +156,12 @@ class PPOConfig(TrainConfig):
     but GAE's reward-to-go cannot see that stopping raises the earlier tokens' shares, so with
     positive scores responses drift to ``max_new_tokens``) or ``raw`` (the paper's [R_1 … R_n],
     whose sum T·R(τ) pays for length whenever the level is positive)."""
-    missing_eos_penalty: float = 0.0
+    missing_eos_penalty: float = -1.0
     """Added to R of every response that did not end with EOS (cut at ``max_new_tokens``), as
-    TRL's ``missing_eos_penalty`` / AlpacaFarm's no-stop-token penalty; e.g. −1. 0: off."""
+    TRL's ``missing_eos_penalty`` / AlpacaFarm's no-stop-token penalty (−1, AlpacaFarm's). From the
+    tiny SFT start without it, the first iterations' noisy advantages (the critic still learning)
+    drove 53-73% of the responses to the cap around iterations 7-20 before they settled; with it,
+    at most 8% (README, the main job). 0: off."""
     truncation_warn: float = 0.5
     """Warn when more than this fraction of an iteration's responses is cut at ``max_new_tokens``."""
     sequence_reward_from_token_rm: bool = False
@@ -180,7 +189,7 @@ class PPOConfig(TrainConfig):
     """The generated world used when ``prompts`` is empty (prompts, tokenizer, gold qualities)."""
     max_prompt_length: int = 32
     """Prompt tokens kept (cut from the left, BOS kept)."""
-    max_new_tokens: int = 16
+    max_new_tokens: int = 32
     """Most response tokens per rollout."""
     temperature: float = 1.0
     """Sampling temperature (log-probs are taken at the same temperature)."""
@@ -196,7 +205,13 @@ class PPOConfig(TrainConfig):
     differently, so the first ratio is exactly 1 only this way)."""
 
     init_from: str = ""
-    """SFT checkpoint of the actor (and reference); empty: a random-init tiny LLaMA (below)."""
+    """SFT checkpoint of the actor (and reference); empty: a tiny LLaMA of the sizes below, SFT'd
+    first on the synthetic world (``sft_epochs``) or, with ``sft_epochs=0``, random."""
+    sft_epochs: float = 3.0
+    """Without ``init_from``, in the synthetic world: first fine-tune the tiny LLaMA for this many
+    epochs on the world's preferred responses (``trainer/sft.py`` under ``output_dir/sft``; a few
+    seconds), the actor's start — PPO from a random model never learns to end its responses.
+    0: start from the random init."""
     critic_from: str = "auto"
     """Critic initialisation: a reward-model directory, ``actor`` (the actor's backbone + a fresh
     head) or ``auto``: at ``reward_level=sequence`` the reward model when it is a learned one of the
@@ -272,6 +287,24 @@ class PPOConfig(TrainConfig):
     """Rollouts saved per chosen iteration."""
     report: bool = True
     """At the end, write ``output_dir/report.html`` from the saved rollouts (``fgrlhf report``)."""
+    eval_every: int = 10
+    """Held-out evaluation every this many iterations (and at the last): the actor's greedy answers
+    to ``eval_size`` held-out prompts scored by the run's judge — the synthetic world's gold reward,
+    else ``eval_reward_model`` — logged as ``heldout_score``. A training reward that keeps rising
+    while this falls is over-optimisation of the reward model; the summary says when it peaked.
+    0: off."""
+    eval_prompts: str = ""
+    """Held-out prompt file (the ``prompts`` format); empty: ``eval_size`` fresh prompts of the
+    synthetic world (none of the training prompts)."""
+    eval_size: int = 64
+    """Held-out prompts per evaluation (rounded down to a multiple of the world size)."""
+    eval_reward_model: str = ""
+    """The held-out judge of a real run: a reward model other than the one PPO optimises (say, one
+    trained on other pairs or a larger one; ``trainer/reward.py``'s ``final/``), its sequence
+    reward R(τ) averaged. In the synthetic world the gold reward is the judge."""
+    save_best: bool = True
+    """Keep ``output_dir/best/actor``: the actor at the best held-out score so far (written when an
+    evaluation improves on it), beside ``final/actor``."""
 
     def check(self) -> None:
         super().check()
@@ -336,6 +369,27 @@ def train_reward_model_on_the_fly(cfg: PPOConfig, out_dir: Path, pairs: Path, to
     return final
 
 
+def sft_on_the_fly(cfg: PPOConfig, out_dir: Path, pairs: Path, tok_dir: Path) -> Path:
+    """Fine-tune the tiny LLaMA on the synthetic world's preferred responses with
+    ``trainer/sft.py`` (every rank calls it) unless ``out_dir/sft/final`` already exists; returns
+    that directory, the actor's start."""
+    from trainer.sft import SFTConfig
+    from trainer.sft import train as train_sft
+
+    final = out_dir / "sft" / "final"
+    if not final.exists():
+        scfg = SFTConfig(
+            objective="sft", sft_response="chosen", data=str(pairs), tokenizer=str(tok_dir),
+            output_dir=str(out_dir / "sft"), hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
+            num_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size, epochs=cfg.sft_epochs,
+            eval_every=0, log_every=20, progress=False, seed=cfg.seed, device=cfg.device,
+            num_threads=cfg.num_threads, checkpoint_every=0, deterministic=cfg.deterministic,
+            prompt_template=cfg.prompt_template, max_length=cfg.max_prompt_length + cfg.max_new_tokens,
+        )  # fmt: skip
+        train_sft(scfg)
+    return final
+
+
 def reward_level_of(rm_dir: Path, template: str | None = None) -> str:
     """The level of the reward model in ``rm_dir`` (``token`` / ``sequence``), after checking it is
     a reward-model directory written by ``trainer/reward.py`` and, given ``template`` (this run's
@@ -370,15 +424,20 @@ class Models(NamedTuple):
     critic_source: str  # ``actor`` or the reward-model directory
 
 
-def build_models(run: Run, tokenizer: Any, rm_dir: Path | None, syn: SyntheticConfig | None) -> Models:
-    """Actor, reference, critic (the RM's weights, value head = reward head; or the actor's
-    backbone + a fresh head) and reward model, all through :func:`trainer.models.build_sharded`."""
+def build_models(
+    run: Run, tokenizer: Any, rm_dir: Path | None, syn: SyntheticConfig | None, init_from: str
+) -> Models:
+    """Actor and reference (from ``init_from``: ``cfg.init_from`` or the SFT model trained on the
+    fly), critic (the RM's weights, value head = reward head; or the actor's backbone + a fresh
+    head) and reward model, all through :func:`trainer.models.build_sharded`."""
+    import dataclasses
+
     from transformers import AutoConfig
 
     cfg, di = run.cfg, run.di
     pad_id = pad_token_id(tokenizer)
-    a_cfg = no_dropout(base_config(cfg, tokenizer))
-    actor_sd = load_on_rank0(di, "causal_lm", a_cfg, cfg.init_from, cfg.seed)
+    a_cfg = no_dropout(base_config(dataclasses.replace(cfg, init_from=init_from), tokenizer))
+    actor_sd = load_on_rank0(di, "causal_lm", a_cfg, init_from, cfg.seed)
     # (each model gets its own shallow copy: set_model_state_dict replaces the dict's values)
     actor = build_sharded("causal_lm", a_cfg, actor_sd and dict(actor_sd), di, cfg, train=True)
     ref = build_sharded("causal_lm", a_cfg, actor_sd and dict(actor_sd), di, cfg, train=False)
@@ -787,6 +846,111 @@ def normalise_scores(score: torch.Tensor, valid: torch.Tensor, moments: rlhf.Run
 
 
 # --------------------------------------------------------------------------------------------
+# Held-out evaluation: is the policy getting better, or only the reward model's score?
+# --------------------------------------------------------------------------------------------
+class HeldOut(NamedTuple):
+    """The held-out prompts of this rank and the judge that scores the actor's answers to them."""
+
+    prompts: list[TokenizedExample]  # this rank's share (every rank holds as many)
+    judge: Any  # GoldReward | RewardModel: .score(input_ids, attention_mask, response_mask)
+    name: str  # what the score is: "gold reward" or "RM <dir>"
+    total: int  # prompts over all ranks
+
+
+def heldout_prompts(cfg: PPOConfig, syn: SyntheticConfig | None, tokenizer: Any, template: str, world: int):
+    """``eval_prompts``' prompts, else ``eval_size`` fresh prompts of the synthetic world (its own
+    random stream: none of the training prompts), cut to a multiple of ``world``; None when there
+    is neither."""
+    import random
+
+    from trainer.data.synthetic import generate as synthetic_records
+    from trainer.data.synthetic import sample_prompt
+
+    if cfg.eval_prompts:
+        prompts = load_prompts(cfg.eval_prompts, tokenizer, cfg.max_prompt_length, template)[: cfg.eval_size]
+    elif syn is not None:
+        train_prompts = {rec["prompt"] for rec in synthetic_records(syn)}
+        rng, texts = random.Random(syn.seed + 9_999_991), []
+        while len(texts) < cfg.eval_size:
+            text = sample_prompt(rng, syn)
+            if text not in train_prompts:
+                texts.append(text)
+        prompts = [build_prompt(tokenizer, Prompt(t), cfg.max_prompt_length, template) for t in texts]
+    else:
+        return None
+    n = len(prompts) // world * world
+    if n == 0:
+        raise ConfigError(f"config key 'eval_size': {len(prompts)} held-out prompts for {world} ranks")
+    return prompts[:n]
+
+
+def heldout_judge(run: Run, tokenizer: Any, template: str, gold: GoldReward | None) -> tuple[Any, str]:
+    """``(judge, name)``: a frozen ``eval_reward_model`` (FSDP2, like the reward model) when one
+    is given, else the synthetic world's gold reward (None outside it)."""
+    from transformers import AutoConfig
+
+    cfg, di = run.cfg, run.di
+    if not cfg.eval_reward_model:
+        return gold, "gold reward R(τ)"
+    path = cfg.eval_reward_model
+    level = reward_level_of(Path(path), template)
+    r_cfg = scalar_head_config(AutoConfig.from_pretrained(path), pad_token_id(tokenizer))
+    sd = load_on_rank0(di, "scalar_head", r_cfg, path, 0, key="eval_reward_model")
+    return RewardModel(
+        build_sharded("scalar_head", r_cfg, sd, di, cfg, train=False), level
+    ).eval(), f"R(τ) of {path}"
+
+
+def evaluate_heldout(
+    models: Models, heldout: HeldOut, cfg: PPOConfig, tokenizer: Any, device: torch.device, rank: int
+) -> dict[str, float]:
+    """The actor's answers to this rank's held-out prompts, sampled as in training (``temperature``,
+    ``top_p``) from the same seed at every evaluation (so two evaluations differ by the policy,
+    not by the draw), scored by the judge and averaged over all ranks: ``{"heldout_score": mean
+    R(τ), "heldout_score_se": its standard error, "heldout_length": mean tokens,
+    "heldout_finished": fraction ended with EOS}``. Greedy
+    answers would not do: a tiny SFT model's argmax is its most frequent word class, whatever it
+    learned about the rest. The training's random stream is saved and restored around it
+    (exact resume holds). Collective."""
+    pad_id = pad_token_id(tokenizer)
+    sums = torch.zeros(5, dtype=torch.float64, device=device)
+    models.actor.eval()
+    rng_devices = [device] if device.type == "cuda" else []
+    with unsharded(models.actor), torch.no_grad(), torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(cfg.seed + 7_777_777 + rank)
+        for i in range(0, len(heldout.prompts), cfg.forward_batch_size):
+            batch = collate(heldout.prompts[i : i + cfg.forward_batch_size], pad_id, padding_side="left")
+            p_ids, p_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            out = generate(
+                models.actor, p_ids, p_mask, cfg.max_new_tokens, tokenizer.eos_token_id, pad_id,
+                cfg.temperature, cfg.top_p,
+            )  # fmt: skip
+            ro = Rollout(p_ids, p_mask, out[0], out[1])
+            score = heldout.judge.score(ro.input_ids, ro.attention_mask, ro.full_response_mask).sequence
+            cut = rlhf.missing_eos(ro.response_ids, ro.response_mask, tokenizer.eos_token_id)
+            sums += torch.stack([
+                score.double().sum(), score.double().square().sum(), ro.response_mask.double().sum(),
+                (~cut).double().sum(), torch.tensor(float(len(ro)), dtype=torch.float64, device=device),
+            ])  # fmt: skip
+    models.actor.train()
+    total, squares, length, ended, n = all_reduce_sum(sums).tolist()
+    mean = total / n
+    se = math.sqrt(max(squares / n - mean * mean, 0.0) / max(n - 1, 1))
+    return {
+        "heldout_score": mean, "heldout_score_se": se, "heldout_length": length / n,
+        "heldout_finished": ended / n,
+    }  # fmt: skip
+
+
+def save_actor(models: Models, cfg: PPOConfig, tokenizer: Any, path: Path, **meta: Any) -> None:
+    """The actor as a plain ``transformers`` directory at ``path`` (collective: every rank
+    gathers; rank 0 writes, atomically)."""
+    sd = full_state_dict(models.actor)
+    policy_meta = {"trainer": "ppo", "prompt_template": cfg.prompt_template, **meta}
+    on_rank0(save_pretrained, sd, models.actor_config, "causal_lm", path, tokenizer, policy_meta=policy_meta)
+
+
+# --------------------------------------------------------------------------------------------
 # The recipe
 # --------------------------------------------------------------------------------------------
 @dataclass
@@ -807,6 +971,8 @@ class Setup:
     iteration: int
     end: int
     memory: Any = None  # a dry run's PhaseMemory (None in a real run)
+    heldout: HeldOut | None = None  # held-out prompts + judge (eval_every)
+    best: dict = field(default_factory=dict)  # {"heldout_score", "iteration"} of best/actor
 
 
 def setup(cfg: PPOConfig) -> Setup:
@@ -868,8 +1034,32 @@ def setup(cfg: PPOConfig) -> Setup:
             raise ConfigError("config key 'reward_model': required with a prompts file")
         if rm_dir is not None:
             reward_level_of(rm_dir, template)
-    # (d) models and optimizers
-    models = build_models(run, tokenizer, rm_dir, syn)
+    # (c') the actor's start: the SFT checkpoint, or a tiny SFT model trained first
+    init_from = cfg.init_from
+    if not init_from and syn is not None and cfg.sft_epochs > 0 and not dry:
+        run.say(
+            f"no init_from given: fine-tuning the tiny LLaMA first ({cfg.sft_epochs:g} epochs, "
+            "trainer/sft.py)"
+        )
+        init_from = str(sft_on_the_fly(cfg, out_dir, pairs_path, tok_dir))
+        barrier()
+    # (d) models and optimizers, and the held-out judge
+    models = build_models(run, tokenizer, rm_dir, syn, init_from)
+    heldout = None
+    if cfg.eval_every and not dry:
+        held = heldout_prompts(cfg, syn, tokenizer, template, di.world_size)
+        judge, judge_name = heldout_judge(run, tokenizer, template, gold)
+        if held is None or judge is None:
+            run.say(
+                "held-out evaluation off: it needs eval_prompts and eval_reward_model (or the "
+                "synthetic world)"
+            )
+        else:
+            heldout = HeldOut(held[di.rank :: di.world_size], judge, judge_name, len(held))
+            run.say(
+                f"held-out evaluation every {cfg.eval_every} iterations: {len(held)} prompts, "
+                f"judge {judge_name}"
+            )
     n_actor = sum(p.numel() for p in models.actor.parameters())
     name = type(models.actor).__name__.removeprefix("FSDP")
     run.say(
@@ -895,8 +1085,10 @@ def setup(cfg: PPOConfig) -> Setup:
     rollouts = MetricsLog(out_dir / "rollouts.jsonl", di.is_main, "iteration")
     iteration = 0
     resumed = ckpt.load_latest(checkpoint_parts(models, opts)) if cfg.resume else None
+    best: dict = {}
     if resumed is not None:
         iteration, extra = resumed
+        best = dict(extra.get("best", {}))
         kl_ctl.value = extra["kl_coef"]
         moments = rlhf.RunningMoments(**extra["moments"])
         log.resume_at(iteration)
@@ -919,7 +1111,7 @@ def setup(cfg: PPOConfig) -> Setup:
         )
     return Setup(
         run, tokenizer, prompts, gold, models, opts, kl_ctl, moments, ckpt, log, rollouts, iteration, end,
-        memory,
+        memory, heldout, best,
     )  # fmt: skip
 
 
@@ -1029,6 +1221,13 @@ def train(cfg: PPOConfig) -> dict:
                 metrics[f"time_{name}_s"] = dt
                 if name in phase_tokens:
                     metrics[f"tokens_per_s_{name}"] = phase_tokens[name] / dt
+            if S.heldout is not None and (iteration % cfg.eval_every == 0 or iteration == S.end):
+                with phase("eval"):  # held-out answers, judged: the policy's progress, not the RM's
+                    metrics.update(evaluate_heldout(models, S.heldout, cfg, S.tokenizer, di.device, di.rank))
+                if metrics["heldout_score"] > S.best.get("heldout_score", -float("inf")):
+                    S.best = {"heldout_score": metrics["heldout_score"], "iteration": iteration}
+                    if cfg.save_best:
+                        save_actor(models, cfg, S.tokenizer, run.out_dir / "best" / "actor", **S.best)
             metrics["peak_memory_mb"] = peak_memory_mb(di.device)
             # wall seconds of steps 1-6 up to here (the log point's host copy has waited for the
             # device); a checkpoint saved after the log point is not in it
@@ -1054,7 +1253,10 @@ def train(cfg: PPOConfig) -> dict:
                 or iteration == S.end
                 or terminated
             ):
-                extra = {"iteration": iteration, "kl_coef": S.kl_ctl.value, "moments": vars(S.moments).copy()}
+                extra = {
+                    "iteration": iteration, "kl_coef": S.kl_ctl.value, "moments": vars(S.moments).copy(),
+                    "best": dict(S.best),
+                }  # fmt: skip
                 with phase("checkpoint"):
                     S.ckpt.save(iteration, checkpoint_parts(models, S.opts), extra)
             if terminated:  # SIGTERM on some rank: the checkpoint above is written; exit 75
@@ -1062,18 +1264,9 @@ def train(cfg: PPOConfig) -> dict:
     bar.close()
     S.log.close()
 
-    # 7. the final actor as a plain transformers directory
+    # 7. the final actor as a plain transformers directory (best/actor: the best held-out score's)
     if cfg.save_final and iteration >= cfg.iterations:
-        sd = full_state_dict(models.actor)  # collective
-        on_rank0(
-            save_pretrained,
-            sd,
-            models.actor_config,
-            "causal_lm",
-            run.out_dir / "final" / "actor",
-            S.tokenizer,
-            policy_meta={"trainer": "ppo", "prompt_template": cfg.prompt_template},
-        )
+        save_actor(models, cfg, S.tokenizer, run.out_dir / "final" / "actor")  # collective
         run.say(f"saved {run.out_dir / 'final' / 'actor'}")
 
     # 8. plots, the rollouts page and the summary (rank 0); a dry run's memory table instead
@@ -1102,6 +1295,10 @@ def end_of_run(run: Run, S: Setup) -> None:
     }
     if (out / "rm" / "final").exists():
         outputs["reward model"] = str(out / "rm" / "final")
+    if (out / "sft" / "final").exists() and not cfg.init_from:
+        outputs["SFT start"] = str(out / "sft" / "final")
+    if (out / "best" / "actor").exists():
+        outputs["best actor (held-out)"] = str(out / "best" / "actor")
     if cfg.plots:
         try:
             plot_runs([out / "metrics.jsonl"], out / "plots", labels=[out.name])
@@ -1115,6 +1312,9 @@ def end_of_run(run: Run, S: Setup) -> None:
             run.say(f"warning: report.html not written: {describe(e)}")
     records = read_metrics(out / "metrics.jsonl")
     run.say(ppo_summary(records, outputs))
+    note = heldout_note(records, S.heldout.name if S.heldout else "")
+    if note:
+        run.say(note)
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ __all__ = [
     "REWARD_ROWS",
     "format_bytes",
     "format_summary",
+    "heldout_note",
     "ppo_summary",
     "reward_summary",
     "start_end",
@@ -39,6 +40,8 @@ PPO_ROWS: tuple[tuple[str, str], ...] = (
     ("gold reward / token", "gold_reward_per_token"),
     ("KL (nats / sequence)", "kl"),
     ("response length", "response_length"),
+    ("responses cut at max_new_tokens", "truncated_fraction"),
+    ("held-out score (eval_every)", "heldout_score"),
     ("explained variance", "explained_variance"),
 )
 REWARD_ROWS: tuple[tuple[str, str], ...] = (
@@ -139,6 +142,33 @@ def ppo_summary(records: Sequence[dict], outputs: dict[str, str]) -> str:
     last = records[-1].get("iteration", "?") if records else "?"
     title = f"summary: iterations {first}–{last} ({n} logged)"
     return format_summary(title, rows, times, throughput, max(peaks) if peaks else None, outputs)
+
+
+def heldout_note(records: Sequence[dict], judge: str = "", z: float = 2.0) -> str:
+    """What the held-out evaluations (``heldout_score``) say about over-optimisation: where the
+    score peaked, and whether it then fell — by more than ``z`` standard errors of the
+    difference (``heldout_score_se``; any fall without them) — the policy optimising the reward
+    model's errors, not the task. '' without evaluations."""
+    evals = [(r["iteration"], x, _number(r.get("reward")), _number(r.get("heldout_score_se")) or 0.0)
+             for r in records if (x := _number(r.get("heldout_score"))) is not None]  # fmt: skip
+    if not evals:
+        return ""
+    best_it, best, _, best_se = max(evals, key=lambda e: e[1])
+    last_it, last, last_reward, last_se = evals[-1]
+    noise = z * (best_se**2 + last_se**2) ** 0.5
+    what = f"held-out {judge or 'score'}"
+    line = f"{what}: {evals[0][1]:.3f} at iteration {evals[0][0]} → best {best:.3f} at {best_it}"
+    line += f" → {last:.3f} at {last_it}"
+    if last_it != best_it and best - last > noise:
+        at_best = next((e[2] for e in evals if e[0] == best_it), None)
+        rm = ""
+        if at_best is not None and last_reward is not None:
+            rm = f" while the training reward went {at_best:.3f} → {last_reward:.3f}"
+        line += (f"\nwarning: the held-out score peaked at iteration {best_it} and fell by "
+                 f"{best - last:.3f}{rm}: over-optimisation of the reward model. output_dir/best/actor "
+                 f"holds iteration {best_it}; fewer iterations, a larger kl_coef or a better reward "
+                 "model help.")  # fmt: skip
+    return line
 
 
 def _with_gaps(rec: dict) -> dict:
