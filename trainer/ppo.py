@@ -60,7 +60,7 @@ from trainer.eval.plot import read_metrics
 from trainer.eval.report import rollout_samples
 from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import ConfigError, TrainConfig, cli_main, describe
-from trainer.infra.dist import all_reduce_sum, barrier, get_world_size, on_rank0
+from trainer.infra.dist import all_reduce_sum, barrier, broadcast_object, get_world_size, on_rank0
 from trainer.infra.dryrun import host_item, host_list, in_dry_run, measured_peaks, model_shape, real_tensors
 from trainer.infra.metrics import MetricsLog
 from trainer.infra.runtime import (
@@ -355,7 +355,7 @@ def train_reward_model_on_the_fly(cfg: PPOConfig, out_dir: Path, pairs: Path, to
     from trainer.reward import train as train_rm
 
     final = out_dir / "rm" / "final"
-    if not final.exists():
+    if not broadcast_object(final.exists()):  # rank 0's view: every rank trains it, or none does
         rcfg = RewardConfig(
             rm_level=cfg.reward_level if cfg.rm_level == "auto" else cfg.rm_level, data=str(pairs),
             tokenizer=str(tok_dir), output_dir=str(out_dir / "rm"),
@@ -377,7 +377,7 @@ def sft_on_the_fly(cfg: PPOConfig, out_dir: Path, pairs: Path, tok_dir: Path) ->
     from trainer.sft import train as train_sft
 
     final = out_dir / "sft" / "final"
-    if not final.exists():
+    if not broadcast_object(final.exists()):  # rank 0's view: every rank trains it, or none does
         scfg = SFTConfig(
             objective="sft", sft_response="chosen", data=str(pairs), tokenizer=str(tok_dir),
             output_dir=str(out_dir / "sft"), hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,

@@ -312,17 +312,24 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
     written = None
     if rank == 0:
         stored = _stored(output, Path("/nonexistent"))
-        if all(str(it.index) in stored for it in items):
-            rows = []
-            for it in items:
-                rec = dict(stored[str(it.index)])
-                for k in ("id", "prompt_sha", "settings"):
-                    rec.pop(k, None)
-                rows.append(rec)
-            tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-            os.replace(tmp, output)
-            written = str(output)
+        missing = sum(str(it.index) not in stored for it in items)
+        if missing:  # every rank wrote its answers: rank 0 cannot see some ranks' files
+            raise DataError(
+                str(output),
+                f"{missing} of {len(items)} answers are not in {output.name}.partial*.jsonl here after "
+                "every rank finished: the other ranks' files are elsewhere; every node must see -o "
+                "on a filesystem they share, at the same absolute path",
+            )
+        rows = []
+        for it in items:
+            rec = dict(stored[str(it.index)])
+            for k in ("id", "prompt_sha", "settings"):
+                rec.pop(k, None)
+            rows.append(rec)
+        tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, output)
+        written = str(output)
     summary = {
         "instructions": len(items),
         "invalid": len(invalid),

@@ -22,6 +22,7 @@ import math
 import os
 import signal
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from trainer.infra.config import ConfigError, TrainConfig, describe, to_yaml
-from trainer.infra.dist import DistInfo, init_distributed
+from trainer.infra.dist import DistInfo, broadcast_object, gather_objects, init_distributed
 
 __all__ = [
     "write_atomic",
@@ -94,13 +95,16 @@ class Preempted(Exception):
 _LOCKS: dict[str, IO] = {}
 
 
-def _lock_output_dir(out_dir: Path) -> None:
+def _lock_output_dir(out_dir: Path) -> str | None:
     """An exclusive OS-level lock on ``out_dir/.lock`` (``flock``: released by the kernel when the
     process dies, so a kill never leaves it stale). A second run on the same directory is refused.
+    A filesystem that cannot ``flock`` at all (Lustre mounted ``noflock``: ENOSYS) is not another
+    run: the run goes on unguarded, and the returned warning says so (None when locked).
 
     Raises:
         ConfigError: another process holds the lock.
     """
+    import errno
     import fcntl
 
     key = str(out_dir.resolve())
@@ -109,13 +113,19 @@ def _lock_output_dir(out_dir: Path) -> None:
     fh = open(out_dir / ".lock", "a+")  # noqa: SIM115 - held for the life of the run
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as e:
         fh.close()
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return (
+                f"warning: cannot lock {out_dir / '.lock'} ({e.strerror or e}; a filesystem without "
+                "flock support?): nothing stops a second run on this output_dir"
+            )
         raise ConfigError(
             f"config key 'output_dir': another run is using {out_dir} (it holds {out_dir / '.lock'}); "
             "wait for it to finish or choose another output_dir"
         ) from None
     _LOCKS[key] = fh
+    return None
 
 
 def write_atomic(path: str | Path, text: str) -> Path:
@@ -212,25 +222,44 @@ def start_run(cfg: TrainConfig, name: str) -> Run:
     deterministic algorithms, the process group and device mesh, CPU threads (cores / local
     processes), the output directory with its lock (rank 0), and the resolved config printed and
     written to ``output_dir/config.yaml`` (compared with the saved one when resuming)."""
+    from trainer.data.formats import DataError
+
     STOP.install()
-    cfg.check()
+    try:
+        cfg.check()
+        refused = None
+    except (ConfigError, DataError) as e:
+        if "RANK" not in os.environ:  # one process: no other rank to tell
+            raise
+        refused = e  # a path missing on this node only: the other ranks must not wait for this one
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
-    di = init_distributed(cfg.device, cfg.dist_timeout_min)
+    try:
+        di = init_distributed(cfg.device, cfg.dist_timeout_min)
+    except Exception:
+        if refused is not None:
+            raise refused from None
+        raise
+    _agree_on_check(refused)
     if di.device.type == "cpu":
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // local_world))
     out_dir = Path(cfg.output_dir)
     run = Run(cfg=cfg, di=di, out_dir=out_dir, name=name)
-    error = None
+    error, token = None, None
     if di.is_main:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
-            _lock_output_dir(out_dir)
+            note = _lock_output_dir(out_dir)
             print(f"[{name}] resolved config:\n{to_yaml(cfg)}", flush=True)
+            if note:
+                run.say(note)
             _check_resume_config(cfg, out_dir, run.say)
             (out_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
+            if di.world_size > 1:
+                token = f"{uuid.uuid4().hex}\n"
+                write_atomic(out_dir / SHARED_TOKEN, token)
         except ConfigError as e:
             error = str(e)
         except OSError as e:
@@ -238,12 +267,60 @@ def start_run(cfg: TrainConfig, name: str) -> Run:
         except Exception as e:  # noqa: BLE001 - e.g. an unreadable saved config.yaml
             error = f"config key 'output_dir': {out_dir}: {describe(e)}"
     # every rank stops on rank 0's refusal (none is left waiting in a collective)
-    from trainer.infra.dist import broadcast_object
-
-    error = broadcast_object(error)
+    error, token = broadcast_object((error, token))
     if error is not None:
         raise ConfigError(error)
+    if token is not None:  # every rank must see the directory rank 0 writes (checkpoints, RM, ...)
+        _check_shared_output_dir(out_dir, token)
     return run
+
+
+SHARED_TOKEN = ".rank0_token"
+
+
+def _where() -> str:
+    import socket
+
+    return f"host {socket.gethostname()}, cwd {os.getcwd()}"
+
+
+def _agree_on_check(refused: Exception | None) -> None:
+    """Every rank raises when the config check refused on any rank (collective): a path missing on
+    one node only stops every node, naming the ranks and hosts that cannot see it."""
+    seen = gather_objects(None if refused is None else (str(refused), _where()))
+    bad = [(r, s) for r, s in enumerate(seen) if s is not None]
+    if not bad:
+        return
+    if refused is not None and len(bad) == len(seen):
+        raise refused
+    ranks = ", ".join(f"rank {r} ({where})" for r, (_, where) in bad)
+    raise ConfigError(
+        f"{bad[0][1][0]} on {ranks} but not on the other ranks: every node must see the same paths "
+        "(a shared filesystem, or the same copy at the same absolute path on every node)"
+    )
+
+
+def _check_shared_output_dir(out_dir: Path, token: str) -> None:
+    """Every rank reads back the token rank 0 just wrote into ``out_dir`` (collective): checkpoint
+    shards, the reward model trained on the fly, the synthetic set and the memory plan are written
+    by one rank and read by all, so ``output_dir`` must be one directory for every node.
+
+    Raises:
+        ConfigError: on every rank, when some rank sees another directory (a relative path taken
+            from each node's working directory, or a node-local disk), naming those ranks.
+    """
+    try:
+        ok = (out_dir / SHARED_TOKEN).read_text() == token
+    except OSError:
+        ok = False
+    seen = gather_objects(None if ok else _where())
+    bad = ", ".join(f"rank {r} ({where})" for r, where in enumerate(seen) if where is not None)
+    if bad:
+        raise ConfigError(
+            f"config key 'output_dir': {out_dir} on {bad} is not the directory rank 0 writes: every node "
+            "must see output_dir on a filesystem they share, at the same absolute path (a relative path "
+            "is taken from each node's working directory)"
+        )
 
 
 def resume_or_seed(run: Run, ckpt: Any, model: nn.Module, optimizer, scheduler, log: Any, n_items: int):
