@@ -9,7 +9,7 @@ same code path as the real job)::
     python trainer/ppo.py reward_source=gold            # the known per-token gold reward
 
 The real job (LLaMA-7B, one node with 8×A100-80G; multi-node: replace ``--standalone`` with
-``--nnodes=N --node_rank=I --rdzv_backend=c10d --rdzv_endpoint=HOST:29500``)::
+``--nnodes=N --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 --rdzv_id=JOB``)::
 
     torchrun --standalone --nproc_per_node=8 trainer/ppo.py --config configs/llama7b_8xa100/ppo.yaml \\
         init_from=/ckpt/llama7b-sft reward_model=/ckpt/rm7b_token/final prompts=alpaca_unlabeled.jsonl
