@@ -91,7 +91,8 @@ def test_generate_greedy_equals_the_rollout_sampler(policy, instructions, tmp_pa
     src = json.loads(instructions.read_text())
     assert [r["instruction"] for r in rows] == [s["instruction"] for s in src]
     assert rows[3]["input"] == "p1 p2" and "input" not in rows[0]
-    assert {r["generator"] for r in rows} == {"actor"} and rows[1]["dataset"] == "set1"
+    # no --generator: the run directory names it (policy0/actor -> policy0), not the trainers' leaf
+    assert {r["generator"] for r in rows} == {Path(policy).parent.name} and rows[1]["dataset"] == "set1"
     tok = AutoTokenizer.from_pretrained(policy)
     model = AutoModelForCausalLM.from_pretrained(policy).eval()
     for i in (0, 3, 10):

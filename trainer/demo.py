@@ -306,7 +306,7 @@ def train_sft(cfg: DemoConfig, seed: int, d: Path) -> dict:
 
     args = [
         f"data={d / 'sft_data.jsonl'}", f"tokenizer={d / 'world' / 'tokenizer'}", f"output_dir={d / 'sft'}",
-        f"epochs={cfg.sft_epochs}", "eval_every=0", "checkpoint_every=50", *_common(seed),
+        f"epochs={cfg.sft_epochs}", "eval_every=0", "eval_fraction=0", "checkpoint_every=50", *_common(seed),
     ]  # fmt: skip
     train(load_config(SFTConfig, args))
     return {"model": str(d / "sft" / "final")}

@@ -249,9 +249,20 @@ def initial_state_dict(
     torch.manual_seed(seed)
     if not init_from:
         return auto.from_config(master_config(config), dtype=MASTER_DTYPE).state_dict()
-    model, info = auto.from_pretrained(
-        init_from, config=master_config(config), dtype=MASTER_DTYPE, output_loading_info=True
-    )
+    import transformers
+
+    # With new_head the LM head is dropped and a score head initialised on purpose; transformers'
+    # load report would flag exactly that (UNEXPECTED lm_head, MISSING score, "not ok if you expect
+    # identical arch") in every reward-model and critic log. The keys are checked below either way.
+    verbosity = transformers.logging.get_verbosity()
+    if new_head:
+        transformers.logging.set_verbosity_error()
+    try:
+        model, info = auto.from_pretrained(
+            init_from, config=master_config(config), dtype=MASTER_DTYPE, output_loading_info=True
+        )
+    finally:
+        transformers.logging.set_verbosity(verbosity)
     missing, unexpected = list(info.get("missing_keys", [])), list(info.get("unexpected_keys", []))
     mismatched = [k for k, *_ in info.get("mismatched_keys", [])]
     if new_head:

@@ -56,7 +56,7 @@ import torch
 import fgkernels as fk
 from trainer.data.examples import TokenizedExample, build_example, checked_template, collate
 from trainer.data.formats import DataError, prompt_parts, read_records
-from trainer.data.pairs import PairData, collate_pairs, load_pair_data, step_batches
+from trainer.data.pairs import PairData, collate_pairs, is_held_out, load_pair_data, step_batches
 from trainer.data.synthetic import bootstrap
 from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import ConfigError, SupervisedConfig, cli_main
@@ -201,9 +201,13 @@ def weighted_token_loss(
 # --------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------
-def load_sft_examples(path: str, tokenizer: Any, cfg: SFTConfig) -> list[TokenizedExample]:
+def load_sft_examples(
+    path: str, tokenizer: Any, cfg: SFTConfig, split: str | None = None
+) -> list[TokenizedExample]:
     """(prompt, response) examples of a plain SFT JSONL: ``prompt`` + ``response``, or AlpacaFarm
-    ``instruction`` [+ ``input``] + ``output``.
+    ``instruction`` [+ ``input``] + ``output``; ``split`` ``"train"`` / ``"eval"`` holds out
+    ``cfg.eval_fraction`` of the records by a hash of their ``id`` (else of prompt and response,
+    as the pairs files do), None keeps every record.
 
     Raises:
         DataError: a record without a response (names it), unless ``skip_invalid``.
@@ -221,6 +225,10 @@ def load_sft_examples(path: str, tokenizer: Any, cfg: SFTConfig) -> list[Tokeniz
             if cfg.skip_invalid:
                 continue
             raise
+        if split is not None:
+            rec_id = str(rec["id"]) if rec.get("id") is not None else f"{prompt.text}\n{response}"
+            if is_held_out(rec_id, cfg.eval_fraction) != (split == "eval"):
+                continue
         out.append(
             build_example(
                 tokenizer, prompt, response, max_length=cfg.max_length,
@@ -257,7 +265,7 @@ def load_data(run: Run) -> tuple[Any, list, list, str]:
 
     def items(path: str, split: str | None) -> list:
         if not edits:
-            return load_sft_examples(path, tokenizer, cfg)
+            return load_sft_examples(path, tokenizer, cfg, split)
         data: PairData = load_pair_data(path, tokenizer, cfg, split)
         if cfg.objective == "figa":
             return data.edited
@@ -265,10 +273,8 @@ def load_data(run: Run) -> tuple[Any, list, list, str]:
 
     if cfg.eval_data:
         train_items, eval_items = items(data_path, None), items(cfg.eval_data, None)
-    elif edits:
+    else:  # eval_fraction held out by id hash, from an edits file or a plain SFT file alike
         train_items, eval_items = items(data_path, "train"), items(data_path, "eval")
-    else:
-        train_items, eval_items = items(data_path, None), []
     run.say(f"data {data_path}: {len(train_items)} train / {len(eval_items)} held-out ({cfg.objective})")
     return tokenizer, train_items, eval_items, data_path
 

@@ -452,7 +452,8 @@ def run_edit(cfg: EditConfig, editor: Editor | None = None, out: IO[str] | None 
 
     Raises:
         trainer.data.formats.DataError: unreadable input or (without ``skip_invalid``) a bad record.
-        RuntimeError: no ``ANTHROPIC_API_KEY`` for a real run, or the output is locked.
+        RuntimeError: no ``ANTHROPIC_API_KEY`` for a real run with pairs left to edit, or the output
+            is locked.
     """
     out = out or sys.stdout
     if Path(cfg.input).exists() and Path(cfg.output).exists() and Path(cfg.input).samefile(cfg.output):
@@ -495,7 +496,12 @@ def run_edit(cfg: EditConfig, editor: Editor | None = None, out: IO[str] | None 
     # 3. the real run: resume from the output, edit what is left
     own_editor = editor is None
     if editor is None:
-        require_api_key()
+        # The key is needed only when something is left to send: a finished output reruns (and
+        # re-applies the gates) without it, e.g. a recipe resumed on a training node that holds
+        # no key. Checked before the output is opened, as before.
+        done = _peek_done(Path(cfg.output))
+        if cfg.redo_stale or any(p.id not in done for p in pairs):
+            require_api_key()
         editor = ClaudeEditor(
             cfg.model,
             cfg.max_tokens,

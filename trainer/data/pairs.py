@@ -40,7 +40,7 @@ class PairData:
     skipped: Counter = field(default_factory=Counter)
 
 
-def _is_eval(rec_id: str, fraction: float) -> bool:
+def is_held_out(rec_id: str, fraction: float) -> bool:
     h = int(hashlib.sha256(rec_id.encode()).hexdigest()[:8], 16)
     return h % 100_000 < fraction * 100_000
 
@@ -92,7 +92,7 @@ def load_pair_data(path: str, tokenizer: Any, cfg: Any, split: str | None) -> Pa
                 raise rec
             if split is not None and isinstance(rec, dict):
                 rec_id = str(rec["id"]) if rec.get("id") is not None else where  # EditRecord's rule
-                if _is_eval(rec_id, cfg.eval_fraction) != (split == "eval"):
+                if is_held_out(rec_id, cfg.eval_fraction) != (split == "eval"):
                     continue
             r = EditRecord.from_json(rec, path, where)
         except DataError:

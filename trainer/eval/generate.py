@@ -189,6 +189,16 @@ def _check_stored(records: dict[str, dict], items: list[Instruction], settings: 
             )
 
 
+def default_generator(model: str) -> str:
+    """The name recorded without ``--generator``: the run's directory, not the trainers' fixed
+    leaf names (``runs/ppo_token/final/actor`` -> ``ppo_token``, ``runs/sft/final`` -> ``sft``;
+    every PPO arm used to be called ``actor``), else the model directory's (or hub name's) own."""
+    parts = list(Path(model.rstrip("/")).parts)
+    while len(parts) > 1 and parts[-1] in ("actor", "final", "best"):
+        parts.pop()
+    return parts[-1] if parts else model
+
+
 def batches_of(items: list[Instruction], lengths: list[int], batch_size: int) -> list[list[int]]:
     """Fixed batches of item positions, by prompt length (longest first: an out-of-memory shows
     at once), ties by input order."""
@@ -236,7 +246,7 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
     template = checked_template(tokenizer, template)
     examples = [build_prompt(tokenizer, it.prompt, cfg.max_prompt_length, template) for it in items]
     settings = _settings(cfg, template)
-    generator = cfg.generator or Path(cfg.model.rstrip("/")).name
+    generator = cfg.generator or default_generator(cfg.model)
     # 3. what is already done (every rank's file), what this rank does
     own = output.with_name(output.name + (".partial.jsonl" if world == 1 else f".partial.rank{rank}.jsonl"))
     outlog = OutputLog(own, fsync=cfg.fsync)
