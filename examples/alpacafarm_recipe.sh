@@ -18,7 +18,10 @@
 # Settings:
 #   OUT        output root (runs/recipe); every stage writes under it
 #   NPROC      processes (GPUs) per trainer (8); TORCHRUN_ARGS replaces the torchrun flags
-#              (default --standalone --nproc_per_node=$NPROC; multi-node: --nnodes ... --rdzv_...)
+#              (default --standalone --nproc_per_node=$NPROC). The script drives ONE node: edit,
+#              generate, eval and the dry runs would run again on every node it is started on. For
+#              several nodes, run each trainer's torchrun line (printed before it starts) on every
+#              node with --nnodes ... --rdzv_... (README, Multi-node) and the rest here.
 #   GEN_NPROC  processes for `fgrlhf generate` (data-parallel; $NPROC; 1 = no torchrun)
 #   DRY_RUN    1: before each trainer run, its dry run (CPU, fake tensors, DRY_RUN_WORLD_SIZE =
 #              $NPROC fake ranks: minutes, no GPU memory) measures every phase's peak memory, which
@@ -45,6 +48,10 @@
 # figa}/ (each trainer's run: final model, metrics.jsonl, checkpoints), $OUT/outputs/<policy>.json
 # (answers), $OUT/eval/<policy>/ (judgments, annotations.json, summary.json, winrate.json).
 set -euo pipefail
+if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 4))); then
+  echo "alpacafarm_recipe.sh needs bash >= 4.4 (empty arrays under set -u); this is $BASH_VERSION" >&2
+  exit 2
+fi
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -98,6 +105,7 @@ train() {
         "$PYTHON" "$REPO/trainer/$script" --config "$config" "$@" "${COMMON[@]}" \
             dry_run=true dry_run_world_size="$DRY_RUN_WORLD_SIZE"
     fi
+    echo "+ $TORCHRUN ${TORCHRUN_FLAGS[*]} $REPO/trainer/$script --config $config $* ${COMMON[*]}"
     "$TORCHRUN" "${TORCHRUN_FLAGS[@]}" "$REPO/trainer/$script" --config "$config" "$@" "${COMMON[@]}"
 }
 

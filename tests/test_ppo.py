@@ -536,13 +536,22 @@ def test_sft_start_heldout_evaluation_and_best_actor(tmp_path):
     for a, b in zip(recs, metrics(off), strict=True):
         for k in ("policy_loss", "value_loss", "reward", "kl"):
             assert a[k] == b[k], (a["iteration"], k)
-    # resume from iteration 2 (its best/actor written): the best of 2 and 4 is kept
+    # stopped at 3 and resumed: evaluated at 2 and 4 only (not at the stop point), the best kept
     split = tmp_path / "split"
     args = [f"output_dir={split}", "eval_every=2", f"reward_model={on / 'rm' / 'final'}"]
-    ppo(*args, "stop_after_iterations=2")
+    ppo(*args, "stop_after_iterations=3")
     ppo(*args)
+    assert [r["iteration"] for r in metrics(split) if "heldout_score" in r] == [2, 4]
     resumed = json.loads((split / "best" / "actor" / "fgrlhf_policy.json").read_text())
     assert resumed["iteration"] == best_it
+    # a fresh start (resume=false) with another seed: the SFT start trained on the fly with seed 0
+    # is not reused silently
+    p = subprocess.run([sys.executable, "trainer/ppo.py", *base, f"output_dir={on}", "eval_every=2",
+                        "resume=false", "seed=1"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600)  # fmt: skip
+    assert p.returncode == 2 and "trained on the fly with other settings (seed: 0 -> 1)" in p.stderr, (
+        p.stderr[-2000:]
+    )
 
 
 def test_heldout_note_names_the_peak_and_the_fall():

@@ -60,7 +60,7 @@ from trainer.eval.plot import read_metrics
 from trainer.eval.report import rollout_samples
 from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import ConfigError, TrainConfig, cli_main, describe
-from trainer.infra.dist import all_reduce_sum, barrier, broadcast_object, get_world_size, on_rank0
+from trainer.infra.dist import all_reduce_sum, barrier, broadcast_object, get_rank, get_world_size, on_rank0
 from trainer.infra.dryrun import host_item, host_list, in_dry_run, measured_peaks, model_shape, real_tensors
 from trainer.infra.metrics import MetricsLog
 from trainer.infra.runtime import (
@@ -141,6 +141,9 @@ class PPOConfig(TrainConfig):
             "report",
             "save_rollouts_every",
             "rollout_samples",
+            "eval_every",  # evaluation draws from its own saved-and-restored random stream
+            "eval_size",
+            "save_best",
         )
     )
 
@@ -288,9 +291,10 @@ class PPOConfig(TrainConfig):
     report: bool = True
     """At the end, write ``output_dir/report.html`` from the saved rollouts (``fgrlhf report``)."""
     eval_every: int = 10
-    """Held-out evaluation every this many iterations (and at the last): the actor's greedy answers
-    to ``eval_size`` held-out prompts scored by the run's judge — the synthetic world's gold reward,
-    else ``eval_reward_model`` — logged as ``heldout_score``. A training reward that keeps rising
+    """Held-out evaluation every this many iterations (and at the last): the actor's sampled answers
+    (a fixed seed, the training's random stream untouched) to ``eval_size`` held-out prompts,
+    scored by the run's judge — the synthetic world's gold reward, else ``eval_reward_model`` —
+    logged as ``heldout_score``. A training reward that keeps rising
     while this falls is over-optimisation of the reward model; the summary says when it peaked.
     0: off."""
     eval_prompts: str = ""
@@ -355,8 +359,7 @@ def train_reward_model_on_the_fly(cfg: PPOConfig, out_dir: Path, pairs: Path, to
     from trainer.reward import train as train_rm
 
     final = out_dir / "rm" / "final"
-    if not broadcast_object(final.exists()):  # rank 0's view: every rank trains it, or none does
-        rcfg = RewardConfig(
+    rcfg = RewardConfig(
             rm_level=cfg.reward_level if cfg.rm_level == "auto" else cfg.rm_level, data=str(pairs),
             tokenizer=str(tok_dir), output_dir=str(out_dir / "rm"),
             hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
@@ -364,9 +367,8 @@ def train_reward_model_on_the_fly(cfg: PPOConfig, out_dir: Path, pairs: Path, to
             save_best=False, log_every=20, progress=False, seed=cfg.seed, device=cfg.device,
             num_threads=cfg.num_threads, checkpoint_every=0, deterministic=cfg.deterministic,
             prompt_template=cfg.prompt_template,
-        )  # fmt: skip
-        train_rm(rcfg)
-    return final
+    )  # fmt: skip
+    return trained_on_the_fly(rcfg, final, train_rm)
 
 
 def sft_on_the_fly(cfg: PPOConfig, out_dir: Path, pairs: Path, tok_dir: Path) -> Path:
@@ -377,17 +379,54 @@ def sft_on_the_fly(cfg: PPOConfig, out_dir: Path, pairs: Path, tok_dir: Path) ->
     from trainer.sft import train as train_sft
 
     final = out_dir / "sft" / "final"
-    if not broadcast_object(final.exists()):  # rank 0's view: every rank trains it, or none does
-        scfg = SFTConfig(
+    scfg = SFTConfig(
             objective="sft", sft_response="chosen", data=str(pairs), tokenizer=str(tok_dir),
             output_dir=str(out_dir / "sft"), hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
             num_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size, epochs=cfg.sft_epochs,
             eval_every=0, log_every=20, progress=False, seed=cfg.seed, device=cfg.device,
             num_threads=cfg.num_threads, checkpoint_every=0, deterministic=cfg.deterministic,
             prompt_template=cfg.prompt_template, max_length=cfg.max_prompt_length + cfg.max_new_tokens,
-        )  # fmt: skip
-        train_sft(scfg)
+    )  # fmt: skip
+    return trained_on_the_fly(scfg, final, train_sft)
+
+
+def trained_on_the_fly(sub_cfg: Any, final: Path, train_fn: Any) -> Path:
+    """``final`` (``<run>/final``), trained with ``train_fn(sub_cfg)`` on every rank unless it
+    exists (rank 0's view decides for all). An existing one must come from a run of the same
+    settings (its ``config.yaml``): a PPO rerun with another size, seed or world would otherwise
+    start from a stale model, silently.
+
+    Raises:
+        ConfigError: the saved run's settings differ (named), on every rank.
+    """
+    if not broadcast_object(final.exists()):
+        train_fn(sub_cfg)
+        return final
+    diff = broadcast_object(
+        _settings_diff(sub_cfg, final.parent / "config.yaml") if get_rank() == 0 else None
+    )
+    if diff:
+        raise ConfigError(
+            f"{final} was trained on the fly with other settings ({diff}): delete {final.parent} to "
+            "train it again with this run's, or set the keys back"
+        )
     return final
+
+
+def _settings_diff(sub_cfg: Any, saved: Path) -> str:
+    """The keys (but paths, logging and the trainer's resume-safe ones) in which ``sub_cfg``
+    differs from the run config saved at ``saved``; '' when equal, or when none was saved."""
+    from omegaconf import OmegaConf
+
+    from trainer.infra.config import declared, to_yaml
+
+    if not saved.exists():
+        return ""
+    old = OmegaConf.to_container(OmegaConf.load(saved))
+    new = OmegaConf.to_container(OmegaConf.create(to_yaml(sub_cfg)))
+    skip = {"output_dir", "data", "tokenizer", "log_every", *declared(type(sub_cfg), "RESUME_SAFE")}
+    keys = sorted(k for k in set(old) | set(new) if k not in skip and old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
 
 
 def reward_level_of(rm_dir: Path, template: str | None = None) -> str:
@@ -1048,7 +1087,7 @@ def setup(cfg: PPOConfig) -> Setup:
     heldout = None
     if cfg.eval_every and not dry:
         held = heldout_prompts(cfg, syn, tokenizer, template, di.world_size)
-        judge, judge_name = heldout_judge(run, tokenizer, template, gold)
+        judge, judge_name = heldout_judge(run, tokenizer, template, gold) if held is not None else (None, "")
         if held is None or judge is None:
             run.say(
                 "held-out evaluation off: it needs eval_prompts and eval_reward_model (or the "
@@ -1221,11 +1260,15 @@ def train(cfg: PPOConfig) -> dict:
                 metrics[f"time_{name}_s"] = dt
                 if name in phase_tokens:
                     metrics[f"tokens_per_s_{name}"] = phase_tokens[name] / dt
-            if S.heldout is not None and (iteration % cfg.eval_every == 0 or iteration == S.end):
+            # (at every eval_every and at the run's last iteration; not at a stop_after_iterations
+            # point: a stopped-and-resumed run evaluates exactly what an uninterrupted one does)
+            new_best = False
+            if S.heldout is not None and (iteration % cfg.eval_every == 0 or iteration == cfg.iterations):
                 with phase("eval"):  # held-out answers, judged: the policy's progress, not the RM's
                     metrics.update(evaluate_heldout(models, S.heldout, cfg, S.tokenizer, di.device, di.rank))
                 if metrics["heldout_score"] > S.best.get("heldout_score", -float("inf")):
                     S.best = {"heldout_score": metrics["heldout_score"], "iteration": iteration}
+                    new_best = True
                     if cfg.save_best:
                         save_actor(models, cfg, S.tokenizer, run.out_dir / "best" / "actor", **S.best)
             metrics["peak_memory_mb"] = peak_memory_mb(di.device)
@@ -1252,6 +1295,7 @@ def train(cfg: PPOConfig) -> dict:
                 (cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0)
                 or iteration == S.end
                 or terminated
+                or (new_best and cfg.save_best)  # best/actor and the resumable record of it agree
             ):
                 extra = {
                     "iteration": iteration, "kl_coef": S.kl_ctl.value, "moments": vars(S.moments).copy(),

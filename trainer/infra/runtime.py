@@ -309,10 +309,15 @@ def _check_shared_output_dir(out_dir: Path, token: str) -> None:
         ConfigError: on every rank, when some rank sees another directory (a relative path taken
             from each node's working directory, or a node-local disk), naming those ranks.
     """
-    try:
-        ok = (out_dir / SHARED_TOKEN).read_text() == token
-    except OSError:
-        ok = False
+    ok = False
+    for _ in range(20):  # an NFS client may serve a cached directory entry for a few seconds
+        try:
+            ok = (out_dir / SHARED_TOKEN).read_text() == token
+        except OSError:
+            ok = False
+        if ok:
+            break
+        time.sleep(0.5)
     seen = gather_objects(None if ok else _where())
     bad = ", ".join(f"rank {r} ({where})" for r, where in enumerate(seen) if where is not None)
     if bad:

@@ -165,9 +165,9 @@ def heldout_note(records: Sequence[dict], judge: str = "", z: float = 2.0) -> st
         if at_best is not None and last_reward is not None:
             rm = f" while the training reward went {at_best:.3f} → {last_reward:.3f}"
         line += (f"\nwarning: the held-out score peaked at iteration {best_it} and fell by "
-                 f"{best - last:.3f}{rm}: over-optimisation of the reward model. output_dir/best/actor "
-                 f"holds iteration {best_it}; fewer iterations, a larger kl_coef or a better reward "
-                 "model help.")  # fmt: skip
+                 f"{best - last:.3f}{rm}: over-optimisation of the reward model (output_dir/best/actor "
+                 f"holds iteration {best_it} unless save_best=false); fewer iterations, a larger "
+                 "kl_coef or a better reward model help.")  # fmt: skip
     return line
 
 
