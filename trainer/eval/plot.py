@@ -44,6 +44,9 @@ PPO_PANELS: list[Panel] = [
         "gold reward (synthetic world)",
         [(None, "gold_reward", "R(τ): mean utility"), (None, "gold_reward_per_token", "per token")],
     ),
+    # the actor's answers to held-out prompts (eval_every): rising training reward with a falling
+    # held-out score is over-optimisation of the reward model
+    ("heldout", "held-out score (eval_every)", [(None, "heldout_score", "held-out judge")]),
     ("kl", "KL to the reference (nats / sequence)", [(None, "kl", "KL")]),
     ("kl_coef", "β (KL coefficient)", [(None, "kl_coef", "β")]),
     ("losses", "losses", [(None, "policy_loss", "policy"), (None, "value_loss", "value")]),
