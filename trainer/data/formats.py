@@ -29,6 +29,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,8 @@ __all__ = [
     "PreferencePair",
     "Prompt",
     "detect_format",
+    "finite_number",
+    "json_problem",
     "load_pairs",
     "prompt_parts",
     "read_records",
@@ -270,10 +273,40 @@ def _jsonl_lines(path: Path, raw_lines: Iterator[bytes]) -> Iterator[tuple[str, 
             continue
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            yield where, DataError(path, f"not valid JSON ({e.msg} at column {e.colno})", where)
+        except (ValueError, RecursionError) as e:  # bad JSON, an int over Python's digit limit, deep nesting
+            yield where, DataError(path, f"not valid JSON ({json_problem(e)})", where)
             continue
         yield where, rec
+
+
+def json_problem(e: BaseException) -> str:
+    """What ``json.loads`` objected to, in words: the decoder's message and column, or the
+    number or nesting it could not take (an integer of more than 4,300 digits raises a plain
+    ``ValueError``, deep nesting a ``RecursionError``)."""
+    if isinstance(e, json.JSONDecodeError):
+        at = f"line {e.lineno} column {e.colno}" if e.lineno > 1 else f"column {e.colno}"
+        return f"{e.msg} at {at}"
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return str(e).split(";")[0]
+
+
+def finite_number(value: Any, src: str, where: str | None, key: str, integer: bool = False) -> float | int:
+    """``value`` as a finite number (an int with ``integer``: 2.0 is 2, 2.5 is refused).
+
+    Raises:
+        DataError: a bool, a non-number, NaN, ±inf (JSON's ``1e400`` reads as inf) or a fraction
+            where an integer is meant; names ``src``, ``where`` and ``key``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(src, f"expected a number, got {type(value).__name__} {_short(value)}", where, key)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DataError(src, f"expected a finite number, got {value}", where, key)
+    if integer:
+        if isinstance(value, float) and not value.is_integer():
+            raise DataError(src, f"expected an integer, got {value}", where, key)
+        return int(value)
+    return value
 
 
 def read_records(source: str | Path, split: str = "train") -> Iterator[tuple[str, dict | DataError]]:
@@ -304,8 +337,10 @@ def read_records(source: str | Path, split: str = "train") -> Iterator[tuple[str
         elif name.endswith(".json"):
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise DataError(path, f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
+            except (ValueError, RecursionError) as e:  # UnicodeDecodeError is caught below
+                if isinstance(e, UnicodeDecodeError):
+                    raise
+                raise DataError(path, f"not valid JSON ({json_problem(e)})") from None
             if isinstance(data, dict) and isinstance(data.get("data"), list):
                 data = data["data"]
             if not isinstance(data, list):

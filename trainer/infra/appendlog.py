@@ -95,7 +95,7 @@ class AppendLog:
                 rec = json.loads(raw.decode("utf-8"))
                 for key in self.REQUIRED:
                     rec[key]  # noqa: B018 - KeyError / TypeError when it is not one of ours
-            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+            except (ValueError, RecursionError, KeyError, TypeError) as e:  # ValueError: bad UTF-8 or JSON
                 raise ValueError(
                     f"{self.path}: line {n} is not {_article(self.KIND)} {self.KIND} ({type(e).__name__}), "
                     f"so this is not an `{self.TOOL}` output; nothing was changed: give it a new file"
@@ -110,7 +110,7 @@ class AppendLog:
         try:
             json.loads(tail.decode("utf-8"))
             whole = True
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):
             whole = False
         if whole:  # a complete record without its newline: keep it, add the newline
             record_of(tail, len(lines) + 1)

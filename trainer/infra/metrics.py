@@ -95,10 +95,12 @@ def read_log(path: str | Path, empty: str, missing: str = "no such file") -> lis
             continue
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == len(lines):  # a torn last line (the run was killed mid-write)
+        except (ValueError, RecursionError) as e:  # bad JSON, an int over the digit limit, deep nesting
+            if i == len(lines) and isinstance(e, json.JSONDecodeError):  # torn by a kill mid-write
                 continue
-            raise DataError(str(p), f"not JSON ({e.msg})", f"line {i}") from None
+            why = e.msg if isinstance(e, json.JSONDecodeError) else str(e).split(";")[0]
+            why = why or "nested too deeply"
+            raise DataError(str(p), f"not JSON ({why})", f"line {i}") from None
         if not isinstance(rec, dict):
             raise DataError(str(p), "not a JSON object", f"line {i}")
         out.append((i, rec))
