@@ -541,6 +541,14 @@ def test_cli_output_errors_are_one_line(tmp_path):
     proc = run_cli([str(inp), "-o", str(tmp_path / "adir")], env)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "Is a directory" in err and "adir" in err and "Traceback" not in err
+    # --summary-json a directory (or the input): refused before any work, one line
+    for target, msg in ((tmp_path / "adir", "is a directory"), (inp, "would destroy the input")):
+        proc = run_cli(
+            [str(inp), "-o", str(tmp_path / "o.jsonl"), "--dry-run", "--summary-json", str(target)], env
+        )
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2 and "--summary-json" in err and msg in err and "Traceback" not in err
+    assert not (tmp_path / "o.jsonl").exists()
 
 
 def test_cli_sigterm_prints_the_summary_and_exits_143(tmp_path):

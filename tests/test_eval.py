@@ -416,3 +416,166 @@ def test_replayed_published_verdicts_reproduce_the_leaderboard(server, tmp_path,
         assert s["order_agreement"] == 1.0
     lo, hi = s["ci95_bootstrap"]
     assert lo < 26.46 < hi
+
+
+# --- 6. evaluation that cannot lie or lose a file (issue 25) ---------------------------------
+def strict_loads(text: str):
+    """json.loads that refuses NaN / Infinity (what a strict JSON reader does)."""
+
+    def refuse(c):
+        raise ValueError(f"non-strict JSON constant {c}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture
+def world(tmp_path) -> Path:
+    from trainer.data.synthetic import SyntheticConfig, write_synthetic
+
+    write_synthetic(tmp_path / "world", SyntheticConfig(n_pairs=20))
+    return tmp_path / "world"
+
+
+def gold_outputs(path: Path, n: int, word: str) -> Path:
+    rows = [
+        {"instruction": f"p{i} p{i + 1}", "output": f"{word}{i} n{i}", "generator": word} for i in range(n)
+    ]
+    return write_json(path, rows)
+
+
+def test_a_nan_score_is_an_error_naming_the_instruction_not_a_verdict(tmp_path, tmp_path_factory, caplog):
+    """A reward model with a NaN bias used to give every comparison to the second answer (``r1 >
+    r2`` is False for NaN): a normal-looking 50% and exit 0. Now the run stops, naming the
+    instruction, and writes no annotations."""
+    import shutil
+
+    from _tiny_runs import tiny_ppo_run
+    from safetensors.torch import load_file, save_file
+
+    run, _ = tiny_ppo_run(tmp_path_factory.getbasetemp())
+    rm = tmp_path / "rm_nan"
+    shutil.copytree(run / "rm" / "final", rm)
+    (w,) = sorted(rm.glob("*.safetensors"))
+    state = load_file(w)
+    key = next(k for k in state if k.startswith("score.") and k.endswith("bias"))
+    state[key] = torch.full_like(state[key], float("nan"))
+    save_file(state, w, metadata={"format": "pt"})
+    a = outputs(tmp_path / "a.json", 4, "p{i} g1 n2")
+    b = outputs(tmp_path / "b.json", 4, "p{i} b1 n2")
+    code = cli(["eval", str(a), str(b), "--judge", f"rm:{rm}", "-o", str(tmp_path / "e"), "--no-progress",
+                "--device", "cpu"])  # fmt: skip
+    assert code == 1
+    assert "non-finite reward" in caplog.text and "Question" in caplog.text
+    assert not (tmp_path / "e" / "annotations.json").exists()
+    assert not (tmp_path / "e" / "summary.json").exists()
+
+
+def test_gold_judge_refuses_a_non_finite_gold_reward(world, tmp_path, monkeypatch):
+    from trainer.eval.judges import GoldJudge, JudgeError
+
+    a, b = gold_outputs(tmp_path / "a.json", 3, "g"), gold_outputs(tmp_path / "b.json", 3, "b")
+    judge = GoldJudge(str(world))
+    monkeypatch.setattr(
+        judge, "reward", lambda prompt, output: float("inf") if output.startswith("g1") else 0.0
+    )
+    with pytest.raises(JudgeError, match=r"non-finite gold rewards \[.*inf.*'p1 p2'"):
+        run_eval(eval_cfg(tmp_path, a, b, judge=f"gold:{world}"), judge=judge)
+
+
+def test_eval_writes_only_files_it_owns(world, tmp_path, caplog):
+    """``eval -o DIR`` used to overwrite a foreign annotations.json (alpaca_eval's name) and delete a
+    foreign judgments.errors.jsonl. Now a directory holding one of its file names that it did not
+    write is refused before anything is judged, and nothing there changes."""
+    a, b = gold_outputs(tmp_path / "a.json", 5, "g"), gold_outputs(tmp_path / "b.json", 5, "b")
+    base = ["--judge", f"gold:{world}", "--no-progress"]
+    for name, text in (("annotations.json", '[{"alpaca_eval": 1}]\n'), ("judgments.errors.jsonl", "mine\n")):
+        d = tmp_path / f"foreign_{name}"
+        d.mkdir()
+        (d / name).write_text(text)
+        assert cli(["eval", str(a), str(b), "-o", str(d), *base]) == 2
+        assert f"{name} exists and was not written by `fgrlhf eval`" in caplog.text
+        assert (d / name).read_text() == text
+        assert sorted(p.name for p in d.iterdir()) == [name]  # nothing written, nothing judged
+    # its own directory: written, then rewritten by a rerun (the record lists its files)
+    own = tmp_path / "own"
+    assert cli(["eval", str(a), str(b), "-o", str(own), *base]) == 0
+    assert cli(["eval", str(a), str(b), "-o", str(own), *base]) == 0
+    record = json.loads((own / ".fgrlhf-owned.json").read_text())
+    assert record["tool"] == "fgrlhf eval" and "annotations.json" in record["files"]
+    # a directory an older version wrote (judgments.jsonl, no record) is still its own
+    (own / ".fgrlhf-owned.json").unlink()
+    assert cli(["eval", str(a), str(b), "-o", str(own), *base]) == 0
+    # -o an input file: refused, the input intact
+    before = a.read_text()
+    assert cli(["eval", str(a), str(b), "-o", str(a), *base]) == 2 and a.read_text() == before
+    assert "is a file; expected a directory" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        ('"preference": 7', "preference 7 is not one of 0, 1, 2"),
+        ('"preference": "x"', "preference 'x' is not one of 0, 1, 2"),
+        ('"preference": 1e400', "preference inf is not one of 0, 1, 2"),
+        ('"preference": true', "preference True is not one of 0, 1, 2"),
+        ('"model_position": 5', "model_position 5 is not one of 1, 2"),
+    ],
+)
+def test_a_hand_edited_judgment_is_refused_naming_the_line(world, tmp_path, caplog, edit, problem):
+    """A preference of 7 used to count as a reference win, ``"x"`` to raise ``invalid literal for
+    int()``: now the judgments file is refused naming the line, and left as it was."""
+    import re
+
+    a, b = gold_outputs(tmp_path / "a.json", 4, "g"), gold_outputs(tmp_path / "b.json", 4, "b")
+    out = tmp_path / "e"
+    base = ["eval", str(a), str(b), "-o", str(out), "--judge", f"gold:{world}", "--no-progress"]
+    assert cli(base) == 0
+    log = out / "judgments.jsonl"
+    lines = log.read_text().splitlines()
+    key = edit.split(":")[0]
+    lines[2] = re.sub(rf"{key}: [^,]+", edit, lines[2], count=1)
+    log.write_text("\n".join(lines) + "\n")
+    before = log.read_text()
+    assert cli(base) == 2
+    assert f"judgments.jsonl: line 3: {problem}" in caplog.text
+    assert log.read_text() == before
+
+
+def test_no_result_is_an_error_and_json_outputs_are_strict(world, tmp_path, caplog):
+    """``eval --limit 0`` used to exit 0 with nothing; summary.json held a bare NaN (the standard
+    error of one instruction). Now --limit 0 is a usage error and every JSON output parses
+    strictly (NaN written as null)."""
+    a, b = gold_outputs(tmp_path / "a.json", 3, "g"), gold_outputs(tmp_path / "b.json", 3, "b")
+    base = ["eval", str(a), str(b), "--judge", f"gold:{world}", "--no-progress"]
+    assert cli([*base, "-o", str(tmp_path / "z"), "--limit", "0"]) == 2
+    assert "--limit must be >= 1, got 0" in caplog.text
+    assert cli([*base, "-o", str(tmp_path / "one"), "--limit", "1"]) == 0
+    s = strict_loads((tmp_path / "one" / "summary.json").read_text())
+    assert s["n_total"] == 1 and s["standard_error"] is None
+    strict_loads((tmp_path / "one" / "annotations.json").read_text())
+    assert cli(["generate", "m", "i.json", "-o", str(tmp_path / "g.json"), "--limit", "0"]) == 2
+
+
+def test_eval_rm_refuses_nothing_nan_gold_and_a_directory_json(tmp_path, tmp_path_factory, caplog):
+    """``eval-rm`` on an empty file used to print nan and exit 0; a NaN gold value counted its pair
+    as ranked wrong (accuracy 0.846 -> 0.825, no warning); ``--json DIR`` raised a traceback."""
+    from _tiny_runs import tiny_ppo_run
+
+    run, _ = tiny_ppo_run(tmp_path_factory.getbasetemp())
+    rm, pairs = str(run / "rm" / "final"), run / "synthetic" / "pairs.jsonl"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert cli(["eval-rm", rm, str(empty)]) == 2 and "empty.jsonl: no pair to evaluate" in caplog.text
+    lines = pairs.read_text().splitlines()[:12]
+    rec = json.loads(lines[4])
+    rec["gold"]["original"] = float("nan")
+    lines[4] = json.dumps(rec)  # Python writes the bare NaN a hand edit or a NaN-unaware tool leaves
+    nan_file = tmp_path / "nan.jsonl"
+    nan_file.write_text("\n".join(lines) + "\n")
+    assert cli(["eval-rm", rm, str(nan_file)]) == 2
+    assert "nan.jsonl: line 5: field 'gold.original': expected a finite number, got nan" in caplog.text
+    assert cli(["eval-rm", rm, str(nan_file), "--skip-invalid", "--json", str(tmp_path / "m.json")]) == 0
+    m = strict_loads((tmp_path / "m.json").read_text())
+    assert m["skipped"]["invalid_record"] == 1 and m["original_pairs"] == 11
+    assert cli(["eval-rm", rm, str(nan_file), "--json", str(tmp_path)]) == 2
+    assert "--json" in caplog.text and "is a directory" in caplog.text

@@ -66,3 +66,26 @@ def test_cli_prints_and_writes_the_summary(tmp_path):
         [*cmd[:4], str(tmp_path / "bad.json")], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert p.returncode == 2 and "record 1: field 'preference': missing" in p.stderr
+
+
+def test_no_valid_preference_is_an_error_and_the_json_is_strict(tmp_path, caplog):
+    """No valid preference used to print "win rate nan" and exit 0, ``--json DIR`` to raise a
+    traceback, and the JSON of one annotation to hold a bare NaN (its standard error)."""
+    from trainer.cli import main as cli
+
+    none = tmp_path / "none.json"
+    none.write_text(json.dumps([{"preference": None}, {"preference": 7}]))
+    assert cli(["winrate", str(none)]) == 2
+    assert "no valid preference in 2 annotations" in caplog.text
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps([{"output_2": "x", "preference": 2}]))
+    assert cli(["winrate", str(one), "--json", str(tmp_path)]) == 2
+    assert "is a directory; expected a file name" in caplog.text
+    assert cli(["winrate", str(one), "--json", str(one)]) == 2 and "would destroy the input" in caplog.text
+    assert cli(["winrate", str(one), "--json", str(tmp_path / "s.json")]) == 0
+
+    def refuse(c):
+        raise ValueError(c)
+
+    s = json.loads((tmp_path / "s.json").read_text(), parse_constant=refuse)
+    assert s["win_rate"] == 100.0 and s["standard_error"] is None

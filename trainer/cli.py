@@ -245,7 +245,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
     names = {f.name for f in fields(EditConfig)}
     cfg = EditConfig(**{k: v for k, v in vars(args).items() if k in names})
-    bad = _check_ranges(cfg)
+    bad = _check_ranges(cfg) or _bad_output(args.summary_json, "--summary-json", cfg.input, cfg.output)
     if bad:
         log.error("%s", bad)
         return 2
@@ -273,10 +273,35 @@ def cmd_edit(args: argparse.Namespace) -> int:
     except RuntimeError as e:  # no API key, the output locked by another run
         log.error("%s", e)
         return 1
-    if args.summary_json:
-        with open(args.summary_json, "w", encoding="utf-8") as fh:
-            json.dump(summary.as_dict(), fh, indent=2)
+    if args.summary_json and not _wrote_json(args.summary_json, summary.as_dict(), "--summary-json"):
+        return 1
     return 3 if summary.failed else 0
+
+
+def _bad_output(path: str | None, flag: str, *inputs: str | None) -> str | None:
+    """Why an optional output file cannot be used (a directory, or one of the inputs), checked
+    before any work; None when it is fine or not given."""
+    from trainer.infra.outputs import OutputError, check_output
+
+    if path is None:
+        return None
+    try:
+        check_output(path, flag, inputs)
+    except OutputError as e:
+        return str(e)
+    return None
+
+
+def _wrote_json(path: str, obj: object, flag: str) -> bool:
+    """Write a command's ``--json`` summary (strict JSON, atomic); False after a one-line error."""
+    from trainer.infra.outputs import OutputError, write_json
+
+    try:
+        write_json(path, obj, flag)
+    except (OSError, OutputError) as e:
+        log.error("%s %s: %s", flag, path, getattr(e, "strerror", None) or e)
+        return False
+    return True
 
 
 def _check_ranges(cfg: EditConfig) -> str | None:
@@ -284,7 +309,7 @@ def _check_ranges(cfg: EditConfig) -> str | None:
     checks = (
         ("--concurrency", cfg.concurrency, 1, None),
         ("--max-tokens", cfg.max_tokens, 1, None),
-        ("--limit", cfg.limit, 0, None),
+        ("--limit", cfg.limit, 1, None),
         ("--timeout", cfg.timeout, 1e-9, None),
         ("--max-retries", cfg.max_retries, 0, None),
         ("--extra-attempts", cfg.extra_attempts, 0, None),
@@ -306,15 +331,26 @@ def cmd_winrate(args: argparse.Namespace) -> int:
     """``fgrlhf winrate``: see :mod:`trainer.eval.winrate`."""
     from trainer.eval.winrate import format_summary, load_annotations, summarize
 
+    bad = _bad_output(args.json, "--json", args.annotations)
+    if bad:
+        log.error("%s", bad)
+        return 2
     try:
         summary = summarize(load_annotations(args.annotations))
     except DataError as e:
         log.error("bad input: %s", e)
         return 2
+    if summary["n_total"] == 0:  # no win rate: say why instead of printing "nan"
+        log.error(
+            "%s: no valid preference in %d annotations (each is missing, null or outside 1..2 / 0): "
+            "no win rate",
+            args.annotations,
+            summary["n_missing"],
+        )
+        return 2
     print(format_summary(summary))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(summary, fh, indent=2)
+    if args.json and not _wrote_json(args.json, summary, "--json"):
+        return 1
     return 0
 
 
@@ -337,7 +373,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             "--max-new-tokens": (cfg.max_new_tokens, 1),
             "--max-prompt-length": (cfg.max_prompt_length, 1),
             "--batch-size": (cfg.batch_size, 1),
-            "--limit": (cfg.limit, 0),
+            "--limit": (cfg.limit, 1),
             "--top-p": (cfg.top_p, 1e-9),
             "--temperature": (None if cfg.greedy else cfg.temperature, 1e-9),
         }
@@ -374,7 +410,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         {
             "--concurrency": (cfg.concurrency, 1),
             "--max-tokens": (cfg.max_tokens, 1),
-            "--limit": (cfg.limit, 0),
+            "--limit": (cfg.limit, 1),
             "--bootstrap": (cfg.bootstrap, 0),
             "--timeout": (cfg.timeout, 1e-9),
             "--max-retries": (cfg.max_retries, 0),
@@ -411,6 +447,10 @@ def cmd_eval_rm(args: argparse.Namespace) -> int:
     if args.max_length < 2 or args.batch_size < 1:
         log.error("--max-length must be >= 2 and --batch-size >= 1")
         return 2
+    bad = _bad_output(args.json, "--json", args.pairs, args.rm_dir)
+    if bad:
+        log.error("%s", bad)
+        return 2
     try:
         m = evaluate_reward_model(
             args.rm_dir, args.pairs, args.max_length, args.batch_size, args.skip_invalid
@@ -432,9 +472,8 @@ def cmd_eval_rm(args: argparse.Namespace) -> int:
         f"pairs              edited {m['edited_pairs']}, original {m['original_pairs']}; "
         f"skipped {m['skipped']}"
     )
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(m, fh, indent=2)
+    if args.json and not _wrote_json(args.json, m, "--json"):
+        return 1
     return 0
 
 

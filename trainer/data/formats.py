@@ -207,11 +207,7 @@ class EditRecord:
             if rec.get(key) is not None:
                 kw[key] = _text(rec, key, src, where)
         if rec.get("similarity") is not None:
-            if isinstance(rec["similarity"], bool) or not isinstance(rec["similarity"], (int, float)):
-                raise DataError(
-                    src, f"expected a number, got {_short(rec['similarity'])}", where, "similarity"
-                )
-            kw["similarity"] = float(rec["similarity"])
+            kw["similarity"] = float(finite_number(rec["similarity"], src, where, "similarity"))
         if rec.get("usage") is not None:
             if not isinstance(rec["usage"], dict):
                 raise DataError(src, "expected {input_tokens, output_tokens}", where, "usage")
@@ -220,10 +216,11 @@ class EditRecord:
             raise DataError(src, f"unknown status {kw['status']!r}, expected one of {EDIT_STATUSES}", where)
         gold = rec.get("gold")
         if gold is not None:
-            if not isinstance(gold, dict) or not all(
-                isinstance(gold.get(k), (int, float)) for k in ("chosen", "original")
-            ):
+            if not isinstance(gold, dict) or not all(k in gold for k in ("chosen", "original")):
                 raise DataError(src, "expected {chosen: number, original: number, ...}", where, "gold")
+            for k, v in gold.items():  # a NaN gold would count as a wrongly ranked pair
+                if v is not None or k in ("chosen", "original"):
+                    finite_number(v, src, where, f"gold.{k}")
             kw["gold"] = gold
         return cls(**kw)
 

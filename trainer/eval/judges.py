@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = [
     "Comparison",
     "GoldJudge",
     "Judge",
+    "JudgeError",
     "RewardModelJudge",
     "Verdict",
     "make_judge",
@@ -44,6 +46,27 @@ __all__ = [
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 PAIRWISE_PROMPT_VERSION = "pairwise-v1"
+
+
+class JudgeError(RuntimeError):
+    """A judge that cannot give a verdict for a reason no retry fixes (a reward model or gold
+    world scoring an answer NaN or ±inf): the run stops, naming the instruction; what was
+    judged before stays written."""
+
+
+def checked_scores(judge: str, what: str, prompt: Prompt, scores: Sequence[float]) -> None:
+    """Refuse non-finite scores: ``r1 > r2`` is False for NaN, so a NaN would silently be a
+    verdict for the second answer (an RM with a NaN bias read as a 50% win rate).
+
+    Raises:
+        JudgeError: a score is NaN or ±inf (names the judge, the instruction and the scores).
+    """
+    if not all(math.isfinite(x) for x in scores):
+        raise JudgeError(
+            f"{judge} gave non-finite {what}s {[float(x) for x in scores]} to the answers of the "
+            f"instruction {prompt.text[:80]!r}: no verdict is possible (check the weights or world); "
+            "the verdicts before it are kept"
+        )
 
 
 @dataclass(frozen=True)
@@ -273,6 +296,7 @@ class RewardModelJudge(Judge):
         out = []
         for i in range(len(cs)):
             r1, r2 = r[2 * i], r[2 * i + 1]
+            checked_scores(self.name, "reward", cs[i].prompt, (r1, r2))
             pref = 0 if abs(r1 - r2) <= self.tie_tolerance else (1 if r1 > r2 else 2)
             out.append(Verdict(pref, f"reward_1={r1:.6g} reward_2={r2:.6g}", self.name))
         return out
@@ -312,6 +336,7 @@ class GoldJudge(Judge):
 
     async def compare(self, c: Comparison) -> Verdict:
         g1, g2 = self.reward(c.prompt, c.output_1), self.reward(c.prompt, c.output_2)
+        checked_scores(self.name, "gold reward", c.prompt, (g1, g2))
         pref = 0 if abs(g1 - g2) <= self.tie_tolerance else (1 if g1 > g2 else 2)
         return Verdict(pref, f"gold_1={g1:.6g} gold_2={g2:.6g}", self.name)
 

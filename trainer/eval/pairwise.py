@@ -20,6 +20,12 @@ missing, so nothing is paid twice and every comparison is judged once per order;
 request is not written (it is listed in ``OUT/judgments.errors.jsonl``; rerun to retry; exit 3).
 Ctrl-C / SIGTERM keep what was written.
 
+``OUT`` is checked before anything is paid for: it may not be an input, and ``fgrlhf eval``
+writes, overwrites or deletes only its own four files there (:data:`OUTPUT_FILES`, recorded in
+``OUT/.fgrlhf-owned.json``): a foreign file of one of those names (alpaca_eval writes an
+``annotations.json`` too) is refused, never overwritten. A hand-edited ``judgments.jsonl`` whose
+verdict is not 0/1/2 (or position not 1/2) is refused naming the line.
+
 Outputs in ``OUT``: ``annotations.json`` — AlpacaEval's format, one per instruction:
 ``instruction``, ``output_1`` (the reference), ``output_2`` (the model), ``generator_1``,
 ``generator_2``, ``dataset``, ``preference`` (1 = the reference wins, 2 = the model wins,
@@ -36,7 +42,6 @@ import datetime as _dt
 import hashlib
 import json
 import logging
-import os
 import random
 import signal
 from collections.abc import Sequence
@@ -48,10 +53,14 @@ from trainer.data.formats import DataError, Prompt, prompt_parts, read_records
 from trainer.eval.judges import Comparison, Judge, Verdict, make_judge
 from trainer.eval.winrate import summarize
 from trainer.infra.appendlog import AppendLog
+from trainer.infra.outputs import OwnedFiles, check_output, write_json
 
 log = logging.getLogger(__name__)
 
 __all__ = ["EvalConfig", "Item", "bootstrap_interval", "load_outputs", "match_outputs", "run_eval"]
+
+# What `fgrlhf eval` writes in OUT (and so may overwrite or delete there; nothing else).
+OUTPUT_FILES = ("judgments.jsonl", "judgments.errors.jsonl", "annotations.json", "summary.json")
 
 
 @dataclass
@@ -259,6 +268,15 @@ class JudgmentLog(AppendLog):
     KIND = "judgment"
     TOOL = "fgrlhf eval"
 
+    def check(self, record: dict) -> str | None:
+        """A verdict is 0, 1 or 2 about the order shown, and the model was shown at 1 or 2
+        (a hand-edited 7 used to count as a reference win)."""
+        for key, allowed in (("preference", (0, 1, 2)), ("model_position", (1, 2))):
+            v = record[key]
+            if isinstance(v, bool) or not isinstance(v, int) or v not in allowed:
+                return f"{key} {v!r} is not one of {', '.join(map(str, allowed))}"
+        return None
+
 
 @dataclass
 class EvalSummary:
@@ -294,7 +312,8 @@ def run_eval(cfg: EvalConfig, judge: Judge | None = None) -> dict[str, Any]:
         RuntimeError: the Claude judge without ``ANTHROPIC_API_KEY``, or the output locked.
         KeyboardInterrupt: Ctrl-C / SIGTERM (after what was judged is written).
     """
-    out_dir = Path(cfg.output_dir)
+    inputs = (cfg.model_outputs, cfg.reference_outputs, cfg.prompt_file)
+    out_dir = check_output(cfg.output_dir, "-o", inputs, directory=True)
     # 1. the inputs, matched by instruction
     model, bad_m = load_outputs(cfg.model_outputs, cfg.skip_invalid)
     ref, bad_r = load_outputs(cfg.reference_outputs, cfg.skip_invalid)
@@ -305,6 +324,12 @@ def run_eval(cfg: EvalConfig, judge: Judge | None = None) -> dict[str, Any]:
         raise DataError(cfg.model_outputs, f"no instruction in common with {cfg.reference_outputs}")
     items = items[: cfg.limit] if cfg.limit is not None else items
     run = EvalSummary(instructions=len(items), invalid=len(bad_m) + len(bad_r), unmatched=unmatched)
+    # the files this command writes in OUT, claimed before anything is paid for: a file of the
+    # same name that an earlier `fgrlhf eval` did not write (alpaca_eval's annotations.json) is
+    # refused, never overwritten or deleted (a directory with our judgments.jsonl from before the
+    # record existed is ours: JudgmentLog refuses a judgments.jsonl that is not)
+    owned = OwnedFiles(out_dir, "fgrlhf eval", "-o", adopt=(out_dir / "judgments.jsonl").is_file())
+    owned.claim(*OUTPUT_FILES)
     # 2. the judge and the comparisons (one or both orders per instruction)
     if judge is None:
         if cfg.judge.startswith("claude:"):
@@ -357,8 +382,8 @@ def run_eval(cfg: EvalConfig, judge: Judge | None = None) -> dict[str, Any]:
     # 4. annotations (one per instruction whose every order is judged) and the summary
     annotations, used = _annotations(items, tasks, records, judge)
     summary = _summary(annotations, used, items, judge, run, cfg)
-    _write_json(out_dir / "annotations.json", annotations)
-    _write_json(out_dir / "summary.json", summary)
+    write_json(out_dir / "annotations.json", annotations)
+    write_json(out_dir / "summary.json", summary)
     return summary
 
 
@@ -519,13 +544,6 @@ def _summary(
         config={k: v for k, v in asdict(cfg).items()},
     )
     return s
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    """Atomically (a temp file renamed over ``path``)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def format_eval_summary(s: dict[str, Any]) -> str:

@@ -27,11 +27,13 @@ def evaluate_reward_model(
 
     Raises:
         trainer.infra.config.ConfigError: ``rm_dir`` is not a reward-model directory.
-        trainer.data.formats.DataError: a bad pairs file or record.
+        trainer.data.formats.DataError: a bad pairs file or record (a NaN gold score among them),
+            or no pair to evaluate.
     """
     import torch
     from transformers import AutoModelForTokenClassification
 
+    from trainer.data.formats import DataError
     from trainer.data.pairs import load_pair_data
     from trainer.infra.config import ConfigError
     from trainer.models import check_model_dir, load_tokenizer, pad_token_id, read_reward_meta
@@ -54,6 +56,9 @@ def evaluate_reward_model(
         eval_fraction=0.0,
     )
     data = load_pair_data(pairs, tokenizer, cfg, split=None)
+    if not data.edited and not data.original:  # nothing measured is an error, not an accuracy of nan
+        skipped = f" (skipped: {dict(data.skipped)})" if data.skipped else ""
+        raise DataError(pairs, f"no pair to evaluate{skipped}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForTokenClassification.from_pretrained(rm_dir).to(device).eval()
     metrics = evaluate(model, data, cfg, pad_token_id(tokenizer), device)

@@ -70,6 +70,12 @@ class AppendLog:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def check(self, record: dict) -> str | None:
+        """What is wrong with a stored ``record`` of this kind, in words (None: nothing). A
+        subclass validates the values it counts (a judgment's preference, say); the file is
+        refused on the first bad line."""
+        return None
+
     def _remember(self, rec: dict) -> None:
         rid = str(rec["id"])
         self.records[rid] = rec
@@ -100,6 +106,12 @@ class AppendLog:
                     f"{self.path}: line {n} is not {_article(self.KIND)} {self.KIND} ({type(e).__name__}), "
                     f"so this is not an `{self.TOOL}` output; nothing was changed: give it a new file"
                 ) from None
+            problem = self.check(rec)
+            if problem:  # one of ours, hand-edited or damaged: counting it would be a lie
+                raise ValueError(
+                    f"{self.path}: line {n}: {problem}; nothing was changed: fix or delete that line "
+                    "(a rerun redoes what is missing), or give a new file"
+                )
             self._remember(rec)
 
         for n, raw in enumerate(lines, start=1):

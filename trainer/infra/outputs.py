@@ -123,7 +123,7 @@ class OwnedFiles:
     first, so a kill between the record and the write leaves nothing foreign behind.
 
     Args:
-        directory: the output directory (created).
+        directory: the output directory (created by the first :meth:`claim`).
         tool: the command, in the record and in messages (``fgrlhf eval``).
         flag: the option that named the directory, for messages.
         adopt: names of files that prove an older run of this tool wrote the directory before
@@ -136,7 +136,6 @@ class OwnedFiles:
     def __init__(self, directory: str | Path, tool: str, flag: str = "-o", adopt: bool = False):
         self.dir = Path(directory)
         self.tool, self.flag = tool, flag
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / self.RECORD
         self.files: set[str] = set()
         self.legacy = False
@@ -158,18 +157,21 @@ class OwnedFiles:
         """Whether ``name`` may be overwritten or deleted (it is ours, or it does not exist)."""
         return name in self.files or self.legacy or not (self.dir / name).exists()
 
-    def claim(self, name: str) -> Path:
-        """The path of ``name`` in the directory, recorded as this tool's before it is written.
+    def claim(self, *names: str) -> list[Path]:
+        """The paths of ``names`` in the directory, recorded as this tool's before any is written
+        (all checked first: a refusal leaves the directory as it was).
 
         Raises:
-            OutputError: the file exists and was not written by this tool.
+            OutputError: one of them exists and was not written by this tool.
         """
-        if not self.owns(name):
-            raise OutputError(
-                f"{self.flag} {self.dir}: {name} exists and was not written by `{self.tool}`; "
-                "nothing was changed: give a new directory (or move that file)"
-            )
-        if name not in self.files:
-            self.files.add(name)
+        for name in names:
+            if not self.owns(name):
+                raise OutputError(
+                    f"{self.flag} {self.dir}: {name} exists and was not written by `{self.tool}`; "
+                    "nothing was changed: give a new directory (or move that file)"
+                )
+        if not set(names) <= self.files:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.files |= set(names)
             write_json(self.path, {"tool": self.tool, "files": sorted(self.files)})
-        return self.dir / name
+        return [self.dir / name for name in names]
