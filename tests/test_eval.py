@@ -163,6 +163,8 @@ def test_orders_combine_and_bootstrap():
     assert model_preference(1, model_position=1) == 2 and model_preference(2, model_position=1) == 1
     assert model_preference(2, model_position=2) == 2 and model_preference(0, model_position=2) == 0
     assert combine([2, 2]) == 2 and combine([2, 1]) == 0 and combine([1]) == 1
+    # --swap averages the orders: a win and a draw is 1.75 (it used to be a draw), a loss and a draw 1.25
+    assert combine([2, 0]) == 1.75 and combine([0, 1]) == 1.25 and combine([0, 0]) == 0
     assert bootstrap_interval([2] * 10, 500, 0) == (100.0, 100.0)
     prefs = [2] * 30 + [1] * 10 + [0] * 10  # win rate 70
     lo, hi = bootstrap_interval(prefs, 2000, 0)
@@ -201,6 +203,9 @@ def test_position_biased_judge_with_swap_is_50_percent(server, tmp_path):
     s = run_eval(eval_cfg(tmp_path, a, b, swap=True))
     assert s["complete"] and s["n_total"] == 20 and s["n_draws"] == 20 and s["win_rate"] == 50.0
     assert s["order_agreement"] == 0.0 and s["first_position_rate"] == 1.0
+    # each order's raw counts, as its own leaderboard row
+    assert s["by_order"]["model_first"]["n_wins"] == 20 and s["by_order"]["model_first"]["win_rate"] == 100.0
+    assert s["by_order"]["reference_first"]["n_wins_base"] == 20
     assert len(server.requests) == 40  # both orders, each once
     ann = json.loads((tmp_path / "eval" / "annotations.json").read_text())
     assert {a["preference"] for a in ann} == {0}
@@ -579,3 +584,20 @@ def test_eval_rm_refuses_nothing_nan_gold_and_a_directory_json(tmp_path, tmp_pat
     assert m["skipped"]["invalid_record"] == 1 and m["original_pairs"] == 11
     assert cli(["eval-rm", rm, str(nan_file), "--json", str(tmp_path)]) == 2
     assert "--json" in caplog.text and "is a directory" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "argv, hint",
+    [
+        (["demo", "--seed", "42"], "--seed (did you mean --seeds?)"),
+        (["eval", "a", "b", "--judge", "x", "-o", "y", "--sw"], "--sw (did you mean --swap"),
+        (["winrate", "a", "--js", "s.json"], "--js (did you mean --json?)"),
+    ],
+)
+def test_abbreviated_flags_are_errors_naming_the_real_ones(argv, hint, capsys):
+    """argparse's prefix matching read `fgrlhf demo --seed 42` as `--seeds 42` (42 seeds, hours of
+    work): every fgrlhf command now refuses an abbreviated or unknown flag and names the real ones."""
+    with pytest.raises(SystemExit) as e:
+        cli(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unrecognized arguments" in err and hint in err and "its flags:" in err

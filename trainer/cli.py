@@ -60,6 +60,31 @@ def _optional_float(text: str) -> float | None:
     return None if text.lower() in ("none", "null", "") else float(text)
 
 
+class Parser(argparse.ArgumentParser):
+    """The ``fgrlhf`` parser: no prefix matching (``--seed`` is not ``--seeds``), and an unknown
+    flag is an error naming the closest real flags of its subcommand."""
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        import difflib
+
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            sub = self._subcommands().get(getattr(ns, "command", None), self)
+            flags = sorted({o for a in sub._actions for o in a.option_strings if o.startswith("--")})
+            words = []
+            for x in extras:
+                near = difflib.get_close_matches(x.split("=")[0], flags, n=3, cutoff=0.6)
+                words.append(f"{x} (did you mean {' or '.join(near)}?)" if near and x.startswith("-") else x)
+            sub.error(f"unrecognized arguments: {' '.join(words)}; its flags: {' '.join(flags)}")
+        return ns
+
+    def _subcommands(self) -> dict[str, argparse.ArgumentParser]:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return dict(action.choices)
+        return {}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     # -v works before or after the subcommand (SUPPRESS: the subcommand's default does not
@@ -68,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
     )
-    parser = argparse.ArgumentParser(prog="fgrlhf", description="Fine-grained RLHF tools.")
+    parser = Parser(prog="fgrlhf", description="Fine-grained RLHF tools.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -236,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo_mod.add_arguments(dm)
+    # No prefix matching: `fgrlhf demo --seed 42` used to be read as `--seeds 42` (42 seeds, hours).
+    # An abbreviated or unknown flag is an error that lists the real ones.
+    for p in (parser, *sub.choices.values()):
+        p.allow_abbrev = False
     return parser
 
 

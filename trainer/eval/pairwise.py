@@ -11,7 +11,10 @@ string ``instruction``/``output`` stop the run with an error naming the file and
 
 Position bias: each instruction is shown to the judge in one order, chosen at random from
 ``--seed`` and the instruction (so a subset or a rerun sees the same order), or with ``--swap``
-in both orders; when the two orders disagree the comparison is a draw.
+in both orders, the instruction's preference being the mean of the two orders' (:func:`combine`:
+a win in one order and a draw in the other is 1.75, not a draw), so a ``--swap`` win rate is the
+mean of the two single-order win rates; each order's own counts are in the summary
+(``by_order``).
 
 Crash safety (the edit collector's: :class:`~trainer.infra.appendlog.AppendLog`): every verdict
 is appended at once to ``OUT/judgments.jsonl``, keyed by a hash of the judge (name and
@@ -51,7 +54,7 @@ from typing import Any
 
 from trainer.data.formats import DataError, Prompt, prompt_parts, read_records
 from trainer.eval.judges import Comparison, Judge, Verdict, make_judge
-from trainer.eval.winrate import summarize
+from trainer.eval.winrate import summarize, winrate
 from trainer.infra.appendlog import AppendLog
 from trainer.infra.outputs import OwnedFiles, check_output, write_json
 
@@ -242,9 +245,20 @@ def model_preference(shown: int, model_position: int) -> int:
     return 2 if shown == model_position else 1
 
 
-def combine(prefs: Sequence[int]) -> int:
-    """Model preferences of the orders judged into one: their common value, a draw otherwise."""
-    return prefs[0] if all(p == prefs[0] for p in prefs) else 0
+def combine(prefs: Sequence[int]) -> float:
+    """Model preferences of the orders judged into one: the mean of their scores s (win 1,
+    draw ½, loss 0) as a preference 1 + mean(s) — so the win rate of ``--swap`` is the mean of the
+    two orders' win rates, comparable with single-order numbers (AlpacaEval 2 writes such
+    continuous preferences). A draw (1.5) is written 0, AlpacaEval 1's draw; agreeing orders
+    keep their value.
+
+    By hand: [2, 2] -> 2; [2, 1] -> 1.5 = draw -> 0; [2, 0] -> 1 + (1 + ½)/2 = 1.75 (it used to be
+    a draw, pulling win rates toward 50%); [1, 0] -> 1.25.
+    """
+    if all(p == prefs[0] for p in prefs):
+        return prefs[0]
+    mean = sum(0.5 if p == 0 else p - 1.0 for p in prefs) / len(prefs)
+    return 0 if mean == 0.5 else 1.0 + mean
 
 
 def bootstrap_interval(preferences: Sequence[float], reps: int, seed: int) -> tuple[float, float] | None:
@@ -519,6 +533,10 @@ def _summary(
     if cfg.swap and annotations:
         agree = [len(set(a["preference_by_order"].values())) == 1 for a in annotations]
         s["order_agreement"] = sum(agree) / len(agree)
+        s["by_order"] = {  # each order's raw verdicts, as its own leaderboard row
+            order: {k: v for k, v in winrate([a["preference_by_order"][order] for a in annotations]).items()}
+            for order in ("model_first", "reference_first")
+        }
     tok_in = sum(int(r.get("usage", {}).get("input_tokens", 0)) for r in used)
     tok_out = sum(int(r.get("usage", {}).get("output_tokens", 0)) for r in used)
     s.update(
