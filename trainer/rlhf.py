@@ -87,10 +87,13 @@ def scale_token_rewards(
       continuing like "+r/T per further token", so whenever scores are positive the policy is
       pushed to the cap (measured, ``bench/token_reward_scale.py``). Here continuing pays only if
       it raises the mean, and since m_{t−1} is a function of the prefix, the policy gradient
-      equals that of R(τ) with a state baseline (unbiased). EOS's own score is left out because a
-      token RM trained on edits never learns it (EOS is unchanged in every pair: no gradient under
-      eq. 4), so it would otherwise decide when responses stop — except in a response that is EOS
-      alone, whose reward is its EOS score (a fixed 0 would beat every negative level).
+      equals that of the content mean with a state baseline (unbiased). The sum m_T is the RM's
+      R(τ) without its EOS term. EOS's own score is left out because it is not learned from the
+      content of the edits: under eq. 4 (``variant=changed``) EOS is unchanged in every pair and
+      gets no gradient; under eq. 3 (``exact``) it enters both sides' means, weighted 1/T_i and
+      1/T_j, so it learns only from the pair's length difference — paid out, that one score would
+      decide when responses stop. Except in a response that is EOS alone, whose reward is its EOS
+      score (a fixed 0 would beat every negative level).
 
     Example (by hand): r = [[2, 4, 0]], mask [[T, T, F]]: raw [[2, 4, 0]], mean [[1, 2, 0]];
     r = [[2, 4, 1, 0]], eos [[F, F, T, F]], mask [[T, T, T, F]]: m = 2, 3, 3 -> running_mean
