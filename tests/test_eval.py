@@ -601,3 +601,45 @@ def test_abbreviated_flags_are_errors_naming_the_real_ones(argv, hint, capsys):
         cli(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and "unrecognized arguments" in err and hint in err and "its flags:" in err
+
+
+def test_gold_judge_does_not_reward_empty_or_unfinished_answers(world, tmp_path):
+    """The gold is a mean token utility: an empty answer scored 0 and beat every answer below 0,
+    and an answer cut at the length cap was scored as complete. Now either loses to a complete
+    answer whatever its gold, two incomplete answers draw, and an output file's ``finished`` is
+    part of the comparison (and of its identity: the same texts with another flag are re-judged)."""
+    import asyncio
+
+    from trainer.data.formats import Prompt
+    from trainer.eval.judges import Comparison, GoldJudge
+
+    judge = GoldJudge(str(world))
+    p = Prompt("p1 p2")
+    bad, good = "b1 b2 b3", "g1 g2"
+    assert judge.reward(p, bad) < 0 < judge.reward(p, good) and judge.reward(p, "") == 0.0
+    cases = [
+        (Comparison(p, bad, ""), 1),  # empty loses even to a negative answer
+        (Comparison(p, "", bad), 2),
+        (Comparison(p, good, bad, finished_1=False, finished_2=True), 2),  # cut at the cap loses
+        (Comparison(p, good, "", finished_1=False), 0),  # two incomplete answers: a draw
+        (Comparison(p, good, bad, finished_1=None, finished_2=None), 1),  # not recorded: by gold
+    ]
+    verdicts = asyncio.run(judge.compare_batch([c for c, _ in cases]))
+    assert [v.preference for v in verdicts] == [want for _, want in cases]
+    # end to end: the model's better-gold answers were all cut at the cap -> it loses every one
+    rows = [
+        {"instruction": f"p{i} p{i + 1}", "output": f"g{i} g{i + 1}", "finished": False} for i in range(4)
+    ]
+    refs = [{"instruction": f"p{i} p{i + 1}", "output": f"b{i} n{i}", "finished": True} for i in range(4)]
+    a, b = write_json(tmp_path / "a.json", rows), write_json(tmp_path / "b.json", refs)
+    base = ["eval", str(a), str(b), "--judge", f"gold:{world}", "--no-progress", "-o"]
+    assert cli([*base, str(tmp_path / "cut")]) == 0
+    assert json.loads((tmp_path / "cut" / "summary.json").read_text())["win_rate"] == 0.0
+    for r in rows:
+        r["finished"] = True
+    write_json(a, rows)
+    assert cli([*base, str(tmp_path / "cut")]) == 0  # the same texts, now finished: judged again
+    assert json.loads((tmp_path / "cut" / "summary.json").read_text())["win_rate"] == 100.0
+    rows[0]["finished"] = "yes"
+    write_json(a, rows)
+    assert cli([*base, str(tmp_path / "bad")]) == 2

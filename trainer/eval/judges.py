@@ -14,7 +14,10 @@ One small interface, :class:`Judge`; a judge is named by a spec string (:func:`m
 * ``gold:<dir>`` — :class:`GoldJudge`: the synthetic world's known gold reward (the mean token
   utility, :func:`trainer.data.synthetic.gold_reward`) of the world written under ``<dir>``
   (its ``synthetic_config.json``); the higher wins, equal gold rewards are a draw. The judge of
-  ``fgrlhf demo``: exact, so a win rate measures the policy, not the judge.
+  ``fgrlhf demo``: exact, so a win rate measures the policy, not the judge. The gold is a mean
+  token utility, blind to length, so it cannot judge an empty answer (0, above most base
+  answers) or one cut at the length cap (``finished`` False in ``fgrlhf generate``'s output):
+  such an answer loses to a complete one, and two of them draw.
 
 Adding a judge means one class: subclass :class:`Judge`, set ``name`` and ``version`` and write
 :meth:`Judge.compare_batch` (or :meth:`Judge.compare` for one pair at a time).
@@ -71,11 +74,15 @@ def checked_scores(judge: str, what: str, prompt: Prompt, scores: Sequence[float
 
 @dataclass(frozen=True)
 class Comparison:
-    """Two answers to one prompt, in the order the judge sees them."""
+    """Two answers to one prompt, in the order the judge sees them; ``finished_1`` /
+    ``finished_2``: whether each ended with EOS (``fgrlhf generate``'s ``finished``; None when the
+    outputs file does not say)."""
 
     prompt: Prompt
     output_1: str
     output_2: str
+    finished_1: bool | None = None
+    finished_2: bool | None = None
 
 
 @dataclass
@@ -108,6 +115,7 @@ class Judge:
     version: str = "0"
     concurrency: int = 1
     batch_size: int = 1
+    uses_finished: bool = False  # the verdict depends on Comparison.finished_* (part of its identity)
 
     async def compare(self, c: Comparison) -> Verdict:
         """One comparison."""
@@ -312,6 +320,7 @@ class GoldJudge(Judge):
     """
 
     batch_size = 64
+    uses_finished = True
 
     def __init__(self, world: str, tie_tolerance: float = 0.0):
         import json
@@ -326,7 +335,8 @@ class GoldJudge(Judge):
         self.tie_tolerance = tie_tolerance
         self.name = f"gold:{Path(world)}"
         blob = json.dumps(self.world.__dict__, sort_keys=True).encode()
-        self.version = f"gold:{hashlib.sha256(blob).hexdigest()[:12]}"
+        # v2: empty and unfinished answers lose (v1 scored them by their mean utility)
+        self.version = f"gold-v2:{hashlib.sha256(blob).hexdigest()[:12]}"
 
     def reward(self, prompt: Prompt, output: str) -> float:
         """The gold reward of one answer."""
@@ -334,11 +344,26 @@ class GoldJudge(Judge):
 
         return gold_reward(prompt.text, output, self.world)
 
+    @staticmethod
+    def complete(output: str, finished: bool | None) -> bool:
+        """An answer the gold may score: not empty, and not cut at the length cap (``finished``
+        False). The gold reward is a mean token utility, blind to length and to a missing EOS:
+        an empty answer scores 0, above most base answers, and a cut one is scored as if whole."""
+        return bool(output.strip()) and finished is not False
+
     async def compare(self, c: Comparison) -> Verdict:
+        """A complete answer beats an empty or unfinished one (AlpacaFarm's missing-EOS rule: an
+        unfinished answer is the worst); two incomplete answers draw; otherwise the higher gold wins."""
+        ok1, ok2 = self.complete(c.output_1, c.finished_1), self.complete(c.output_2, c.finished_2)
         g1, g2 = self.reward(c.prompt, c.output_1), self.reward(c.prompt, c.output_2)
         checked_scores(self.name, "gold reward", c.prompt, (g1, g2))
+        raw = f"gold_1={g1:.6g} gold_2={g2:.6g} complete_1={ok1} complete_2={ok2}"
+        if ok1 != ok2:
+            return Verdict(1 if ok1 else 2, raw, self.name)
+        if not ok1:
+            return Verdict(0, raw, self.name)
         pref = 0 if abs(g1 - g2) <= self.tie_tolerance else (1 if g1 > g2 else 2)
-        return Verdict(pref, f"gold_1={g1:.6g} gold_2={g2:.6g}", self.name)
+        return Verdict(pref, raw, self.name)
 
 
 def make_judge(spec: str, **options) -> Judge:

@@ -124,6 +124,7 @@ class Output:
     generator: str | None
     dataset: str | None
     where: str
+    finished: bool | None = None  # ended with EOS (fgrlhf generate's field); None: not recorded
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,8 @@ def load_outputs(path: str, skip_invalid: bool = False) -> tuple[dict[str, Outpu
             for k in ("generator", "dataset"):
                 if rec.get(k) is not None and not isinstance(rec[k], str):
                     raise DataError(path, f"expected a string, got {type(rec[k]).__name__}", where, k)
+            if rec.get("finished") is not None and not isinstance(rec["finished"], bool):
+                raise DataError(path, f"expected true or false, got {rec['finished']!r}", where, "finished")
             key = _key(prompt)
             if key in out:
                 raise DataError(
@@ -174,7 +177,9 @@ def load_outputs(path: str, skip_invalid: bool = False) -> tuple[dict[str, Outpu
                 raise
             bad.append(e)
             continue
-        out[key] = Output(prompt, rec["output"], rec.get("generator"), rec.get("dataset"), where)
+        out[key] = Output(
+            prompt, rec["output"], rec.get("generator"), rec.get("dataset"), where, rec.get("finished")
+        )
     if not out:
         raise DataError(path, "no outputs" + (f" ({len(bad)} invalid skipped)" if bad else ""))
     return out, bad
@@ -222,18 +227,20 @@ class Task:
 
     @property
     def comparison(self) -> Comparison:
-        m, r = self.item.model.output, self.item.reference.output
+        m, r = self.item.model, self.item.reference
         a, b = (m, r) if self.model_position == 1 else (r, m)
-        return Comparison(self.item.model.prompt, a, b)
+        return Comparison(self.item.model.prompt, a.output, b.output, a.finished, b.finished)
 
     def id(self, judge: Judge) -> str:
         """The judgment's identity: judge, its version, the instruction, the texts as shown and
         which side is the model's (two equal answers are still two orders)."""
         c = self.comparison
         p = c.prompt
-        blob = json.dumps(
-            [judge.name, judge.version, p.instruction, p.input, c.output_1, c.output_2, self.model_position]
-        )
+        parts = [judge.name, judge.version, p.instruction, p.input, c.output_1, c.output_2]
+        parts.append(self.model_position)
+        if judge.uses_finished:  # the same texts, one of them cut at the cap, are another comparison
+            parts += [c.finished_1, c.finished_2]
+        blob = json.dumps(parts)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
 
 
