@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
+import time
+import unicodedata
 from pathlib import Path
 
 import pytest
 from _tiny_runs import tiny_ppo_run
 
+from trainer.data.formats import DataError
 from trainer.eval.report import (
     add_arguments,
     colour,
+    escape,
+    ppo_report,
     ppo_report_html,
     read_rollouts,
     rm_report_html,
@@ -169,6 +175,279 @@ def test_cli_bad_input_exit_2_with_the_reason(tiny_run, tmp_path, capsys):
     assert not (tmp_path / "r.html").exists()
 
 
+# --- untrusted fields: validated or escaped, bidi controls visible, -o checked ------------------
+META = '<meta http-equiv="refresh" content="0;url=http://127.0.0.1:9/">'
+# Every kind of markup an injected field could carry: a redirect, a style sheet, a link, a form, a
+# way out of a double- or single-quoted attribute (an element, or an attribute of its own).
+PAYLOAD = (
+    META
+    + "<style>body{display:none}</style>"
+    + '<a href="http://127.0.0.1:9/">link</a>'
+    + '<form action="http://127.0.0.1:9/"><input name="q"></form>'
+    + '"><b>INJ</b>'
+    + "'><b>INJ</b>"
+    + '" data-inj="1'
+    + "' data-inj='1"
+)
+VALUE_LISTS = ("reward", "kl", "total", "advantage", "value")
+
+
+def _rollout(**over) -> dict:
+    """A valid rollouts.jsonl record (two tokens), with ``over`` replacing fields."""
+    rec = {
+        "iteration": 1, "sample": 0, "prompt": "p", "pieces": [" a", " b"], "ids": [5, 6],
+        "reward": [0.5, -0.5], "kl": [0.0, 0.1], "total": [0.5, -0.6], "advantage": [0.2, -0.2],
+        "value": [0.1, 0.1], "sequence_reward": 0.25, "truncated": False,
+    }  # fmt: skip
+    rec.update(over)
+    return rec
+
+
+# Each field of a rollout record injected in turn: as the field's value, and as a list's entry.
+ROLLOUT_INJECTIONS = (
+    [(k, PAYLOAD) for k in ("iteration", "sample", "prompt", "pieces", "ids", "sequence_reward", "truncated")]
+    + [("pieces", [PAYLOAD, " b"]), ("ids", [PAYLOAD, 6])]
+    + [(k, PAYLOAD) for k in VALUE_LISTS]
+    + [(k, [PAYLOAD, 0.0]) for k in VALUE_LISTS]
+)
+ROLLOUT_IDS = [f"{k}-{'entry' if isinstance(v, list) else 'value'}" for k, v in ROLLOUT_INJECTIONS]
+ACCEPTED = {"prompt-value", "pieces-entry"}  # text fields: shown, escaped; every other one is refused
+
+
+def _rollout_outcome(tmp_path: Path, field: str, value) -> str | DataError:
+    """A rollouts.jsonl (a good line, then the record with ``field`` = ``value``) through
+    ``read_rollouts`` and ``ppo_report``: the page, or the DataError that refused the file."""
+    f = tmp_path / "rollouts.jsonl"
+    f.write_text(json.dumps(_rollout()) + "\n" + json.dumps(_rollout(**{field: value})) + "\n")
+    try:
+        read_rollouts(f)
+    except DataError as e:
+        return e
+    return ppo_report(f, tmp_path / "page.html").read_text(encoding="utf-8")
+
+
+# The RM page's fields injected in turn (a pair's, a side's list entry, the summary's).
+RM_INJECTIONS = [
+    ("index", PAYLOAD), ("prompt", PAYLOAD), ("margin", PAYLOAD), ("R", PAYLOAD),
+    ("pieces", [" a", PAYLOAD, " c"]), ("ids", [10, PAYLOAD, 12]), ("reward", [-1.0, PAYLOAD, 0.5]),
+    ("changed", [False, PAYLOAD, False]), ("rm_dir", PAYLOAD), ("pairs_file", PAYLOAD),
+    ("level", PAYLOAD), ("n_pairs", PAYLOAD), ("accuracy", PAYLOAD), ("mean_margin", PAYLOAD),
+]  # fmt: skip
+SUMMARY_KEYS = ("rm_dir", "pairs_file", "level", "n_pairs", "accuracy", "mean_margin")
+
+
+def _rm_page(field: str, value) -> str:
+    pairs = _known_pairs()
+    summary = {"rm_dir": "rm", "pairs_file": "p.jsonl", "level": "token", "n_pairs": 2, "accuracy": 0.5}
+    if field in SUMMARY_KEYS:
+        summary[field] = value
+    elif field in ("index", "prompt", "margin"):
+        pairs[0][field] = value
+    else:
+        pairs[0]["original"][field] = value
+    return rm_report_html(pairs, summary)
+
+
+def _assert_inert(page: str) -> None:
+    """No markup of :data:`PAYLOAD` in the HTML: only the page's own 3 metas (charset, the CSP,
+    viewport), style, script and no link, form or input; no quote that leaves an attribute."""
+    low = page.lower()
+    assert low.count("<meta") == 3 and 'http-equiv="refresh' not in low
+    assert low.count("<style") == 1 and low.count("<script") == 1
+    assert "<a " not in low and "<form" not in low and "<input" not in low
+    assert "<b>inj" not in low and 'data-inj="1' not in low and "data-inj='1" not in low
+
+
+@pytest.mark.parametrize(("field", "value"), ROLLOUT_INJECTIONS, ids=ROLLOUT_IDS)
+def test_a_rollout_field_with_markup_is_refused_or_shown_as_text(field, value, tmp_path):
+    case = f"{field}-{'entry' if isinstance(value, list) else 'value'}"
+    out = _rollout_outcome(tmp_path, field, value)
+    if case in ACCEPTED:
+        assert isinstance(out, str), out
+        _assert_inert(out)
+        assert "&lt;b&gt;INJ&lt;/b&gt;" in out  # shown, as text
+    else:
+        assert isinstance(out, DataError), f"{field} = markup was accepted"
+        assert out.where == "line 2" and out.field.split("[")[0] == field, str(out)
+        assert "\n" not in str(out)
+    # the renderer escapes anyway: the same record given to it directly, unvalidated
+    _assert_inert(ppo_report_html([_rollout(**{field: value})], PAYLOAD))
+
+
+@pytest.mark.parametrize(("field", "value"), RM_INJECTIONS, ids=[k for k, _ in RM_INJECTIONS])
+def test_an_rm_page_field_with_markup_is_shown_as_text(field, value):
+    _assert_inert(_rm_page(field, value))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("iteration", True, "iteration"), ("iteration", -1, "iteration"), ("iteration", 1.5, "iteration"),
+        ("iteration", "1", "iteration"), ("iteration", None, "iteration"), ("sample", "0", "sample"),
+        ("sample", -2, "sample"), ("ids", [5, 6.5], "ids[1]"), ("ids", [5, True], "ids[1]"),
+        ("ids", [5, float("nan")], "ids[1]"), ("ids", {"0": 5}, "ids"), ("pieces", [" a", 7], "pieces[1]"),
+        ("pieces", [" a"], "pieces"), ("reward", [0.1, "0.2"], "reward[1]"),
+        ("reward", [0.1, False], "reward[1]"),
+        ("kl", [0.0], "kl"), ("total", [0.1, [0.2]], "total[1]"), ("advantage", "0.1", "advantage"),
+        ("value", [0.1, {}], "value[1]"), ("sequence_reward", "0.25", "sequence_reward"),
+        ("sequence_reward", True, "sequence_reward"), ("truncated", "false", "truncated"),
+        ("truncated", 0, "truncated"), ("prompt", ["p"], "prompt"), ("prompt", None, "prompt"),
+    ],
+)  # fmt: skip
+def test_read_rollouts_refuses_a_bad_field(field, value, named, tmp_path):
+    f = tmp_path / "rollouts.jsonl"
+    f.write_text(json.dumps(_rollout()) + "\n" + json.dumps(_rollout(**{field: value})) + "\n")
+    with pytest.raises(DataError) as e:
+        read_rollouts(f)
+    assert str(e.value).startswith(f"{f}: line 2: field {named!r}: "), str(e.value)
+
+
+def test_read_rollouts_takes_non_finite_values_and_normalises(tmp_path):
+    """NaN / ±inf / null values (shaded white, printed nan) and 2.0 for an int are fine."""
+    f = tmp_path / "rollouts.jsonl"
+    rec = _rollout(iteration=2.0, reward=[float("nan"), None], kl=[float("inf"), 1e400], sequence_reward=None)
+    f.write_text(json.dumps(rec) + "\n")
+    (r,) = read_rollouts(f)
+    assert r["iteration"] == 2 and isinstance(r["iteration"], int)
+    assert all(math.isnan(v) for v in r["reward"]) and r["kl"] == [math.inf, math.inf]
+    assert math.isnan(r["sequence_reward"])
+    page = ppo_report_html([r], "s")
+    assert "R(τ) <b>nan</b>" in page and 'data-reward="nan"' in page
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("fgrlhf report: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_cli_bad_types_are_one_line_errors(tmp_path, capsys):
+    """A mixed int / str iteration used to be a traceback (sorting mixed types), a string reward too."""
+    f = tmp_path / "rollouts.jsonl"
+    for bad, named in (({"iteration": "2"}, "iteration"), ({"reward": ["0.1", 0.2]}, "reward[0]")):
+        f.write_text(json.dumps(_rollout()) + "\n" + json.dumps(_rollout(**bad)) + "\n")
+        assert _cli(["--rollouts", str(f), "-o", str(tmp_path / "r.html")]) == 2
+        assert f"rollouts.jsonl: line 2: field {named!r}" in _one_line_error(capsys)
+    assert not (tmp_path / "r.html").exists()
+    # the renderer itself does not sort mixed types either
+    page = ppo_report_html([_rollout(iteration=3), _rollout(iteration="x"), _rollout(iteration=1)], "s")
+    assert "from 3 iterations (1, 3, x)" in page
+
+
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+HIDDEN = BIDI + "\u200b\u200c\u200d\u2060\ufeff\u2028\u2029\u00ad\x00\x1b\x7f\x85\ud800\U000e0041"
+
+
+def _raw_hidden(text: str) -> list[str]:
+    """The characters of ``text`` a reader cannot see (format, separators, surrogates, controls
+    other than tab / newline / CR)."""
+    return [
+        f"U+{ord(c):04X}"
+        for c in text
+        if unicodedata.category(c) in ("Cf", "Zl", "Zp", "Cs")
+        or (unicodedata.category(c) == "Cc" and c not in "\t\n\r")
+    ]
+
+
+def test_escape_makes_bidi_and_invisible_characters_visible():
+    for ch in HIDDEN:
+        code = f"U+{ord(ch):04X}"
+        got = escape(f"a{ch}b")
+        assert (
+            ch not in got
+            and got.startswith(f'a<span class="bidi" title="{code} ')
+            and got.endswith(f">\u27e8{code}\u27e9</span>b")
+        ), (code, got)
+        assert escape(f"a{ch}b", attr=True) == f"a\u27e8{code}\u27e9b"  # plain text in an attribute
+    assert escape("\u202e") == '<span class="bidi" title="U+202E RIGHT-TO-LEFT OVERRIDE">⟨U+202E⟩</span>'
+    ordinary = "tab\tnew\nline\r שלום مرحبا 👋 ü"
+    assert (
+        escape(ordinary) == ordinary
+    )  # visible text, tab, newline, CR and right-to-left letters as they are
+    assert escape("<a href='x'>&\"") == "&lt;a href=&#x27;x&#x27;&gt;&amp;&quot;"
+
+
+def test_pages_show_bidi_controls_as_markers(tmp_path, capsys):
+    """A prompt ``"\\u202egnp.exe"`` displayed as ``exe.png``: no raw control character reaches
+    either page, each shows as ⟨U+....⟩ (in text and in the token titles)."""
+    f = tmp_path / "rollouts.jsonl"
+    rec = _rollout(prompt="\u202egnp.exe", pieces=[" a" + HIDDEN, "\u2067b"], iteration=7)
+    f.write_text(json.dumps(rec) + "\n")
+    assert _cli(["--rollouts", str(f), "-o", str(tmp_path / "r.html")]) == 0  # a lone surrogate included
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert _raw_hidden(page) == []
+    assert (
+        '<div class="prompt"><span class="bidi" title="U+202E RIGHT-TO-LEFT OVERRIDE">⟨U+202E⟩</span>gnp.exe'
+        in page
+    )
+    assert 'title="&quot;⟨U+2067⟩b&quot; · id 6' in page  # the token's title: the plain marker
+    pairs = _known_pairs()
+    pairs[0]["prompt"] = "\u202egnp.exe"
+    pairs[0]["edited"]["pieces"][1] = "\u2066x\u2069"
+    page = rm_report_html(pairs, {"rm_dir": "rm\u202e", "n_pairs": 2, "accuracy": 0.5})
+    assert _raw_hidden(page) == [] and page.count("⟨U+202E⟩") == 2 and "⟨U+2066⟩x" in page
+
+
+def _leftovers(d: Path) -> list[str]:
+    return [p.name for p in d.rglob("*tmp-*")]
+
+
+def test_cli_output_must_be_a_file_and_not_an_input(tiny_run, tmp_path, capsys):
+    """``-o DIR`` was a traceback leaving ``.DIR.tmp-PID``; ``-o`` = the input replaced the input."""
+    run = tmp_path / "run"
+    run.mkdir()
+    rollouts = run / "rollouts.jsonl"
+    rollouts.write_text(json.dumps(_rollout()) + "\n")
+    before = rollouts.read_bytes()
+    assert _cli(["--rollouts", str(run), "-o", str(tmp_path)]) == 2
+    assert "is a directory" in _one_line_error(capsys)
+    assert _cli(["--rollouts", str(run), "-o", str(tmp_path / "new") + "/"]) == 2
+    assert "is a directory" in _one_line_error(capsys)
+    for src, o in (
+        (run, rollouts),  # a run directory: its rollouts.jsonl is the input
+        (rollouts, rollouts),
+        (rollouts, run / ".." / "run" / "rollouts.jsonl"),
+    ):
+        assert _cli(["--rollouts", str(src), "-o", str(o)]) == 2
+        assert "would destroy the input" in _one_line_error(capsys)
+    assert rollouts.read_bytes() == before and _leftovers(tmp_path) == []
+    # --rm: refused before the model is loaded (the RM directory does not even exist)
+    out, _ = tiny_run
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_bytes((out / "synthetic" / "pairs.jsonl").read_bytes())
+    before = pairs.read_bytes()
+    assert _cli(["--rm", str(tmp_path / "no-rm"), "--pairs", str(pairs), "-o", str(pairs)]) == 2
+    err = _one_line_error(capsys)
+    assert "would destroy the input" in err and "no-rm" not in err
+    assert pairs.read_bytes() == before and _leftovers(tmp_path) == []
+
+
+def test_cli_unwritable_output_exit_1(tmp_path, capsys):
+    f = tmp_path / "rollouts.jsonl"
+    f.write_text(json.dumps(_rollout()) + "\n")
+    (tmp_path / "a-file").write_text("x")
+    assert _cli(["--rollouts", str(f), "-o", str(tmp_path / "a-file" / "r.html")]) == 1
+    assert "cannot write the page" in _one_line_error(capsys)
+    assert _leftovers(tmp_path) == []
+
+
+def test_write_atomic_removes_its_temp_file_on_failure(tmp_path, monkeypatch):
+    d = tmp_path / "d"
+    d.mkdir()
+    with pytest.raises(OSError):
+        write_atomic(d, "x")  # the rename onto a directory fails
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+    page = write_atomic(tmp_path / "p.html", "old")
+
+    def boom(*a):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        write_atomic(page, "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "p.html"] and page.read_text() == "old"
+
+
 # --- in a real browser -------------------------------------------------------------------------
 def _install_chromium(marker: Path) -> str:
     """Try ``apt-get install chromium chromium-driver`` once per session (root only); the reason
@@ -280,4 +559,78 @@ def test_ppo_page_of_the_tiny_run_in_a_browser(browser, tiny_run, tmp_path):
     assert got == [colour(v, scale) for v in adv]  # the script recolours by the rule of colour()
     shot = tmp_path / "ppo.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    assert _errors(browser) == []
+
+
+# The DOM after loading a page: the elements an injection would add, and where the browser is.
+_DOM = """return {
+  metas: Array.from(document.querySelectorAll('meta')).map(m =>
+    m.getAttribute('http-equiv') || m.getAttribute('name') || (m.hasAttribute('charset') ? 'charset' : '?')),
+  styles: document.querySelectorAll('style').length,
+  scripts: document.querySelectorAll('script').length,
+  foreign: Array.from(document.querySelectorAll('a, form, input, img, iframe, base, link, object, embed'))
+    .map(e => e.tagName),
+  injected_b: Array.from(document.querySelectorAll('b')).filter(b => b.textContent === 'INJ').length,
+  injected_attr: document.querySelectorAll('[data-inj], [href], [action]').length,
+  title: document.title,
+}"""
+
+
+def _assert_inert_in_browser(browser, page: Path) -> None:
+    """``page`` in the browser: no injected element or attribute, and it stays where it is (a
+    meta refresh of 0 s would have navigated by the end of the wait)."""
+    uri = page.as_uri()
+    browser.get(uri)
+    dom = browser.execute_script(_DOM)
+    assert dom["metas"] == ["charset", "Content-Security-Policy", "viewport"], dom
+    assert (dom["styles"], dom["scripts"], dom["foreign"]) == (1, 1, []), dom
+    assert dom["injected_b"] == dom["injected_attr"] == 0, dom
+    assert dom["title"].startswith("token rewards"), dom
+    time.sleep(0.4)
+    assert browser.current_url == uri
+    assert _errors(browser) == []
+
+
+def test_the_navigation_check_catches_a_meta_refresh(browser, tmp_path):
+    """The check the injection tests rely on: a raw meta refresh in the body navigates away."""
+    page = write_atomic(tmp_path / "nav.html", f"<html><body><p>x</p>{META}</body></html>")
+    browser.get(page.as_uri())
+    for _ in range(50):
+        if browser.current_url != page.as_uri():
+            break
+        time.sleep(0.1)
+    assert browser.current_url != page.as_uri()
+    browser.get_log("browser")  # the failed load's errors, not the next test's
+
+
+@pytest.mark.parametrize(("field", "value"), ROLLOUT_INJECTIONS, ids=ROLLOUT_IDS)
+def test_a_rollout_field_with_markup_in_a_browser(browser, field, value, tmp_path):
+    """Each field injected in turn: refused by read_rollouts, or a page that shows it as text
+    (both the page of the file and the page of the record given to the renderer unvalidated)."""
+    out = _rollout_outcome(tmp_path, field, value)
+    if isinstance(out, str):
+        _assert_inert_in_browser(browser, tmp_path / "page.html")
+        text = browser.execute_script("return document.body.innerText")
+        assert '"><b>INJ</b>' in text  # shown, as text
+    else:
+        assert out.field.split("[")[0] == field
+    raw = write_atomic(tmp_path / "raw.html", ppo_report_html([_rollout(**{field: value})], PAYLOAD))
+    _assert_inert_in_browser(browser, raw)
+
+
+@pytest.mark.parametrize(("field", "value"), RM_INJECTIONS, ids=[k for k, _ in RM_INJECTIONS])
+def test_an_rm_page_field_with_markup_in_a_browser(browser, field, value, tmp_path):
+    _assert_inert_in_browser(browser, write_atomic(tmp_path / "rm.html", _rm_page(field, value)))
+
+
+def test_bidi_markers_in_a_browser(browser, tmp_path):
+    f = tmp_path / "rollouts.jsonl"
+    f.write_text(json.dumps(_rollout(prompt="\u202egnp.exe", pieces=["\u2067a", " b"])) + "\n")
+    page = ppo_report(f, tmp_path / "bidi.html")
+    browser.get(page.as_uri())
+    assert browser.execute_script("return document.querySelector('.prompt').innerText") == "⟨U+202E⟩gnp.exe"
+    got = browser.execute_script(
+        "var s = document.querySelector('span.t'); return [s.innerText, s.getAttribute('title')]"
+    )
+    assert got[0] == "⟨U+2067⟩a" and got[1].startswith('"⟨U+2067⟩a" · id 5')
     assert _errors(browser) == []

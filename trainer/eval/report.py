@@ -17,9 +17,19 @@ naming the token, its id and the values::
   ``output_dir/rollouts.jsonl`` (:func:`rollout_samples`: a few rows of chosen iterations with
   their per-token RM reward, KL, total reward and advantage); a selector switches the shading.
 
-Every text is HTML-escaped (model outputs are untrusted: a response holding ``<script>`` shows as
-text), and a Content-Security-Policy admits only the page's own script (by hash) as a second
-line of defence. Size is capped: at most ``max_items`` pairs / samples and ``max_tokens`` tokens
+Everything on the page is untrusted (model outputs, and every field of a ``rollouts.jsonl`` or a
+pairs file), and one rule covers it: every value that reaches the HTML either goes through the
+one escaping function, :func:`escape` (``& < > " '`` as entities, so a response holding
+``<script>`` or ``"><b>`` shows as text, in element text and attribute values alike; and every
+invisible or reordering character -- the bidi controls U+202A-U+202E, U+2066-U+2069, U+200E,
+U+200F, U+061C, the zero-width ones, U+2028/U+2029, other format and control characters, a
+lone surrogate -- replaced by a visible marker ``⟨U+202E⟩``, so ``"\\u202egnp.exe"`` cannot show
+as ``exe.png``), or is formatted as a number it has been checked to be (:func:`_float`: anything
+else is NaN and prints ``nan``). :func:`read_rollouts` validates each record strictly first
+(types, signs, lengths; a :class:`~trainer.data.formats.DataError` naming file, line and field),
+so a bad file is refused before anything is rendered; the renderers escape anyway. A
+Content-Security-Policy admits only the page's own script (by hash) as a further line of
+defence. Size is capped: at most ``max_items`` pairs / samples and ``max_tokens`` tokens
 per response, and rendering stops at ``max_bytes`` of HTML, each with a note saying so.
 """
 
@@ -27,27 +37,33 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
+import functools
 import hashlib
 import html
 import json
 import math
+import os
+import re
+import unicodedata
 from pathlib import Path
 from typing import Any
 
-from trainer.data.formats import DataError
-from trainer.infra.runtime import write_atomic
+from trainer.data.formats import DataError, finite_number
 
 __all__ = [
     "NEGATIVE",
     "POSITIVE",
     "add_arguments",
     "colour",
+    "escape",
     "ppo_report",
     "ppo_report_html",
     "read_rollouts",
     "rm_report",
     "rm_report_html",
     "rollout_samples",
+    "rollouts_file",
     "run_cli",
     "score_rm_pairs",
     "token_pieces",
@@ -128,6 +144,7 @@ h1{font-size:1.3em;margin:.8em 0 .3em} .meta{color:#555;font-size:.9em}
 .mk{font-size:.8em;padding:0 .3em;border-radius:3px}
 .mk.added{border-bottom:3px solid #1a9850}
 .mk.removed{border-bottom:3px dashed #762a83;text-decoration:line-through}
+.bidi{font-size:.75em;color:#a00;background:#fee;border:1px solid #d99;border-radius:2px;padding:0 1px}
 """
 
 # Sorting (RM) and switching the shaded value (PPO). Colours are recomputed with the same rule as
@@ -160,12 +177,76 @@ if(sort){sort.addEventListener("change",function(){var box=document.getElementBy
 """
 
 
-def _e(s: Any) -> str:
-    return html.escape(str(s), quote=True)
+@functools.cache
+def _hidden() -> re.Pattern:
+    """The characters :func:`escape` replaces by a marker: Unicode's format (Cf: the bidi
+    controls U+202A-U+202E, U+2066-U+2069, U+200E, U+200F, U+061C, the zero-width U+200B-U+200D,
+    U+2060, U+FEFF, soft hyphen, tag characters, ...), line and paragraph separators (Zl, Zp:
+    U+2028, U+2029), lone surrogates (Cs) and control characters (Cc) other than tab, newline and
+    carriage return. Built once from :mod:`unicodedata` (about 0.3 s)."""
+    cats = {"Cf", "Zl", "Zp", "Cs"}
+    spans: list[list[int]] = []
+    for c in range(0x110000):
+        ch = chr(c)
+        cat = unicodedata.category(ch)
+        if cat in cats or (cat == "Cc" and ch not in "\t\n\r"):
+            if spans and spans[-1][1] == c - 1:
+                spans[-1][1] = c
+            else:
+                spans.append([c, c])
+    cls = "".join(re.escape(chr(a)) + (f"-{re.escape(chr(b))}" if b > a else "") for a, b in spans)
+    return re.compile(f"[{cls}]")
 
 
-def _num(v: float) -> str:
-    return f"{v:+.4f}" if math.isfinite(v) else "nan"
+def _marker(ch: str, attr: bool) -> str:
+    """The visible stand-in of a hidden character: ``⟨U+202E⟩`` (in an attribute value or
+    ``<title>``), else that text in a ``<span class="bidi">`` titled with the character's name
+    (``U+202E RIGHT-TO-LEFT OVERRIDE``)."""
+    code = f"U+{ord(ch):04X}"
+    text = f"\u27e8{code}\u27e9"
+    if attr:
+        return text
+    cat = unicodedata.category(ch)
+    name = unicodedata.name(ch, "") or {"Cc": "CONTROL CHARACTER", "Cs": "LONE SURROGATE"}.get(cat, cat)
+    return f'<span class="bidi" title="{code} {name}">{text}</span>'
+
+
+def escape(value: Any, attr: bool = False) -> str:
+    """``str(value)`` safe to put in the page: the one escaping function every text on the page
+    goes through (numbers aside, which are formatted only after :func:`_float`).
+
+    ``& < > " '`` become entities (the same text is then safe in element content and in a
+    double- or single-quoted attribute value), and each character of :func:`_hidden` -- a bidi
+    control that would reorder the text around it (``"\\u202egnp.exe"`` displays as
+    ``exe.png``), an invisible zero-width or format character, a line separator, a control
+    character, a lone surrogate (which UTF-8 cannot even encode) -- becomes a visible marker
+    (:func:`_marker`): ``⟨U+202E⟩`` plain with ``attr`` (for attribute values and ``<title>``,
+    where markup is not parsed), else in a ``<span class="bidi">`` naming the character."""
+    text = html.escape(str(value), quote=True)
+    return _hidden().sub(lambda m: _marker(m.group(), attr), text)
+
+
+def _float(v: Any) -> float:
+    """``v`` as a float when it is a real number (an int or a float, not a bool; an int too big
+    for a float is ±inf), else NaN: what a number on the page is formatted from, whatever
+    reached the renderer."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return math.nan
+    try:
+        return float(v)
+    except OverflowError:
+        return math.copysign(math.inf, v)
+
+
+def _num(v: Any) -> str:
+    """``+0.1235`` (4 decimals, signed) of a finite number (:func:`_float`), else ``nan``."""
+    x = _float(v)
+    return f"{x:+.4f}" if math.isfinite(x) else "nan"
+
+
+def _g(v: Any) -> str:
+    """A ``data-`` attribute's number (``%.6g`` of :func:`_float`: ``nan``, ``inf`` as such)."""
+    return f"{_float(v):.6g}"
 
 
 def _tokens_html(
@@ -180,31 +261,38 @@ def _tokens_html(
 ) -> str:
     """The ``<span class="t">`` of each token: background = :func:`colour` of ``values[shade]``,
     ``data-<key>`` for every value, a ``title`` with the token (as a JSON string, so whitespace
-    shows), its id and the values; ``mark_class`` on tokens where ``marks`` is True."""
+    shows), its id and the values; ``mark_class`` on tokens where ``marks`` is True. The token
+    text, id and title go through :func:`escape`, the values through :func:`_float` (a missing or
+    non-numeric one is NaN: white, ``nan``); the keys of ``values`` and ``mark_class`` are the
+    caller's constants."""
     out = []
     for i, (piece, tid) in enumerate(zip(pieces, ids)):
         if i >= max_tokens:
             out.append(f'<span class="more"> … {len(ids) - max_tokens} more tokens not shown</span>')
             break
-        vals = {k: float(v[i]) for k, v in values.items()}
-        title = f"{json.dumps(piece, ensure_ascii=False)} · id {tid} · " + " · ".join(
+        vals = {k: _float(v[i]) if i < len(v) else math.nan for k, v in values.items()}
+        title = f"{json.dumps(str(piece), ensure_ascii=False)} · id {tid} · " + " · ".join(
             f"{k} {_num(v)}" for k, v in vals.items()
         )
-        cls = "t " + mark_class if marks is not None and marks[i] else "t"
-        data = " ".join(f'data-{k}="{v:.6g}"' for k, v in vals.items())
+        cls = "t " + mark_class if marks is not None and i < len(marks) and marks[i] else "t"
+        data = " ".join(f'data-{k}="{_g(v)}"' for k, v in vals.items())
         out.append(
             f'<span class="{cls}" style="background-color:{colour(vals[shade], scale)};'
             f'color:{ink(vals[shade], scale)}" '
-            f'data-id="{tid}" {data} title="{_e(title)}">{_e(piece)}</span>'
+            f'data-id="{escape(tid, attr=True)}" {data} title="{escape(title, attr=True)}">'
+            f"{escape(piece)}</span>"
         )
     return "".join(out)
 
 
 def _page(title: str, header: str, controls: str, items: list[str], note: str, scales: dict) -> str:
     """The whole document: CSP admitting only :data:`_JS` (by its hash), CSS, header, sticky bar
-    with controls and legend, the items, the script."""
+    with controls and legend, the items, the script. ``header``, ``controls`` and ``items`` are
+    HTML the caller built by the escaping rule; ``title`` and ``note`` are escaped here;
+    ``scales``: value key -> the scale's end (a float)."""
     digest = base64.b64encode(hashlib.sha256(_JS.encode()).digest()).decode()
     csp = f"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{digest}'; img-src data:"
+    scales = {k: _float(v) for k, v in scales.items()}
     first = next(iter(scales.values()), 1.0)
     legend = (
         f'<div class="legend">value <span id="lo">{-first:.3g}</span><span class="grad"></span>'
@@ -214,9 +302,9 @@ def _page(title: str, header: str, controls: str, items: list[str], note: str, s
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n"
-        f'<body data-scales="{_e(json.dumps(scales))}">\n<h1>{_e(title)}</h1>\n{header}\n'
-        + (f'<p class="note">{_e(note)}</p>\n' if note else "")
+        f"<title>{escape(title, attr=True)}</title><style>{_CSS}</style></head>\n"
+        f'<body data-scales="{escape(json.dumps(scales), attr=True)}">\n<h1>{escape(title)}</h1>\n{header}\n'
+        + (f'<p class="note">{escape(note)}</p>\n' if note else "")
         + f'<div class="bar">{controls}{legend}</div>\n<div id="items">\n'
         + "\n".join(items)
         + f"\n</div>\n<script>{_JS}</script>\n</body></html>\n"
@@ -239,6 +327,27 @@ def _capped(rendered: list[str], total: int, max_bytes: int, what: str) -> tuple
     return kept, note
 
 
+def _count(v: Any, default: int) -> int:
+    """``v`` when it is a non-negative int (not a bool), else ``default``: a count the page prints
+    or compares, whatever reached the renderer."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else default
+
+
+def _ordered(values: list) -> list:
+    """The distinct ``values`` in order (numbers first, by value; anything else after, by its
+    text) without comparing mixed types or hashing lists: a renderer's defence for values
+    :func:`read_rollouts` would have refused."""
+    seen: dict[str, Any] = {}
+    for v in values:
+        seen.setdefault(f"{type(v).__name__}:{v!r}", v)
+
+    def key(v: Any) -> tuple:
+        x = _float(v)
+        return (0, x if math.isfinite(x) else math.inf, "") if x == x else (1, 0.0, str(v))
+
+    return sorted(seen.values(), key=key)
+
+
 def rm_report_html(
     pairs: list[dict],
     summary: dict,
@@ -252,12 +361,16 @@ def rm_report_html(
             a side being ``{"pieces": [str], "ids": [int], "reward": [float] (r_t per response
             token), "changed": [bool] (removed / added tokens), "R": float}``.
         summary: ``rm_dir``, ``pairs_file``, ``level``, ``n_pairs`` (pairs in the file),
-            ``accuracy`` (over ``pairs``).
+            ``accuracy`` (over ``pairs``), ``mean_margin``.
+
+    Every text (prompt, pieces, ids, index, the summary's strings) goes through :func:`escape`
+    and every number through :func:`_float` / :func:`_num`, whatever their type.
     """
-    scale = _scale([v for p in pairs for s in ("original", "edited") for v in p[s]["reward"]])
+    scale = _scale([_float(v) for p in pairs for s in ("original", "edited") for v in p[s]["reward"]])
     items = []
     for p in pairs:
-        right = p["margin"] > 0
+        margin = _float(p["margin"])
+        right = margin > 0
         sides = []
         for key, label, cls in (
             ("original", "original (rejected)", "removed"),
@@ -267,19 +380,22 @@ def rm_report_html(
             toks = _tokens_html(
                 s["pieces"], s["ids"], {"reward": s["reward"]}, "reward", scale, s["changed"], cls, max_tokens
             )
+            n_marked = sum(c is True for c in s["changed"])
             sides.append(
-                f'<div class="side"><h3>{label} · R {_num(s["R"])} · {sum(s["changed"])} {cls}</h3>'
+                f'<div class="side"><h3>{label} · R {_num(s["R"])} · {n_marked} {cls}</h3>'
                 f'<div class="resp">{toks}</div></div>'
             )
         items.append(
-            f'<div class="item pair {"right" if right else "wrong"}" data-index="{p["index"]}" '
-            f'data-margin="{p["margin"]:.6g}" data-correct="{int(right)}">'
-            f'<div class="head"><b>pair {p["index"]}</b> · margin R(edited) − R(original) '
-            f"<b>{_num(p['margin'])}</b> · {'ranked right ✓' if right else 'ranked wrong ✗'}</div>"
-            f'<div class="prompt">{_e(p["prompt"])}</div><div class="cols">{"".join(sides)}</div></div>'
+            f'<div class="item pair {"right" if right else "wrong"}" '
+            f'data-index="{escape(p["index"], attr=True)}" '
+            f'data-margin="{_g(margin)}" data-correct="{int(right)}">'
+            f'<div class="head"><b>pair {escape(p["index"])}</b> · margin R(edited) − R(original) '
+            f"<b>{_num(margin)}</b> · {'ranked right ✓' if right else 'ranked wrong ✗'}</div>"
+            f'<div class="prompt">{escape(p["prompt"])}</div><div class="cols">{"".join(sides)}</div></div>'
         )
-    kept, note = _capped(items, summary.get("n_pairs", len(pairs)), max_bytes, "edited pairs")
-    acc = summary.get("accuracy", float("nan"))
+    n_pairs = _count(summary.get("n_pairs"), len(pairs))
+    kept, note = _capped(items, n_pairs, max_bytes, "edited pairs")
+    acc = _float(summary.get("accuracy", math.nan))
     level_note = (
         " A sequence-level RM's reward is its last token's score; the other tokens' scores are shown "
         "but carry no training signal."
@@ -287,11 +403,12 @@ def rm_report_html(
         else ""
     )
     header = (
-        f'<div class="summary">accuracy on edited pairs (R(edited) &gt; R(original)): <b>{acc:.1%}</b> of '
-        f"{len(pairs)} scored · mean margin {_num(summary.get('mean_margin', float('nan')))}"
-        f'<div class="meta">reward model {_e(summary.get("rm_dir", ""))} '
-        f"(level {_e(summary.get('level', ''))})"
-        f" · pairs {_e(summary.get('pairs_file', ''))} ({summary.get('n_pairs', len(pairs))} edited pairs)."
+        f'<div class="summary">accuracy on edited pairs (R(edited) &gt; R(original)): '
+        f"<b>{f'{acc:.1%}' if math.isfinite(acc) else 'nan'}</b> of "
+        f"{len(pairs)} scored · mean margin {_num(summary.get('mean_margin', math.nan))}"
+        f'<div class="meta">reward model {escape(summary.get("rm_dir", ""))} '
+        f"(level {escape(summary.get('level', ''))})"
+        f" · pairs {escape(summary.get('pairs_file', ''))} ({n_pairs} edited pairs)."
         f" Shading: per-token reward r_t.{level_note}</div>"
         '<div class="meta">marks: <span class="mk removed">removed by the edit</span> (original side) · '
         '<span class="mk added">added by the edit</span> (edited side); '
@@ -323,10 +440,13 @@ def ppo_report_html(
     max_tokens: int = 2048,
     max_bytes: int = MAX_BYTES,
 ) -> str:
-    """The PPO page from rollout samples (:func:`rollout_samples` records): per sample the
-    prompt, the response shaded by the value the selector picks (RM reward r_t by default;
-    advantage, KL_t, total reward r_t − β·KL_t), its R(τ). Over ``max_items`` samples: evenly
-    spaced ones (first and last kept), with a note."""
+    """The PPO page from rollout samples (:func:`rollout_samples` records, as
+    :func:`read_rollouts` validates them): per sample the prompt, the response shaded by the
+    value the selector picks (RM reward r_t by default; advantage, KL_t, total reward
+    r_t − β·KL_t), its R(τ). Over ``max_items`` samples: evenly spaced ones (first and last
+    kept), with a note. Every text (prompt, pieces, ids, iteration, sample, ``source``) goes
+    through :func:`escape` and every number through :func:`_float`, even for records that did
+    not come through :func:`read_rollouts`."""
     n = len(samples)
     if n > max_items:
         idx = sorted({round(i * (n - 1) / max(max_items - 1, 1)) for i in range(max_items)})
@@ -334,30 +454,31 @@ def ppo_report_html(
     else:
         shown = samples
     keys = [k for k, _ in ROLLOUT_VALUES if all(k in s for s in shown)] or ["reward"]
-    scales = {k: _scale([v for s in shown for v in s.get(k, [])]) for k in keys}
+    scales = {k: _scale([_float(v) for s in shown for v in s.get(k, [])]) for k in keys}
     items = []
     for j, s in enumerate(shown):
         vals = {k: s[k] for k in keys if k in s}
         toks = _tokens_html(s["pieces"], s["ids"], vals, keys[0], scales[keys[0]], None, "", max_tokens)
         items.append(
-            f'<div class="item rollout" data-index="{j}" data-margin="{s.get("sequence_reward", 0.0):.6g}">'
-            f'<div class="head"><b>iteration {s["iteration"]}</b> · sample {s.get("sample", j)} · '
-            f"R(τ) <b>{_num(s.get('sequence_reward', float('nan')))}</b> · {len(s['ids'])} tokens"
-            f"{' · cut at max_new_tokens' if s.get('truncated') else ''}</div>"
-            f'<div class="prompt">{_e(s.get("prompt", ""))}</div><div class="resp">{toks}</div></div>'
+            f'<div class="item rollout" data-index="{j}" data-margin="{_g(s.get("sequence_reward", 0.0))}">'
+            f'<div class="head"><b>iteration {escape(s["iteration"])}</b> · '
+            f"sample {escape(s.get('sample', j))} · "
+            f"R(τ) <b>{_num(s.get('sequence_reward', math.nan))}</b> · {len(s['ids'])} tokens"
+            f"{' · cut at max_new_tokens' if s.get('truncated') is True else ''}</div>"
+            f'<div class="prompt">{escape(s.get("prompt", ""))}</div><div class="resp">{toks}</div></div>'
         )
     kept, note = _capped(items, n, max_bytes, "rollout samples")
-    iters = sorted({s["iteration"] for s in samples})
+    iters = _ordered([s["iteration"] for s in samples])
     header = (
         f'<div class="summary"><b>{n}</b> rollout samples from {len(iters)} iterations '
-        f"({', '.join(map(str, iters[:20]))}{' …' if len(iters) > 20 else ''})"
-        f'<div class="meta">source {_e(source)}. Shading: the selected per-token value; hover a token '
+        f"({', '.join(escape(i) for i in iters[:20])}{' …' if len(iters) > 20 else ''})"
+        f'<div class="meta">source {escape(source)}. Shading: the selected per-token value; hover a token '
         "for its id and every value.</div></div>"
     )
     labels = dict(ROLLOUT_VALUES)
     controls = (
         '<label>shade by <select id="value">'
-        + "".join(f'<option value="{k}">{_e(labels[k])}</option>' for k in keys)
+        + "".join(f'<option value="{k}">{escape(labels[k])}</option>' for k in keys)
         + "</select></label>"
     )
     return _page("token rewards: PPO rollouts", header, controls, kept, note, scales)
@@ -507,34 +628,135 @@ def rollout_samples(ro: Any, tokenizer: Any, n: int, iteration: int, kl: Any) ->
     return out
 
 
-def read_rollouts(path: str | Path) -> list[dict]:
-    """The records of a ``rollouts.jsonl`` (or of ``path/rollouts.jsonl`` for a run directory).
+# The per-token value lists of a rollout record (one number per response token each).
+ROLLOUT_LISTS = ("reward", "kl", "total", "advantage", "value")
+
+
+def _short(v: Any) -> str:
+    """``repr(v)`` cut to 40 characters, for messages (repr keeps a message on one line and shows
+    control characters as escapes)."""
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def _value(v: Any, src: str, where: str, key: str) -> float:
+    """A per-token value or R(τ) as a float: any JSON number, NaN and ±inf included (NaN shades
+    white and prints ``nan``), and ``null`` as NaN (what a strict JSON writer makes of NaN).
 
     Raises:
-        DataError: no such file, no records, or a record without the fields a page needs (names
-            the line and field).
+        DataError: a bool, a string or anything else that is not a number (names ``key``).
     """
+    if v is None:
+        return math.nan
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise DataError(src, f"expected a number, got {type(v).__name__} {_short(v)}", where, key)
+    return _float(v)
+
+
+def _check_rollout(rec: dict, src: str, where: str) -> dict:
+    """One ``rollouts.jsonl`` record, validated field by field (:func:`rollout_samples`'s shape).
+
+    Required: ``iteration`` (an int >= 0, not a bool; 2.0 reads as 2), ``pieces`` (a list of
+    strings), ``ids`` (a list of ints), ``reward`` (a list of numbers). Optional, checked when
+    present: ``sample`` (an int >= 0), ``prompt`` (a string), ``kl``, ``total``, ``advantage``,
+    ``value`` (lists of numbers), ``sequence_reward`` (a number), ``truncated`` (a bool). Every
+    list has one entry per id. Numbers may be NaN or ±inf (or ``null``: NaN) but not strings.
+    Other fields are kept as they are (the page does not show them).
+
+    Returns:
+        The record with its numbers normalised (ints for the counts and ids, floats for the values).
+
+    Raises:
+        DataError: names ``src``, ``where`` and the field (``ids[3]`` for an entry of a list).
+    """
+    for key in ("iteration", "pieces", "ids", "reward"):
+        if key not in rec:
+            raise DataError(src, "missing", where, key)
+    out = dict(rec)
+    for key in ("iteration", "sample"):
+        if key in rec:
+            v = finite_number(rec[key], src, where, key, integer=True)
+            if v < 0:
+                raise DataError(src, f"expected an integer >= 0, got {v}", where, key)
+            out[key] = v
+    for key in ("pieces", "ids", *ROLLOUT_LISTS):
+        if key in rec and not isinstance(rec[key], list):
+            raise DataError(
+                src, f"expected a list, got {type(rec[key]).__name__} {_short(rec[key])}", where, key
+            )
+    out["ids"] = [finite_number(t, src, where, f"ids[{i}]", integer=True) for i, t in enumerate(rec["ids"])]
+    for i, piece in enumerate(rec["pieces"]):
+        if not isinstance(piece, str):
+            raise DataError(
+                src, f"expected a string, got {type(piece).__name__} {_short(piece)}", where, f"pieces[{i}]"
+            )
+    n = len(out["ids"])
+    for key in ("pieces", *ROLLOUT_LISTS):
+        if key not in rec:
+            continue
+        if len(rec[key]) != n:
+            raise DataError(src, f"{len(rec[key])} entries for {n} ids (one per response token)", where, key)
+        if key != "pieces":
+            out[key] = [_value(v, src, where, f"{key}[{i}]") for i, v in enumerate(rec[key])]
+    if "sequence_reward" in rec:
+        out["sequence_reward"] = _value(rec["sequence_reward"], src, where, "sequence_reward")
+    for key, typ, what in (("truncated", bool, "true or false"), ("prompt", str, "a string")):
+        if key in rec and not isinstance(rec[key], typ):
+            raise DataError(
+                src, f"expected {what}, got {type(rec[key]).__name__} {_short(rec[key])}", where, key
+            )
+    return out
+
+
+def rollouts_file(path: str | Path) -> Path:
+    """The ``rollouts.jsonl`` that ``path`` names: itself, or ``path/rollouts.jsonl`` for a run
+    directory."""
     p = Path(path)
-    if p.is_dir():
-        p = p / "rollouts.jsonl"
+    return p / "rollouts.jsonl" if p.is_dir() else p
+
+
+def read_rollouts(path: str | Path) -> list[dict]:
+    """The records of a ``rollouts.jsonl`` (or of ``path/rollouts.jsonl`` for a run directory),
+    each validated by :func:`_check_rollout` (types, signs, one value per token).
+
+    Raises:
+        DataError: no such file, no records, or a record with a missing or bad field (names the
+            file, the line and the field).
+    """
+    p = rollouts_file(path)
     from trainer.infra.metrics import read_log
 
-    out = []
     missing = "no such file (a PPO run writes output_dir/rollouts.jsonl)"
-    for i, rec in read_log(p, "no rollout samples", missing):
-        for key in ("iteration", "pieces", "ids", "reward"):
-            if key not in rec:
-                raise DataError(str(p), "missing", f"line {i}", key)
-        if not (len(rec["pieces"]) == len(rec["ids"]) == len(rec["reward"])):
-            raise DataError(str(p), "pieces, ids and reward differ in length", f"line {i}", "reward")
-        out.append(rec)
-    return out
+    return [_check_rollout(rec, str(p), f"line {i}") for i, rec in read_log(p, "no rollout samples", missing)]
 
 
 def ppo_report(path: str | Path, out: str | Path, max_items: int = 200) -> Path:
     """Write the PPO page of the samples in ``path`` (a run directory or its ``rollouts.jsonl``)."""
     samples = read_rollouts(path)
     return write_atomic(out, ppo_report_html(samples, str(path), max_items))
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file beside it and a rename, so a
+    kill leaves the old file or the new one, never half of one; the parent directories are
+    created. On any failure (``path`` is a directory, the disk is full, no permission) the
+    temporary file ``.NAME.tmp-PID`` is removed and the error raised
+    (:func:`trainer.infra.runtime.write_atomic` left it behind).
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+    return p
 
 
 # --------------------------------------------------------------------------------------------
@@ -557,15 +779,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """``fgrlhf report``: 0 written; 2 bad input (wrong arguments, not a reward-model directory, a
-    bad pairs or rollouts file: the message names the file, line and field)."""
+    """``fgrlhf report``: 0 written; 2 bad input (wrong arguments; an ``-o`` that is a directory or
+    one of the inputs -- the rollouts file, the pairs file --, refused before anything is read;
+    not a reward-model directory; a bad pairs or rollouts file: the message names the file, line
+    and field); 1 a file cannot be read or the page cannot be written (an OSError). Each error is
+    one line on stderr."""
     import sys
 
     from trainer.infra.config import ConfigError
+    from trainer.infra.outputs import OutputError, check_output
 
-    def fail(msg: str) -> int:
+    def fail(msg: str, code: int = 2) -> int:
         print(f"fgrlhf report: {msg}", file=sys.stderr)
-        return 2
+        return code
 
     if (args.rm is None) == (args.rollouts is None):
         return fail("give either --rm RM_DIR --pairs PAIRS or --rollouts RUN_DIR")
@@ -573,21 +799,33 @@ def run_cli(args: argparse.Namespace) -> int:
         return fail("--rm needs --pairs (an `fgrlhf edit` JSONL)")
     if args.max_items < 1 or args.max_length < 2 or args.batch_size < 1:
         return fail("--max-items and --batch-size must be >= 1, --max-length >= 2")
+    source = rollouts_file(args.rollouts) if args.rollouts is not None else None
+    try:
+        model_files = sorted(Path(args.rm).glob("*")) if args.rm is not None else []  # not over the RM
+        out = check_output(args.output, "-o", inputs=[source, args.pairs, *model_files])
+    except OutputError as e:
+        return fail(str(e))
     try:
         if args.rm is not None:
-            path, s = rm_report(
-                args.rm, args.pairs, args.output, args.max_items, batch_size=args.batch_size,
+            pairs, s = score_rm_pairs(
+                args.rm, args.pairs, args.max_items, batch_size=args.batch_size,
                 max_length=args.max_length, skip_invalid=args.skip_invalid, eval_fraction=0.0,
             )  # fmt: skip
-            print(
-                f"wrote {path}: {s['accuracy']:.1%} of {min(s['n_pairs'], args.max_items)} edited pairs "
-                "ranked right"
-            )
+            text = rm_report_html(pairs, s)
+            done = f"{s['accuracy']:.1%} of {min(s['n_pairs'], args.max_items)} edited pairs ranked right"
         else:
-            path = ppo_report(args.rollouts, args.output, args.max_items)
-            print(f"wrote {path}")
+            text = ppo_report_html(read_rollouts(args.rollouts), str(args.rollouts), args.max_items)
+            done = ""
     except (ConfigError, DataError) as e:
         return fail(str(e))
+    except OSError as e:  # an input that exists but cannot be read
+        return fail(str(e), 1)
+    try:
+        path = write_atomic(out, text)
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename and str(e.filename) != str(out) else ""
+        return fail(f"-o {out}: cannot write the page: {e.strerror or e}{where}", 1)
+    print(f"wrote {path}" + (f": {done}" if done else ""))
     return 0
 
 
