@@ -146,12 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="a policy's answers to an instruction set (AlpacaEval format; resumable; torchrun DP)",
         description=(gen_doc := _module_doc("trainer.eval.generate")),
         epilog="Exit status: 0 done; 1 an output that cannot be written or is locked; 2 bad flags, "
-        "model, instructions, or stored answers from other settings; 130 / 143 interrupted (what "
-        "was written is kept: rerun to continue).",
+        "model, instructions, an -o that is a directory or an input, or stored answers from another "
+        "model or other settings; 130 / 143 interrupted (what was written is kept: rerun to continue).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     del gen_doc
-    g.add_argument("model", help="a transformers causal-LM directory (runs/ppo/final/actor, runs/sft/final)")
+    g.add_argument(
+        "model",
+        help="a transformers causal-LM directory (runs/ppo/final/actor, runs/sft/final), "
+        "or a Hub id in the HF cache",
+    )
     g.add_argument("instructions", help="AlpacaEval/AlpacaFarm records: instruction [, input, dataset]")
     g.add_argument("-o", "--output", required=True, help="the AlpacaEval-format JSON to write")
     g.add_argument("--generator", default=None, help="name recorded in the outputs (default: model dir name)")
@@ -174,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--skip-invalid", action="store_true", help="skip (and count) bad records")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     g.add_argument("--no-fsync", dest="fsync", action="store_false", help="flush without fsync")
+    g.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="download a Hub id (org/name) that is not in the Hugging Face cache (default: refused)",
+    )
 
     v = sub.add_parser(
         "eval",
@@ -396,7 +405,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from trainer.eval.generate import GenerateConfig, run_generate
     from trainer.infra.config import ConfigError
 
-    cfg = GenerateConfig(**{f.name: getattr(args, f.name) for f in fields(GenerateConfig)})
+    cfg = GenerateConfig(
+        **{f.name: getattr(args, f.name) for f in fields(GenerateConfig)}, allow_download=args.allow_download
+    )
     bad = _checked(
         {
             "--max-new-tokens": (cfg.max_new_tokens, 1),
