@@ -20,16 +20,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import RESULTS, command_line, machine  # noqa: E402
-from trainer.demo import add_arguments, config_from_args, markdown, run_demo  # noqa: E402
+from trainer.demo import Terminated, add_arguments, config_from_args, markdown, run_demo  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     add_arguments(ap)
     ap.add_argument("--record", action="store_true", help="append the tables to bench/RESULTS.md")
     args = ap.parse_args()
     cfg = config_from_args(args)
-    res = run_demo(cfg, progress=args.progress)
+    try:
+        res = run_demo(cfg, progress=args.progress)
+    except Terminated as e:  # SIGTERM: what was done is kept; a rerun resumes
+        print(f"stopped by SIGTERM ({e}); rerun the same command to resume", file=sys.stderr)
+        sys.exit(143)
     md = markdown(cfg, res["aggregate"], res["stage_seconds"])
     print(md)
     ran, skipped = len(res["stages_run"]), len(res["stages_skipped"])

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import random
+import signal
 import statistics
+import time
 from pathlib import Path
 
 import pytest
@@ -129,6 +132,59 @@ def test_world_knobs_are_checked():
     for bad, key in ((dict(agreement=0.3), "agreement"), (dict(editor_recall=1.5), "editor_recall")):
         with pytest.raises(ValueError, match=f"synthetic.{key}"):
             generate(SyntheticConfig(n_pairs=2, **bad))
+
+
+def _world_file(tmp_path: Path, **edits) -> Path:
+    d = tmp_path / "world"
+    d.mkdir(exist_ok=True)
+    (d / "synthetic_config.json").write_text(json.dumps({**SyntheticConfig().__dict__, **edits}))
+    return d
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("bad_quality", float("nan")), ("bad_quality", float("-inf")), ("p_bad", float("inf")),
+     ("bad_quality", "-1.5"), ("n_good", 2.5), ("n_good", True), ("context_harm", 1), ("seed", None)],
+    ids=repr,
+)  # fmt: skip
+def test_a_world_file_with_a_bad_value_is_refused_naming_file_and_key(tmp_path, key, value):
+    """Every knob of a world file must have its field's type and be finite: load_world (and the
+    gold judge reading it) refuses the file naming it and the key, instead of a NaN gold reward
+    or a traceback later."""
+    from trainer.eval.judges import make_judge
+    from trainer.infra.config import ConfigError
+
+    d = _world_file(tmp_path, **{key: value})
+    with pytest.raises(ValueError, match=f"synthetic_config.json: {key}="):
+        load_world(d)
+    with pytest.raises(ConfigError, match=f"gold:.*{key}="):
+        make_judge(f"gold:{d}")
+
+
+def test_a_world_file_that_is_not_json_is_refused_naming_the_file(tmp_path):
+    d = _world_file(tmp_path)
+    for text in ("{", "[1, 2]", "\xff"):
+        (d / "synthetic_config.json").write_text(text, encoding="latin-1")
+        with pytest.raises(ValueError, match="synthetic_config.json: not a world file"):
+            load_world(d)
+    _world_file(tmp_path, agreement=0.3)  # the right type, an impossible value
+    with pytest.raises(ValueError, match="synthetic_config.json: synthetic.agreement=0.3"):
+        load_world(d)
+
+
+def test_world_flags_of_the_demo_must_be_finite(tmp_path, capsys):
+    """``--world`` values go through the same check as a world file (one place: check_world),
+    before anything is written."""
+    from trainer.cli import main
+    from trainer.demo import DemoConfig
+
+    for text in ("nan", "-inf", "inf"):
+        assert main(["demo", "--world", f"bad_quality={text}", "--out", str(tmp_path / "x")]) == 2
+        assert "--world: bad_quality=" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="--world: bad_quality=nan: expected a finite number"):
+        DemoConfig(world={"bad_quality": float("nan")}).check()
+    with pytest.raises(ValueError, match="--world: n_good='3': expected an int"):
+        DemoConfig(world={"n_good": "3"}).check()
 
 
 # --- the gold judge --------------------------------------------------------------------------
@@ -261,7 +317,7 @@ def test_quick_demo_fills_every_table(quick_demo):
     out = res["config"]["out"]
     for f in ("demo.json", "demo.md", "plots/table3_gold_reward.png", "plots/table2_rm_accuracy.png"):
         assert (Path(out) / f).stat().st_size > 0, f
-    assert Path(seed0["reports"]["token-level PPO rollouts"]).exists()
+    assert (Path(out) / seed0["reports"]["token-level PPO rollouts"]).exists()  # relative to --out
     md = (Path(out) / "demo.md").read_text()
     assert "Table 1" in md and "Table 2" in md and "Table 3" in md and "nan" not in md
     assert json.loads((Path(out) / "demo.json").read_text())["aggregate"]["seeds"] == 1
@@ -284,3 +340,167 @@ def test_quick_demo_rerun_resumes_without_retraining(quick_demo):
     assert third["per_seed"][0]["table1"]["figa"] == first["per_seed"][0]["table1"]["figa"]
     with pytest.raises(ValueError, match="other settings \\(ppo_iterations\\)"):
         run_demo(DemoConfig(**{**cfg.__dict__, "ppo_iterations": cfg.ppo_iterations + 1}), progress=False)
+
+
+# --- the demo's stage bookkeeping: signals, a moved --out (stand-in stages: seconds) ------------
+@pytest.fixture
+def signals_kept():
+    """The test process's SIGTERM / SIGINT handlers and the trainers' stop flag as they were."""
+    from trainer.infra.runtime import STOP
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield saved
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+    STOP.requested = False
+
+
+def _staged_demo(monkeypatch, stages: dict):
+    """``fgrlhf demo`` whose seed runs ``stages`` (name -> function) through the real runner."""
+    import trainer.demo as demo
+
+    def run_seed(cfg, seed, stage):
+        for name, fn in stages.items():
+            stage(name, fn)
+        raise AssertionError("every stand-in demo is stopped before its end")
+
+    monkeypatch.setattr(demo, "run_seed", run_seed)
+
+
+def _trainer(sigterm_after_its_loop: bool = False):
+    """A stand-in trainer stage: installs the trainers' SIGTERM handler (start_run does), and may
+    receive SIGTERM after its last step (it then finishes as a real trainer does)."""
+    from trainer.infra.runtime import STOP
+
+    def train():
+        STOP.install()
+        if sigterm_after_its_loop:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {"model": "seed0/sft/final"}
+
+    return train
+
+
+@pytest.mark.parametrize("where", ["sampling", "after a trainer's loop", "judging"])
+def test_sigterm_stops_the_demo_at_once_after_a_trainer_stage(
+    tmp_path, monkeypatch, capsys, signals_kept, where
+):
+    """A trainer's SIGTERM handler ends with its stage: SIGTERM in a later stage that trains
+    nothing (sampling) stops the demo there, exit 143, the later stages not run; so does one
+    the trainer took after its loop (the stage is kept) and ``fgrlhf eval``'s (a
+    KeyboardInterrupt("SIGTERM")). The caller's handlers are back afterwards."""
+    from trainer.cli import main
+
+    ran = []
+
+    def sampling():
+        ran.append("samples")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(2)  # (interrupted at once)
+        ran.append("samples finished")
+
+    def judging():
+        ran.append("eval")
+        raise KeyboardInterrupt("SIGTERM")
+
+    stages = {"seed0.sft": _trainer(sigterm_after_its_loop=where == "after a trainer's loop")}
+    stages["seed0.samples"] = sampling if where == "sampling" else lambda: ran.append("samples")
+    stages["seed0.eval"] = judging
+    stages["seed0.labels"] = lambda: ran.append("labels")
+    _staged_demo(monkeypatch, stages)
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"]) == 143
+    err = capsys.readouterr().err
+    done = sorted(p.stem for p in (tmp_path / "stages").glob("*.json"))
+    if where == "sampling":
+        assert ran == ["samples"] and done == ["seed0.sft"]
+        assert "stopped by SIGTERM during stage seed0.samples" in err
+    elif where == "after a trainer's loop":
+        assert ran == [] and done == ["seed0.sft"]
+        assert "stopped by SIGTERM after stage seed0.sft" in err
+    else:
+        assert ran == ["samples", "eval"] and done == ["seed0.samples", "seed0.sft"]
+        assert "stopped by SIGTERM during stage seed0.eval" in err
+    assert "rerun the same command to resume" in err
+    assert {sig: signal.getsignal(sig) for sig in signals_kept} == signals_kept
+
+
+def _answer(instruction: str, seed: int) -> str:
+    rng = random.Random(f"{seed}-{instruction}")
+    return " ".join(rng.choice(["g1", "g2", "n1", "n2", "n3", "b1", "b2"]) for _ in range(rng.randint(3, 8)))
+
+
+@pytest.fixture
+def stand_in_stages(monkeypatch):
+    """The demo's trainers, sampler and judge replaced by stand-ins that write what the demo reads
+    next (seconds instead of minutes); the world, the labels, the bookkeeping and the tables are
+    the real ones."""
+    import trainer.eval.generate as generate_mod
+    import trainer.eval.pairwise as pairwise_mod
+    import trainer.eval.rm_accuracy as rm_accuracy_mod
+    import trainer.models as models_mod
+    import trainer.ppo as ppo_mod
+    import trainer.reward as reward_mod
+    import trainer.sft as sft_mod
+
+    def sft(cfg):
+        (Path(cfg.output_dir) / "final").mkdir(parents=True, exist_ok=True)
+
+    def reward(cfg):
+        (Path(cfg.output_dir) / "best").mkdir(parents=True, exist_ok=True)
+        return {"accuracy": 0.6}
+
+    def ppo(cfg):
+        out = Path(cfg.output_dir)
+        (out / "final" / "actor").mkdir(parents=True, exist_ok=True)
+        recs = [{"gold_reward": 0.1 * i, "kl": 0.01, "response_length": 5.0, "iteration_s": 1.0}
+                for i in range(cfg.iterations)]  # fmt: skip
+        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        (out / "report.html").write_text("<html></html>")
+
+    def run_generate(cfg):
+        rows = [{"instruction": r["instruction"], "output": _answer(r["instruction"], cfg.seed)}
+                for r in json.loads(Path(cfg.instructions).read_text())]  # fmt: skip
+        Path(cfg.output).write_text(json.dumps(rows))
+
+    def run_eval(cfg):
+        n = len(json.loads(Path(cfg.model_outputs).read_text()))
+        return {
+            "win_rate": 50.0,
+            "standard_error": 5.0,
+            "n_wins": n // 2,
+            "n_wins_base": n - n // 2,
+            "n_draws": 0,
+        }
+
+    monkeypatch.setattr(sft_mod, "train", sft)
+    monkeypatch.setattr(reward_mod, "train", reward)
+    monkeypatch.setattr(ppo_mod, "train", ppo)
+    monkeypatch.setattr(generate_mod, "run_generate", run_generate)
+    monkeypatch.setattr(pairwise_mod, "run_eval", run_eval)
+    monkeypatch.setattr(rm_accuracy_mod, "evaluate_reward_model", lambda *a, **k: {"gold_accuracy": 0.7})
+    monkeypatch.setattr(models_mod, "read_reward_meta", lambda path: {})
+
+
+def test_a_moved_demo_directory_resumes_and_renders(tmp_path, stand_in_stages, capsys):
+    """``mv demo1 demo1m; fgrlhf demo --quick --out demo1m``: every stage resumes (none runs
+    again), the tables are rendered again, every path recorded is relative to --out; a changed
+    setting is still refused."""
+    from trainer.cli import main
+
+    a, b = tmp_path / "demo1", tmp_path / "demo1m"
+    assert main(["demo", "--quick", "--out", str(a), "--no-progress"]) == 0, capsys.readouterr().err
+    first = json.loads((a / "demo.json").read_text())
+    assert first["stages_run"] and not first["stages_skipped"]
+    a.rename(b)
+    capsys.readouterr()
+    assert main(["demo", "--quick", "--out", str(b), "--no-progress"]) == 0, capsys.readouterr().err
+    again = json.loads((b / "demo.json").read_text())
+    assert again["stages_run"] == [] and again["stages_skipped"] == first["stages_run"]
+    assert again["aggregate"] == first["aggregate"]
+    assert str(b / "seed0" / "ppo" / "fg_token_ppo_kl" / "report.html") in capsys.readouterr().out
+    recorded = [json.dumps({k: v for k, v in again.items() if k != "config"})]
+    recorded += [p.read_text() for p in (b / "stages").glob("*.json")]
+    assert not any(str(tmp_path) in text for text in recorded)  # relative to --out, wherever it is
+    assert all((b / p).exists() for p in again["plots"])
+    assert main(["demo", "--quick", "--ppo-iterations", "3", "--out", str(b), "--no-progress"]) == 2
+    assert "other settings (ppo_iterations)" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -174,3 +175,98 @@ def test_a_config_that_cannot_run_is_refused_naming_the_phase():
         cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert real.returncode == 2 and "is required" in real.stderr
+
+
+# --- the measured memory plan, read back (no dry run: a plan written by save_plan, then edited) ---
+PLAN_PEAKS = {"train": 1.5 * GIB, "checkpoint": 0.5 * GIB, "eval": 0.75 * GIB}
+SHAPE = {"hidden_size": 64, "num_hidden_layers": 2}
+
+
+def _planned(tmp_path: Path):
+    """An SFT config whose output_dir holds the plan of a dry run that measured PLAN_PEAKS, the
+    estimates of the real run (10% over), and the plan's path."""
+    from trainer.infra.dryrun import save_plan
+    from trainer.sft import SFTConfig
+
+    cfg = SFTConfig(output_dir=str(tmp_path / "run"))
+    estimates = {k: 1.1 * v for k, v in PLAN_PEAKS.items()}
+    path = save_plan(cfg, "sft", {"peaks": PLAN_PEAKS, "estimates": estimates, "model": SHAPE})
+    return cfg, estimates, path
+
+
+def _edit_plan(path: Path, **peaks) -> None:
+    record = json.loads(path.read_text())
+    record["peaks"].update(peaks)
+    path.write_text(json.dumps(record))  # NaN and Infinity as Python's json writes them
+
+
+def test_a_plan_for_this_run_is_used(tmp_path):
+    from trainer.infra.dryrun import measured_peaks
+
+    cfg, estimates, path = _planned(tmp_path)
+    peaks, note = measured_peaks(cfg, "sft", cfg.dry_run_world_size, SHAPE, estimates)
+    assert peaks == PLAN_PEAKS and "measured by the dry run of" in note
+
+
+@pytest.mark.parametrize(
+    "bad", [float("nan"), float("inf"), -1e12, 0, 1.0, 1e15, 10**400, "1e9", None, True], ids=repr
+)
+def test_a_plan_with_impossible_peaks_is_refused_naming_file_phase_and_value(tmp_path, bad):
+    """A hand-edited plan (peaks not finite, not positive, not a number, or far from this run's
+    estimate) is refused, not used: the message names the file, the phase and the value, and says
+    what to do; no "nan GiB" anywhere."""
+    from trainer.infra.config import ConfigError
+    from trainer.infra.dryrun import measured_peaks
+
+    cfg, estimates, path = _planned(tmp_path)
+    _edit_plan(path, train=bad)
+    with pytest.raises(ConfigError) as e:
+        measured_peaks(cfg, "sft", cfg.dry_run_world_size, SHAPE, estimates)
+    msg = str(e.value)
+    assert str(path) in msg and "phase 'train'" in msg and "rerun the dry run" in msg and "delete" in msg
+    assert "nan GiB" not in msg and "inf GiB" not in msg
+    if type(bad) is float and bad in (1.0, 1e15):  # numbers, but far from any measurement of this run
+        assert "x this run's estimate of 1.65 GiB" in msg
+    else:
+        assert f"has peak {bad!r}, not a positive finite number of bytes" in msg
+
+
+def test_the_memory_check_refuses_an_edited_plan_and_never_prints_nan(tmp_path):
+    """check_run_memory (SFT, reward) and check_fits (PPO passes its largest estimate) refuse a
+    plan whose peaks were edited; an intact plan is printed in bytes that are numbers."""
+    import torch
+
+    from trainer.infra.config import ConfigError
+    from trainer.infra.dryrun import check_fits, check_run_memory
+
+    cfg, estimates, path = _planned(tmp_path)
+    said: list[str] = []
+    di = SimpleNamespace(world_size=cfg.dry_run_world_size, device=torch.device("cpu"))
+    run = SimpleNamespace(cfg=cfg, di=di, say=said.append)
+    check_run_memory(run, "sft", estimates, SHAPE)
+    assert any(s.startswith("memory measured per device: train 1.50 GiB") for s in said), said
+    _edit_plan(path, train=float("nan"), eval=float("nan"))
+    with pytest.raises(ConfigError, match="phase 'train' has peak nan"):
+        check_run_memory(run, "sft", estimates, SHAPE)
+    assert not any("nan" in s for s in said)
+    # PPO reads the plan itself (measured_peaks) and hands check_fits the estimate's largest phase
+    with pytest.raises(
+        ConfigError, match=r"phase 'eval' has peak .*\(2000 bytes\), 1.13e-06x this run's estimate"
+    ):
+        check_fits(cfg, torch.device("cpu"), max(estimates.values()), "", {"train": 1.0, "eval": 2e3})
+
+
+def test_a_plan_measured_by_another_fgrlhf_version_is_not_used(tmp_path):
+    from trainer.infra.dryrun import fgrlhf_version, measured_peaks
+
+    cfg, estimates, path = _planned(tmp_path)
+    record = json.loads(path.read_text())
+    assert record["key"]["fgrlhf"] == fgrlhf_version()
+    record["key"]["fgrlhf"] = "0.0.1"
+    path.write_text(json.dumps(record))
+    peaks, note = measured_peaks(cfg, "sft", cfg.dry_run_world_size, SHAPE, estimates)
+    assert peaks is None and f"measured by fgrlhf 0.0.1, this is {fgrlhf_version()}; not used" in note
+    del record["key"]["fgrlhf"]  # a plan of a version that did not record its own
+    path.write_text(json.dumps(record))
+    peaks, note = measured_peaks(cfg, "sft", cfg.dry_run_world_size, SHAPE, estimates)
+    assert peaks is None and "measured by fgrlhf (an earlier version)" in note

@@ -266,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the paper's three tables in the simulated-preference world (SFT, RMs, PPO arms, FIGA)",
         description=demo_mod.__doc__,
         epilog="Exit status: 0 done; 1 a stage failed (its log is named; rerun to resume); 2 bad flags, "
-        "or --out holds a demo with other settings.",
+        "or --out holds a demo with other settings; 75 SIGTERM in a trainer stage (checkpointed); "
+        "143 SIGTERM elsewhere; 130 Ctrl-C (rerun the same command to resume).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo_mod.add_arguments(dm)

@@ -34,7 +34,16 @@ Outputs under ``out`` (``runs/demo``): ``demo.json`` (every number, per seed and
 under ``logs/``, and each run's own outputs (the token-level arm's ``report.html`` shows its
 per-token rewards). A rerun resumes: finished stages are skipped (``stages/*.json``), an
 interrupted trainer resumes from its checkpoint; ``--seeds`` may grow between runs, the other
-settings may not (a changed setting is refused: use another ``--out``).
+settings may not (a changed setting is refused: use another ``--out``). The paths that
+``stages/*.json`` and ``demo.json`` record are relative to ``--out``, so a finished or stopped
+demo directory may move (``mv runs/demo runs/demo1; fgrlhf demo --out runs/demo1`` resumes it);
+a trainer stopped in the middle of its run resumes only where it started (its checkpoint's
+config names its old paths).
+
+Exit status: 0 done; 1 a stage failed (its log is named); 2 a bad flag or ``--out`` holds a demo
+with other settings; 75 SIGTERM during a trainer stage (it saved a checkpoint first); 143 SIGTERM
+anywhere else (the demo stops at once); 130 Ctrl-C. After 75, 143 or 130 the finished stages are
+kept and the same command resumes.
 
     fgrlhf demo                 # 3 seeds, agreement sweep 0.6 / 0.65 / 0.8 / 1.0 (12.5-14 min on 2 cores)
     fgrlhf demo --quick         # 1 seed, 2 agreements, shorter runs (1.3 min)
@@ -48,8 +57,10 @@ import dataclasses
 import json
 import math
 import random
+import signal
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -127,6 +138,8 @@ class DemoConfig:
 
     def check(self) -> None:
         """Refuse impossible settings, naming the flag."""
+        from trainer.data.synthetic import check_world
+
         if self.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
         if not self.agreements or any(not 0.5 <= a <= 1 for a in self.agreements):
@@ -144,7 +157,8 @@ class DemoConfig:
         for key in self.world:
             if key in fixed:
                 raise ValueError(f"--world {key}=...: the demo sets {key} itself (use its own flag, if any)")
-        world_config(self, 0).check()  # unknown keys and impossible values, named
+        check_world(self.world, "--world")  # unknown keys, wrong types, NaN / inf, named
+        world_config(self, 0).check()  # impossible values, named
         if self.ppo_rollouts < 4 or self.ppo_rollouts % 4:
             raise ValueError(f"--ppo-rollouts must be a multiple of 4, got {self.ppo_rollouts}")
 
@@ -167,8 +181,56 @@ QUICK = {
 # --------------------------------------------------------------------------------------------
 # Stages: each runs once (its result is kept in stages/<name>.json), its output in logs/<name>.log
 # --------------------------------------------------------------------------------------------
+class Terminated(BaseException):
+    """SIGTERM outside a trainer's loop — between stages, in a stage that trains nothing
+    (sampling, labels, evaluation), or after a trainer's last step: the demo stops at once, the
+    finished stages are kept and the same command resumes (exit 143). A ``BaseException`` like
+    ``KeyboardInterrupt``, so that no stage's ``except Exception`` takes it for a failure."""
+
+    def __init__(self, stage: str | None = None, after: bool = False):
+        super().__init__()
+        self.stage, self.after = stage, after  # the runner names the stage once it sees this
+
+    def __str__(self) -> str:
+        """``during stage X`` / ``after stage X`` / ``between stages``."""
+        if self.stage is None:
+            return "between stages"
+        return f"{'after' if self.after else 'during'} stage {self.stage}"
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    """The demo's SIGTERM handler: stop now (:class:`Terminated`)."""
+    raise Terminated()
+
+
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _handlers() -> dict[int, Any]:
+    """The current handlers of :data:`HANDLED_SIGNALS` (``signal.getsignal``)."""
+    return {sig: signal.getsignal(sig) for sig in HANDLED_SIGNALS}
+
+
+def _set_handlers(handlers: dict[int, Any]) -> None:
+    """Install ``handlers`` (the main thread only, as Python requires; a handler that Python did
+    not install, None, is left alone)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
+
+
 class Stages:
-    """The stage runner: skip what is done, log what runs, show where it is."""
+    """The stage runner: skip what is done, log what runs, show where it is.
+
+    Signals: inside ``with Stages(...)`` SIGTERM stops the demo at once (:class:`Terminated`,
+    exit 143) and SIGINT keeps its handler (Ctrl-C: ``KeyboardInterrupt``). A stage may install
+    its own — a trainer routes SIGTERM to its loop, which checkpoints and raises ``Preempted``
+    (exit 75); ``fgrlhf eval`` cancels its judging — and every stage's are undone when it ends,
+    so the next stage and the code between stages run under the demo's again. A SIGTERM that a
+    trainer took but did not stop for (it came after its last step) stops the demo after that
+    stage."""
 
     def __init__(self, root: Path, total: int, progress: bool = True):
         from tqdm import tqdm
@@ -179,9 +241,29 @@ class Stages:
         self.bar = tqdm(total=total, desc="demo", unit="stage", disable=not progress, file=sys.stderr)
         self.ran, self.skipped = [], []
         self.seconds = 0.0  # of every stage, run here or in an earlier run
+        self._outer: dict[int, Any] = {}
+
+    def __enter__(self) -> Stages:
+        """The demo's signal handlers (SIGTERM: :class:`Terminated`) until ``__exit__``."""
+        self._outer = _handlers()
+        _set_handlers({signal.SIGTERM: _terminate})
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        """The caller's handlers again; the progress bar closed."""
+        _set_handlers(self._outer)
+        self.close()
 
     def __call__(self, name: str, fn: Callable[[], Any]) -> Any:
-        from trainer.infra.runtime import Preempted
+        """Run stage ``name`` (``fn``, its output in ``logs/<name>.log``) unless
+        ``stages/<name>.json`` holds its result; returns the result.
+
+        Raises:
+            StageFailed: ``fn`` raised (its traceback is in the log).
+            Preempted: a trainer stopped for SIGTERM after a checkpoint.
+            Terminated: SIGTERM anywhere else (also after the stage, when a trainer took it).
+        """
+        from trainer.infra.runtime import STOP
 
         done = self.root / "stages" / f"{name}.json"
         if done.exists():
@@ -191,28 +273,50 @@ class Stages:
             self.bar.update(1)
             return kept["result"]
         self.bar.set_description(name)
+        saved = _handlers()  # the demo's, restored when the stage ends (however it ends)
+        STOP.requested = False  # an earlier trainer's request, already acted on
+        try:
+            t0 = time.perf_counter()
+            result = self._run(name, fn)
+            seconds = time.perf_counter() - t0
+            # recorded before the stage's handlers are undone: a trainer's only sets a flag
+            _write_json(done, {"stage": name, "seconds": seconds, "result": result})
+        except Terminated as e:
+            e.stage = e.stage or name
+            raise
+        finally:
+            _set_handlers(saved)
+        self.seconds += seconds
+        self.ran.append(name)
+        self.bar.update(1)
+        if STOP.requested:  # a SIGTERM the trainer took after its last step: stop here
+            STOP.requested = False
+            raise Terminated(name, after=True)
+        return result
+
+    def _run(self, name: str, fn: Callable[[], Any]) -> Any:
+        """``fn()`` with its output in the stage's log; a failure becomes :class:`StageFailed`."""
+        from trainer.infra.runtime import Preempted
+
         log_path = self.root / "logs" / f"{name}.log"
-        t0 = time.perf_counter()
         with (
             open(log_path, "a", encoding="utf-8") as fh,
             contextlib.redirect_stdout(fh),
             contextlib.redirect_stderr(fh),
         ):
             try:
-                result = fn()
-            except Preempted:  # SIGTERM: the trainer checkpointed; a rerun resumes the stage
+                return fn()
+            except (Preempted, Terminated):  # SIGTERM: a trainer checkpointed first / stop now
+                raise
+            except KeyboardInterrupt as e:
+                if str(e) == "SIGTERM":  # fgrlhf eval's SIGTERM (it cancels its judging)
+                    raise Terminated(name) from e
                 raise
             except Exception as e:
                 import traceback
 
                 traceback.print_exc(file=fh)
                 raise StageFailed(name, log_path, e) from e
-        seconds = time.perf_counter() - t0
-        _write_json(done, {"stage": name, "seconds": seconds, "result": result})
-        self.seconds += seconds
-        self.ran.append(name)
-        self.bar.update(1)
-        return result
 
     def close(self) -> None:
         self.bar.close()
@@ -230,6 +334,18 @@ def _write_json(path: Path, obj: Any) -> None:
     from trainer.infra.runtime import write_atomic
 
     write_atomic(path, json.dumps(obj, indent=1, default=float) + "\n")
+
+
+def _rel(cfg: DemoConfig, path: str | Path) -> str:
+    """A path under ``--out`` as stage results and ``demo.json`` record it: relative to ``--out``
+    (``seed0/sft/final``), so that the directory may move; :func:`_at` resolves it."""
+    return Path(path).relative_to(cfg.out).as_posix()
+
+
+def _at(cfg: DemoConfig, recorded: str) -> str:
+    """A recorded path (:func:`_rel`) under the current ``--out`` (one recorded absolute by an
+    earlier version stays as it is)."""
+    return str(Path(cfg.out) / recorded)
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,7 +402,7 @@ def make_world(cfg: DemoConfig, seed: int, d: Path) -> dict:
             _write_jsonl(d / "sft_data.jsonl", rows)
         else:
             _write_json(d / f"prompts_{name}.json", [{"instruction": p} for p in part])
-    return {"world": str(d / "world"), **sizes}
+    return {"world": _rel(cfg, d / "world"), **sizes}
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -309,7 +425,7 @@ def train_sft(cfg: DemoConfig, seed: int, d: Path) -> dict:
         f"epochs={cfg.sft_epochs}", "eval_every=0", "eval_fraction=0", "checkpoint_every=50", *_common(seed),
     ]  # fmt: skip
     train(load_config(SFTConfig, args))
-    return {"model": str(d / "sft" / "final")}
+    return {"model": _rel(cfg, d / "sft" / "final")}
 
 
 def sample(cfg: DemoConfig, model: str, prompts: Path, out: Path, seed: int, name: str) -> str:
@@ -347,7 +463,7 @@ def sample_pairs(cfg: DemoConfig, seed: int, d: Path) -> dict:
             path = d / "samples" / f"{stream}.json"
             path.parent.mkdir(exist_ok=True)
             prompts = d / f"prompts_{split}.json"
-            out[stream] = sample(cfg, model, prompts, path, sampling_seed(seed, stream), "sft")
+            out[stream] = _rel(cfg, sample(cfg, model, prompts, path, sampling_seed(seed, stream), "sft"))
     return out
 
 
@@ -378,12 +494,16 @@ def label(cfg: DemoConfig, seed: int, d: Path) -> dict:
             for r in recs
             if r["gold"]["chosen"] != r["gold"]["original"]
         ]
-        out[f"{a:g}"] = {"path": str(path), "pairs": len(recs), "observed_agreement": statistics.fmean(agree)}
+        out[f"{a:g}"] = {
+            "path": _rel(cfg, path),
+            "pairs": len(recs),
+            "observed_agreement": statistics.fmean(agree),
+        }
     held = label_pairs(
         _items(d, "heldout"), world_config(cfg, seed, 1.0), seed=10 * seed + 2, source="demo-heldout"
     )
     _write_jsonl(d / "heldout_pairs.jsonl", held)
-    out["heldout"] = {"path": str(d / "heldout_pairs.jsonl"), "pairs": len(held)}
+    out["heldout"] = {"path": _rel(cfg, d / "heldout_pairs.jsonl"), "pairs": len(held)}
     return out
 
 
@@ -409,7 +529,7 @@ def train_rm(cfg: DemoConfig, seed: int, d: Path, agreement: float, kind: str) -
     held = evaluate_reward_model(str(best), str(d / "heldout_pairs.jsonl"), max_length=128, batch_size=64)
     kept = read_reward_meta(best)  # the early-stopped model's own held-out metrics
     return {
-        "model": str(best),
+        "model": _rel(cfg, best),
         "best_step": kept.get("step"),
         "own_heldout_accuracy": (kept.get("eval") or metrics).get("accuracy"),
         "gold_accuracy": held["gold_accuracy"],
@@ -435,8 +555,8 @@ def train_arm(cfg: DemoConfig, seed: int, d: Path, arm: tuple, rm_model: str) ->
     ]  # fmt: skip
     train(load_config(PPOConfig, args))
     return {
-        "model": str(d / "ppo" / name / "final" / "actor"),
-        "metrics": str(d / "ppo" / name / "metrics.jsonl"),
+        "model": _rel(cfg, d / "ppo" / name / "final" / "actor"),
+        "metrics": _rel(cfg, d / "ppo" / name / "metrics.jsonl"),
     }
 
 
@@ -452,7 +572,7 @@ def train_figa(cfg: DemoConfig, seed: int, d: Path) -> dict:
         *_common(seed),
     ]  # fmt: skip
     train(load_config(SFTConfig, args))
-    return {"model": str(d / "figa" / "final")}
+    return {"model": _rel(cfg, d / "figa" / "final")}
 
 
 def evaluate_policy(cfg: DemoConfig, seed: int, d: Path, name: str, model: str) -> dict:
@@ -559,7 +679,8 @@ def table3_of(curves: dict[str, list[dict]], target_fraction: float) -> dict:
 
 
 def run_seed(cfg: DemoConfig, seed: int, stage: Stages) -> dict:
-    """Every stage of one seed; returns its tables' numbers."""
+    """Every stage of one seed; returns its tables' numbers (paths in them relative to ``--out``:
+    the stages record them so, :func:`_at` resolves them here)."""
     d = Path(cfg.out) / f"seed{seed}"
     d.mkdir(parents=True, exist_ok=True)
     tag = f"seed{seed}"
@@ -575,18 +696,21 @@ def run_seed(cfg: DemoConfig, seed: int, stage: Stages) -> dict:
             )
     arms = {}
     for arm in ARMS:
-        rm_model = rms[f"{cfg.agreement:g}"][arm[2]]["model"]
+        rm_model = _at(cfg, rms[f"{cfg.agreement:g}"][arm[2]]["model"])
         arms[arm[0]] = stage(
             f"{tag}.ppo.{arm[0]}", lambda arm=arm, m=rm_model: train_arm(cfg, seed, d, arm, m)
         )
     figa = stage(f"{tag}.figa", lambda: train_figa(cfg, seed, d))
     policies = {"sft": sft["model"], "figa": figa["model"], **{k: v["model"] for k, v in arms.items()}}
+    policies = {name: _at(cfg, model) for name, model in policies.items()}
     table1 = {
         name: stage(f"{tag}.eval.{name}", lambda name=name, m=model: evaluate_policy(cfg, seed, d, name, m))
         for name, model in policies.items()
     }
     # Table 3: gold reward per iteration, iterations/seconds to the target
-    table3 = table3_of({name: read_curve(a["metrics"]) for name, a in arms.items()}, cfg.target_fraction)
+    table3 = table3_of(
+        {name: read_curve(_at(cfg, a["metrics"])) for name, a in arms.items()}, cfg.target_fraction
+    )
     for name in arms:
         table1[name]["kl"] = table3["arms"][name]["final_kl"]
     table2 = {a: {kind: r["gold_accuracy"] for kind, r in by.items()} for a, by in rms.items()}
@@ -596,7 +720,7 @@ def run_seed(cfg: DemoConfig, seed: int, stage: Stages) -> dict:
         "table1": table1,
         "table2": table2,
         "table3": table3,
-        "reports": {"token-level PPO rollouts": str(d / "ppo" / "fg_token_ppo_kl" / "report.html")},
+        "reports": {"token-level PPO rollouts": _rel(cfg, d / "ppo" / "fg_token_ppo_kl" / "report.html")},
     }
 
 
@@ -775,7 +899,15 @@ def plots(agg: dict, out: Path) -> list[str]:
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
-    """Every seed's stages (resumed), then the tables. Returns what ``demo.json`` holds."""
+    """Every seed's stages (resumed), then the tables. Returns what ``demo.json`` holds (its paths
+    relative to ``--out``).
+
+    Raises:
+        ValueError: a bad setting, or ``--out`` holds a demo with other settings.
+        StageFailed: a stage raised.
+        Preempted / Terminated / KeyboardInterrupt: SIGTERM in a trainer / SIGTERM elsewhere /
+            Ctrl-C (finished stages are kept: the same call resumes).
+    """
     cfg.check()
     root = Path(cfg.out)
     root.mkdir(parents=True, exist_ok=True)
@@ -800,27 +932,24 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     else:
         _write_json(stamp, cfg.identity())
     per_stage = 5 + 3 * len(cfg.agreements) + len(ARMS) + len(ARMS) + len(OTHER_POLICIES)
-    stage = Stages(root, per_stage * cfg.seeds, progress)
-    t0 = time.perf_counter()
-    try:
+    with Stages(root, per_stage * cfg.seeds, progress) as stage:  # SIGTERM stops it from here on
+        t0 = time.perf_counter()
         per_seed = [run_seed(cfg, s, stage) for s in range(cfg.seeds)]
-    finally:
-        stage.close()
-    seconds = time.perf_counter() - t0
-    agg = aggregate(per_seed)
-    result = {
-        "config": dataclasses.asdict(cfg),
-        "aggregate": agg,
-        "per_seed": per_seed,
-        "stages_run": stage.ran,
-        "stages_skipped": stage.skipped,
-        "seconds": seconds,
-        "stage_seconds": stage.seconds,
-    }
-    result["plots"] = plots(agg, root / "plots")
-    _write_json(root / "demo.json", result)
-    md = markdown(cfg, agg, stage.seconds)
-    (root / "demo.md").write_text(md)
+        seconds = time.perf_counter() - t0
+        agg = aggregate(per_seed)
+        result = {
+            "config": dataclasses.asdict(cfg),
+            "aggregate": agg,
+            "per_seed": per_seed,
+            "stages_run": stage.ran,
+            "stages_skipped": stage.skipped,
+            "seconds": seconds,
+            "stage_seconds": stage.seconds,
+        }
+        result["plots"] = [_rel(cfg, path) for path in plots(agg, root / "plots")]
+        _write_json(root / "demo.json", result)
+        md = markdown(cfg, agg, stage.seconds)
+        (root / "demo.md").write_text(md)
     return result
 
 
@@ -872,9 +1001,10 @@ def parse_world(items: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` strings -> world knobs, each value converted to its field's type.
 
     Raises:
-        ValueError: a malformed item, an unknown knob or a value of the wrong type (named).
+        ValueError: a malformed item, an unknown knob or a value of the wrong type, NaN or ±inf
+            (named; :func:`trainer.data.synthetic.check_world`, as for a world file).
     """
-    from trainer.data.synthetic import SyntheticConfig
+    from trainer.data.synthetic import SyntheticConfig, check_world
 
     fields_ = SyntheticConfig.__dataclass_fields__
     out: dict[str, Any] = {}
@@ -892,6 +1022,7 @@ def parse_world(items: list[str]) -> dict[str, Any]:
                 out[key] = kind(text)
         except ValueError:
             raise ValueError(f"--world {key}={text!r}: expected a {kind.__name__}") from None
+    check_world(out, "--world")
     return out
 
 
@@ -899,7 +1030,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m trainer.demo [flags]``."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="fgrlhf demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="fgrlhf demo", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     add_arguments(p)
     args = p.parse_args(argv)
     return cmd(args)
@@ -921,15 +1052,22 @@ def cmd(args) -> int:
     except Preempted as e:
         print(f"stopped by SIGTERM ({e}); rerun the same command to resume", file=sys.stderr)
         return EXIT_PREEMPTED
+    except Terminated as e:
+        print(
+            f"stopped by SIGTERM {e}: finished stages are kept; rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 143
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept; rerun the same command to resume", file=sys.stderr)
         return 130
     root = Path(cfg.out)
     print((root / "demo.md").read_text())
+    token_report = _at(cfg, res["per_seed"][0]["reports"]["token-level PPO rollouts"])
     print(
         f"{len(res['stages_run'])} stages run, {len(res['stages_skipped'])} resumed, {res['seconds']:.0f} s; "
         f"report: {root / 'demo.md'} (numbers: {root / 'demo.json'}, plots: {root / 'plots'}; per-token "
-        f"rewards of the token-level arm: {res['per_seed'][0]['reports']['token-level PPO rollouts']})"
+        f"rewards of the token-level arm: {token_report})"
     )
     return 0
 

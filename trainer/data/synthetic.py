@@ -34,13 +34,16 @@ is saved next to it as a ``transformers`` tokenizer directory::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
 import sys
-from collections.abc import Sequence
+import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from trainer.data.align import token_similarity
 from trainer.data.formats import EditRecord
@@ -52,6 +55,7 @@ __all__ = [
     "bootstrap",
     "bt_scale",
     "build_tokenizer",
+    "check_world",
     "generate",
     "gold_reward",
     "label_pairs",
@@ -115,7 +119,9 @@ class SyntheticConfig:
     4 of 32: about half the prompts)."""
 
     def check(self) -> None:
-        """Refuse impossible knobs, naming the key."""
+        """Refuse impossible knobs, naming the key: a value of the wrong type or not finite
+        (:func:`check_world`), then values no world can have."""
+        check_world(dataclasses.asdict(self), "synthetic")
         for key in ("agreement",):
             if not 0.5 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"synthetic.{key}={getattr(self, key)}: expected a value in [0.5, 1]")
@@ -134,6 +140,38 @@ class SyntheticConfig:
             raise ValueError("synthetic.n_good, n_neutral, n_bad, n_prompt_words must be >= 1")
         if self.context_harm and not 1 <= self.n_sensitive <= self.n_prompt_words:
             raise ValueError("synthetic.n_sensitive must be in [1, n_prompt_words]")
+
+
+_EXPECTED = {int: "an int", float: "a finite number", bool: "true or false", str: "a string"}
+
+
+def check_world(data: Mapping[str, Any], source: str) -> None:
+    """The one check of world knobs by type, wherever they come from (a world file read by
+    :func:`load_world`, ``fgrlhf demo --world``, :meth:`SyntheticConfig.check`): every key is a
+    field of :class:`SyntheticConfig` and every value has that field's type — an ``int`` field
+    an int, a ``float`` field a finite number (an int is accepted; NaN and ±inf are not), a
+    ``bool`` field true or false (never 0 / 1: a bool is no int here, nor an int a bool).
+
+    Raises:
+        ValueError: ``"{source}: {key}={value!r}: expected ..."`` (``source``: the file or flag),
+            or the unknown keys.
+    """
+    types = typing.get_type_hints(SyntheticConfig)
+    unknown = sorted(set(data) - set(types))
+    if unknown:
+        raise ValueError(f"{source}: unknown world keys {unknown} (known: trainer/data/synthetic.py)")
+    for key, value in data.items():
+        kind = types[key]
+        if kind is bool:
+            ok = isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            raise ValueError(f"{source}: {key}={value!r}: expected {_EXPECTED.get(kind, kind.__name__)}")
 
 
 def _words(cfg: SyntheticConfig) -> tuple[list[str], list[str], list[str], list[str], list[str]]:
@@ -362,17 +400,29 @@ def load_world(path: str | Path) -> SyntheticConfig:
     """The world a directory (or its ``synthetic_config.json``) was written with.
 
     Raises:
-        ValueError: no such file, or keys this version does not know (named).
+        ValueError: naming the file: no such file, not JSON, not an object, keys this version does
+            not know, a value of the wrong type or not finite (:func:`check_world`: the key), or
+            an impossible value (:meth:`SyntheticConfig.check`).
     """
     p = Path(path)
     p = p / WORLD_FILE if p.is_dir() else p
     if not p.is_file():
         raise ValueError(f"{p}: no synthetic world here (expected {WORLD_FILE}, written by write_synthetic)")
-    data = json.loads(p.read_text())
-    unknown = sorted(set(data) - set(SyntheticConfig.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"{p}: unknown world keys {unknown}")
-    return SyntheticConfig(**data)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise ValueError(f"{p}: not a world file ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{p}: not a world file (a JSON object of knobs expected, got {type(data).__name__})"
+        )
+    check_world(data, str(p))
+    world = SyntheticConfig(**data)
+    try:
+        world.check()
+    except ValueError as e:
+        raise ValueError(f"{p}: {e}") from None
+    return world
 
 
 def bootstrap(out_dir: str | Path, cfg: SyntheticConfig) -> tuple[Path, Path]:

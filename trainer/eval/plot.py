@@ -246,6 +246,8 @@ def run_cli(args: argparse.Namespace) -> int:
 if __name__ == "__main__":  # `python -m trainer.eval.plot ...` (the same as `fgrlhf plot ...`)
     import sys
 
-    _parser = argparse.ArgumentParser(prog="fgrlhf plot", description=__doc__.split("\n\n")[0])
+    _parser = argparse.ArgumentParser(
+        prog="fgrlhf plot", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
     add_arguments(_parser)
     sys.exit(run_cli(_parser.parse_args()))

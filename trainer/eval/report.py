@@ -832,6 +832,8 @@ def run_cli(args: argparse.Namespace) -> int:
 if __name__ == "__main__":  # `python -m trainer.eval.report ...` (the same as `fgrlhf report ...`)
     import sys
 
-    _parser = argparse.ArgumentParser(prog="fgrlhf report", description=__doc__.split("\n\n")[0])
+    _parser = argparse.ArgumentParser(
+        prog="fgrlhf report", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
     add_arguments(_parser)
     sys.exit(run_cli(_parser.parse_args()))

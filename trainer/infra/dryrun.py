@@ -29,6 +29,7 @@ temporaries — FSDP2's all-gather and reduce-scatter buffers are among the temp
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -424,6 +425,25 @@ RUN_ONLY_KEYS = frozenset({
     "arch", "hidden_size", "num_layers", "num_heads", "intermediate_size",
 })  # fmt: skip
 PLAN_VERSION = 1
+# How far (either way) a plan's measured peak may be from this run's estimate of the same phase
+# before the plan is refused as edited or foreign. The dry runs of bench/RESULTS.md put the
+# estimate at 0.61-4.6x the measured peak (the extremes: the 7B PPO train phase before its
+# backward term, 0.61; the tiny SFT default, whose batches are padded shorter than the estimate
+# assumes, 4.6), that is a peak of 0.22-1.64x the estimate; a real run's estimate is computed for
+# the fused kernels and its own prompt lengths, lower than the dry run's. 20 leaves four times
+# the widest of those and still refuses what a hand edit or a unit slip gives (1 byte, NaN,
+# 1000x).
+PLAN_FACTOR = 20.0
+
+
+def fgrlhf_version() -> str:
+    """This package's version (installed metadata; ``"unknown"`` when it is run uninstalled)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("fgrlhf")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def model_shape(config: Any) -> dict[str, Any]:
@@ -445,15 +465,17 @@ def model_shape(config: Any) -> dict[str, Any]:
 
 
 def plan_key(cfg: Any, trainer: str, world: int, shape: dict[str, Any]) -> dict[str, Any]:
-    """What a measured plan is valid for: the plan format, torch's version (major.minor), the
-    trainer, the world size, the shapes of the models (``shape``: :func:`model_shape`, per model
-    for a trainer of several) and every config key but :data:`RUN_ONLY_KEYS`."""
+    """What a measured plan is valid for: the plan format, fgrlhf's version (its trainers and
+    estimates change between versions), torch's version (major.minor), the trainer, the world
+    size, the shapes of the models (``shape``: :func:`model_shape`, per model for a trainer of
+    several) and every config key but :data:`RUN_ONLY_KEYS`."""
     import dataclasses
     import json
 
     keys = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY_KEYS}
     torch_version = ".".join(torch.__version__.split("+")[0].split(".")[:2])
-    key = {"plan": PLAN_VERSION, "torch": torch_version, "trainer": trainer, "world_size": world}
+    key = {"plan": PLAN_VERSION, "fgrlhf": fgrlhf_version(), "torch": torch_version, "trainer": trainer,
+           "world_size": world}  # fmt: skip
     return json.loads(json.dumps({**key, "model": shape, "config": keys}))
 
 
@@ -484,19 +506,38 @@ def save_plan(cfg: Any, trainer: str, result: dict) -> Path | None:
     return path
 
 
-def measured_peaks(cfg: Any, trainer: str, world: int, shape: dict[str, Any]) -> tuple[dict | None, str]:
+def measured_peaks(
+    cfg: Any, trainer: str, world: int, shape: dict[str, Any], estimates: dict[str, float] | None = None
+) -> tuple[dict | None, str]:
     """The dry run's per-phase peaks for exactly this run, if ``output_dir/memory_plan.json``
     holds them: ``(peaks, note)``; ``(None, why not)`` when there is none, it was measured for
-    another config (the differing keys are named), world size, model or torch, or this run's
-    attention is ``eager`` (score matrices the dry run's ``sdpa`` does not build). Rank 0 reads
-    the file and every rank gets its answer (no rank may decide otherwise)."""
+    another config (the differing keys are named), world size, model, torch or fgrlhf version, or
+    this run's attention is ``eager`` (score matrices the dry run's ``sdpa`` does not build). The
+    peaks of a plan for this run are checked (:func:`check_peaks`; ``estimates``: this run's
+    estimate per phase, when the caller has one). Rank 0 reads the file and every rank gets its
+    answer (no rank may decide otherwise).
+
+    Raises:
+        ConfigError: the plan is for this run but a peak is not a positive finite number, or is
+            out of :data:`PLAN_FACTOR` of its estimate (names the file, the phase and the value).
+    """
     from trainer.infra.dist import broadcast_object, get_rank
 
-    answer = _read_plan(cfg, trainer, world, shape) if get_rank() == 0 else None
-    return broadcast_object(answer)
+    answer = None
+    if get_rank() == 0:
+        try:
+            answer = (*_read_plan(cfg, trainer, world, shape, estimates), None)
+        except ConfigError as e:
+            answer = (None, "", str(e))
+    peaks, note, refused = broadcast_object(answer)
+    if refused is not None:
+        raise ConfigError(refused)
+    return peaks, note
 
 
-def _read_plan(cfg: Any, trainer: str, world: int, shape: dict[str, Any]) -> tuple[dict | None, str]:
+def _read_plan(
+    cfg: Any, trainer: str, world: int, shape: dict[str, Any], estimates: dict[str, float] | None
+) -> tuple[dict | None, str]:
     import json
 
     path = plan_path(cfg)
@@ -507,16 +548,72 @@ def _read_plan(cfg: Any, trainer: str, world: int, shape: dict[str, Any]) -> tup
     want = plan_key(cfg, trainer, world, shape)
     try:
         record = json.loads(path.read_text())
-        saved, peaks = dict(record["key"]), {str(k): float(v) for k, v in record["peaks"].items()}
+        saved, peaks = dict(record["key"]), dict(record["peaks"])
         saved_cfg = dict(saved.get("config", {}))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         return None, f"{path} is not a memory plan ({type(e).__name__}: {e}); not used"
-    if saved == want:
-        return peaks, f"measured by the dry run of {record.get('measured_at', '?')} ({path})"
-    diff = [k for k in want if k != "config" and saved.get(k) != want[k]]
-    ours = want["config"]
-    diff += sorted(k for k in set(saved_cfg) | set(ours) if saved_cfg.get(k) != ours.get(k))
-    return None, f"{path} was measured for another run (differs in: {', '.join(diff)}); not used"
+    if saved.get("fgrlhf") != want["fgrlhf"]:
+        return None, (
+            f"{path} was measured by fgrlhf {saved.get('fgrlhf', '(an earlier version)')}, this is "
+            f"{want['fgrlhf']}; not used (rerun the dry run to measure this version)"
+        )
+    if saved != want:
+        diff = [k for k in want if k != "config" and saved.get(k) != want[k]]
+        ours = want["config"]
+        diff += sorted(k for k in set(saved_cfg) | set(ours) if saved_cfg.get(k) != ours.get(k))
+        return None, f"{path} was measured for another run (differs in: {', '.join(diff)}); not used"
+    check_peaks(path, peaks, estimates)
+    peaks = {str(k): float(v) for k, v in peaks.items()}
+    return peaks, f"measured by the dry run of {record.get('measured_at', '?')} ({path})"
+
+
+def check_peaks(path: Path, peaks: dict[str, Any], estimate: dict[str, float] | float | None) -> None:
+    """A plan's measured peaks must be measurements: each a finite number of bytes above zero and,
+    where this run has an estimate of the phase (``estimate``: per phase, or one figure for the
+    largest phase), within :data:`PLAN_FACTOR` of it either way. A plan that is not is refused,
+    not mended: the check it feeds decides whether the run starts.
+
+    Raises:
+        ConfigError: names ``path``, the phase, its value and what to do (measure again, or delete
+            the file to use the estimate).
+    """
+    from trainer.infra.summary import format_bytes
+
+    fix = f"rerun the dry run (dry_run=true) to measure again, or delete {path} to use the estimate"
+    if not isinstance(peaks, dict) or not peaks:
+        raise ConfigError(f"{path}: no measured phase in 'peaks'; {fix}")
+    for phase, peak in peaks.items():
+        if not _a_size(peak):
+            raise ConfigError(
+                f"{path}: phase '{phase}' has peak {peak!r}, not a positive finite number of bytes; {fix}"
+            )
+    if isinstance(estimate, dict):
+        pairs = [(phase, peak, estimate.get(phase)) for phase, peak in peaks.items()]
+    elif estimate is not None:  # one figure: the estimate's largest phase against the largest peak
+        phase = max(peaks, key=peaks.get)
+        pairs = [(phase, peaks[phase], estimate)]
+    else:
+        pairs = []
+    for phase, peak, est in pairs:
+        if est is None or not math.isfinite(est) or est <= 0:
+            continue  # no estimate of this phase to compare with
+        if not 1 / PLAN_FACTOR <= peak / est <= PLAN_FACTOR:
+            raise ConfigError(
+                f"{path}: phase '{phase}' has peak {format_bytes(peak)} ({peak:g} bytes), {peak / est:.3g}x "
+                f"this run's estimate of {format_bytes(est)}; a dry run measures within "
+                f"{PLAN_FACTOR:g}x of its estimate, so the file was edited or measured something else: {fix}"
+            )
+
+
+def _a_size(value: Any) -> bool:
+    """A number of bytes a measurement can give: finite and above zero (a bool is no number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        value = float(value)
+    except OverflowError:  # an int of hundreds of digits
+        return False
+    return math.isfinite(value) and value > 0
 
 
 # What a CUDA process holds outside torch's caching allocator (the memory a dry run measures): the
@@ -534,7 +631,8 @@ def check_fits(
     (``detail`` says what it is made of). Returns the limit in bytes (None: not checked).
 
     Raises:
-        ConfigError: the figure exceeds the limit (names the measured phase or the estimate's parts).
+        ConfigError: the figure exceeds the limit (names the measured phase or the estimate's parts),
+            or ``measured`` is no measurement of this run (:func:`check_peaks` against ``estimate``).
     """
     from trainer.infra.summary import format_bytes
 
@@ -542,6 +640,7 @@ def check_fits(
     if limit is None and device.type == "cuda":
         limit = torch.cuda.get_device_properties(device).total_memory - CUDA_RESERVED_GB * 1024**3
     if measured:
+        check_peaks(plan_path(cfg), measured, estimate)
         phase = max(measured, key=measured.get)
         needs, what = measured[phase], f"measured by its dry run, phase '{phase}'"
     else:
@@ -569,7 +668,7 @@ def check_run_memory(run: Any, trainer: str, phases: dict[str, float], shape: di
     if in_dry_run():
         return
     cfg, di = run.cfg, run.di
-    measured, note = measured_peaks(cfg, trainer, di.world_size, shape)
+    measured, note = measured_peaks(cfg, trainer, di.world_size, shape, phases)
     run.say(f"memory plan: {note}")
     detail = ", ".join(f"{k} {format_bytes(v)}" for k, v in phases.items())
     limit = check_fits(cfg, di.device, max(phases.values()), detail, measured)

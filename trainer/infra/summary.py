@@ -56,7 +56,10 @@ REWARD_ROWS: tuple[tuple[str, str], ...] = (
 
 
 def format_bytes(n_bytes: float) -> str:
-    """``"12.3 MiB"`` below 1 GiB, else ``"1.23 GiB"`` (so a tiny run does not read "0.00 GiB")."""
+    """``"12.3 MiB"`` below 1 GiB, else ``"1.23 GiB"`` (so a tiny run does not read "0.00 GiB");
+    a value that is not a size says so (never "nan GiB")."""
+    if not math.isfinite(n_bytes):
+        return f"{n_bytes} bytes (not a size)"
     if abs(n_bytes) < 1024**3:
         return f"{n_bytes / 1024**2:.1f} MiB"
     return f"{n_bytes / 1024**3:.2f} GiB"
