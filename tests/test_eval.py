@@ -589,7 +589,7 @@ def test_eval_rm_refuses_nothing_nan_gold_and_a_directory_json(tmp_path, tmp_pat
 @pytest.mark.parametrize(
     "argv, hint",
     [
-        (["demo", "--seed", "42"], "--seed (did you mean --seeds?)"),
+        (["demo", "--seed", "42"], "--seed (did you mean --seeds"),
         (["eval", "a", "b", "--judge", "x", "-o", "y", "--sw"], "--sw (did you mean --swap"),
         (["winrate", "a", "--js", "s.json"], "--js (did you mean --json?)"),
     ],
