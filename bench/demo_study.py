@@ -1,12 +1,15 @@
-"""The simulated-preference study (``fgrlhf demo``) at full size, recorded: the paper's three
-tables as mean ± standard error over seeds, appended to ``bench/RESULTS.md``.
+"""The simulated-preference study (``fgrlhf demo``) at full size, recorded: the paper's tables
+as mean ± standard error over seeds, appended to ``bench/RESULTS.md``.
 
 Runs :func:`trainer.demo.run_demo` (resuming whatever ``--out`` already holds: a 5-seed run
-after the default 3-seed one trains only seeds 3 and 4) and records its Markdown tables with the
-command, machine and date::
+after the default 3-seed one trains only seeds 3 and 4; the opt-in ``--matched-kl`` and
+``--editor-recalls`` add only their own stages) and records its Markdown tables with the command,
+machine and date::
 
-    python bench/demo_study.py --record                         # the default: 3 seeds (~13 min)
+    python bench/demo_study.py --record                         # the default: 3 seeds (~15-20 min)
     python bench/demo_study.py --seeds 5 --record               # + 2 seeds on the same --out
+    python bench/demo_study.py --matched-kl 4 --editor-recalls 1 0.7 0.4 --record   # + Tables 4-6
+    python bench/demo_study.py --first-seed 3 --out runs/demo_fresh --record        # fresh worlds
     python bench/demo_study.py --context-harm --out runs/demo_context --record
 """
 
@@ -30,7 +33,10 @@ def main() -> None:
     args = ap.parse_args()
     cfg = config_from_args(args)
     try:
-        res = run_demo(cfg, progress=args.progress)
+        res = run_demo(cfg, progress=args.progress, force=args.yes)
+    except ValueError as e:  # a bad flag, another demo's --out, or more than a day without --yes
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     except Terminated as e:  # SIGTERM: what was done is kept; a rerun resumes
         print(f"stopped by SIGTERM ({e}); rerun the same command to resume", file=sys.stderr)
         sys.exit(143)
@@ -43,8 +49,15 @@ def main() -> None:
 
         body = md.split("\n", 2)[2].replace("\n## ", "\n### ")  # the tables, one level down
         now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        title = f"fgrlhf demo: {res['aggregate']['seeds']} seeds" + (
+        seeds = res["aggregate"]["seed_list"]
+        title = f"fgrlhf demo: {len(seeds)} seeds ({seeds[0]}–{seeds[-1]})" + (
             ", context-dependent harm" if cfg.context_harm else ""
+        )
+        title += f", matched KL {cfg.matched_kl:g}" if cfg.matched_kl else ""
+        title += (
+            f", editor recalls {' / '.join(f'{r:g}' for r in cfg.editor_recalls)}"
+            if cfg.editor_recalls
+            else ""
         )
         stages = (
             f"{ran} run here, {skipped} resumed from an earlier run ({res['seconds']:.0f} s in this run, "

@@ -4,6 +4,7 @@ gold judge, and ``fgrlhf demo --quick`` end to end (every table filled, a rerun 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -23,8 +24,12 @@ from trainer.data.synthetic import (
     base_response,
     bt_scale,
     build_tokenizer,
+    expected_gold_agreement,
+    expected_inter_annotator_agreement,
     generate,
     gold_reward,
+    inter_annotator_agreement,
+    inter_annotator_scale,
     label_pairs,
     load_world,
     sample_prompt,
@@ -43,6 +48,70 @@ def test_bt_scale_by_hand_and_limits():
     )
     rng = random.Random(0)
     assert all(annotate(rng, d, 0.0) == (d > 0) for d in (-1.0, 0.2, 3.0))  # scale 0: the gold order
+
+
+def test_inter_annotator_scale_by_hand_ties_and_limits():
+    """AlpacaFarm's inter-annotator agreement (a held-out annotator vs the mode of three others),
+    worked by hand: at p = 0.75 the mode of three agrees with gold with m = 0.75³ + 3·0.75²·0.25
+    = 0.84375, the held-out one with the mode with a = 0.75·0.84375 + 0.25·0.15625 = 0.671875;
+    p = σ(1/s) = 0.75 at s = 1/ln 3. A gold tie counts as p = 0.5 (a = 0.5)."""
+    assert inter_annotator_agreement(0.75) == pytest.approx(0.671875, abs=1e-12)
+    assert inter_annotator_agreement(0.5) == 0.5 and inter_annotator_agreement(1.0) == 1.0
+    s = 1 / math.log(3)
+    assert inter_annotator_scale([1.0, -1.0], 0.671875) == pytest.approx(s, rel=1e-9)
+    # one of two pairs tied: (0.671875 + 0.5) / 2 asks for the same annotators
+    assert inter_annotator_scale([1.0, 0.0], (0.671875 + 0.5) / 2) == pytest.approx(s, rel=1e-9)
+    assert expected_inter_annotator_agreement([1.0, 0.0], s) == pytest.approx(0.5859375, abs=1e-12)
+    assert expected_gold_agreement([1.0, 0.0, -1.0], s) == pytest.approx(0.75)  # ties out of this one
+    # noise-free (1.0) is s = 0, whose inter-annotator agreement with one tie in two is 1 − 1/4 = 0.75;
+    # anything in [0.75, 1) cannot be reached and is refused, naming the ceiling and the ties
+    assert inter_annotator_scale([1.0, 0.0], 1.0) == 0.0
+    assert expected_inter_annotator_agreement([1.0, 0.0], 0.0) == 0.75
+    with pytest.raises(ValueError, match="50.0% are gold ties.*at most 0.7500"):
+        inter_annotator_scale([1.0, 0.0], 0.8)
+    assert math.isinf(inter_annotator_scale([1.0], 0.5)) and math.isinf(inter_annotator_scale([], 0.7))
+    # the same annotators agree more with gold (0.75) than with each other (0.671875)
+    assert expected_gold_agreement([1.0], s) == pytest.approx(0.75)
+
+
+def test_inter_annotator_agreement_by_simulation():
+    """Four Bradley–Terry annotators per pair at the solved scale: a held-out one agrees with the
+    mode of the other three (every one held out in turn) at the asked rate, ties included."""
+    rng = random.Random(7)
+    diffs = [0.0 if rng.random() < 0.05 else rng.gauss(0, 0.3) for _ in range(3000)]
+    target = 0.657
+    scale = inter_annotator_scale(diffs, target)
+    agree = []
+    for d in diffs:
+        votes = [annotate(rng, d, scale) for _ in range(4)]
+        for k in range(4):
+            others = votes[:k] + votes[k + 1 :]
+            agree.append(votes[k] == (sum(others) >= 2))
+    # 12,000 correlated Bernoulli draws over 3,000 pairs: s.e. < 0.009
+    assert statistics.fmean(agree) == pytest.approx(target, abs=0.03)
+    gold = statistics.fmean(annotate(rng, d, scale) == (d > 0) for d in diffs if d != 0)
+    assert gold == pytest.approx(expected_gold_agreement(diffs, scale), abs=0.03)
+
+
+def test_label_pairs_at_inter_annotator_levels_and_split_streams():
+    """agreement_kind=inter_annotator solves for AlpacaFarm's measure; streams=split draws the
+    labels from their own stream: the same labels at every editor recall (only the edits change),
+    and the default single stream is the trainers' world as before."""
+    cfg = SyntheticConfig(n_pairs=1500, agreement=0.657, agreement_kind="inter_annotator", seed=3)
+    recs = generate(cfg)
+    decided = [r for r in recs if r["gold"]["chosen"] != r["gold"]["original"]]
+    observed = statistics.fmean(r["gold"]["chosen"] > r["gold"]["original"] for r in decided)
+    assert 0.68 < observed < 0.80  # ~0.72 by gold: more than 0.657 (mode-of-3 noise counts twice)
+    items = [(r["id"], r["prompt"], r["chosen"], r["original"]) for r in recs[:300]]
+    one = label_pairs(items, cfg, seed=1)
+    split = {rec: label_pairs(items, dataclasses.replace(cfg, editor_recall=rec), 1, streams="split")
+             for rec in (1.0, 0.4)}  # fmt: skip
+    assert [r["chosen"] for r in split[1.0]] == [r["chosen"] for r in split[0.4]]
+    assert [r["status"] for r in split[1.0]] == [r["status"] for r in split[0.4]]
+    assert [r["edited"] for r in split[1.0]] != [r["edited"] for r in split[0.4]]
+    assert one == label_pairs(items, cfg, seed=1, streams="one")  # the default
+    with pytest.raises(ValueError, match="agreement_kind"):
+        SyntheticConfig(agreement_kind="pairwise").check()
 
 
 @pytest.mark.parametrize("agreement", [0.6, 0.65, 0.8, 1.0])
@@ -227,7 +296,7 @@ def test_table3_by_hand_censoring_and_a_baseline_that_does_not_improve():
     from trainer.demo import table3_of
 
     t = table3_of({"ppo_rlhf": _recs([0, 1, 1, 1, 1, 1]), "x": _recs([0, 2, 2, 2, 2, 2], 2.0)}, 0.5)
-    assert t["start"] == 0 and t["target"] == 0.5 and t["baseline_improved"]
+    assert t["start"] == 0 and t["target"] == 0.5 and t["baseline_clears"]
     assert t["arms"]["ppo_rlhf"]["iterations_to_target"] == 2 and t["arms"]["x"]["iterations_to_target"] == 2
     assert t["arms"]["x"]["seconds_to_target"] == 4.0 and t["arms"]["x"]["final_gold_reward"] == 2.0
     # an arm that never gets there: censored at len + 1 iterations and its whole run's seconds
@@ -236,7 +305,34 @@ def test_table3_by_hand_censoring_and_a_baseline_that_does_not_improve():
     assert not slow["reached"] and slow["iterations_to_target"] == 7 and slow["seconds_to_target"] == 6.0
     # a baseline that ends below its start: no target, no iterations for anyone
     t = table3_of({"ppo_rlhf": _recs([0.5, 0, 0, 0, 0, 0]), "x": _recs([0.5, 2, 2, 2, 2, 2])}, 0.8)
-    assert not t["baseline_improved"] and t["arms"]["x"]["iterations_to_target"] is None
+    assert not t["baseline_clears"] and t["arms"]["x"]["iterations_to_target"] is None
+
+
+def test_table3_target_only_where_the_baseline_clears_its_noise():
+    """By hand: the baseline's last 5 iterations [1.0, 1.2, 0.8, 1.0, 1.0] have s.d. √0.02 ≈ 0.1414,
+    so the s.e. of final − start is 0.1414·√(1 + 1/5) ≈ 0.1549 and the rule needs an improvement
+    above 0.3098: from a start of 0 (improvement 1.0) it clears, from 0.8 (0.2) it does not, and
+    that seed then gives no iterations for any arm (its cells count one seed fewer)."""
+    from trainer.demo import aggregate, baseline_noise, table3_of
+
+    last = [1.0, 1.2, 0.8, 1.0, 1.0]
+    n = baseline_noise([0.0, 0.5, *last], start=0.0)
+    assert n["noise_se"] == pytest.approx(math.sqrt(0.02) * math.sqrt(1.2)) and n["clears"]
+    assert n["improvement"] == pytest.approx(1.0)
+    assert not baseline_noise([0.8, *last], start=0.8)["clears"]  # 0.2 < 2 × 0.1549
+    clear = table3_of({"ppo_rlhf": _recs([0.0, *last]), "x": _recs([0.0, 2, 2, 2, 2, 2])}, 0.5)
+    noisy = table3_of({"ppo_rlhf": _recs([0.8, *last]), "x": _recs([0.8, 2, 2, 2, 2, 2])}, 0.5)
+    assert clear["baseline_clears"] and clear["arms"]["x"]["iterations_to_target"] == 2
+    assert not noisy["baseline_clears"] and noisy["arms"]["x"]["iterations_to_target"] is None
+    seeds = [
+        {"seed": k, "table1": {}, "table2": {}, "labels": {}, "table3": t}
+        for k, t in enumerate((clear, noisy))
+    ]
+    agg = aggregate(seeds)
+    assert agg["seeds_with_target"] == 1 and agg["target"]["n"] == 1 and agg["target"]["n_missing"] == 1
+    cell = agg["table3"]["x"]["iterations_to_target"]
+    assert cell["n"] == 1 and cell["n_missing"] == 1 and cell["mean"] == 2
+    assert agg["table3"]["x"]["final_gold_reward"]["n"] == 2  # every seed
 
 
 def test_sampling_streams_never_share_a_batch_seed():
@@ -261,6 +357,78 @@ def test_demo_flags_are_checked(capsys):
     assert "--world 'nope=1'" in capsys.readouterr().err
     assert main(["demo", "--world", "p_bad=often", "--out", "/nonexistent/x"]) == 2
     assert "--world p_bad='often': expected a float" in capsys.readouterr().err
+    assert main(["demo", "--first-seed", "-1", "--out", "/nonexistent/x"]) == 2
+    assert "--first-seed must be >= 0" in capsys.readouterr().err
+    assert main(["demo", "--editor-recalls", "1", "1.5", "--out", "/nonexistent/x"]) == 2
+    assert "--editor-recall(s) must be in [0, 1]" in capsys.readouterr().err
+    assert main(["demo", "--matched-kl", "-3", "--out", "/nonexistent/x"]) == 2
+    assert "--matched-kl must be a KL target" in capsys.readouterr().err
+
+
+def test_every_arm_gets_the_same_critic_and_names_its_token_rewards(tmp_path):
+    """The trainer keys each PPO stage builds (parsed by trainer/ppo.py's own config loader): the
+    paper's literal arm is token_reward_scale=raw with β = 0; the running-mean arms say so; every
+    arm has critic_from=actor (never trainer/ppo.py's auto, which gave the sequence arms their RM);
+    the matched-KL runs use the adaptive controller at the one target."""
+    from trainer.demo import ARMS, CRITIC_FROM, DemoConfig, arm_args
+    from trainer.infra.config import load_config
+    from trainer.ppo import PPOConfig
+
+    cfg = DemoConfig(out=str(tmp_path))
+    built = {
+        a.name: load_config(PPOConfig, arm_args(cfg, 0, tmp_path, a, str(tmp_path / "rm"), a.name))
+        for a in ARMS
+    }
+    assert CRITIC_FROM == "actor" and {c.critic_from for c in built.values()} == {"actor"}
+    raw = built["fg_token_ppo_raw"]
+    assert raw.token_reward_scale == "raw" and raw.kl_coef == 0.0 and raw.reward_level == "token"
+    assert (
+        built["fg_token_ppo_rmean"].token_reward_scale == "running_mean"
+        and built["fg_token_ppo_rmean"].kl_coef == 0
+    )
+    assert built["fg_token_ppo_rmean_kl"].token_reward_scale == "running_mean"
+    for name in ("ppo_rlhf", "fg_ppo", "fg_token_ppo_rmean_kl"):
+        assert built[name].kl_coef == cfg.kl_coef and built[name].kl_controller == "fixed", name
+    assert {c.iterations for c in built.values()} == {cfg.ppo_iterations}
+    assert built["ppo_rlhf"].synthetic.agreement_kind == "inter_annotator"
+    for a in ARMS:  # the literal arm is named as such; the running-mean ones by what they are
+        assert ("raw" in a.label) == (a.token_reward_scale == "raw")
+        assert ("running-mean" in a.label) == (a.token_reward_scale == "running_mean")
+    m = load_config(PPOConfig, arm_args(cfg, 0, tmp_path, ARMS[2], str(tmp_path / "rm"), "x", matched_kl=4.0))
+    assert (m.kl_controller, m.kl_target, m.kl_horizon, m.critic_from) == (
+        "adaptive",
+        4.0,
+        cfg.ppo_rollouts,
+        "actor",
+    )
+    assert m.token_reward_scale == "raw"
+
+
+def test_seeds_beyond_a_day_are_refused_with_their_estimate(tmp_path, capsys):
+    """The time is estimated from the stage timings the --out holds (same settings), else from the
+    defaults measured here; more than a day is refused (exit 2, nothing written) unless --yes."""
+    from trainer.cli import main
+    from trainer.demo import DemoConfig, estimate, plan
+
+    out = tmp_path / "d"
+    assert main(["demo", "--seeds", "1000", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--seeds 1000:" in err and " h (" in err and "min per seed" in err and "--yes" in err
+    assert not out.exists()
+    cfg = DemoConfig(out=str(out))
+    per_seed = estimate(cfg, out)["per_seed_s"]
+    assert estimate(cfg, out)["remaining_s"] == pytest.approx(3 * per_seed)
+    (out / "stages").mkdir(parents=True)  # a finished seed 0 whose PPO stages took 100 s each
+    for name in plan(cfg, 0):
+        secs = 100.0 if ".ppo." in name else 1.0
+        (out / "stages" / f"{name}.json").write_text(
+            json.dumps({"stage": name, "seconds": secs, "result": {}})
+        )
+    est = estimate(cfg, out)
+    n_ppo = sum(".ppo." in n for n in plan(cfg, 0))
+    assert est["per_seed_s"] == pytest.approx(100 * n_ppo + (len(plan(cfg, 0)) - n_ppo))
+    assert est["remaining_s"] == pytest.approx(2 * est["per_seed_s"]) and "stage timings in" in est["source"]
+    assert est["stages_left"] == 2 * len(plan(cfg, 0))
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +445,7 @@ def _finite(x) -> bool:
 
 
 def test_quick_demo_fills_every_table(quick_demo):
-    from trainer.demo import ARMS, RMS
+    from trainer.demo import ARMS, RMS, plan
 
     cfg, res = quick_demo
     agg, seed0 = res["aggregate"], res["per_seed"][0]
@@ -300,17 +468,25 @@ def test_quick_demo_fills_every_table(quick_demo):
         if arm["iterations_to_target"] is not None:
             reached += 1
             assert 1 <= arm["iterations_to_target"] <= cfg.ppo_iterations + 1 and arm["seconds_to_target"] > 0
-    assert reached == len(ARMS) or not t3["baseline_improved"]
-    # the β = 0 arm is trained without the KL penalty, the others with the same one
-    for name, *_ in ARMS:
-        betas = {
-            r["kl_coef"]
-            for r in map(json.loads, (Path(cfg.out) / "seed0" / "ppo" / name / "metrics.jsonl").open())
-        }
-        assert betas == ({0.0} if name == "fg_token_ppo" else {cfg.kl_coef}), name
+    assert reached == len(ARMS) or not t3["baseline_clears"]
+    # the β = 0 arms are trained without the KL penalty, the others with the same one; every arm's
+    # critic from the SFT actor; the token arms with the token-reward scale they are named by
+    for arm in ARMS:
+        run = Path(cfg.out) / "seed0" / "ppo" / arm.name
+        betas = {r["kl_coef"] for r in map(json.loads, (run / "metrics.jsonl").open())}
+        assert betas == ({cfg.kl_coef} if arm.kl else {0.0}), arm.name
+        written = (run / "config.yaml").read_text()
+        assert "critic_from: actor\n" in written, arm.name
+        if arm.level == "token":
+            assert f"token_reward_scale: {arm.token_reward_scale}\n" in written, arm.name
+    assert res["stages_run"] == plan(cfg, 0)  # the plan the estimate counts is what runs
+    labels = seed0["labels"]["0.657"]  # the level asked for is the level solved for
+    assert labels["expected_inter_annotator"] == pytest.approx(0.657, abs=1e-6)
+    assert 0.657 < labels["expected_gold_agreement"] < 1 and 0 <= labels["tied_fraction"] < 0.1
+    assert seed0["labels"]["1"]["expected_gold_agreement"] == 1.0 and seed0["labels"]["1"]["scale"] == 0.0
     # an arm that reached the target did so at the first iteration whose running mean got there
     for arm in t3["arms"].values():
-        if arm["reached"] and t3["baseline_improved"]:
+        if arm["reached"] and t3["baseline_clears"]:
             k, c = arm["iterations_to_target"], arm["curve"]
             assert statistics.fmean(c[max(0, k - 3) : k]) >= t3["target"]
             assert k == 1 or statistics.fmean(c[max(0, k - 4) : k - 1]) < t3["target"]
@@ -320,6 +496,11 @@ def test_quick_demo_fills_every_table(quick_demo):
     assert (Path(out) / seed0["reports"]["token-level PPO rollouts"]).exists()  # relative to --out
     md = (Path(out) / "demo.md").read_text()
     assert "Table 1" in md and "Table 2" in md and "Table 3" in md and "nan" not in md
+    assert (
+        "as the paper writes it (token RM, [R_1 … R_n] raw), β = 0 |" in md
+        and "running-mean increments, β = 0.05 |" in md
+    )
+    assert "1 (noise-free: s = 0)" in md and "critic_from=actor" in md
     assert json.loads((Path(out) / "demo.json").read_text())["aggregate"]["seeds"] == 1
 
 
@@ -497,10 +678,61 @@ def test_a_moved_demo_directory_resumes_and_renders(tmp_path, stand_in_stages, c
     again = json.loads((b / "demo.json").read_text())
     assert again["stages_run"] == [] and again["stages_skipped"] == first["stages_run"]
     assert again["aggregate"] == first["aggregate"]
-    assert str(b / "seed0" / "ppo" / "fg_token_ppo_kl" / "report.html") in capsys.readouterr().out
+    assert str(b / "seed0" / "ppo" / "fg_token_ppo_rmean_kl" / "report.html") in capsys.readouterr().out
     recorded = [json.dumps({k: v for k, v in again.items() if k != "config"})]
     recorded += [p.read_text() for p in (b / "stages").glob("*.json")]
     assert not any(str(tmp_path) in text for text in recorded)  # relative to --out, wherever it is
     assert all((b / p).exists() for p in again["plots"])
     assert main(["demo", "--quick", "--ppo-iterations", "3", "--out", str(b), "--no-progress"]) == 2
     assert "other settings (ppo_iterations)" in capsys.readouterr().err
+
+
+def test_first_seed_gives_fresh_worlds_and_is_part_of_the_identity(tmp_path, stand_in_stages, capsys):
+    """--first-seed 7 runs seeds 7.. on worlds 1007..; a rerun on that --out with another first seed
+    is refused (a changed setting); the stamp records it."""
+    from trainer.cli import main
+    from trainer.data.synthetic import load_world
+
+    out = tmp_path / "d"
+    assert main(["demo", "--quick", "--first-seed", "7", "--out", str(out), "--no-progress"]) == 0, (
+        capsys.readouterr().err
+    )
+    res = json.loads((out / "demo.json").read_text())
+    assert res["aggregate"]["seed_list"] == [7] and all(n.startswith("seed7.") for n in res["stages_run"])
+    assert load_world(out / "seed7" / "world").seed == 1007 and res["per_seed"][0]["world_seed"] == 1007
+    assert json.loads((out / "demo_config.json").read_text())["first_seed"] == 7
+    assert "1 seed(s) (7–7: worlds 1007–1007)" in (out / "demo.md").read_text()
+    capsys.readouterr()
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 2
+    assert "other settings (first_seed)" in capsys.readouterr().err
+    assert main(["demo", "--quick", "--agreement-kind", "gold", "--first-seed", "7", "--out", str(out)]) == 2
+    assert "other settings (agreement, agreement_kind, agreements)" in capsys.readouterr().err
+
+
+def test_opt_in_sweeps_add_their_stages_to_a_finished_demo(tmp_path, stand_in_stages, capsys):
+    """--matched-kl and --editor-recalls may be added to a finished --out: only their stages run
+    (named by their values), Tables 4-6 appear; the main runs are reused for the main recall."""
+    from trainer.cli import main
+    from trainer.demo import EDITED_ARMS, EDITED_RMS, MATCHED_KL_ARMS
+
+    out = tmp_path / "d"
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    first = json.loads((out / "demo.json").read_text())["stages_run"]
+    flags = ["--matched-kl", "4", "--editor-recalls", "1", "0.5"]
+    assert main(["demo", "--quick", *flags, "--out", str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    res = json.loads((out / "demo.json").read_text())
+    assert res["stages_skipped"] == first
+    n_new = 2 * len(MATCHED_KL_ARMS) + 1 + len(EDITED_RMS) + 2 * len(EDITED_ARMS) + 2
+    assert len(res["stages_run"]) == n_new and "seed0.ppo.fg_token_ppo_raw_kl4" in res["stages_run"]
+    assert "seed0.ppo.fg_ppo_recall0.5" in res["stages_run"] and "seed0.labels_recall0.5" in res["stages_run"]
+    agg = res["aggregate"]
+    assert set(agg["matched_kl"]) == set(MATCHED_KL_ARMS) and set(agg["editor_recall"]) == {"1", "0.5"}
+    assert set(agg["editor_recall"]["0.5"]["table1"]) == {"figa", *EDITED_ARMS}
+    assert agg["editor_recall"]["1"]["table1"]["fg_ppo"] == agg["table1"]["fg_ppo"]  # the main run
+    md = (out / "demo.md").read_text()
+    assert "Table 4: matched KL" in md and "Table 5: editor recall" in md and "Table 6" in md
+    assert "adaptive β → KL 4 nats" in md and "edits better than their original" in md
+    assert agg["editor_recall"]["0.5"]["edits"]["edits_better"]["mean"] > 0.95  # weaker, never wrong
+    recs = (out / "seed0" / "pairs_agreement0.657_recall0.5.jsonl").read_text().splitlines()
+    main_recs = (out / "seed0" / "pairs_agreement0.657.jsonl").read_text().splitlines()
+    assert [json.loads(r)["chosen"] for r in recs] == [json.loads(r)["chosen"] for r in main_recs]

@@ -3,50 +3,76 @@
 AlpacaFarm's idea (simulate the annotators, so a method can be studied cheaply) at a size that
 runs on 2 CPU cores. Every stage is the real code path: ``trainer/sft.py``, ``trainer/reward.py``,
 ``trainer/ppo.py``, ``fgrlhf generate`` and ``fgrlhf eval`` with the world's gold judge, with
-the fused kernels. Per seed (each seed is its own world, ``trainer/data/synthetic.py``):
+the fused kernels. Per seed (each seed is its own world, ``trainer/data/synthetic.py``; seeds
+``--first-seed`` … ``--first-seed + --seeds − 1``, world seed 1000 + seed):
 
 1. **world** — vocabulary, prompts (disjoint sets: SFT, preference pairs, held-out pairs, eval),
    the gold utility, the SFT data (the world's base responses).
 2. **sft** — a tiny LLaMA learns the base responses (``trainer/sft.py``).
 3. **samples** — two samples of the SFT model per prompt (``fgrlhf generate``, temperature 1):
    the preference pairs, and fresh held-out pairs for Table 2.
-4. **labels** — for every annotator agreement of the sweep: Bradley–Terry annotators choose,
-   the simulated editor edits the less-preferred response (same samples for every agreement).
-5. **rm** — per agreement, the three reward models of the paper's arms: sequence-level on the
+4. **labels** — for every annotator-noise level of the sweep: Bradley–Terry annotators choose,
+   the simulated editor edits the less-preferred response (the same samples, and the same
+   uniforms, at every level). The level is AlpacaFarm's measure by default: the expected
+   **inter-annotator agreement** (a held-out annotator against the mode of three others; 65.7%
+   for AlpacaFarm's humans), the Bradley–Terry scale solved for it over the labelled pairs
+   (gold ties count, at 0.5); ``--agreement-kind gold`` gives agreement with the gold order
+   instead. Level 1.0 is "noise-free" (the gold order; with gold ties its inter-annotator
+   agreement is 1 − ties/2, reported).
+5. **rm** — per level, the three reward models of the paper's arms: sequence-level on the
    original pairs (PPO-RLHF), sequence-level on the edited pairs (fine-grained PPO), token-level
    on the edited pairs; each early-stopped on held-out pairs of its own kind (its ``best/``),
-   then scored on the fresh held-out pairs by the gold order (**Table 2**).
-6. **ppo** — at the default agreement, the arms from the SFT model with the same PPO budget:
-   ``ppo_rlhf`` (sequence reward, KL penalty), ``fg_ppo`` (sequence reward of the edited-pairs
-   RM, KL penalty), ``fg_token_ppo`` (per-token rewards, the paper's [R_1 … R_n] without KL:
-   β = 0) and ``fg_token_ppo_kl`` (per-token rewards with the same KL penalty as the others).
+   then scored on the fresh held-out pairs by the gold order (**Table 2**, with each level's
+   agreement with gold computed from the solved scale).
+6. **ppo** — at the default level, the arms (:data:`ARMS`) from the SFT model with the same PPO
+   budget and the same critic initialisation (:data:`CRITIC_FROM`): ``ppo_rlhf`` (sequence reward,
+   KL penalty), ``fg_ppo`` (sequence reward of the edited-pairs RM, KL penalty),
+   ``fg_token_ppo_raw`` (the paper's token rewards as written, [R_1 … R_n] =
+   ``token_reward_scale=raw``, no KL term), ``fg_token_ppo_rmean`` (trainer/ppo.py's default
+   running-mean increments, β = 0) and ``fg_token_ppo_rmean_kl`` (running-mean increments with the
+   same β as the sequence arms).
 7. **figa** — FIGA on the edited pairs from the SFT model (``trainer/sft.py objective=figa``).
 8. **eval** — every policy answers the eval prompts; the gold judge compares each with the SFT
-   model's answers (**Table 1**: win rate; plus the gold reward, length and KL they reach).
+   model's answers (**Table 1**: win rate; plus the gold reward, length, finished fraction and KL
+   they reach; the gold judge makes an empty answer or one cut at the cap lose to a complete one).
    **Table 3**: the gold reward per PPO iteration of each arm, and the iterations and seconds
    each needs to reach a target: ``target_fraction`` (0.8) of the way from the SFT start to
    PPO-RLHF's final gold reward (the mean of its last 5 iterations, per seed), on a 3-iteration
-   running mean of each curve — "how soon does each arm get (most of the way) to where the
-   baseline ends up".
+   running mean of each curve — set only in a seed where PPO-RLHF's improvement clears that
+   seed's noise (:func:`table3_of`); every cell says how many seeds it uses.
+
+9. **matched KL** (``--matched-kl``, 4 nats by default; ``0`` turns it off, ``--quick`` has it
+   off) — every reward variant again with trainer/ppo.py's adaptive KL controller at one common
+   target (**Table 4**: "the same β" of Table 1 is not "the same KL").
+
+Opt-in (it would take the default run past 20 minutes): ``--editor-recalls 1 0.7 0.4`` — the
+edited-pair RMs, arms and FIGA again at each editor recall (**Tables 5 and 6**: where do edited
+pairs stop paying? About 3 more minutes per seed and extra recall on 2 cores). The sweeps' stages
+are named by their values, so they may be added to (or dropped from) a finished ``--out``: only
+the new stages run.
 
 Outputs under ``out`` (``runs/demo``): ``demo.json`` (every number, per seed and aggregated),
 ``demo.md`` (the tables, mean ± standard error over seeds), ``plots/*.png``, each stage's log
 under ``logs/``, and each run's own outputs (the token-level arm's ``report.html`` shows its
 per-token rewards). A rerun resumes: finished stages are skipped (``stages/*.json``), an
-interrupted trainer resumes from its checkpoint; ``--seeds`` may grow between runs, the other
-settings may not (a changed setting is refused: use another ``--out``). The paths that
-``stages/*.json`` and ``demo.json`` record are relative to ``--out``, so a finished or stopped
-demo directory may move (``mv runs/demo runs/demo1; fgrlhf demo --out runs/demo1`` resumes it);
-a trainer stopped in the middle of its run resumes only where it started (its checkpoint's
-config names its old paths).
+interrupted trainer resumes from its checkpoint; ``--seeds`` may grow between runs and the sweeps
+(``--matched-kl``, ``--editor-recalls``) may change, the other settings may not (a changed setting
+is refused: use another ``--out``). The paths that ``stages/*.json`` and ``demo.json`` record are
+relative to ``--out``, so a finished or stopped demo directory may move (``mv runs/demo
+runs/demo1; fgrlhf demo --out runs/demo1`` resumes it); a trainer stopped in the middle of its run
+resumes only where it started (its checkpoint's config names its old paths). A run estimated to
+take more than a day (from the stage timings already in ``--out``, else from this machine's
+measured defaults) is refused with its estimate unless ``--yes``.
 
-Exit status: 0 done; 1 a stage failed (its log is named); 2 a bad flag or ``--out`` holds a demo
-with other settings; 75 SIGTERM during a trainer stage (it saved a checkpoint first); 143 SIGTERM
-anywhere else (the demo stops at once); 130 Ctrl-C. After 75, 143 or 130 the finished stages are
-kept and the same command resumes.
+Exit status: 0 done; 1 a stage failed (its log is named); 2 a bad flag, a run longer than a day
+without ``--yes``, or ``--out`` holds a demo with other settings; 75 SIGTERM during a trainer
+stage (it saved a checkpoint first); 143 SIGTERM anywhere else (the demo stops at once); 130
+Ctrl-C. After 75, 143 or 130 the finished stages are kept and the same command resumes.
 
-    fgrlhf demo                 # 3 seeds, agreement sweep 0.6 / 0.65 / 0.8 / 1.0 (12.5-14 min on 2 cores)
-    fgrlhf demo --quick         # 1 seed, 2 agreements, shorter runs (1.3 min)
+    fgrlhf demo                 # 3 seeds, inter-annotator levels 0.55 / 0.657 / 0.75 / noise-free
+    fgrlhf demo --quick         # 1 seed, 2 levels, shorter runs, no Table 4 (what CI runs)
+    fgrlhf demo --first-seed 3  # the whole study again on 3 fresh worlds (seeds 3, 4, 5)
+    fgrlhf demo --editor-recalls 1 0.7 0.4    # + Tables 5 and 6 (opt-in)
     fgrlhf demo --seeds 5 --context-harm --out runs/demo_context
 """
 
@@ -65,23 +91,68 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["ARMS", "DemoConfig", "aggregate", "run_demo", "steps_to_target"]
+__all__ = ["ARMS", "DemoConfig", "aggregate", "estimate", "plan", "run_demo", "steps_to_target", "table3_of"]
 
-# The PPO arms: (name, label, RM kind, reward_level, KL on?).
-ARMS: tuple[tuple[str, str, str, str, bool], ...] = (
-    ("ppo_rlhf", "PPO-RLHF (sequence RM, original pairs)", "seq_original", "sequence", True),
-    ("fg_ppo", "fine-grained PPO (sequence RM, edited pairs)", "seq_edited", "sequence", True),
-    ("fg_token_ppo", "fine-grained token-level PPO (token RM, β = 0 as the paper)", "token", "token", False),
-    (
-        "fg_token_ppo_kl",
-        "fine-grained token-level PPO (token RM, same KL as the others)",
+
+class Arm(NamedTuple):
+    """One PPO arm of the study."""
+
+    name: str
+    """Its stage and directory name."""
+    label: str
+    """What it is, in the tables (its β is added: :func:`arm_label`)."""
+    rm: str
+    """The reward model it optimises (a key of :data:`RMS`)."""
+    level: str
+    """trainer/ppo.py ``reward_level``."""
+    kl: bool
+    """The KL penalty on (β = ``kl_coef``, or the adaptive controller) or off (β = 0)."""
+    token_reward_scale: str | None = None
+    """trainer/ppo.py ``token_reward_scale`` at the token level (always passed, never defaulted)."""
+
+
+ARMS: tuple[Arm, ...] = (
+    Arm("ppo_rlhf", "PPO-RLHF (sequence RM, original pairs)", "seq_original", "sequence", True),
+    Arm("fg_ppo", "fine-grained PPO (sequence RM, edited pairs)", "seq_edited", "sequence", True),
+    Arm(
+        "fg_token_ppo_raw",
+        "fine-grained token-level PPO as the paper writes it (token RM, [R_1 … R_n] raw)",
+        "token",
+        "token",
+        False,
+        "raw",
+    ),
+    Arm(
+        "fg_token_ppo_rmean",
+        "token-level PPO, running-mean increments",
+        "token",
+        "token",
+        False,
+        "running_mean",
+    ),
+    Arm(
+        "fg_token_ppo_rmean_kl",
+        "token-level PPO, running-mean increments",
         "token",
         "token",
         True,
+        "running_mean",
     ),
 )
+# Table 4 (--matched-kl): every reward variant once, each with the adaptive KL controller
+MATCHED_KL_ARMS = ("ppo_rlhf", "fg_ppo", "fg_token_ppo_raw", "fg_token_ppo_rmean")
+# Tables 5 and 6 (--editor-recalls): what depends on the edits
+EDITED_ARMS = tuple(a.name for a in ARMS if a.rm != "seq_original")
+EDITED_RMS = ("seq_edited", "token")
+CRITIC_FROM = "actor"
+"""Every PPO arm's critic: the SFT actor's backbone with a fresh value head (trainer/ppo.py
+``critic_from=actor``). One initialisation for every arm, so that no arm's result comes from its
+critic: ``critic_from=auto`` would give the sequence arms their reward model and the token arms
+the actor, and a token RM's head predicts one token's reward, not a return (explained variance
+−2.5 at the start, ``bench/token_reward_scale.py``), so "every arm from its own RM" (AlpacaFarm's
+choice) would hand the token arms a worse critic; the SFT model is the one start every arm shares."""
 # The reward models: kind -> (label, trainer/reward.py keys).
 RMS: dict[str, tuple[str, list[str]]] = {
     "seq_original": ("sequence RM, original pairs", ["rm_level=sequence", "seq_pairs=original"]),
@@ -92,6 +163,13 @@ RMS: dict[str, tuple[str, list[str]]] = {
 OTHER_POLICIES = (("sft", "SFT model (reference; another sample)"), ("figa", "FIGA (edited pairs)"))
 
 
+def arm_label(arm: Arm, beta: float, matched_kl: float = 0.0) -> str:
+    """The arm's label with its KL setting: ``β = 0.05`` / ``β = 0`` / ``adaptive β, KL target 4``."""
+    if matched_kl:
+        return f"{arm.label}, adaptive β → KL {matched_kl:g} nats"
+    return f"{arm.label}, β = {beta:g}" if arm.kl else f"{arm.label}, β = 0"
+
+
 @dataclass
 class DemoConfig:
     """The study's settings (every one a flag of ``fgrlhf demo``)."""
@@ -100,12 +178,27 @@ class DemoConfig:
     """Output directory (a rerun resumes it)."""
     seeds: int = 3
     """Seeds; seed ``s`` is its own world (``SyntheticConfig.seed`` 1000 + s) and training seed."""
-    agreements: list[float] = field(default_factory=lambda: [0.6, 0.65, 0.8, 1.0])
-    """Table 2's annotator agreements (a reward model of each kind is trained at each)."""
-    agreement: float = 0.65
-    """The annotator agreement of the PPO arms' and FIGA's data (one of ``agreements``)."""
+    first_seed: int = 0
+    """The first seed: the study runs seeds ``first_seed`` … ``first_seed + seeds − 1`` (another
+    value reruns the whole study on fresh worlds)."""
+    agreement_kind: str = "inter_annotator"
+    """What the annotator levels measure (``SyntheticConfig.agreement_kind``): ``inter_annotator``
+    (a held-out annotator against the mode of three others, AlpacaFarm's measure) or ``gold``
+    (agreement with the gold order)."""
+    agreements: list[float] = field(default_factory=lambda: [0.55, 0.657, 0.75, 1.0])
+    """Table 2's annotator levels (a reward model of each kind is trained at each; 1.0: noise-free)."""
+    agreement: float = 0.657
+    """The level of the PPO arms' and FIGA's data (one of ``agreements``; AlpacaFarm's 65.7%)."""
     editor_recall: float = 1.0
-    """Probability that the simulated editor fixes each harmful word."""
+    """Probability that the simulated editor fixes each harmful word (the main tables)."""
+    editor_recalls: list[float] = field(default_factory=list)
+    """Opt-in (Tables 5 and 6; about 3 min per seed and extra recall): the edited-pair RMs, arms
+    and FIGA again at each of these recalls (at ``agreement``; ``editor_recall`` itself reuses
+    the main runs)."""
+    matched_kl: float = 4.0
+    """Table 4: every reward variant again with the adaptive KL controller at this target (nats
+    per sequence; below where the fixed-β arms end, 5.3–5.9, so that every arm is held to it);
+    0: off (``--quick``'s default)."""
     context_harm: bool = False
     """The context-dependent variant of the world (``c*`` words)."""
     world: dict[str, Any] = field(default_factory=dict)
@@ -129,19 +222,35 @@ class DemoConfig:
     ppo_rollouts: int = 32
     """Rollouts per PPO iteration."""
     kl_coef: float = 0.05
-    """β of the arms with a KL penalty (trainer/ppo.py's default)."""
+    """β of the arms with a KL penalty (trainer/ppo.py's default; the adaptive controller's start)."""
     target_fraction: float = 0.8
     """Table 3's target: this fraction of the way from the SFT start to PPO-RLHF's final gold
     reward (analysis only: it may change between runs)."""
     quick: bool = False
     """Started with ``--quick`` (its smaller sizes: :data:`QUICK`)."""
 
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds of the study: ``first_seed`` … ``first_seed + seeds − 1``."""
+        return list(range(self.first_seed, self.first_seed + self.seeds))
+
+    @property
+    def extra_recalls(self) -> list[float]:
+        """The editor recalls of Tables 5 and 6 that need runs of their own (not ``editor_recall``)."""
+        return [r for r in dict.fromkeys(self.editor_recalls) if r != self.editor_recall]
+
     def check(self) -> None:
         """Refuse impossible settings, naming the flag."""
-        from trainer.data.synthetic import check_world
+        from trainer.data.synthetic import AGREEMENT_KINDS, check_world
 
         if self.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
+        if self.first_seed < 0:
+            raise ValueError(f"--first-seed must be >= 0, got {self.first_seed}")
+        if self.agreement_kind not in AGREEMENT_KINDS:
+            raise ValueError(
+                f"--agreement-kind must be one of {list(AGREEMENT_KINDS)}, got {self.agreement_kind!r}"
+            )
         if not self.agreements or any(not 0.5 <= a <= 1 for a in self.agreements):
             raise ValueError(f"--agreements must be values in [0.5, 1], got {self.agreements}")
         if self.agreement not in self.agreements:
@@ -151,31 +260,40 @@ class DemoConfig:
         for key in ("n_sft", "n_pairs", "n_heldout", "n_eval", "ppo_iterations", "max_new_tokens"):
             if getattr(self, key) < 1:
                 raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(self, key)}")
-        if not 0 <= self.editor_recall <= 1:
-            raise ValueError(f"--editor-recall must be in [0, 1], got {self.editor_recall}")
-        fixed = {"n_pairs", "seed", "agreement", "editor_recall", "context_harm"}
+        for r in (self.editor_recall, *self.editor_recalls):
+            if not 0 <= r <= 1:
+                raise ValueError(f"--editor-recall(s) must be in [0, 1], got {r}")
+        if not (self.matched_kl == 0 or 0 < self.matched_kl < math.inf):
+            raise ValueError(f"--matched-kl must be a KL target > 0 in nats (0: off), got {self.matched_kl}")
+        fixed = {"n_pairs", "seed", "agreement", "agreement_kind", "editor_recall", "context_harm"}
         for key in self.world:
             if key in fixed:
                 raise ValueError(f"--world {key}=...: the demo sets {key} itself (use its own flag, if any)")
         check_world(self.world, "--world")  # unknown keys, wrong types, NaN / inf, named
-        world_config(self, 0).check()  # impossible values, named
+        world_config(self, self.first_seed).check()  # impossible values, named
         if self.ppo_rollouts < 4 or self.ppo_rollouts % 4:
             raise ValueError(f"--ppo-rollouts must be a multiple of 4, got {self.ppo_rollouts}")
 
     def identity(self) -> dict:
         """What a rerun must share with the first run (``seeds`` may grow, ``out`` may move, the
-        analysis-only ``target_fraction`` may change)."""
+        analysis-only ``target_fraction`` may change, the opt-in sweeps may be added: their stages
+        are named by their values)."""
         out = {k: v for k, v in dataclasses.asdict(self).items() if k not in FREE_KEYS}
         return {**out, "version": DEMO_VERSION}
 
 
-DEMO_VERSION = 2  # 2: sampling streams spaced apart (1: overlapping batch seeds); a rerun never mixes them
+# 3: labels from split streams, inter-annotator levels, one critic for every arm (2: sampling streams
+# spaced apart; 1: overlapping batch seeds); a rerun never mixes them
+DEMO_VERSION = 3
 RM_EVAL_FRACTION = 0.15  # of each RM's pairs held out for its early stopping
-FREE_KEYS = ("seeds", "out", "target_fraction")  # may differ between runs on one --out
+# may differ between runs on one --out (the opt-in sweeps' stages are named by their values)
+FREE_KEYS = ("seeds", "out", "target_fraction", "editor_recalls", "matched_kl")
 QUICK = {
-    "seeds": 1, "agreements": [0.65, 1.0], "n_sft": 500, "n_pairs": 400, "n_heldout": 200,
+    "seeds": 1, "agreements": [0.657, 1.0], "n_sft": 500, "n_pairs": 400, "n_heldout": 200,
     "n_eval": 100, "sft_epochs": 3.0, "rm_epochs": 4.0, "ppo_iterations": 12, "ppo_rollouts": 16,
+    "matched_kl": 0.0,
 }  # fmt: skip
+DAY_S = 24 * 3600  # a run estimated longer than this is refused without --yes
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,8 +469,10 @@ def _at(cfg: DemoConfig, recorded: str) -> str:
 # --------------------------------------------------------------------------------------------
 # One seed
 # --------------------------------------------------------------------------------------------
-def world_config(cfg: DemoConfig, seed: int, agreement: float | None = None):
-    """The seed's world (its own vocabulary draw, prompts and annotators)."""
+def world_config(cfg: DemoConfig, seed: int, agreement: float | None = None, recall: float | None = None):
+    """The seed's world (its own vocabulary draw, prompts and annotators) at annotator level
+    ``agreement`` (default: the PPO arms' level) and editor recall ``recall`` (default: the main
+    tables')."""
     from trainer.data.synthetic import SyntheticConfig
 
     unknown = sorted(set(cfg.world) - set(SyntheticConfig.__dataclass_fields__))
@@ -365,7 +485,8 @@ def world_config(cfg: DemoConfig, seed: int, agreement: float | None = None):
         n_pairs=max(200, 4 * cfg.ppo_rollouts),  # PPO's prompts (trainer/ppo.py's synthetic set)
         seed=1000 + seed,
         agreement=cfg.agreement if agreement is None else agreement,
-        editor_recall=cfg.editor_recall,
+        agreement_kind=cfg.agreement_kind,
+        editor_recall=cfg.editor_recall if recall is None else recall,
         context_harm=cfg.context_harm,
     )
 
@@ -402,7 +523,7 @@ def make_world(cfg: DemoConfig, seed: int, d: Path) -> dict:
             _write_jsonl(d / "sft_data.jsonl", rows)
         else:
             _write_json(d / f"prompts_{name}.json", [{"instruction": p} for p in part])
-    return {"world": _rel(cfg, d / "world"), **sizes}
+    return {"world": _rel(cfg, d / "world"), "world_seed": world.seed, **sizes}
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -478,27 +599,58 @@ def _items(d: Path, split: str) -> list[tuple[str, str, str, str]]:
     ]
 
 
+def _suffix(recall: float | None) -> str:
+    """The name suffix of a run at another editor recall (``_recall0.7``; empty for the main one)."""
+    return "" if recall is None else f"_recall{recall:g}"
+
+
+def _pairs_path(d: Path, agreement: float, recall: float | None = None) -> Path:
+    return d / f"pairs_agreement{agreement:g}{_suffix(recall)}.jsonl"
+
+
+def label_level(cfg: DemoConfig, seed: int, d: Path, agreement: float, recall: float | None = None) -> dict:
+    """The labelled and edited pairs of one annotator level (and editor recall), with what the
+    level means: the Bradley–Terry scale solved over these pairs, the expected inter-annotator
+    agreement and agreement with gold it gives, the agreement with gold observed, the gold ties."""
+    from trainer.data.synthetic import (
+        annotator_scale,
+        expected_gold_agreement,
+        expected_inter_annotator_agreement,
+        gold_reward,
+        label_pairs,
+    )
+
+    world = world_config(cfg, seed, agreement, recall)
+    items = _items(d, "pairs")
+    # annotations, rejected edits and edits from streams of their own: the same labels at every
+    # editor recall, the same uniforms at every level
+    recs = label_pairs(items, world, seed=10 * seed + 1, source="demo-pairs", streams="split")
+    path = _pairs_path(d, agreement, recall)
+    _write_jsonl(path, recs)
+    diffs = [gold_reward(p, a, world) - gold_reward(p, b, world) for _, p, a, b in items]
+    scale = annotator_scale(diffs, world)
+    agree = [
+        r["gold"]["chosen"] > r["gold"]["original"]
+        for r in recs
+        if r["gold"]["chosen"] != r["gold"]["original"]
+    ]
+    return {
+        "path": _rel(cfg, path),
+        "pairs": len(recs),
+        "scale": scale,
+        "tied_fraction": sum(x == 0 for x in diffs) / len(diffs),
+        "expected_inter_annotator": expected_inter_annotator_agreement(diffs, scale),
+        "expected_gold_agreement": expected_gold_agreement(diffs, scale),
+        "observed_gold_agreement": statistics.fmean(agree),
+    }
+
+
 def label(cfg: DemoConfig, seed: int, d: Path) -> dict:
-    """Stage 4: annotations and edits of the sampled pairs for every agreement of the sweep, and
-    the gold-labelled held-out pairs."""
+    """Stage 4: annotations and edits of the sampled pairs at every level of the sweep, and the
+    gold-labelled held-out pairs."""
     from trainer.data.synthetic import label_pairs
 
-    out = {}
-    items = _items(d, "pairs")
-    for a in cfg.agreements:
-        recs = label_pairs(items, world_config(cfg, seed, a), seed=10 * seed + 1, source="demo-pairs")
-        path = d / f"pairs_agreement{a:g}.jsonl"
-        _write_jsonl(path, recs)
-        agree = [
-            r["gold"]["chosen"] > r["gold"]["original"]
-            for r in recs
-            if r["gold"]["chosen"] != r["gold"]["original"]
-        ]
-        out[f"{a:g}"] = {
-            "path": _rel(cfg, path),
-            "pairs": len(recs),
-            "observed_agreement": statistics.fmean(agree),
-        }
+    out = {f"{a:g}": label_level(cfg, seed, d, a) for a in cfg.agreements}
     held = label_pairs(
         _items(d, "heldout"), world_config(cfg, seed, 1.0), seed=10 * seed + 2, source="demo-heldout"
     )
@@ -507,7 +659,9 @@ def label(cfg: DemoConfig, seed: int, d: Path) -> dict:
     return out
 
 
-def train_rm(cfg: DemoConfig, seed: int, d: Path, agreement: float, kind: str) -> dict:
+def train_rm(
+    cfg: DemoConfig, seed: int, d: Path, agreement: float, kind: str, recall: float | None = None
+) -> dict:
     """Stage 5: one reward model, early-stopped on held-out pairs of its own kind (``best/``),
     scored on the fresh held-out pairs by the gold order."""
     from trainer.eval.rm_accuracy import evaluate_reward_model
@@ -515,11 +669,11 @@ def train_rm(cfg: DemoConfig, seed: int, d: Path, agreement: float, kind: str) -
     from trainer.models import read_reward_meta
     from trainer.reward import RewardConfig, train
 
-    out_dir = d / "rm" / f"{kind}_agreement{agreement:g}"
+    out_dir = d / "rm" / f"{kind}_agreement{agreement:g}{_suffix(recall)}"
     n_train = (1 - RM_EVAL_FRACTION) * cfg.n_pairs
     steps_per_epoch = max(1, int(n_train // 32))
     args = [
-        f"data={d / f'pairs_agreement{agreement:g}.jsonl'}", f"tokenizer={d / 'world' / 'tokenizer'}",
+        f"data={_pairs_path(d, agreement, recall)}", f"tokenizer={d / 'world' / 'tokenizer'}",
         f"output_dir={out_dir}", *RMS[kind][1], f"epochs={cfg.rm_epochs}", "micro_batch_size=32",
         f"eval_every={max(1, steps_per_epoch // 2)}", "plots=false", "report=false", "checkpoint_every=100",
         f"eval_fraction={RM_EVAL_FRACTION}", *_common(seed),
@@ -536,43 +690,61 @@ def train_rm(cfg: DemoConfig, seed: int, d: Path, agreement: float, kind: str) -
     }
 
 
-def train_arm(cfg: DemoConfig, seed: int, d: Path, arm: tuple, rm_model: str) -> dict:
-    """Stage 6: one PPO arm from the SFT model."""
-    from trainer.infra.config import load_config
-    from trainer.ppo import PPOConfig, train
-
-    name, _, _, level, with_kl = arm
+def arm_args(
+    cfg: DemoConfig, seed: int, d: Path, arm: Arm, rm_model: str, out_name: str, matched_kl: float = 0.0
+) -> list[str]:
+    """trainer/ppo.py's keys for one arm: the same critic (:data:`CRITIC_FROM`), budget and
+    sampling for every arm; the arm's RM, reward level and token-reward scale (always named, never
+    trainer/ppo.py's default); KL: β = ``kl_coef`` or 0 (fixed), or with ``matched_kl`` the
+    adaptive controller from β = ``kl_coef`` towards ``matched_kl`` nats per sequence, horizon one
+    iteration's rollouts (β may move ±20% an iteration: it must settle within the run's budget)."""
     world = world_config(cfg, seed)
     syn = [f"synthetic.{k}={v}" for k, v in dataclasses.asdict(world).items()]
-    args = [
-        f"init_from={d / 'sft' / 'final'}", f"reward_model={rm_model}", f"reward_level={level}",
-        f"kl_coef={cfg.kl_coef if with_kl else 0.0}", f"output_dir={d / 'ppo' / name}",
+    if matched_kl:
+        kl = [f"kl_coef={cfg.kl_coef}", "kl_controller=adaptive", f"kl_target={matched_kl}",
+              f"kl_horizon={cfg.ppo_rollouts}"]  # fmt: skip
+    else:
+        kl = [f"kl_coef={cfg.kl_coef if arm.kl else 0.0}", "kl_controller=fixed"]
+    scale = [f"token_reward_scale={arm.token_reward_scale}"] if arm.level == "token" else []
+    return [
+        f"init_from={d / 'sft' / 'final'}", f"reward_model={rm_model}", f"reward_level={arm.level}",
+        *scale, *kl, f"critic_from={CRITIC_FROM}", f"output_dir={d / 'ppo' / out_name}",
         f"iterations={cfg.ppo_iterations}", f"rollout_batch_size={cfg.ppo_rollouts}",
         f"micro_batch_size={cfg.ppo_rollouts // 4}", f"forward_batch_size={cfg.ppo_rollouts}",
         f"max_new_tokens={cfg.max_new_tokens}", "checkpoint_every=10", "plots=false",
         "eval_every=0", "missing_eos_penalty=0",  # (the study evaluates every arm itself, stage 8)
         *syn, *_common(seed),
     ]  # fmt: skip
-    train(load_config(PPOConfig, args))
+
+
+def train_arm(
+    cfg: DemoConfig, seed: int, d: Path, arm: Arm, rm_model: str, out_name: str, matched_kl: float = 0.0
+) -> dict:
+    """Stage 6: one PPO arm from the SFT model (:func:`arm_args`)."""
+    from trainer.infra.config import load_config
+    from trainer.ppo import PPOConfig, train
+
+    train(load_config(PPOConfig, arm_args(cfg, seed, d, arm, rm_model, out_name, matched_kl)))
     return {
-        "model": _rel(cfg, d / "ppo" / name / "final" / "actor"),
-        "metrics": _rel(cfg, d / "ppo" / name / "metrics.jsonl"),
+        "model": _rel(cfg, d / "ppo" / out_name / "final" / "actor"),
+        "metrics": _rel(cfg, d / "ppo" / out_name / "metrics.jsonl"),
     }
 
 
-def train_figa(cfg: DemoConfig, seed: int, d: Path) -> dict:
+def train_figa(cfg: DemoConfig, seed: int, d: Path, recall: float | None = None) -> dict:
     """Stage 7: FIGA on the edited pairs, from the SFT model."""
     from trainer.infra.config import load_config
     from trainer.sft import SFTConfig, train
 
+    out = d / f"figa{_suffix(recall)}"
     args = [
         "objective=figa", f"init_from={d / 'sft' / 'final'}",
-        f"data={d / f'pairs_agreement{cfg.agreement:g}.jsonl'}", f"tokenizer={d / 'world' / 'tokenizer'}",
-        f"output_dir={d / 'figa'}", "epochs=2", "lr=5e-4", "eval_every=0", "checkpoint_every=50",
+        f"data={_pairs_path(d, cfg.agreement, recall)}", f"tokenizer={d / 'world' / 'tokenizer'}",
+        f"output_dir={out}", "epochs=2", "lr=5e-4", "eval_every=0", "checkpoint_every=50",
         *_common(seed),
     ]  # fmt: skip
     train(load_config(SFTConfig, args))
-    return {"model": _rel(cfg, d / "figa" / "final")}
+    return {"model": _rel(cfg, out / "final")}
 
 
 def evaluate_policy(cfg: DemoConfig, seed: int, d: Path, name: str, model: str) -> dict:
@@ -640,51 +812,127 @@ def steps_to_target(
     return None, None
 
 
+FINAL_ITERATIONS = 5  # "final" = the mean of the last this many iterations
+NOISE_Z = 2.0  # Table 3's target needs the baseline's improvement > NOISE_Z standard errors
+
+
+def baseline_noise(baseline: list[float], start: float) -> dict:
+    """Whether the baseline's improvement clears its seed's noise (Table 3's rule, per seed).
+
+    improvement = final − start, with final the mean of the baseline's last
+    :data:`FINAL_ITERATIONS` iteration means and start one iteration's mean (the SFT model's first
+    rollouts). The noise of one iteration's mean is estimated by s, the sample s.d. of those last
+    iterations (their drift counts as noise too: conservative), so the standard error of the
+    difference is s·√(1 + 1/k) (k = 5); the target is set when improvement > 2 such standard
+    errors.
+
+    Example: last 5 = [1.0, 1.2, 0.8, 1.0, 1.0], start 0 -> s = √0.02 ≈ 0.141, se ≈ 0.155:
+    1.0 > 0.310 clears; start 0.8 -> 0.2 does not.
+    """
+    last = baseline[-FINAL_ITERATIONS:]
+    final = statistics.fmean(last)
+    sd = statistics.stdev(last) if len(last) > 1 else 0.0
+    se = sd * math.sqrt(1 + 1 / len(last))
+    improvement = final - start
+    return {
+        "improvement": improvement,
+        "noise_se": se,
+        "clears": improvement > 0 and improvement > NOISE_Z * se,
+    }
+
+
 def table3_of(curves: dict[str, list[dict]], target_fraction: float) -> dict:
     """Table 3 of one seed from each arm's PPO records (``gold_reward``, ``kl``,
     ``response_length``, ``iteration_s`` per iteration; ``ppo_rlhf`` is the baseline): the
     start (the arms' mean first-iteration gold), the target (``target_fraction`` of the way to the
-    baseline's final gold: the mean of its last 5 iterations) and per arm its curve, iterations and
-    seconds to the target (:func:`steps_to_target`; censored at ``len + 1`` and the whole run's
-    seconds when never reached; None for every arm when the baseline ends no better than the
-    start) and its final gold, KL and length.
+    baseline's final gold: the mean of its last 5 iterations), whether the baseline's improvement
+    clears the seed's noise (:func:`baseline_noise`; if not, the seed sets no target: None for
+    every arm's iterations and seconds) and per arm its curve, iterations and seconds to the target
+    (:func:`steps_to_target`; censored at ``len + 1`` and the whole run's seconds when never
+    reached) and its final gold, KL, β and length.
 
-    Example: baseline [0, 1, 1, 1, 1, 1] (final 1), other arm [0, 2, 2, 2, 2, 2], fraction 0.5 ->
-    target 0.5, iterations 2 (baseline: running mean (0+1)/2 = 0.5) and 2 (mean(0, 2) = 1).
+    Example: baseline [0, 1, 1, 1, 1, 1] (final 1, noise 0), other arm [0, 2, 2, 2, 2, 2],
+    fraction 0.5 -> target 0.5, iterations 2 (baseline: running mean (0+1)/2 = 0.5) and 2
+    (mean(0, 2) = 1).
     """
     start = statistics.fmean(c[0]["gold_reward"] for c in curves.values())
-    finals = {n: statistics.fmean(r["gold_reward"] for r in c[-5:]) for n, c in curves.items()}
+    finals = {n: statistics.fmean(r["gold_reward"] for r in c[-FINAL_ITERATIONS:]) for n, c in curves.items()}
     target = start + target_fraction * (finals["ppo_rlhf"] - start)
-    # a baseline that ends no better than the start gives no target (every arm would "reach" it at
-    # iteration 1): the seed is left out of the iterations/seconds columns, and says so
-    improved = finals["ppo_rlhf"] > start
-    table3 = {"start": start, "target": target, "baseline_improved": improved, "arms": {}}
+    # a baseline whose gain is within its noise gives no target (an arm would "reach" it by
+    # chance): the seed is left out of the iterations/seconds columns, and the table says so
+    noise = baseline_noise([r["gold_reward"] for r in curves["ppo_rlhf"]], start)
+    clears = noise["clears"]
+    table3 = {"start": start, "target": target, "baseline_clears": clears, "arms": {}}
+    table3 |= {"improvement": noise["improvement"], "noise_se": noise["noise_se"]}
     for name, c in curves.items():
         seconds = [r.get("iteration_s", math.nan) for r in c]
         it, secs = steps_to_target([r["gold_reward"] for r in c], seconds, target)
         reached = it is not None
-        if improved and not reached:  # censored: counted as one iteration past the budget
+        if clears and not reached:  # censored: counted as one iteration past the budget
             it, secs = len(c) + 1, float(sum(seconds))
         table3["arms"][name] = {
             "curve": [r["gold_reward"] for r in c],
             "reached": reached,
-            "iterations_to_target": it if improved else None,
-            "seconds_to_target": secs if improved else None,
-            "final_gold_reward": finals[name],
-            "final_kl": statistics.fmean(r["kl"] for r in c[-5:]),
-            "final_response_length": statistics.fmean(r["response_length"] for r in c[-5:]),
+            "iterations_to_target": it if clears else None,
+            "seconds_to_target": secs if clears else None,
+            **final_of(c),
             "seconds_per_iteration": statistics.fmean(r.get("iteration_s", math.nan) for r in c),
         }
     return table3
 
 
+def final_of(curve: list[dict]) -> dict:
+    """A PPO run's end: the mean gold, KL and length of its last 5 iterations, its last β."""
+    last = curve[-FINAL_ITERATIONS:]
+    return {
+        "final_gold_reward": statistics.fmean(r["gold_reward"] for r in last),
+        "final_kl": statistics.fmean(r["kl"] for r in last),
+        "final_response_length": statistics.fmean(r["response_length"] for r in last),
+        "final_kl_coef": float(curve[-1].get("kl_coef", math.nan)),
+    }
+
+
+def edit_stats(path: Path) -> dict:
+    """How good the simulated edits of a pairs file are by gold (the edits that were made, not the
+    rejected ones): the fraction that beat their original, and the mean gold gain."""
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    gains = [r["gold"]["edited"] - r["gold"]["original"] for r in recs if r["status"] == "ok"]
+    return {"edits_better": statistics.fmean(g > 0 for g in gains), "edit_gain": statistics.fmean(gains)}
+
+
+def _matched_name(arm: str, target: float) -> str:
+    return f"{arm}_kl{target:g}"
+
+
+def plan(cfg: DemoConfig, seed: int) -> list[str]:
+    """The stages of one seed, in the order :func:`run_seed` runs them (their names say what they
+    are: ``seed0.rm.token.agreement0.657``; the second part is the kind :func:`estimate` times)."""
+    tag = f"seed{seed}"
+    names = [f"{tag}.{s}" for s in ("world", "sft", "samples", "labels")]
+    names += [f"{tag}.rm.{kind}.agreement{a:g}" for a in cfg.agreements for kind in RMS]
+    names += [f"{tag}.ppo.{arm.name}" for arm in ARMS] + [f"{tag}.figa"]
+    names += [f"{tag}.eval.{n}" for n in ("sft", "figa", *(arm.name for arm in ARMS))]
+    if cfg.matched_kl:
+        keys = [_matched_name(n, cfg.matched_kl) for n in MATCHED_KL_ARMS]
+        names += [f"{tag}.ppo.{k}" for k in keys] + [f"{tag}.eval.{k}" for k in keys]
+    for r in cfg.extra_recalls:
+        s = _suffix(r)
+        names += [f"{tag}.labels{s}"] + [
+            f"{tag}.rm.{kind}.agreement{cfg.agreement:g}{s}" for kind in EDITED_RMS
+        ]
+        names += [f"{tag}.ppo.{n}{s}" for n in EDITED_ARMS] + [f"{tag}.figa{s}"]
+        names += [f"{tag}.eval.{n}{s}" for n in ("figa", *EDITED_ARMS)]
+    return names
+
+
 def run_seed(cfg: DemoConfig, seed: int, stage: Stages) -> dict:
-    """Every stage of one seed; returns its tables' numbers (paths in them relative to ``--out``:
-    the stages record them so, :func:`_at` resolves them here)."""
+    """Every stage of one seed (:func:`plan`); returns its tables' numbers (paths in them relative
+    to ``--out``: the stages record them so, :func:`_at` resolves them here)."""
     d = Path(cfg.out) / f"seed{seed}"
     d.mkdir(parents=True, exist_ok=True)
     tag = f"seed{seed}"
-    stage(f"{tag}.world", lambda: make_world(cfg, seed, d))
+    arms_by = {arm.name: arm for arm in ARMS}
+    world = stage(f"{tag}.world", lambda: make_world(cfg, seed, d))
     sft = stage(f"{tag}.sft", lambda: train_sft(cfg, seed, d))
     stage(f"{tag}.samples", lambda: sample_pairs(cfg, seed, d))
     labels = stage(f"{tag}.labels", lambda: label(cfg, seed, d))
@@ -694,19 +942,19 @@ def run_seed(cfg: DemoConfig, seed: int, stage: Stages) -> dict:
             rms.setdefault(f"{a:g}", {})[kind] = stage(
                 f"{tag}.rm.{kind}.agreement{a:g}", lambda a=a, kind=kind: train_rm(cfg, seed, d, a, kind)
             )
-    arms = {}
-    for arm in ARMS:
-        rm_model = _at(cfg, rms[f"{cfg.agreement:g}"][arm[2]]["model"])
-        arms[arm[0]] = stage(
-            f"{tag}.ppo.{arm[0]}", lambda arm=arm, m=rm_model: train_arm(cfg, seed, d, arm, m)
-        )
+    main_rms = rms[f"{cfg.agreement:g}"]
+
+    def ppo(arm: Arm, rm: dict, key: str, matched_kl: float = 0.0) -> dict:
+        m = _at(cfg, rm["model"])
+        return stage(f"{tag}.ppo.{key}", lambda: train_arm(cfg, seed, d, arm, m, key, matched_kl))
+
+    def evaluate(key: str, model: str) -> dict:
+        return stage(f"{tag}.eval.{key}", lambda: evaluate_policy(cfg, seed, d, key, _at(cfg, model)))
+
+    arms = {arm.name: ppo(arm, main_rms[arm.rm], arm.name) for arm in ARMS}
     figa = stage(f"{tag}.figa", lambda: train_figa(cfg, seed, d))
     policies = {"sft": sft["model"], "figa": figa["model"], **{k: v["model"] for k, v in arms.items()}}
-    policies = {name: _at(cfg, model) for name, model in policies.items()}
-    table1 = {
-        name: stage(f"{tag}.eval.{name}", lambda name=name, m=model: evaluate_policy(cfg, seed, d, name, m))
-        for name, model in policies.items()
-    }
+    table1 = {name: evaluate(name, model) for name, model in policies.items()}
     # Table 3: gold reward per iteration, iterations/seconds to the target
     table3 = table3_of(
         {name: read_curve(_at(cfg, a["metrics"])) for name, a in arms.items()}, cfg.target_fraction
@@ -714,14 +962,60 @@ def run_seed(cfg: DemoConfig, seed: int, stage: Stages) -> dict:
     for name in arms:
         table1[name]["kl"] = table3["arms"][name]["final_kl"]
     table2 = {a: {kind: r["gold_accuracy"] for kind, r in by.items()} for a, by in rms.items()}
-    return {
+    out = {
         "seed": seed,
+        "world_seed": world.get("world_seed", 1000 + seed),
         "labels": {k: v for k, v in labels.items() if k != "heldout"},
         "table1": table1,
         "table2": table2,
         "table3": table3,
-        "reports": {"token-level PPO rollouts": _rel(cfg, d / "ppo" / "fg_token_ppo_kl" / "report.html")},
+        "reports": {
+            "token-level PPO rollouts": _rel(cfg, d / "ppo" / "fg_token_ppo_rmean_kl" / "report.html")
+        },
     }
+    # Table 4 (on by default, off with --matched-kl 0): every reward variant with the adaptive KL
+    # controller at one target
+    if cfg.matched_kl:
+        matched = {}
+        for n in MATCHED_KL_ARMS:
+            key = _matched_name(n, cfg.matched_kl)
+            run = ppo(arms_by[n], main_rms[arms_by[n].rm], key, cfg.matched_kl)
+            matched[n] = {**evaluate(key, run["model"]), **final_of(read_curve(_at(cfg, run["metrics"])))}
+            matched[n]["kl"] = matched[n]["final_kl"]
+        out["matched_kl"] = matched
+    # Tables 5 and 6 (opt-in): the edited-pair RMs, arms and FIGA at other editor recalls
+    if cfg.editor_recalls:
+        by_recall = {}
+        for r in dict.fromkeys(cfg.editor_recalls):
+            if r == cfg.editor_recall:  # the main tables' runs
+                t1 = {n: table1[n] for n in ("figa", *EDITED_ARMS)}
+                t2 = dict(table2[f"{cfg.agreement:g}"])
+                lab = labels[f"{cfg.agreement:g}"]
+            else:
+                s = _suffix(r)
+                lab = stage(f"{tag}.labels{s}", lambda r=r: label_level(cfg, seed, d, cfg.agreement, r))
+                r_rms = {
+                    kind: stage(
+                        f"{tag}.rm.{kind}.agreement{cfg.agreement:g}{s}",
+                        lambda r=r, kind=kind: train_rm(cfg, seed, d, cfg.agreement, kind, r),
+                    )
+                    for kind in EDITED_RMS
+                }
+                runs = {n: ppo(arms_by[n], r_rms[arms_by[n].rm], f"{n}{s}") for n in EDITED_ARMS}
+                f = stage(f"{tag}.figa{s}", lambda r=r: train_figa(cfg, seed, d, r))
+                t1 = {"figa": evaluate(f"figa{s}", f["model"])}
+                for n, run in runs.items():
+                    t1[n] = {
+                        **evaluate(f"{n}{s}", run["model"]),
+                        **final_of(read_curve(_at(cfg, run["metrics"]))),
+                    }
+                    t1[n]["kl"] = t1[n]["final_kl"]
+                t2 = {"seq_original": table2[f"{cfg.agreement:g}"]["seq_original"]}  # no edits in it
+                t2 |= {kind: v["gold_accuracy"] for kind, v in r_rms.items()}
+            edits = edit_stats(_pairs_path(d, cfg.agreement, None if r == cfg.editor_recall else r))
+            by_recall[f"{r:g}"] = {"table1": t1, "table2": t2, "labels": lab, "edits": edits}
+        out["editor_recall"] = by_recall
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -729,7 +1023,7 @@ def run_seed(cfg: DemoConfig, seed: int, stage: Stages) -> dict:
 # --------------------------------------------------------------------------------------------
 def mean_se(xs: list[float | None]) -> dict:
     """Mean and standard error (sample s.d. / √n; NaN with one value) of the values given
-    (None = "not reached": counted in ``n_missing``)."""
+    (None = "not reached" / "no target": counted in ``n_missing``)."""
     vals = [float(x) for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
     n = len(vals)
     return {
@@ -740,18 +1034,22 @@ def mean_se(xs: list[float | None]) -> dict:
     }
 
 
+T1_KEYS = ("win_rate", "gold_reward", "response_words", "finished", "kl", "final_kl_coef")
+LABEL_KEYS = (
+    "expected_inter_annotator",
+    "expected_gold_agreement",
+    "observed_gold_agreement",
+    "tied_fraction",
+)
+
+
+def _rows(rows: list[dict[str, dict]], keys: tuple[str, ...]) -> dict:
+    """Mean ± s.e. over seeds of every ``keys`` entry of every row (rows as the first seed has them)."""
+    return {n: {k: mean_se([r[n].get(k) for r in rows]) for k in keys if k in rows[0][n]} for n in rows[0]}
+
+
 def aggregate(per_seed: list[dict]) -> dict:
     """Mean ± standard error over seeds of every table entry."""
-    t1_keys = ("win_rate", "gold_reward", "response_words", "finished", "kl")
-    names = list(per_seed[0]["table1"])
-    table1 = {
-        n: {
-            k: mean_se([s["table1"][n].get(k) for s in per_seed])
-            for k in t1_keys
-            if k in per_seed[0]["table1"][n]
-        }
-        for n in names
-    }
     table2 = {
         a: {kind: mean_se([s["table2"][a][kind] for s in per_seed]) for kind in per_seed[0]["table2"][a]}
         for a in per_seed[0]["table2"]
@@ -765,119 +1063,252 @@ def aggregate(per_seed: list[dict]) -> dict:
     )
     arms = list(per_seed[0]["table3"]["arms"])
     table3 = {n: {k: mean_se([s["table3"]["arms"][n][k] for s in per_seed]) for k in t3_keys} for n in arms}
-    for n in arms:  # seeds whose baseline improved but where this arm never reached the target
+    for n in arms:  # seeds with a target where this arm never reached it
         table3[n]["misses"] = sum(
-            1 for s in per_seed if s["table3"]["baseline_improved"] and not s["table3"]["arms"][n]["reached"]
+            1 for s in per_seed if s["table3"]["baseline_clears"] and not s["table3"]["arms"][n]["reached"]
         )
     curves = {}
     for n in arms:
         cs = [s["table3"]["arms"][n]["curve"] for s in per_seed]
         curves[n] = [statistics.fmean(c[i] for c in cs) for i in range(min(map(len, cs)))]
-    return {
+    clears = [s["table3"]["baseline_clears"] for s in per_seed]
+    out = {
         "seeds": len(per_seed),
-        "table1": table1,
+        "seed_list": [s["seed"] for s in per_seed],
+        "table1": _rows([s["table1"] for s in per_seed], T1_KEYS),
         "table2": table2,
+        "labels": _rows([s["labels"] for s in per_seed], LABEL_KEYS),
         "table3": table3,
         "table3_curves": curves,
-        "target": mean_se([s["table3"]["target"] for s in per_seed]),
+        "target": mean_se([s["table3"]["target"] if c else None for s, c in zip(per_seed, clears)]),
         "start": mean_se([s["table3"]["start"] for s in per_seed]),
+        "baseline_improvement": mean_se([s["table3"]["improvement"] for s in per_seed]),
+        "baseline_noise_se": mean_se([s["table3"]["noise_se"] for s in per_seed]),
+        "seeds_with_target": sum(clears),
     }
+    if "matched_kl" in per_seed[0]:
+        out["matched_kl"] = _rows([s["matched_kl"] for s in per_seed], T1_KEYS)
+    if "editor_recall" in per_seed[0]:
+        out["editor_recall"] = {
+            r: {
+                "table1": _rows([s["editor_recall"][r]["table1"] for s in per_seed], T1_KEYS),
+                "table2": {
+                    k: mean_se([s["editor_recall"][r]["table2"][k] for s in per_seed])
+                    for k in per_seed[0]["editor_recall"][r]["table2"]
+                },
+                "edits": {
+                    k: mean_se([s["editor_recall"][r]["edits"][k] for s in per_seed])
+                    for k in ("edits_better", "edit_gain")
+                },
+            }
+            for r in per_seed[0]["editor_recall"]
+        }
+    return out
 
 
-def _fmt(m: dict, digits: int = 2, scale: float = 1.0) -> str:
+def _fmt(m: dict, digits: int = 2, scale: float = 1.0, show_n: bool = False) -> str:
+    """``mean ± se``; ``(n/N seeds)`` when some seeds gave no value, or always with ``show_n``."""
+    total = m["n"] + m["n_missing"]
     if m["n"] == 0:
-        return "not reached"
+        return f"no value (0/{total} seeds)" if show_n else "not reached"
     s = f"{m['mean'] * scale:.{digits}f}"
     if not math.isnan(m["se"]):
         s += f" ± {m['se'] * scale:.{digits}f}"
-    if m["n_missing"]:
-        s += f" ({m['n']}/{m['n'] + m['n_missing']} seeds)"
+    if m["n_missing"] or show_n:
+        s += f" ({m['n']}/{total} seeds)"
     return s
 
 
+def level_label(cfg: DemoConfig, level: str) -> str:
+    """A Table 2 row's level: ``0.657``, or ``1 (noise-free: s = 0)``."""
+    return f"{level} (noise-free: s = 0)" if float(level) == 1.0 else level
+
+
+def _t1_row(label: str, m: dict) -> str:
+    kl = _fmt(m["kl"]) if "kl" in m else "–"
+    return (
+        f"| {label} | {_fmt(m['win_rate'], 1)} | {_fmt(m['gold_reward'], 3)} | "
+        f"{_fmt(m['response_words'], 1)} | {_fmt(m['finished'], 2)} | {kl} |"
+    )
+
+
+T1_HEAD = [
+    "| policy | win rate % | gold reward | words / answer | finished | KL (nats/seq) |",
+    "|---|---|---|---|---|---|",
+]
+
+
 def markdown(cfg: DemoConfig, agg: dict, seconds: float) -> str:
-    """The three tables as Markdown (``seconds``: the stages' total time)."""
-    labels = {a[0]: a[1] for a in ARMS} | dict(OTHER_POLICIES)
+    """The tables as Markdown (``seconds``: the stages' total time)."""
+    arms_by = {a.name: a for a in ARMS}
+    labels = {a.name: arm_label(a, cfg.kl_coef) for a in ARMS} | dict(OTHER_POLICIES)
+    seeds = agg["seed_list"]
+    kind = "inter-annotator agreement" if cfg.agreement_kind == "inter_annotator" else "agreement with gold"
     lines = [
         "# fgrlhf demo: the paper's tables in the simulated-preference world",
         "",
-        f"{agg['seeds']} seed(s), mean ± standard error over seeds; annotator agreement {cfg.agreement} "
-        f"for the PPO arms and FIGA; editor recall {cfg.editor_recall}; context-dependent harm "
-        f"{'on' if cfg.context_harm else 'off'}; {cfg.ppo_iterations} PPO iterations × {cfg.ppo_rollouts} "
-        f"rollouts per arm; the stages took {seconds / 60:.1f} min (over every run that resumed them).",
+        f"{agg['seeds']} seed(s) ({seeds[0]}–{seeds[-1]}: worlds {1000 + seeds[0]}–{1000 + seeds[-1]}), "
+        f"mean ± standard error over seeds; annotators at {kind} {cfg.agreement:g} for the PPO arms and "
+        f"FIGA; editor recall {cfg.editor_recall:g}; context-dependent harm "
+        f"{'on' if cfg.context_harm else 'off'}; "
+        f"{cfg.ppo_iterations} PPO iterations × {cfg.ppo_rollouts} rollouts per arm, every arm's critic from "
+        f"the SFT model (`critic_from={CRITIC_FROM}`: one initialisation for all); the stages took "
+        f"{seconds / 60:.1f} min (over every run that resumed them).",
         "",
         "## Table 1: gold-judge win rate against the SFT model",
         "",
-        "| policy | win rate % | gold reward | words / answer | finished | KL (nats/seq) |",
-        "|---|---|---|---|---|---|",
+        "The gold judge prefers the higher gold reward, and makes an answer cut at the length cap (or empty) "
+        "lose to a complete one; `finished` is the fraction of answers that ended (EOS) before the cap. "
+        "The token-level arms name their reward: the paper's [R_1 … R_n] (`token_reward_scale=raw`) or "
+        "trainer/ppo.py's running-mean increments (which sum to the RM's R(τ)).",
+        "",
+        *T1_HEAD,
     ]
-    for n, m in agg["table1"].items():
-        kl = _fmt(m["kl"]) if "kl" in m else "–"
-        lines.append(
-            f"| {labels.get(n, n)} | {_fmt(m['win_rate'], 1)} | {_fmt(m['gold_reward'], 3)} | "
-            f"{_fmt(m['response_words'], 1)} | {_fmt(m['finished'], 2)} | {kl} |"
-        )
+    lines += [_t1_row(labels.get(n, n), m) for n, m in agg["table1"].items()]
     kinds = list(RMS)
     lines += [
         "",
         "## Table 2: reward-model accuracy on fresh held-out pairs, by the gold order",
         "",
-        "| annotator agreement | " + " | ".join(RMS[k][0] for k in kinds) + " |",
-        "|---|" + "---|" * len(kinds),
+        f"Rows: the annotators' {kind} asked for; the Bradley–Terry scale s is solved for it over each "
+        "seed's labelled pairs. Inter-annotator agreement is AlpacaFarm's measure (a held-out annotator "
+        "against the mode of three others: a(p) = p·m + (1 − p)(1 − m), m = p³ + 3p²(1 − p), "
+        "p = σ(|ΔG|/s)), its mean over every labelled pair, a gold tie counting as p = 0.5 (annotators "
+        "flip coins on it); so noise-free "
+        "annotators (s = 0, the gold order) reach only 1 − ties/2, shown as it is. Agreement with gold is "
+        "over the non-tied pairs: expected from s, and observed in the labels drawn.",
+        "",
+        f"| {kind} | expected inter-annotator | agreement with gold (expected) | agreement with gold "
+        "(observed) | gold ties | " + " | ".join(RMS[k][0] for k in kinds) + " |",
+        "|---|---|---|---|---|" + "---|" * len(kinds),
     ]
     for a, by in agg["table2"].items():
-        lines.append(f"| {a} | " + " | ".join(_fmt(by[k], 3) for k in kinds) + " |")
+        lab = agg["labels"][a]
+        lines.append(
+            f"| {level_label(cfg, a)} | {_fmt(lab['expected_inter_annotator'], 3)} | "
+            f"{_fmt(lab['expected_gold_agreement'], 3)} | {_fmt(lab['observed_gold_agreement'], 3)} | "
+            f"{_fmt(lab['tied_fraction'], 3)} | " + " | ".join(_fmt(by[k], 3) for k in kinds) + " |"
+        )
+    n = agg["seeds"]
     lines += [
         "",
         "## Table 3: PPO iterations and seconds to the target gold reward",
         "",
         f"Target: {cfg.target_fraction:g} of the way from the SFT start ({_fmt(agg['start'], 3)}) to "
-        f"PPO-RLHF's final gold reward (mean of its last 5 iterations), per seed: mean "
-        f"{_fmt(agg['target'], 3)}; on a 3-iteration running mean of each curve. A seed whose PPO-RLHF "
-        "ends no better than the start has no target (left out: the n/N seeds); an arm that never "
-        f"reaches it counts as {cfg.ppo_iterations + 1} iterations and its whole run's seconds. The "
-        "baseline's own row is biased late (its target comes from its own end).",
+        f"PPO-RLHF's final gold reward (mean of its last {FINAL_ITERATIONS} iterations), per seed, on a "
+        "3-iteration running mean of each curve. A seed sets a target only when PPO-RLHF's improvement "
+        "(final − start: "
+        f"{_fmt(agg['baseline_improvement'], 3)}) exceeds {NOISE_Z:g} standard errors of that difference, "
+        f"s·√(1 + 1/{FINAL_ITERATIONS}) with s the s.d. of PPO-RLHF's last {FINAL_ITERATIONS} iteration "
+        f"means (one iteration's noise; {NOISE_Z:g} s.e. = {_fmt(agg['baseline_noise_se'], 3, NOISE_Z)}); "
+        f"{agg['seeds_with_target']} of {n} seeds did (target: {_fmt(agg['target'], 3)}), and the "
+        "iterations and seconds columns use only those (n/N in each cell); the other columns use every seed. "
+        f"An arm that never reaches a target counts as {cfg.ppo_iterations + 1} iterations and its whole "
+        "run's seconds. The baseline's own row is biased late (its target comes from its own end).",
         "",
         "| arm | iterations to target | seconds to target | final gold reward | final KL | s / iteration |",
         "|---|---|---|---|---|---|",
     ]
-    for n, m in agg["table3"].items():
+    for name, m in agg["table3"].items():
         miss = f" ({m['misses']} not reached: counted as {cfg.ppo_iterations + 1})" if m["misses"] else ""
         lines.append(
-            f"| {labels[n]} | {_fmt(m['iterations_to_target'], 1)}{miss} | "
-            f"{_fmt(m['seconds_to_target'], 1)} | "
+            f"| {labels[name]} | {_fmt(m['iterations_to_target'], 1, show_n=True)}{miss} | "
+            f"{_fmt(m['seconds_to_target'], 1, show_n=True)} | "
             f"{_fmt(m['final_gold_reward'], 3)} | {_fmt(m['final_kl'], 2)} | "
             f"{_fmt(m['seconds_per_iteration'], 2)} |"
         )
+    if "matched_kl" in agg:
+        lines += [
+            "",
+            f"## Table 4: matched KL — every reward variant with the adaptive KL controller, target "
+            f"{cfg.matched_kl:g} nats",
+            "",
+            f"trainer/ppo.py's `kl_controller=adaptive kl_target={cfg.matched_kl:g} "
+            f"kl_horizon={cfg.ppo_rollouts}` (from β = {cfg.kl_coef:g}; β moves up to ±20% an iteration), "
+            "the same budget and critic as Table 1: "
+            '"the same β" (Table 1) is not "the same KL". The final KL column says how close each arm got '
+            "(mean of its last 5 iterations); final β is the controller's last value.",
+            "",
+            "| policy | win rate % | gold reward | words / answer | finished | final KL (nats/seq) "
+            "| final β |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, m in agg["matched_kl"].items():
+            row = _t1_row(arm_label(arms_by[name], cfg.kl_coef, cfg.matched_kl), m)
+            lines.append(f"{row} {_fmt(m['final_kl_coef'], 3)} |")
+    if "editor_recall" in agg:
+        recalls = sorted(agg["editor_recall"], key=float, reverse=True)
+        lines += [
+            "",
+            "## Table 5: editor recall — the edited-pair policies' win rate against the SFT model",
+            "",
+            "The editor fixes each harmful word with probability recall (and still adds helpful content); "
+            f"the labels are the same at every recall (annotators at {kind} {cfg.agreement:g}). PPO-RLHF "
+            "(no edits) for comparison; where an edited-pair row falls to it, edits stopped paying.",
+            "",
+            "| editor recall | " + T1_HEAD[0][2:],
+            "|---" + T1_HEAD[1],
+            f"| – | {_t1_row(labels['ppo_rlhf'], agg['table1']['ppo_rlhf'])[2:]}",
+        ]
+        for r in recalls:
+            for name, m in agg["editor_recall"][r]["table1"].items():
+                lines.append(f"| {r} | {_t1_row(labels.get(name, name), m)[2:]}")
+        lines += [
+            "",
+            f"## Table 6: editor recall — reward-model accuracy (gold order), at {kind} {cfg.agreement:g}",
+            "",
+            "| editor recall | edits better than their original (gold) | mean gold gain of an edit | "
+            + " | ".join(RMS[k][0] for k in kinds)
+            + " |",
+            "|---|---|---|" + "---|" * len(kinds),
+        ]
+        for r in recalls:
+            by, ed = agg["editor_recall"][r]["table2"], agg["editor_recall"][r]["edits"]
+            lines.append(
+                f"| {r} | {_fmt(ed['edits_better'], 3)} | {_fmt(ed['edit_gain'], 3)} | "
+                + " | ".join(_fmt(by[k], 3) for k in kinds)
+                + " |"
+            )
+        lines += [
+            "",
+            "The original-pair RM sees no edits: the same model in every row. A lower recall leaves "
+            "harmful words in, but the editor never adds one and adds a helpful word whenever it fixed "
+            "nothing, so no edit lowers the gold reward (first column: the fraction that raise it): the "
+            "sweep weakens the editor, it does not make it wrong.",
+        ]
     return "\n".join(lines) + "\n"
 
 
-def plots(agg: dict, out: Path) -> list[str]:
+def plots(cfg: DemoConfig, agg: dict, out: Path) -> list[str]:
     """Table 3's curves and Table 2's sweep as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = {a[0]: a[1] for a in ARMS}
+    labels = {a.name: arm_label(a, cfg.kl_coef) for a in ARMS}
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for n, c in agg["table3_curves"].items():
         ax.plot(range(1, len(c) + 1), c, label=labels[n])
-    ax.axhline(agg["target"]["mean"], color="grey", ls="--", lw=0.8, label="target (mean)")
+    if agg["target"]["n"]:
+        ax.axhline(agg["target"]["mean"], color="grey", ls="--", lw=0.8, label="target (mean)")
     ax.set(
         xlabel="PPO iteration",
         ylabel="gold reward (mean token utility)",
         title=f"gold reward per iteration ({agg['seeds']} seeds, mean)",
     )
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     paths.append(str(out / "table3_gold_reward.png"))
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 4))
-    xs = [float(a) for a in agg["table2"]]
+    x_key = (
+        "expected_inter_annotator" if cfg.agreement_kind == "inter_annotator" else "expected_gold_agreement"
+    )
+    xs = [agg["labels"][a][x_key]["mean"] for a in agg["table2"]]  # the noise-free level where it really is
     for kind, (label_, _) in RMS.items():
         ys = [agg["table2"][a][kind]["mean"] for a in agg["table2"]]
         es = [
@@ -886,7 +1317,12 @@ def plots(agg: dict, out: Path) -> list[str]:
         ]
         ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label_)
     ax.set(
-        xlabel="annotator agreement with the gold order",
+        xlabel="annotators' expected "
+        + (
+            "inter-annotator agreement"
+            if x_key != "expected_gold_agreement"
+            else "agreement with the gold order"
+        ),
         ylabel="held-out accuracy (gold order)",
         title="reward-model accuracy",
     )
@@ -898,19 +1334,85 @@ def plots(agg: dict, out: Path) -> list[str]:
     return paths
 
 
-def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
+# Seconds per stage at the default sizes, measured on the 2-core VM (seeds 1 and 2 of a full
+# default run, with the machine otherwise idle: ~220 s per seed before Table 4); :func:`estimate`
+# scales them by size and prefers the timings of stages already in --out.
+NOMINAL_S = {
+    "world": 0.2,
+    "sft": 7.2,
+    "samples": 3.3,
+    "labels": 0.7,
+    "rm": 10.4,
+    "ppo": 16.2,
+    "figa": 4.3,
+    "eval": 0.4,
+}
+
+
+def _size_factor(cfg: DemoConfig, kind: str) -> float:
+    """How much longer than at the default sizes a stage of ``kind`` takes (linear in its work)."""
+    d = DemoConfig()
+    return {
+        "sft": cfg.n_sft * cfg.sft_epochs / (d.n_sft * d.sft_epochs),
+        "samples": (cfg.n_pairs + cfg.n_heldout) / (d.n_pairs + d.n_heldout),
+        "labels": cfg.n_pairs / d.n_pairs,
+        "rm": cfg.n_pairs * cfg.rm_epochs / (d.n_pairs * d.rm_epochs),
+        "ppo": cfg.ppo_iterations * cfg.ppo_rollouts / (d.ppo_iterations * d.ppo_rollouts),
+        "figa": cfg.n_pairs / d.n_pairs,
+        "eval": cfg.n_eval / d.n_eval,
+    }.get(kind, 1.0)
+
+
+def stage_kind(name: str) -> str:
+    """``seed0.rm.token.agreement0.657`` -> ``rm``; ``seed0.figa_recall0.7`` -> ``figa``."""
+    return name.split(".")[1].split("_")[0]
+
+
+def estimate(cfg: DemoConfig, root: Path) -> dict:
+    """The study's time: seconds per seed and for the stages not yet done under ``root``, per
+    stage kind the mean of the timings ``root/stages`` holds (same settings: the stamp is checked
+    first), else :data:`NOMINAL_S` scaled by size."""
+    measured: dict[str, list[float]] = {}
+    done = set()
+    if (root / "stages").is_dir():
+        for p in (root / "stages").glob("*.json"):
+            with contextlib.suppress(ValueError, KeyError, OSError):
+                measured.setdefault(stage_kind(p.stem), []).append(
+                    float(json.loads(p.read_text())["seconds"])
+                )
+                done.add(p.stem)
+
+    def seconds(name: str) -> float:
+        k = stage_kind(name)
+        return (
+            statistics.fmean(measured[k]) if k in measured else NOMINAL_S.get(k, 10.0) * _size_factor(cfg, k)
+        )
+
+    names = [n for s in cfg.seed_list for n in plan(cfg, s)]
+    n_measured = sum(map(len, measured.values()))
+    return {
+        "per_seed_s": sum(seconds(n) for n in plan(cfg, cfg.first_seed)),
+        "remaining_s": sum(seconds(n) for n in names if n not in done),
+        "stages_left": sum(n not in done for n in names),
+        "source": f"the {n_measured} stage timings in --out"
+        if n_measured
+        else "the defaults measured on a 2-core VM",
+    }
+
+
+def run_demo(cfg: DemoConfig, progress: bool = True, force: bool = False) -> dict:
     """Every seed's stages (resumed), then the tables. Returns what ``demo.json`` holds (its paths
     relative to ``--out``).
 
     Raises:
-        ValueError: a bad setting, or ``--out`` holds a demo with other settings.
+        ValueError: a bad setting, ``--out`` holds a demo with other settings, or the stages left
+            are estimated at more than a day (:func:`estimate`) and not ``force``.
         StageFailed: a stage raised.
         Preempted / Terminated / KeyboardInterrupt: SIGTERM in a trainer / SIGTERM elsewhere /
             Ctrl-C (finished stages are kept: the same call resumes).
     """
     cfg.check()
     root = Path(cfg.out)
-    root.mkdir(parents=True, exist_ok=True)
     stamp = root / "demo_config.json"
     if stamp.exists():
         old = json.loads(stamp.read_text())
@@ -921,20 +1423,28 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         )
         if "version" in diff:
             raise ValueError(
-                f"{root} holds a demo made by an earlier version of fgrlhf demo (its samples are drawn "
-                "differently): move it away or choose another --out"
+                f"{root} holds a demo made by an earlier version of fgrlhf demo (its samples, labels or "
+                "arms are made differently): move it away or choose another --out"
             )
         if diff:
             raise ValueError(
                 f"{root} holds a demo with other settings ({', '.join(diff)}): rerun with those settings to "
                 "resume it, or choose another --out"
             )
-    else:
+    est = estimate(cfg, root)
+    if est["remaining_s"] > DAY_S and not force:
+        raise ValueError(
+            f"--seeds {cfg.seeds}: the {est['stages_left']} stages left would take about "
+            f"{est['remaining_s'] / 3600:.1f} h ({est['per_seed_s'] / 60:.1f} min per seed, from "
+            f"{est['source']}): more than a day; add --yes to run it anyway, or ask for fewer seeds"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    if not stamp.exists():
         _write_json(stamp, cfg.identity())
-    per_stage = 5 + 3 * len(cfg.agreements) + len(ARMS) + len(ARMS) + len(OTHER_POLICIES)
-    with Stages(root, per_stage * cfg.seeds, progress) as stage:  # SIGTERM stops it from here on
+    total = sum(len(plan(cfg, s)) for s in cfg.seed_list)
+    with Stages(root, total, progress) as stage:  # SIGTERM stops it from here on
         t0 = time.perf_counter()
-        per_seed = [run_seed(cfg, s, stage) for s in range(cfg.seeds)]
+        per_seed = [run_seed(cfg, s, stage) for s in cfg.seed_list]
         seconds = time.perf_counter() - t0
         agg = aggregate(per_seed)
         result = {
@@ -945,26 +1455,57 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
             "stages_skipped": stage.skipped,
             "seconds": seconds,
             "stage_seconds": stage.seconds,
+            "estimate": est,
         }
-        result["plots"] = [_rel(cfg, path) for path in plots(agg, root / "plots")]
+        result["plots"] = [_rel(cfg, path) for path in plots(cfg, agg, root / "plots")]
         _write_json(root / "demo.json", result)
         md = markdown(cfg, agg, stage.seconds)
         (root / "demo.md").write_text(md)
     return result
 
 
+GOLD_LEVELS = [0.6, 0.65, 0.8, 1.0]  # --agreement-kind gold's default sweep (agreement 0.65)
+
+
 def add_arguments(p) -> None:
     """The flags of ``fgrlhf demo``."""
     d = DemoConfig()
     p.add_argument("--out", default=d.out, help="output directory (a rerun resumes it)")
-    p.add_argument(
-        "--quick", action="store_true", help="1 seed, 2 agreements, short runs (1.3 min on 2 cores)"
-    )
+    p.add_argument("--quick", action="store_true", help="1 seed, 2 levels, short runs (what CI runs)")
     p.add_argument("--seeds", type=int, default=None, help=f"worlds / seeds (default {d.seeds}; quick 1)")
-    p.add_argument("--agreements", type=float, nargs="+", default=None, help="Table 2's annotator agreements")
-    p.add_argument("--agreement", type=float, default=d.agreement, help="agreement of the PPO arms' data")
+    p.add_argument(
+        "--first-seed", type=int, default=d.first_seed, help="first seed: seeds N .. N+seeds-1 (fresh worlds)"
+    )
+    p.add_argument(
+        "--agreement-kind",
+        choices=["inter_annotator", "gold"],
+        default=d.agreement_kind,
+        help="what the annotator levels measure: inter-annotator agreement (AlpacaFarm's) or agreement "
+        f"with the gold order (default levels then {GOLD_LEVELS}, PPO at 0.65)",
+    )
+    p.add_argument(
+        "--agreements", type=float, nargs="+", default=None, help=f"Table 2's levels (default {d.agreements})"
+    )
+    p.add_argument(
+        "--agreement", type=float, default=None, help=f"level of the PPO arms' data (default {d.agreement})"
+    )
     p.add_argument(
         "--editor-recall", type=float, default=d.editor_recall, help="P(editor fixes a harmful word)"
+    )
+    p.add_argument(
+        "--editor-recalls",
+        type=float,
+        nargs="+",
+        default=[],
+        help="opt-in Tables 5-6: edited-pair RMs, arms and FIGA again at each recall (e.g. 1 0.7 0.4)",
+    )
+    p.add_argument(
+        "--matched-kl",
+        type=float,
+        default=None,
+        metavar="NATS",
+        help=f"Table 4: every reward variant with the adaptive KL controller at this target (default "
+        f"{d.matched_kl:g}; quick 0: off)",
     )
     p.add_argument("--context-harm", action="store_true", help="add the context-dependent harmful words")
     p.add_argument(
@@ -976,19 +1517,19 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--ppo-iterations", type=int, default=None, help="PPO iterations per arm")
     p.add_argument("--target-fraction", type=float, default=d.target_fraction, help="Table 3's target")
+    p.add_argument("--yes", action="store_true", help="run even when the estimate is more than a day")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def config_from_args(args) -> DemoConfig:
     """The :class:`DemoConfig` of parsed flags (``--quick`` sets its smaller defaults first)."""
     cfg = DemoConfig(**(QUICK if args.quick else {}), quick=args.quick)
-    cfg.out, cfg.agreement = args.out, args.agreement
-    cfg.editor_recall, cfg.context_harm, cfg.target_fraction = (
-        args.editor_recall,
-        args.context_harm,
-        args.target_fraction,
-    )
-    for key in ("seeds", "agreements", "ppo_iterations"):
+    cfg.out, cfg.first_seed, cfg.agreement_kind = args.out, args.first_seed, args.agreement_kind
+    if cfg.agreement_kind == "gold":  # levels of agreement with gold: the old default sweep
+        cfg.agreements, cfg.agreement = ([0.65, 1.0] if args.quick else list(GOLD_LEVELS)), 0.65
+    cfg.editor_recall, cfg.editor_recalls = args.editor_recall, args.editor_recalls
+    cfg.context_harm, cfg.target_fraction = args.context_harm, args.target_fraction
+    for key in ("seeds", "agreements", "agreement", "ppo_iterations", "matched_kl"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     if args.quick and cfg.agreement not in cfg.agreements:
@@ -1042,7 +1583,7 @@ def cmd(args) -> int:
 
     try:
         cfg = config_from_args(args)
-        res = run_demo(cfg, progress=args.progress)
+        res = run_demo(cfg, progress=args.progress, force=args.yes)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

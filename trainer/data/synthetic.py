@@ -13,9 +13,13 @@ words, and a context-dependent variant):
 * **Gold sequence reward** = the mean token utility of the response (SPEC eq. 1):
   :func:`gold_reward`; per-token utilities: :func:`token_utilities`.
 * **Bradley–Terry annotators**: P(prefer a over b) = σ((G(a) − G(b)) / s), with the scale ``s``
-  solved (:func:`bt_scale`) so that the expected agreement with the gold order over the pairs
-  being labelled is ``agreement`` (0.65 by default, around the human agreement AlpacaFarm
-  reports; 1.0: always the gold order; gold ties: a coin).
+  solved over the pairs being labelled so that ``agreement`` holds in one of two senses
+  (``agreement_kind``): ``gold`` (:func:`bt_scale`) — the expected agreement with the gold order
+  (0.65 by default: the trainers' tiny world) — or ``inter_annotator``
+  (:func:`inter_annotator_scale`) — the expected agreement of a held-out annotator with the mode
+  of three others, which is what AlpacaFarm measured (65.7% for its human annotators) and what
+  ``fgrlhf demo`` sweeps. 1.0 means noise-free in both senses (``s`` = 0: always the gold order);
+  gold ties are a coin either way.
 * **A simulated minimal editor** (:func:`simulated_edit`) edits the less-preferred response:
   each harmful word is replaced by a neutral or helpful one with probability ``editor_recall``,
   a helpful word is inserted with probability ``p_insert`` ("add helpful content"), and an edit
@@ -55,6 +59,11 @@ __all__ = [
     "bootstrap",
     "bt_scale",
     "build_tokenizer",
+    "annotator_scale",
+    "expected_gold_agreement",
+    "expected_inter_annotator_agreement",
+    "inter_annotator_agreement",
+    "inter_annotator_scale",
     "check_world",
     "generate",
     "gold_reward",
@@ -81,8 +90,13 @@ class SyntheticConfig:
     seed: int = 1234
     """Seed of the generator (the set is a pure function of this config)."""
     agreement: float = 0.65
-    """Expected probability that the Bradley–Terry annotator prefers the gold-better response of
-    a pair (0.5: coin flips; 1: always the gold order)."""
+    """The annotators' agreement, in the sense of ``agreement_kind`` (0.5: coin flips; 1:
+    noise-free, always the gold order)."""
+    agreement_kind: str = "gold"
+    """What ``agreement`` measures: ``gold`` — the expected probability that an annotator prefers
+    the gold-better response of a non-tied pair (:func:`bt_scale`); ``inter_annotator`` — the
+    expected agreement of a held-out annotator with the mode of three others over every labelled
+    pair, gold ties included (AlpacaFarm's measure; :func:`inter_annotator_scale`)."""
     n_good: int = 24
     """Number of helpful words (gold utility +1)."""
     n_neutral: int = 64
@@ -125,6 +139,10 @@ class SyntheticConfig:
         for key in ("agreement",):
             if not 0.5 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"synthetic.{key}={getattr(self, key)}: expected a value in [0.5, 1]")
+        if self.agreement_kind not in AGREEMENT_KINDS:
+            raise ValueError(
+                f"synthetic.agreement_kind={self.agreement_kind!r}: expected one of {list(AGREEMENT_KINDS)}"
+            )
         for key in ("editor_recall", "p_insert", "p_rejected_edit", "p_bad", "p_good", "p_context"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"synthetic.{key}={getattr(self, key)}: expected a probability in [0, 1]")
@@ -142,6 +160,7 @@ class SyntheticConfig:
             raise ValueError("synthetic.n_sensitive must be in [1, n_prompt_words]")
 
 
+AGREEMENT_KINDS = ("gold", "inter_annotator")
 _EXPECTED = {int: "an int", float: "a finite number", bool: "true or false", str: "a string"}
 
 
@@ -274,6 +293,96 @@ def bt_scale(gold_diffs: Sequence[float], agreement: float) -> float:
     return math.exp((lo + hi) / 2)
 
 
+def inter_annotator_agreement(p: float) -> float:
+    """a(p): the probability that a held-out annotator agrees with the mode of three others, all
+    four independent and each agreeing with the gold order with probability ``p`` (AlpacaFarm's
+    inter-annotator agreement for one pair). The mode agrees with gold with
+    m = p³ + 3p²(1 − p); the held-out one agrees with the mode when both are right or both wrong:
+    a = p·m + (1 − p)(1 − m).
+
+    Example: p = 0.75 -> m = 0.84375, a = 0.671875; a(0.5) = 0.5, a(1) = 1.
+    """
+    m = p**3 + 3 * p**2 * (1 - p)
+    return p * m + (1 - p) * (1 - m)
+
+
+def expected_gold_agreement(gold_diffs: Sequence[float], scale: float) -> float:
+    """The expected agreement with the gold order of annotators of Bradley–Terry ``scale``: the
+    mean over the non-tied pairs of σ(|ΔG| / s) (1 at s = 0, 0.5 at s = ∞; NaN with no non-tied
+    pair)."""
+    d = [abs(x) for x in gold_diffs if x != 0]
+    if not d:
+        return math.nan
+    if scale == 0.0:
+        return 1.0
+    if math.isinf(scale):
+        return 0.5
+    return sum(_sigmoid(x / scale) for x in d) / len(d)
+
+
+def expected_inter_annotator_agreement(gold_diffs: Sequence[float], scale: float) -> float:
+    """The expected inter-annotator agreement (:func:`inter_annotator_agreement`) of annotators of
+    Bradley–Terry ``scale``, the mean over EVERY pair: a gold-tied pair counts with p = 0.5, so
+    a = 0.5 (the annotators flip coins on it, as people disagree on a pair of equal quality). So
+    noise-free annotators (s = 0) reach 1 − (tied fraction)/2, not 1."""
+    if not gold_diffs:
+        return math.nan
+
+    def p_of(x: float) -> float:
+        if x == 0 or math.isinf(scale):
+            return 0.5
+        return 1.0 if scale == 0.0 else _sigmoid(abs(x) / scale)
+
+    return sum(inter_annotator_agreement(p_of(x)) for x in gold_diffs) / len(gold_diffs)
+
+
+def inter_annotator_scale(gold_diffs: Sequence[float], agreement: float) -> float:
+    """The Bradley–Terry scale ``s`` whose expected inter-annotator agreement over the pairs
+    (:func:`expected_inter_annotator_agreement`, gold ties in at 0.5) equals ``agreement``
+    (bisection in log s, as :func:`bt_scale`).
+
+    Returns 0.0 for ``agreement`` 1 — noise-free annotators (the gold order; with ties they reach
+    only 1 − tied/2, which the caller reports), ``inf`` for 0.5 or no pair.
+
+    Raises:
+        ValueError: ``agreement`` in [1 − tied/2, 1): no scale reaches it with these pairs (named:
+            the most that can be reached, the tied fraction; 1.0 asks for noise-free annotators).
+
+    Example: diffs [1, 1], agreement 0.671875 (a(p) at p = σ(1/s) = 0.75) -> s = 1/ln 3 ≈ 0.910;
+    diffs [1, 0], agreement (0.671875 + 0.5)/2 -> the same s.
+    """
+    if agreement >= 1.0:
+        return 0.0
+    if agreement <= 0.5 or not gold_diffs:
+        return math.inf
+    tied = sum(1 for x in gold_diffs if x == 0) / len(gold_diffs)
+    ceiling = 1 - tied / 2
+    if agreement >= ceiling:
+        raise ValueError(
+            f"inter-annotator agreement {agreement:g} cannot be reached on these {len(gold_diffs)} pairs: "
+            f"{100 * tied:.1f}% are gold ties (a coin for every annotator), so annotators agree at most "
+            f"{ceiling:.4f} of the time, and only as their noise vanishes; ask for less, or for 1.0 "
+            "(noise-free: always the gold order)"
+        )
+    lo, hi = -30.0, 30.0  # log s
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (
+            (mid, hi)
+            if expected_inter_annotator_agreement(gold_diffs, math.exp(mid)) > agreement
+            else (lo, mid)
+        )
+    return math.exp((lo + hi) / 2)
+
+
+def annotator_scale(gold_diffs: Sequence[float], cfg: SyntheticConfig) -> float:
+    """The Bradley–Terry scale of ``cfg``'s annotators over these pairs: :func:`bt_scale` or
+    :func:`inter_annotator_scale` by ``cfg.agreement_kind``."""
+    if cfg.agreement_kind == "inter_annotator":
+        return inter_annotator_scale(gold_diffs, cfg.agreement)
+    return bt_scale(gold_diffs, cfg.agreement)
+
+
 def annotate(rng: random.Random, gold_diff: float, scale: float) -> bool:
     """One Bradley–Terry annotation: True when the annotator prefers the first response
     (``gold_diff`` = G(first) − G(second); ``scale`` from :func:`bt_scale`)."""
@@ -303,20 +412,35 @@ def simulated_edit(rng: random.Random, prompt: str, response: str, cfg: Syntheti
 
 
 def label_pairs(
-    items: Sequence[tuple[str, str, str, str]], cfg: SyntheticConfig, seed: int, source: str = "synthetic"
+    items: Sequence[tuple[str, str, str, str]],
+    cfg: SyntheticConfig,
+    seed: int,
+    source: str = "synthetic",
+    streams: str = "one",
 ) -> list[dict]:
     """Annotate and edit response pairs: ``items`` are ``(id, prompt, response_a, response_b)``;
-    the Bradley–Terry annotator (scale solved over these pairs for ``cfg.agreement``) picks the
-    chosen one, the simulated editor edits the other. Returns EditRecord JSON objects with
-    ``gold`` = the three gold rewards. A pure function of its arguments."""
+    the Bradley–Terry annotator (scale solved over these pairs for ``cfg.agreement``,
+    :func:`annotator_scale`) picks the chosen one, the simulated editor edits the other. Returns
+    EditRecord JSON objects with ``gold`` = the three gold rewards. A pure function of its
+    arguments.
+
+    ``streams``: ``one`` — annotations, rejected edits and edits draw from one random stream (the
+    trainers' world, as written since synthetic-v2); ``split`` — each from its own stream (seeded
+    ``seed``, ``seed-reject``, ``seed-edit``), so the labels and the rejected edits are the same
+    at every editor recall and the labels at two agreements use the same uniforms (the demo's
+    sweeps change one thing at a time)."""
+    if streams not in ("one", "split"):
+        raise ValueError(f"label_pairs: streams={streams!r}: expected 'one' or 'split'")
     rng = random.Random(seed)
+    reject_rng = rng if streams == "one" else random.Random(f"{seed}-reject")
+    edit_rng = rng if streams == "one" else random.Random(f"{seed}-edit")
     diffs = [gold_reward(p, a, cfg) - gold_reward(p, b, cfg) for _, p, a, b in items]
-    scale = bt_scale(diffs, cfg.agreement)
+    scale = annotator_scale(diffs, cfg)
     records = []
     for n, ((rid, prompt, a, b), diff) in enumerate(zip(items, diffs)):
         chosen, rejected = (a, b) if annotate(rng, diff, scale) else (b, a)
-        rejected_edit = rng.random() < cfg.p_rejected_edit
-        edited = rejected if rejected_edit else simulated_edit(rng, prompt, rejected, cfg)
+        rejected_edit = reject_rng.random() < cfg.p_rejected_edit
+        edited = rejected if rejected_edit else simulated_edit(edit_rng, prompt, rejected, cfg)
         records.append(
             EditRecord(
                 id=rid,
