@@ -7,7 +7,7 @@
     fgrlhf plot METRICS.jsonl [MORE.jsonl ...] -o DIR
     fgrlhf report --rm RM_DIR --pairs PAIRS -o PAGE.html | --rollouts RUN_DIR -o PAGE.html
     fgrlhf eval-rm RM_DIR PAIRS [--max-length N] [--json OUT]
-    fgrlhf demo [--quick] [--seeds N] [--agreements A ...] [--context-harm] [--out runs/demo]
+    fgrlhf demo [--quick] [--seeds N] [--first-seed N] [--agreements A ...] [--editor-recalls R ..] [--out D]
     python -m trainer.cli edit ...          # the same without the installed script
 
 Exit status: 0 done; 1 a runtime error (the output cannot be written or is locked, no API key);
@@ -263,11 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser(
         "demo",
         parents=[common],
-        help="the paper's three tables in the simulated-preference world (SFT, RMs, PPO arms, FIGA)",
+        help="the paper's tables in the simulated-preference world (SFT, RMs, PPO arms, FIGA, matched KL)",
         description=demo_mod.__doc__,
         epilog="Exit status: 0 done; 1 a stage failed (its log is named; rerun to resume); 2 bad flags, "
-        "or --out holds a demo with other settings; 75 SIGTERM in a trainer stage (checkpointed); "
-        "143 SIGTERM elsewhere; 130 Ctrl-C (rerun the same command to resume).",
+        "an estimate over a day without --yes, or --out holds a demo with other settings; 75 SIGTERM in "
+        "a trainer stage (checkpointed); 143 SIGTERM elsewhere; 130 Ctrl-C (rerun the same command to "
+        "resume).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo_mod.add_arguments(dm)
