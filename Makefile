@@ -13,8 +13,9 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip "setuptools>=77" wheel ninja
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	# --no-build-isolation: compile csrc/ against the torch just installed.
-	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
+	# --no-build-isolation: compile csrc/ against the torch just installed. [track]: TensorBoard,
+	# W&B and MLflow, which tests/test_trackers.py runs for real (none of them pulls another torch).
+	$(PY) -m pip install -q --no-build-isolation -e ".[dev,track]"
 	$(PY) -c "import fgkernels; print(fgkernels.backend_report())"
 	touch $@
 

@@ -238,7 +238,7 @@ def ours_args(s: Setting, assets: Path, out: Path, iterations: int, threads: int
         "deterministic=false", f"num_threads={threads}", "device=cpu", "param_dtype=float32",
         "activation_checkpointing=false", "attn_implementation=sdpa", f"iterations={iterations}",
         "checkpoint_every=0", "save_final=false", "plots=false", "report=false", "progress=false",
-        "save_rollouts_every=0", "tensorboard=false", "resume=false", "seed=0", f"output_dir={out}",
+        "save_rollouts_every=0", "report_to=[]", "resume=false", "seed=0", f"output_dir={out}",
     ]  # fmt: skip
 
 

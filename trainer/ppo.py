@@ -62,17 +62,18 @@ from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import ConfigError, TrainConfig, cli_main, describe
 from trainer.infra.dist import all_reduce_sum, barrier, broadcast_object, get_rank, get_world_size, on_rank0
 from trainer.infra.dryrun import host_item, host_list, in_dry_run, measured_peaks, model_shape, real_tensors
-from trainer.infra.metrics import MetricsLog
+from trainer.infra.metrics import MetricsLog, summary_figures
 from trainer.infra.runtime import (
     STOP,
     Phases,
     Preempted,
     Run,
     build_optimizer,
+    open_metrics,
     peak_memory_mb,
     start_run,
 )
-from trainer.infra.summary import format_bytes, heldout_note, ppo_summary
+from trainer.infra.summary import PPO_ROWS, format_bytes, heldout_note, ppo_summary
 from trainer.models import (
     GoldReward,
     RewardModel,
@@ -134,7 +135,7 @@ class PPOConfig(TrainConfig):
             "iterations",
             "stop_after_iterations",
             "save_final",
-            "tensorboard",
+            "tensorboard",  # a key of earlier versions (now report_to): their saved configs resume
             "memory_limit_gb",
             "forward_batch_size",
             "plots",
@@ -278,8 +279,6 @@ class PPOConfig(TrainConfig):
     """Checkpoint every this many iterations (and at the end); 0: only at the end."""
     save_final: bool = True
     """Write ``output_dir/final/actor`` (a ``transformers`` directory) at the end."""
-    tensorboard: bool = False
-    """Also write TensorBoard scalars to ``output_dir/tb`` (needs ``tensorboard``)."""
     plots: bool = True
     """At the end, draw the training curves to ``output_dir/plots/*.png`` (``fgrlhf plot``)."""
     save_rollouts_every: int = 10
@@ -1018,9 +1017,11 @@ def setup(cfg: PPOConfig) -> Setup:
     """``# 0. set-up`` (every rank): (a) run, (b) prompts and tokenizer, (c) the memory check and
     the reward model (checked, or trained on the fly when none is given), (d) the four models and
     their optimizers, (e) resume from the newest intact checkpoint."""
-    # (a) config check, processes, threads, determinism, outputs
+    # (a) config check, processes, threads, determinism, outputs; metrics.jsonl and the trackers
+    # of report_to (started now, in a process of their own)
     run = start_run(cfg, "ppo")
     di, out_dir = run.di, run.out_dir
+    log = open_metrics(run, "iteration")
     # (b) prompts, tokenizer (the synthetic world when no prompt file is given; stand-ins of the
     # configured lengths in a dry run of a real architecture)
     dry = in_dry_run()
@@ -1053,7 +1054,9 @@ def setup(cfg: PPOConfig) -> Setup:
     if dry:  # a dry run measures every phase and checks its own peaks (dry_run_report)
         line, limit = ", ".join(f"{k} {format_bytes(v)}" for k, v in est.items()), None
     else:  # the dry run's measurement of exactly this run when there is one, else the estimate
-        measured, note = measured_peaks(cfg, "ppo", di.world_size, model_shapes(cfg, model_cfg))
+        measured, note = measured_peaks(
+            cfg, "ppo", di.world_size, model_shapes(cfg, model_cfg), estimate_phases(cfg, est)
+        )
         run.say(f"memory plan: {note}")
         line, limit = check_memory(cfg, est, di.device, measured)
     run.say(f"memory estimate: {line}" + (f" (limit {format_bytes(limit)})" if limit else " (not checked)"))
@@ -1118,9 +1121,6 @@ def setup(cfg: PPOConfig) -> Setup:
     moments = rlhf.RunningMoments()
     # (e) resume: the newest intact checkpoint of actor + critic
     ckpt = Checkpointer(out_dir / "checkpoints", cfg.keep_checkpoints, say=run.say)
-    log = MetricsLog(
-        out_dir / "metrics.jsonl", di.is_main, "iteration", out_dir / "tb" if cfg.tensorboard else None
-    )
     rollouts = MetricsLog(out_dir / "rollouts.jsonl", di.is_main, "iteration")
     iteration = 0
     resumed = ckpt.load_latest(checkpoint_parts(models, opts)) if cfg.resume else None
@@ -1246,9 +1246,11 @@ def train(cfg: PPOConfig) -> dict:
                     gen_tokens=maskf.sum(), seq_tokens=ro.attention_mask.sum().double(),
                     n_cut=cut.sum().double(), stop=float(STOP.requested),
                 )  # fmt: skip
+                gold_r = None  # each row's gold R(τ), for the saved samples
                 if S.gold is not None:
                     g = S.gold.score(ro.input_ids, ro.attention_mask, ro.full_response_mask)
                     stats.add(gold_tok=g.token.double().sum(), gold_seq=g.sequence.double().sum())
+                    gold_r = g.sequence
             t = stats.all_reduce(di.device)
             metrics = {"iteration": iteration, **iteration_metrics(t, S.kl_ctl.value, S.gold is not None)}
             phase_tokens = {
@@ -1286,8 +1288,12 @@ def train(cfg: PPOConfig) -> dict:
             S.log.write(metrics)
             every = cfg.save_rollouts_every
             if di.is_main and every and (iteration == 1 or iteration % every == 0 or iteration == S.end):
-                for rec in rollout_samples(ro, S.tokenizer, cfg.rollout_samples, iteration, kl):  # host copy
+                samples = rollout_samples(ro, S.tokenizer, cfg.rollout_samples, iteration, kl)  # host copy
+                for i, rec in enumerate(samples):
+                    if gold_r is not None:
+                        rec["gold_reward"] = float(gold_r[i])
                     S.rollouts.write(rec)
+                S.log.table("rollouts", iteration, rollout_table(samples))
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.3f}")
             terminated = t["stop"] > 0
@@ -1306,19 +1312,38 @@ def train(cfg: PPOConfig) -> dict:
             if terminated:  # SIGTERM on some rank: the checkpoint above is written; exit 75
                 raise Preempted(run.out_dir, iteration)
     bar.close()
-    S.log.close()
 
     # 7. the final actor as a plain transformers directory (best/actor: the best held-out score's)
     if cfg.save_final and iteration >= cfg.iterations:
         save_actor(models, cfg, S.tokenizer, run.out_dir / "final" / "actor")  # collective
         run.say(f"saved {run.out_dir / 'final' / 'actor'}")
 
-    # 8. plots, the rollouts page and the summary (rank 0); a dry run's memory table instead
+    # 8. plots, the rollouts page and the summary (rank 0; also to the trackers, which then close);
+    # a dry run's memory table instead
     if S.memory is not None:
+        S.log.close()
         return dry_run_report(run, S)
     if di.is_main:
         end_of_run(run, S)
+    S.log.close()
     return metrics
+
+
+def rollout_table(samples: list[dict]) -> list[dict]:
+    """The trackers' table of saved rollouts (:func:`trainer.eval.report.rollout_samples`
+    records): per sample its prompt, response, the RM's reward R(τ), the gold reward where known
+    (the synthetic world) and the RM's per-token rewards as a compact list."""
+    return [
+        {
+            "sample": s["sample"],
+            "prompt": s["prompt"],
+            "response": "".join(s["pieces"]),
+            "rm_reward": s["sequence_reward"],
+            "gold_reward": s.get("gold_reward"),
+            "token_rewards": "[" + ", ".join(f"{v:.3g}" for v in s["reward"]) + "]",
+        }
+        for s in samples
+    ]
 
 
 def end_of_run(run: Run, S: Setup) -> None:
@@ -1355,10 +1380,12 @@ def end_of_run(run: Run, S: Setup) -> None:
         except Exception as e:  # noqa: BLE001
             run.say(f"warning: report.html not written: {describe(e)}")
     records = read_metrics(out / "metrics.jsonl")
-    run.say(ppo_summary(records, outputs))
+    text = ppo_summary(records, outputs)
+    run.say(text)
     note = heldout_note(records, S.heldout.name if S.heldout else "")
     if note:
         run.say(note)
+    S.log.finish(summary_figures(records, PPO_ROWS), text, [out / "plots", out / "report.html"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -1390,7 +1417,7 @@ def dry_run(cfg: PPOConfig) -> dict:
         dcfg = dataclasses.replace(
             cfg, output_dir=tmp, iterations=DRY_RUN_ITERATIONS, stop_after_iterations=0, resume=False,
             save_final=False, plots=False, report=False, save_rollouts_every=0, progress=False,
-            tensorboard=False, device="cpu", attn_implementation="sdpa", deterministic=False,
+            report_to=[], device="cpu", attn_implementation="sdpa", deterministic=False,
             checkpoint_every=DRY_RUN_ITERATIONS, critic_warmup=0,  # (the actor's step is measured)
             ppo_epochs=1,  # a second epoch repeats the first one's shapes: same peaks, twice the time
         )  # fmt: skip

@@ -64,6 +64,7 @@ from trainer.infra.runtime import (
     Run,
     build_optimizer,
     lr_lambda,
+    open_metrics,
     optimizer_step,
     peak_memory_mb,
     resume_or_seed,
@@ -330,7 +331,7 @@ def train(cfg: RewardConfig) -> dict:
     # 0. set-up: config check, processes, threads, determinism, output directory
     run = start_run(cfg, "reward")
     di = run.di
-    log = MetricsLog(run.out_dir / "metrics.jsonl", di.is_main)
+    log = open_metrics(run)  # metrics.jsonl, and the trackers of report_to (started now)
 
     # 1. data: tokenizer, train/held-out pairs, the schedule's length
     tokenizer, train_pairs, eval_data, data_path = load_data(run)
@@ -494,22 +495,26 @@ def train(cfg: RewardConfig) -> dict:
         save_reward_model(run, model, hf_config, tokenizer, "final", step, metrics)
         run.say(f"saved {run.out_dir / 'final'} (load: AutoModelForTokenClassification.from_pretrained)")
     times["save"] = time.perf_counter() - t0
-    log.close()
 
-    # 6. plots, the held-out pairs page and the summary (rank 0)
+    # 6. plots, the held-out pairs page and the summary (rank 0; also to the trackers, which then close)
     if di.is_main:
         tps = train_tokens / times["train"] if times["train"] > 0 else None
-        end_of_run(run, data_path, times, tps, peak_memory_mb(di.device))
+        end_of_run(run, data_path, times, tps, peak_memory_mb(di.device), log)
+    log.close()
     return metrics
 
 
-def end_of_run(run: Run, data_path: str, times: dict, tokens_per_s: float | None, peak_mb: float) -> None:
+def end_of_run(
+    run: Run, data_path: str, times: dict, tokens_per_s: float | None, peak_mb: float, log: MetricsLog
+) -> None:
     """Rank 0, after the final save: ``output_dir/plots/*.png`` (``plots``), ``output_dir/report.html``
     (``report``: ``final/`` on the held-out edited pairs, through :func:`trainer.eval.report.rm_report`)
-    and the summary table. A failure to draw or render is a warning: the model is already saved."""
+    and the summary table, all handed to the trackers too (``log.finish``). A failure to draw or
+    render is a warning: the model is already saved."""
     from trainer.eval.plot import plot_runs, read_metrics
     from trainer.eval.report import rm_report
-    from trainer.infra.summary import reward_summary
+    from trainer.infra.metrics import summary_figures
+    from trainer.infra.summary import REWARD_ROWS, reward_summary
 
     cfg, out = run.cfg, run.out_dir
     final = out / "final"
@@ -541,7 +546,10 @@ def end_of_run(run: Run, data_path: str, times: dict, tokens_per_s: float | None
         except Exception as e:  # noqa: BLE001
             run.say(f"warning: report.html not written: {describe(e)}")
     records = read_metrics(out / "metrics.jsonl")
-    run.say(reward_summary(records, outputs, times, tokens_per_s, peak_mb))
+    text = reward_summary(records, outputs, times, tokens_per_s, peak_mb)
+    run.say(text)
+    evals = [r for r in records if r.get("split") == "eval"]
+    log.finish(summary_figures(evals, REWARD_ROWS), text, [out / "plots", out / "report.html"])
 
 
 def evaluate_and_keep_best(
@@ -601,6 +609,7 @@ def dry_run(cfg: RewardConfig) -> dict:
             cfg, output_dir=tmp, max_steps=DRY_RUN_STEPS, stop_after_steps=0, resume=False, eval_every=0,
             checkpoint_every=DRY_RUN_STEPS, save_best=False, plots=False, report=False, progress=False,
             device="cpu", attn_implementation="sdpa", deterministic=False, log_every=DRY_RUN_STEPS,
+            report_to=[],
         )  # fmt: skip
         with fake_world(cfg.dry_run_world_size):
             result = train(dcfg)

@@ -62,7 +62,6 @@ from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import ConfigError, SupervisedConfig, cli_main
 from trainer.infra.dist import all_reduce_sum, on_rank0
 from trainer.infra.dryrun import check_run_memory, host_item, host_list, in_dry_run, model_shape
-from trainer.infra.metrics import MetricsLog
 from trainer.infra.runtime import (
     STOP,
     Phases,
@@ -70,6 +69,7 @@ from trainer.infra.runtime import (
     Run,
     build_optimizer,
     lr_lambda,
+    open_metrics,
     optimizer_step,
     resume_or_seed,
     start_run,
@@ -334,7 +334,7 @@ def train(cfg: SFTConfig) -> dict:
     # 0. set-up: config check, SIGTERM, processes, threads, output directory and its lock
     run = start_run(cfg, "sft")
     di = run.di
-    log = MetricsLog(run.out_dir / "metrics.jsonl", di.is_main)
+    log = open_metrics(run)  # metrics.jsonl, and the trackers of report_to (started now)
 
     # 1. data and the schedule's length
     tokenizer, train_items, eval_items, data_path = load_data(run)
@@ -464,6 +464,7 @@ def train(cfg: SFTConfig) -> dict:
             policy_meta={"trainer": f"sft:{cfg.objective}", "prompt_template": cfg.prompt_template},
         )
         run.say(f"saved {run.out_dir / 'final'} (trainer/ppo.py init_from= takes it)")
+    log.finish(metrics)  # the trackers' summary: the last evaluation
     log.close()
     return metrics
 
@@ -493,7 +494,7 @@ def dry_run(cfg: SFTConfig) -> dict:
         dcfg = dataclasses.replace(
             cfg, output_dir=tmp, max_steps=DRY_RUN_STEPS, stop_after_steps=0, resume=False, eval_every=0,
             checkpoint_every=DRY_RUN_STEPS, progress=False, device="cpu", attn_implementation="sdpa",
-            deterministic=False, log_every=DRY_RUN_STEPS,
+            deterministic=False, log_every=DRY_RUN_STEPS, report_to=[],
         )  # fmt: skip
         with fake_world(cfg.dry_run_world_size):
             result = train(dcfg)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from trainer.data.synthetic import SyntheticConfig
+from trainer.infra.trackers import TRACKERS, close_all
 
 __all__ = [
     "ConfigError",
@@ -81,7 +82,8 @@ def declared(cls: type, name: str) -> dict:
 def check_declared(cfg: Any) -> None:
     """Validate ``cfg`` against what its class declares (one mechanism for every trainer):
 
-    * ``CHOICES: ClassVar[dict[str, tuple]]`` — the allowed values of a key;
+    * ``CHOICES: ClassVar[dict[str, tuple]]`` — the allowed values of a key (of each entry, for
+      a list key);
     * ``AT_LEAST: ClassVar[dict[str, float]]`` — the smallest allowed value of a numeric key;
     * ``PATHS: ClassVar[dict]`` (its keys) — keys naming a local file or directory: when set and
       path-like (``./``, ``/``, ``~`` or a data-file suffix), it must exist;
@@ -95,8 +97,10 @@ def check_declared(cfg: Any) -> None:
 
     cls = type(cfg)
     for key, allowed in declared(cls, "CHOICES").items():
-        if getattr(cfg, key) not in allowed:
-            raise ConfigError(f"config key {key!r}: {getattr(cfg, key)!r} is not one of {tuple(allowed)}")
+        value = getattr(cfg, key)
+        for v in value if isinstance(value, list) else [value]:
+            if v not in allowed:
+                raise ConfigError(f"config key {key!r}: {v!r} is not one of {tuple(allowed)}")
     for key, low in declared(cls, "AT_LEAST").items():
         if getattr(cfg, key) < low:
             raise ConfigError(f"config key {key!r}: must be >= {low}, got {getattr(cfg, key)}")
@@ -120,6 +124,7 @@ class TrainConfig:
         "device": ("auto", "cuda", "cpu"),
         "prompt_template": ("auto", "plain", "alpaca", "chat"),
         "grad_sync": ("step", "micro_batch"),
+        "report_to": TRACKERS,
     }
     AT_LEAST: ClassVar[dict] = {
         "hidden_size": 1, "num_layers": 1, "num_heads": 1, "intermediate_size": 1, "weight_decay": 0,
@@ -128,8 +133,11 @@ class TrainConfig:
     }  # fmt: skip
     PATHS: ClassVar[dict] = {"init_from": None, "tokenizer": None}
     RESUME_SAFE: ClassVar[dict] = dict.fromkeys(
-        ("progress", "checkpoint_every", "keep_checkpoints", "num_threads", "resume", "dist_timeout_min")
-    )
+        (
+            "progress", "checkpoint_every", "keep_checkpoints", "num_threads", "resume", "dist_timeout_min",
+            "report_to",
+        )
+    )  # fmt: skip
 
     tokenizer: str = ""
     """Tokenizer directory or hub name; empty: ``init_from``'s (or the synthetic world's)."""
@@ -196,6 +204,15 @@ class TrainConfig:
     """Continue from the newest intact checkpoint in ``output_dir/checkpoints`` when there is one."""
     progress: bool = True
     """Show a tqdm progress bar (rank 0)."""
+    report_to: list[str] = dataclasses.field(default_factory=list)
+    """Experiment trackers that also get the run, besides ``metrics.jsonl`` (always written): any
+    of ``tensorboard`` (``output_dir/tb``), ``wandb``, ``mlflow``, as ``report_to=[tensorboard,wandb]``.
+    Each gets every metric at its step, the config, git commit and command line, sample rollouts
+    (PPO) and, at the end, the summary, plots and ``report.html``; rank 0 only, off the training
+    path. A resumed run continues the same tracker runs (``output_dir/trackers.json``). A tracker
+    that is not installed (``pip install 'fgrlhf[track]'``) or fails is a warning: the run goes on
+    without it. Credentials and servers come from the environment only (``WANDB_API_KEY``,
+    ``WANDB_MODE``, ``WANDB_PROJECT``, ``MLFLOW_TRACKING_URI``, ...)."""
     arch: str = ""
     """Architecture preset used when ``init_from`` is empty (``llama-7b``, ``llama-1b``: see
     ``trainer.infra.dryrun.ARCH_PRESETS``); empty: the tiny LLaMA of the sizes above."""
@@ -359,7 +376,8 @@ def cli_main(config_cls: type[T], train: Any, doc: str | None, argv: list[str] |
     key; otherwise parse ``argv`` (``--config FILE`` then ``key=value``) into ``config_cls``,
     run ``train(cfg)``, and turn a bad config, bad input or no intact checkpoint into a one-line
     error and exit 2, and a SIGTERM pre-emption (checkpoint written) into exit 75.
-    The process group is always shut down."""
+    The trackers of ``report_to`` are always closed (their runs marked with the exit status) and
+    the process group shut down."""
     from trainer.data.formats import DataError
     from trainer.infra.checkpoint import CheckpointError
     from trainer.infra.dist import PeerFailure, shutdown
@@ -375,26 +393,26 @@ def cli_main(config_cls: type[T], train: Any, doc: str | None, argv: list[str] |
         )
         print(config_help(config_cls))
         return 0
-    cfg = None
+    cfg, code = None, 1  # (1: an exception none of these catches, a crash)
     try:
         cfg = load_config(config_cls, argv)
         train(cfg)
+        code = 0
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
+        code = 2
     except Preempted as e:
         e.mark(Path(cfg.output_dir))
         print(str(e), file=sys.stderr, flush=True)
-        return EXIT_PREEMPTED
+        code = EXIT_PREEMPTED
     except PeerFailure as e:  # rank 0 failed and says why; this rank only reports it
         print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
     except OSError as e:  # an unwritable output_dir, a full disk: one line naming the path
         print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr, flush=True)
-        return 1
     finally:
+        close_all(code)  # trackers still open after an error or a pre-emption (bounded wait)
         shutdown()
-    return 0
+    return code
 
 
 @dataclasses.dataclass

@@ -1,51 +1,70 @@
-"""The one metrics logger every trainer uses: append-only JSONL (and optionally TensorBoard).
+"""The one metrics logger every trainer uses: append-only JSONL, fanned out to the trackers.
 
 Rank 0 writes; one JSON object per line, flushed per record, so a kill loses at most the line
-being written. On resume, :meth:`MetricsLog.resume_at` drops records logged after the step the
-checkpoint holds (they are logged again), so every step appears once in the file.
-"""
+being written. ``metrics.jsonl`` is the source of truth and always written; with ``report_to``
+set, every record also goes to TensorBoard / W&B / MLflow through :mod:`trainer.infra.trackers`
+(off the training path: this only enqueues; the trackers run in a child process), and so do
+sample tables (:meth:`MetricsLog.table`) and the end of the run (:meth:`MetricsLog.finish`). On
+resume, :meth:`MetricsLog.resume_at` drops records logged after the step the checkpoint holds
+(they are logged again), so every step appears once in the file; the trackers keep track of what
+they were sent themselves (``output_dir/trackers.json``) and are sent no step twice."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["MetricsLog"]
+if TYPE_CHECKING:
+    from trainer.infra.trackers import TrackerProcess, Trackers
+
+__all__ = ["MetricsLog", "read_log", "summary_figures"]
 
 
 class MetricsLog:
-    """Append-only ``metrics.jsonl`` of one run.
+    """Append-only ``metrics.jsonl`` of one run, and the one way records reach the trackers.
 
     Args:
         path: the JSONL file.
         enabled: False on every rank but 0 (writes nothing).
         step_key: the record field holding the step (``step`` / ``iteration``).
-        tensorboard_dir: also write every numeric field as a TensorBoard scalar there
-            (needs ``tensorboard``); None: off.
+        trackers: the ``report_to`` fan-out (rank 0; :func:`trainer.infra.runtime.open_metrics`
+            starts it in a child process); None: JSONL only.
     """
 
-    def __init__(self, path: str | Path, enabled: bool, step_key: str = "step", tensorboard_dir=None):
+    def __init__(
+        self,
+        path: str | Path,
+        enabled: bool,
+        step_key: str = "step",
+        trackers: TrackerProcess | Trackers | None = None,
+    ):
         self.path, self.enabled, self.step_key = Path(path), enabled, step_key
-        self._tb = None
-        if enabled and tensorboard_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(tensorboard_dir))
+        self.trackers = trackers if enabled else None
 
     def write(self, record: dict[str, Any]) -> None:
-        """Append ``record`` as one line (and its numbers to TensorBoard)."""
+        """Append ``record`` as one line (and hand its numbers to the trackers)."""
         if not self.enabled:
             return
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
-        if self._tb is not None:
-            step = record.get(self.step_key, 0)
-            prefix = f"{record['split']}/" if "split" in record else ""
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != self.step_key:
-                    self._tb.add_scalar(prefix + k, v, step)
+        if self.trackers is not None:
+            self.trackers.log(record)
+
+    def table(self, name: str, step: int, rows: list[dict[str, Any]]) -> None:
+        """Hand the trackers a table at ``step`` (one dict per row; e.g. PPO's sample rollouts,
+        whose full records go to ``rollouts.jsonl``). Nothing is written here."""
+        if self.trackers is not None:
+            self.trackers.table(name, step, rows)
+
+    def finish(self, summary: dict[str, float], text: str = "", files: Iterable[str | Path] = ()) -> None:
+        """The end of the run, for the trackers: the summary's figures (``{name: number}``), its
+        text, and the files to store (``output_dir/plots``, ``report.html``; missing ones are
+        skipped)."""
+        if self.trackers is not None:
+            self.trackers.finish(summary, text, [Path(p) for p in files])
 
     def resume_at(self, step: int) -> int:
         """Drop records whose step is past ``step`` (logged after the checkpoint being resumed)
@@ -69,10 +88,25 @@ class MetricsLog:
             os.replace(tmp, self.path)
         return dropped
 
-    def close(self) -> None:
-        """Flush TensorBoard."""
-        if self._tb is not None:
-            self._tb.close()
+    def close(self, exit_code: int = 0) -> None:
+        """Let the trackers send what is queued and close their runs (bounded wait:
+        :meth:`trainer.infra.trackers.Trackers.close`). Idempotent."""
+        if self.trackers is not None:
+            self.trackers.close(exit_code)
+
+
+def summary_figures(records: Sequence[dict], rows: Sequence[tuple[str, str]]) -> dict[str, float]:
+    """The figures of an end-of-run summary table as numbers, for the trackers: ``{key: last,
+    key_start: first}`` of each ``(label, key)`` row (:data:`trainer.infra.summary.PPO_ROWS`, ...)
+    the records carry."""
+    from trainer.infra.summary import start_end
+
+    out: dict[str, float] = {}
+    for _, key in rows:
+        se = start_end(records, key)
+        if se is not None:
+            out[f"{key}_start"], out[key] = se
+    return out
 
 
 def read_log(path: str | Path, empty: str, missing: str = "no such file") -> list[tuple[int, dict]]:

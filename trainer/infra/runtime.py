@@ -32,6 +32,8 @@ from torch import nn
 
 from trainer.infra.config import ConfigError, TrainConfig, describe, to_yaml
 from trainer.infra.dist import DistInfo, broadcast_object, gather_objects, init_distributed
+from trainer.infra.metrics import MetricsLog
+from trainer.infra.trackers import RunInfo, start_trackers
 
 __all__ = [
     "write_atomic",
@@ -43,6 +45,7 @@ __all__ = [
     "device_sync",
     "lr_lambda",
     "note_data_change",
+    "open_metrics",
     "optimizer_step",
     "resume_or_seed",
     "peak_memory_mb",
@@ -167,10 +170,13 @@ def _check_resume_config(cfg: TrainConfig, out_dir: Path, say) -> None:
     has_checkpoints = bool(Checkpointer(out_dir / "checkpoints").complete())
     if has_checkpoints and not cfg.resume:  # a fresh start: the old run's outputs move aside
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        for name in ("checkpoints", "metrics.jsonl", "rollouts.jsonl", "config.yaml"):
+        for name in ("checkpoints", "metrics.jsonl", "rollouts.jsonl", "config.yaml", "trackers.json", "tb"):
             if (out_dir / name).exists():
                 os.replace(out_dir / name, out_dir / f"{name}.before-{stamp}")
-        say(f"resume=false: the previous run's checkpoints, metrics and config moved to *.before-{stamp}")
+        say(
+            f"resume=false: the previous run's checkpoints, metrics, config and tracker state moved to "
+            f"*.before-{stamp}"
+        )
     if not (cfg.resume and saved_path.exists() and has_checkpoints):
         write_atomic(saved_path, to_yaml(cfg))
         return
@@ -326,6 +332,34 @@ def _check_shared_output_dir(out_dir: Path, token: str) -> None:
             "must see output_dir on a filesystem they share, at the same absolute path (a relative path "
             "is taken from each node's working directory)"
         )
+
+
+def open_metrics(run: Run, step_key: str = "step") -> MetricsLog:
+    """The run's ``output_dir/metrics.jsonl`` (rank 0 writes), fanned out to the trackers of
+    ``report_to`` (rank 0 only): they start now, in a child process
+    (:class:`trainer.infra.trackers.TrackerProcess`: their imports and start-up overlap the models'
+    set-up without taking this process's time), told the resolved config, the command line and
+    the git commit, and continue their kept runs (``output_dir/trackers.json``) when the run will
+    resume from a checkpoint. A tracker whose package is missing is a warning, here, before
+    training. Call it right after :func:`start_run`."""
+    from omegaconf import OmegaConf
+
+    from trainer.infra.checkpoint import Checkpointer
+
+    cfg, di = run.cfg, run.di
+    trackers = None
+    if di.is_main and cfg.report_to:
+        resuming = cfg.resume and bool(Checkpointer(run.out_dir / "checkpoints").complete())
+        info = RunInfo(
+            trainer=run.name,
+            out_dir=run.out_dir,
+            config=OmegaConf.to_container(OmegaConf.create(to_yaml(cfg))),
+            step_key=step_key,
+            world_size=di.world_size,
+            resuming=resuming,
+        )
+        trackers = start_trackers(cfg.report_to, info, say=run.say)
+    return MetricsLog(run.out_dir / "metrics.jsonl", di.is_main, step_key, trackers)
 
 
 def resume_or_seed(run: Run, ckpt: Any, model: nn.Module, optimizer, scheduler, log: Any, n_items: int):

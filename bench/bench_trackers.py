@@ -1,0 +1,202 @@
+"""What ``report_to=[tensorboard,wandb,mlflow]`` costs a tiny PPO run (issue 27: < 3% wall time)::
+
+    python bench/bench_trackers.py [--iterations 40] [--repeats 5] [--threads N] [--record]
+
+A tiny ``trainer/ppo.py`` (one process, the tiny LLaMA of the tests, a reward model trained once
+up front and shared, ``save_rollouts_every`` 10 so rollout tables go out too, plots and the HTML
+page at the end) runs ``--repeats`` times with no tracker and as often with all three, alternating
+(ABAB… then BABA…, so drift from other jobs on the machine hits both arms alike). All three are
+real: TensorBoard event files, W&B offline (``WANDB_MODE=offline``: the run is written locally by
+``wandb-core``, as it is before an upload), MLflow against a tracking server this script starts on
+127.0.0.1 (``mlflow server``, sqlite store). Reported, median and spread over the repeats:
+
+* ``loop``: the training path, the sum of the iterations' ``iteration_s`` (steps 1-6 of each
+  iteration as ``metrics.jsonl`` records them: what logging must not slow down);
+* ``process``: the whole command's wall time, start-up (imports, tracker start) and the trackers'
+  final drain (``close``) included;
+* ``cpu``: user + system CPU seconds of the command and the children it waited for (the tracker
+  process included; not the MLflow server, nor W&B's ``wandb-core`` service).
+
+The cost column is the median over repeats of the paired ratio (each "all" run against the "none"
+run next to it), which cancels slow drifts in the machine's load better than a ratio of medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TINY = [
+    "progress=false", "sft_epochs=0", "synthetic.n_pairs=300", "rm_epochs=1", "rollout_batch_size=8",
+    "micro_batch_size=4", "hidden_size=32", "intermediate_size=64", "missing_eos_penalty=0",
+    "max_new_tokens=16", "eval_every=0", "checkpoint_every=0", "save_rollouts_every=10",
+]  # fmt: skip
+ALL = "report_to=[tensorboard,wandb,mlflow]"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(root: Path, timeout: float = 180.0) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``mlflow server`` on 127.0.0.1 (sqlite store and artefacts under ``root``; one worker, no
+    job runner), yielded as ``(tracking URI, process)`` once it answers ``/health``; stopped
+    (its whole process group) on exit. Also used by ``tests/test_trackers.py``.
+
+    Raises:
+        RuntimeError: it did not answer within ``timeout`` seconds (its log's tail says why).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = [
+        str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--default-artifact-root", str(root / "artifacts"),
+    ]  # fmt: skip
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = (root / "server.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"mlflow server did not start ({proc.returncode}):\n{tail}")
+            time.sleep(0.25)
+        yield uri, proc
+    finally:
+        stop_process_group(proc)
+        log.close()
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group ``proc`` leads (started with ``start_new_session``), SIGKILL
+    after 10 s."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def run_ppo(args: list[str], out: Path, env: dict) -> tuple[float, float, float]:
+    """``(process wall seconds, Σ iteration_s, CPU seconds)`` of one ``trainer/ppo.py`` run."""
+    import resource
+
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    p = subprocess.run(
+        [sys.executable, "trainer/ppo.py", *args, f"output_dir={out}"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+    if p.returncode != 0:
+        raise RuntimeError(f"ppo.py failed ({p.returncode}):\n{(p.stdout + p.stderr)[-3000:]}")
+    if "warning: report_to" in p.stdout + p.stderr:
+        raise RuntimeError("a tracker failed:\n" + (p.stdout + p.stderr)[-3000:])
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return wall, sum(r["iteration_s"] for r in recs), cpu
+
+
+def spread(xs: list[float]) -> str:
+    return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--iterations", type=int, default=40)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--threads", type=int, default=0, help="the runs' num_threads (0: the trainer's default, cores)"
+    )
+    ap.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
+    a = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench_trackers_"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_"))}
+    env.update(OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_DIR=str(work / "wandb"), WANDB_SILENT="true")
+    (work / "wandb").mkdir()
+    # the reward model (and the synthetic world) once, shared by every timed run
+    run_ppo([*TINY, "iterations=1"], work / "seed", env)
+    base = [*TINY, f"iterations={a.iterations}", f"reward_model={work / 'seed' / 'rm' / 'final'}"]
+    base.append(f"num_threads={a.threads}")
+    times: dict[str, list[tuple[float, float, float]]] = {"none": [], "all": []}
+    with mlflow_server(work / "mlflow") as (uri, _):
+        env_all = {**env, "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": "bench"}
+        for i in range(a.repeats):
+            for arm in ("none", "all") if i % 2 == 0 else ("all", "none"):
+                extra, e = ([ALL], env_all) if arm == "all" else ([], env)
+                wall, loop, cpu = run_ppo(base + extra, work / f"{arm}{i}", e)
+                times[arm].append((wall, loop, cpu))
+                load = os.getloadavg()[0]
+                print(
+                    f"repeat {i} {arm:>4}: process {wall:.2f} s, loop {loop:.2f} s, cpu {cpu:.2f} s "
+                    f"(load {load:.1f})",
+                    flush=True,
+                )
+
+    rows = []
+    for j, what in enumerate(("process", "loop", "cpu")):
+        none = [t[j] for t in times["none"]]
+        alls = [t[j] for t in times["all"]]
+        paired = [100 * (a / n - 1) for a, n in zip(alls, none)]
+        rows.append([what, spread(none), spread(alls), f"{statistics.median(paired):+.1f}%", spread(paired)])
+    header = [
+        "seconds (median, min-max)", "report_to=[]", "report_to=[tensorboard,wandb,mlflow]",
+        "cost (median paired)", "paired % (min-max)",
+    ]  # fmt: skip
+    width = [max(len(r[k]) for r in [header, *rows]) for k in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, width)))
+    if a.record:
+        from bench.common import record
+
+        record(
+            "Tracker overhead: a tiny PPO run with report_to=[tensorboard,wandb,mlflow] vs none",
+            header,
+            rows,
+            notes=(
+                f"{a.iterations} iterations x {a.repeats} repeats per arm, interleaved; one process, "
+                f"num_threads={a.threads or 'default (cores)'}; "
+                "W&B offline, MLflow to a local `mlflow server`, TensorBoard event files; "
+                "loop = sum of iteration_s, process = the command's wall time, cpu = its user+sys "
+                "seconds with the tracker process"
+            ),
+        )
+
+
+if __name__ == "__main__":
+    main()

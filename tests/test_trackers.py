@@ -1,0 +1,547 @@
+"""``report_to``: the fan-out to TensorBoard / W&B / MLflow (trainer/infra/trackers.py), read back
+with each tracker's own tools.
+
+* the fan-out alone, with fake trackers: a failing or hanging tracker, a missing package, the
+  resume bookkeeping, the secrets scrubbed from messages;
+* real libraries on tiny runs: TensorBoard event files read with ``EventAccumulator``; W&B
+  offline (its ``.wandb`` transaction log parsed into ``wandb.proto`` records); MLflow against an
+  ``mlflow server`` this module starts on 127.0.0.1, read with ``MlflowClient``. A PPO run and its
+  resume (one tracker run each, no step twice), the server killed mid-run, a 2-process run,
+  the reward and SFT trainers, and trackers that cannot start (no credentials, no server).
+
+No network: W&B runs offline (a W&B online start is tried only without credentials, against a
+closed local port), MLflow talks to the local server only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+from _utils import clean_env
+
+from trainer.infra import trackers as T
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_PPO = [
+    "progress=false", "sft_epochs=0", "eval_every=0", "missing_eos_penalty=0", "max_new_tokens=8",
+    "synthetic.n_pairs=300", "rm_epochs=1", "rollout_batch_size=8", "micro_batch_size=4",
+    "hidden_size=32", "intermediate_size=64", "save_rollouts_every=1", "rollout_samples=2",
+]  # fmt: skip
+TINY_SUPERVISED = [
+    "progress=false", "synthetic.n_pairs=300", "micro_batch_size=8", "hidden_size=32", "intermediate_size=64",
+]  # fmt: skip
+ALL = "report_to=[tensorboard,wandb,mlflow]"
+
+for mod in ("tensorboard", "wandb", "mlflow"):  # the [track] extra: `make install` installs it
+    pytest.importorskip(mod)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers: environment, runs, and each tracker's reader
+# --------------------------------------------------------------------------------------------
+def tracker_env(tmp: Path, **extra: str) -> dict:
+    """A child's environment: no distributed or tracker variables of ours, W&B offline with every
+    directory of its own under ``tmp`` (nothing in $HOME), its server URL a closed local port."""
+    env = {k: v for k, v in clean_env().items() if not k.startswith(("WANDB_", "MLFLOW_"))}
+    for name in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        env[name] = str(tmp / "wandb-home" / name.lower())
+    env.update(
+        OMP_NUM_THREADS="1",
+        TRITON_INTERPRET="1",
+        WANDB_MODE="offline",
+        WANDB_BASE_URL="http://127.0.0.1:9",  # the discard port: never a real server
+        WANDB_SILENT="true",
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",  # a dead server fails at once, not after minutes
+        MLFLOW_HTTP_REQUEST_TIMEOUT="10",
+    )
+    env.update(extra)
+    return env
+
+
+def run(script: str, args: list[str], env: dict, nproc: int = 1, timeout: int = 300):
+    """``script args`` (under torchrun when ``nproc`` > 1); asserts exit 0."""
+    cmd = [sys.executable]
+    if nproc > 1:
+        cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    p = subprocess.run(
+        [*cmd, script, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert p.returncode == 0, f"{script} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}"
+    return p
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def expected_scalars(out: Path, step_key: str) -> dict[str, dict[int, float]]:
+    """``{tag: {step: value}}`` of every number in ``out/metrics.jsonl`` (the trackers' names)."""
+    want: dict[str, dict[int, float]] = {}
+    for rec in jsonl(out / "metrics.jsonl"):
+        for k, v in T.numeric_fields(rec, step_key).items():
+            want.setdefault(k, {})[rec[step_key]] = v
+    return want
+
+
+def same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6)
+
+
+def tensorboard(out: Path):
+    """TensorBoard's own reader over ``out/tb`` (every event kept)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
+    ea.Reload()
+    return ea
+
+
+def wandb_records(path: Path):
+    """The ``wandb.proto`` records of a ``.wandb`` transaction log (W&B's LevelDB-style log:
+    a 7-byte file header, 32 KiB blocks of CRC-32-checked chunks; wandb 0.31 ships no Python
+    reader, so the framing is undone here and each record parsed by wandb's own protobuf)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    ident, magic, version = struct.unpack("<4sHB", data[:7])
+    assert (ident, magic, version) == (b":W&B", 0xBEE1, 0), (ident, magic, version)
+    block, pos, buf = 32768, 7, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header: padding
+            pos += block - pos % block
+            continue
+        crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 0:
+            continue
+        assert zlib.crc32(chunk, zlib.crc32(bytes([kind]))) & 0xFFFFFFFF == crc, f"{path}: bad CRC"
+        buf = chunk if kind in (1, 2) else buf + chunk  # FULL / FIRST ... MIDDLE / LAST
+        if kind in (1, 4):
+            rec = pb.Record()
+            rec.ParseFromString(buf)
+            yield rec
+
+
+def wandb_runs(out: Path) -> list[dict]:
+    """Each offline run directory under ``out/wandb`` (a resume adds one with the same id):
+    ``{"dir", "id", "config", "history": [row dicts], "files": [paths under files/]}``."""
+    runs = []
+    for d in sorted((out / "wandb").glob("offline-run-*")):
+        (log,) = d.glob("run-*.wandb")
+        info = {"dir": d, "id": None, "config": {}, "history": [], "files": []}
+        for rec in wandb_records(log):
+            kind = rec.WhichOneof("record_type")
+            if kind == "run":
+                info["id"] = rec.run.run_id
+                info["config"] = {u.key: json.loads(u.value_json) for u in rec.run.config.update}
+            elif kind == "history":
+                row = {}
+                for item in rec.history.item:
+                    key = item.key or ".".join(item.nested_key)
+                    row[key] = json.loads(item.value_json)
+                info["history"].append(row)
+        info["files"] = sorted(
+            str(p.relative_to(d / "files")) for p in (d / "files").rglob("*") if p.is_file()
+        )
+        runs.append(info)
+    return runs
+
+
+class MLflowServer:
+    """The module's ``mlflow server`` (bench/bench_trackers.py's): started on first use and again
+    after a test killed it."""
+
+    def __init__(self, root: Path):
+        self.root, self.n, self._cm, self.uri, self.proc = root, 0, None, "", None
+
+    def get(self) -> str:
+        if self.proc is None or self.proc.poll() is not None:
+            self.stop()
+            from bench.bench_trackers import mlflow_server
+
+            self.n += 1
+            self._cm = mlflow_server(self.root / f"server{self.n}")
+            self.uri, self.proc = self._cm.__enter__()
+        return self.uri
+
+    def stop(self) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(None, None, None)
+            self._cm = None
+
+
+@pytest.fixture(scope="module")
+def mlflow_srv(tmp_path_factory):
+    srv = MLflowServer(tmp_path_factory.mktemp("mlflow"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def reward_model(tmp_path_factory) -> Path:
+    """A tiny token-level RM (PPO trains it on the fly in a 1-iteration run), shared by the PPO
+    tests so that each of them runs PPO alone."""
+    tmp = tmp_path_factory.mktemp("rm")
+    run("trainer/ppo.py", [*TINY_PPO, "iterations=1", f"output_dir={tmp}"], tracker_env(tmp))
+    return tmp / "rm" / "final"
+
+
+def mlflow_run(uri: str, experiment: str):
+    """The one run of ``experiment`` on the server (asserts there is exactly one)."""
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(experiment)
+    assert exp is not None, f"no experiment {experiment}"
+    runs = c.search_runs([exp.experiment_id])
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return c, runs[0]
+
+
+def mlflow_artifacts(c, run_id: str, path: str | None = None) -> list[str]:
+    out = []
+    for a in c.list_artifacts(run_id, path):
+        out += mlflow_artifacts(c, run_id, a.path) if a.is_dir else [a.path]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# 1. The fan-out alone (fake trackers: no library, no training)
+# --------------------------------------------------------------------------------------------
+class Recorder(T.Tracker):
+    """Keeps every call; ``fail_at`` (a step) raises there, ``block`` (an Event) hangs log()."""
+
+    name = "recorder"
+    calls: list = []
+    fail_at: int | None = None
+    block: threading.Event | None = None
+
+    def start(self, info, state):
+        type(self).calls.append(("start", dict(state)))
+        return {"run_id": state.get("run_id", "run-1")}
+
+    def log(self, step, values, wall_time):
+        if self.block is not None:
+            self.block.wait()
+        if step == self.fail_at:
+            raise ConnectionError("server said no to http://alice:s3cret-pass@tracker.example/api")
+        type(self).calls.append(("log", step, dict(values)))
+
+    def table(self, step, name, columns, rows):
+        type(self).calls.append(("table", step, name, columns, rows))
+
+    def finish(self, step, summary, text, files):
+        type(self).calls.append(("finish", step, summary, text, [(p.name, f) for p, f in files]))
+
+    def close(self, exit_code):
+        type(self).calls.append(("close", exit_code))
+
+
+def fake(name: str, **attrs) -> type[T.Tracker]:
+    return type(f"Fake_{name}", (Recorder,), {"name": name, "calls": [], **attrs})
+
+
+def test_fanout_sends_each_step_once_and_survives_a_failing_tracker(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret-pass")
+    said: list[str] = []
+    good, bad = fake("tensorboard"), fake("mlflow", fail_at=2)
+    info = T.RunInfo("ppo", tmp_path, {"lr": 0.1, "synthetic": {"n": 3}}, step_key="iteration")
+    classes = {"tensorboard": good, "mlflow": bad}
+    tr = T.Trackers(["tensorboard", "mlflow", "tensorboard"], info, said.append, classes)
+    for it in (1, 2, 3):
+        tr.log({"iteration": it, "reward": it / 10, "flag": True, "note": "x", "missing": None})
+    tr.table("rollouts", 3, [{"prompt": "p", "reward": 0.5}, {"prompt": "q", "gold": 1.0}])
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "reward.png").write_bytes(b"png")
+    tr.finish({"reward": 0.3}, "summary text", [tmp_path / "plots", tmp_path / "report.html"])
+    tr.close()
+    # the good tracker got everything, once, numbers only
+    assert [c[1] for c in good.calls if c[0] == "log"] == [1, 2, 3]
+    assert good.calls[1] == ("log", 1, {"reward": 0.1})
+    assert (
+        "table",
+        3,
+        "rollouts",
+        ["prompt", "reward", "gold"],
+        [["p", 0.5, None], ["q", None, 1.0]],
+    ) in good.calls
+    assert ("finish", 3, {"reward": 0.3}, "summary text", [("reward.png", "plots")]) in good.calls
+    assert good.calls[-1] == ("close", 0)
+    # the failing one: one warning naming it and the reason, secrets scrubbed, then nothing
+    warnings = [s for s in said if "warning" in s]
+    assert len(warnings) == 1 and "report_to mlflow" in warnings[0] and "ConnectionError" in warnings[0]
+    assert "s3cret" not in warnings[0] and "alice" not in warnings[0], warnings[0]
+    assert [c[0] for c in bad.calls] == ["start", "log"]
+    state = json.loads((tmp_path / T.STATE_FILE).read_text())
+    assert state["tensorboard"]["last_step"] == 3 and state["tensorboard"]["run_id"] == "run-1"
+
+    # a resume: the kept run id, and only what was not sent yet (steps 1-3 again, then 4)
+    good2 = fake("tensorboard")
+    info2 = T.RunInfo("ppo", tmp_path, {}, step_key="iteration", resuming=True)
+    tr = T.Trackers(["tensorboard"], info2, said.append, {"tensorboard": good2})
+    for it in (2, 3, 4):
+        tr.log({"iteration": it, "reward": 1.0, **({"heldout": 0.5} if it == 3 else {})})
+    tr.table("rollouts", 3, [{"prompt": "again"}])
+    tr.close()
+    assert good2.calls[0] == ("start", state["tensorboard"])
+    sent = [(c[1], sorted(c[2])) for c in good2.calls if c[0] == "log"]
+    assert sent == [(3, ["heldout"]), (4, ["reward"])]  # step 3's reward and table went out before
+    assert not [c for c in good2.calls if c[0] == "table"]
+
+
+def test_fanout_never_waits_on_a_hung_tracker(tmp_path, monkeypatch):
+    monkeypatch.setattr(T, "QUEUE_SIZE", 4)
+    said: list[str] = []
+    gate = threading.Event()
+    hung = fake("wandb", block=gate)
+    tr = T.Trackers(["wandb"], T.RunInfo("sft", tmp_path, {}), said.append, {"wandb": hung})
+    t0 = time.perf_counter()
+    for step in range(1000):
+        tr.log({"step": step, "loss": 1.0})
+    assert time.perf_counter() - t0 < 0.5  # enqueueing only; a full queue drops
+    time.sleep(0.2)
+    for step in range(1000, 1010):  # the thread is stuck in log(): the queue fills up for good
+        tr.log({"step": step, "loss": 1.0})
+    t0 = time.perf_counter()
+    tr.close(timeout=1.0)
+    assert time.perf_counter() - t0 < 3
+    assert any("falling behind" in s for s in said)
+    assert any("report_to wandb: still busy" in s for s in said)
+    gate.set()
+
+
+def test_missing_package_is_one_warning_naming_the_extra(tmp_path, monkeypatch):
+    real = T.importlib.util.find_spec
+    monkeypatch.setattr(T.importlib.util, "find_spec", lambda n, *a: None if n == "wandb" else real(n, *a))
+    said: list[str] = []
+    tr = T.Trackers(["wandb"], T.RunInfo("reward", tmp_path, {}), said.append)
+    tr.log({"step": 1, "loss": 1.0})
+    tr.close()
+    assert said == [
+        "warning: report_to wandb: wandb is not installed (pip install 'fgrlhf[wandb]'); this run logs "
+        "to metrics.jsonl without it"
+    ]
+    assert not tr.workers
+    said.clear()
+    assert T.start_trackers(["wandb"], T.RunInfo("reward", tmp_path, {}), said.append) is None
+    assert len(said) == 1 and "pip install 'fgrlhf[wandb]'" in said[0]
+
+
+def test_redact_and_config_key(monkeypatch):
+    from trainer.infra.config import ConfigError, declared, load_config
+    from trainer.ppo import PPOConfig
+    from trainer.reward import RewardConfig
+    from trainer.sft import SFTConfig
+
+    monkeypatch.setenv("WANDB_API_KEY", "local-0123456789abcdef")
+    msg = "key local-0123456789abcdef at https://bob:pw@host:5000/x and http://host/ok"
+    assert T.redact(msg) == "key *** at https://***@host:5000/x and http://host/ok"
+    for cls in (PPOConfig, RewardConfig, SFTConfig):
+        assert load_config(cls, []).report_to == []
+        cfg = load_config(cls, ["report_to=[tensorboard,mlflow]"])
+        assert cfg.report_to == ["tensorboard", "mlflow"]
+        assert "report_to" in declared(cls, "RESUME_SAFE")
+        with pytest.raises(ConfigError, match="'report_to': 'neptune' is not one of"):
+            load_config(cls, ["report_to=[wandb,neptune]", "device=cpu"]).check()
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Real trackers on real runs
+# --------------------------------------------------------------------------------------------
+def check_tensorboard(out: Path, step_key: str) -> None:
+    """Every number of metrics.jsonl is a TensorBoard scalar at its step, once."""
+    ea = tensorboard(out)
+    for tag, steps in expected_scalars(out, step_key).items():
+        events = ea.Scalars(tag)
+        got = [e.step for e in events]
+        assert sorted(got) == sorted(steps) and len(set(got)) == len(got), (tag, got, sorted(steps))
+        for e in events:
+            assert same(e.value, steps[e.step]), (tag, e.step, e.value, steps[e.step])
+
+
+def test_ppo_with_every_tracker_and_its_resume(tmp_path, reward_model, mlflow_srv):
+    """A PPO run and its resume from a checkpoint older than the last step logged: one run per
+    tracker, every JSONL metric at its step exactly once, config, rollout tables, artefacts."""
+    out = tmp_path / "ppo"
+    uri = mlflow_srv.get()
+    env = tracker_env(tmp_path, MLFLOW_TRACKING_URI=uri, MLFLOW_EXPERIMENT_NAME="ppo-resume")
+    args = [*TINY_PPO, ALL, f"reward_model={reward_model}", "checkpoint_every=2", f"output_dir={out}"]
+    p = run("trainer/ppo.py", [*args, "iterations=3"], env)
+    assert "warning: report_to" not in p.stdout + p.stderr
+    # as if killed after iteration 3 was logged but before its checkpoint: resume from 2
+    shutil.rmtree(out / "checkpoints" / "step_00000003")
+    p = run("trainer/ppo.py", [*args, "iterations=4"], env)
+    assert "resumed from iteration 2" in p.stdout + p.stderr
+    assert "warning: report_to" not in p.stdout + p.stderr
+    assert [r["iteration"] for r in jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4]
+    state = json.loads((out / T.STATE_FILE).read_text())
+    assert {k: v["last_step"] for k, v in state.items()} == {"tensorboard": 4, "wandb": 4, "mlflow": 4}
+    assert {r["iteration"] for r in jsonl(out / "rollouts.jsonl")} == {1, 2, 3, 4}
+
+    # TensorBoard: the JSONL's values, except iteration 3 (the trackers keep what they got first)
+    ea = tensorboard(out)
+    want = expected_scalars(out, "iteration")
+    for tag, steps in want.items():
+        got = {e.step: e.value for e in ea.Scalars(tag)}
+        assert sorted(got) == [1, 2, 3, 4], (tag, sorted(got))
+        assert all(same(got[s], steps[s]) for s in (1, 2, 4)), tag
+    text = ea.Tags()["tensors"]
+    assert {"run/config/text_summary", "run/command/text_summary", "rollouts/text_summary"} <= set(text)
+    assert {"summary/text_summary", "summary/figures/text_summary"} <= set(text)
+    assert "plots/reward" in ea.Tags()["images"]
+
+    # W&B: two offline directories (a run and its resume) of one run id; every step once
+    runs = wandb_runs(out)
+    assert len(runs) == 2 and runs[0]["id"] == runs[1]["id"] == state["wandb"]["run_id"]
+    rows = [r for w in runs for r in w["history"] if "reward" in r]
+    assert sorted(r["iteration"] for r in rows) == [1, 2, 3, 4]
+    for r in rows:
+        if r["iteration"] != 3:
+            assert all(same(r[k], v[r["iteration"]]) for k, v in want.items() if r["iteration"] in v)
+    tables = [r["iteration"] for w in runs for r in w["history"] if "rollouts._type" in r]
+    assert sorted(tables) == [1, 2, 3, 4]
+    cfg = runs[0]["config"]
+    assert cfg["rollout_batch_size"] == 8 and cfg["synthetic"]["n_pairs"] == 300
+    assert "trainer/ppo.py" in cfg["command"] and cfg["world_size"] == 1
+    assert cfg.get("git_commit", "x") and runs[1]["config"]["iterations"] == 4
+    (table,) = [f for f in runs[0]["files"] if f.startswith("media/table/rollouts_")][:1]
+    t = json.loads((runs[0]["dir"] / "files" / table).read_text())
+    assert t["columns"] == ["sample", "prompt", "response", "rm_reward", "gold_reward", "token_rewards"]
+    assert len(t["data"]) == 2 and t["data"][0][5].startswith("[")
+    assert t["data"][0][4] is not None  # the synthetic world knows the gold reward
+    files = runs[1]["files"]
+    assert {"outputs/report.html", "outputs/summary.txt", "outputs/plots/reward.png"} <= set(files)
+
+    # MLflow: one run, every metric once per step, the params, tags and artefacts
+    c, r = mlflow_run(uri, "ppo-resume")
+    assert r.info.run_id == state["mlflow"]["run_id"] and r.info.status == "FINISHED"
+    for tag, steps in want.items():
+        hist = c.get_metric_history(r.info.run_id, tag)
+        assert sorted(m.step for m in hist) == [1, 2, 3, 4], (tag, [m.step for m in hist])
+        assert all(same(m.value, steps[m.step]) for m in hist if m.step != 3), tag
+    assert r.data.params["rollout_batch_size"] == "8" and r.data.params["synthetic.n_pairs"] == "300"
+    assert r.data.params["iterations"] == "3" and r.data.tags["resumed.iterations"] == "4"
+    assert "trainer/ppo.py" in r.data.tags["mlflow.source.name"]
+    assert "summary/reward" in r.data.metrics
+    arts = mlflow_artifacts(c, r.info.run_id)
+    assert {"report.html", "summary.txt", "plots/reward.png"} <= set(arts)
+    assert [a for a in arts if a.startswith("rollouts/")] == [
+        f"rollouts/step_{i:07d}.json" for i in (1, 2, 3, 4)
+    ]
+
+
+def test_mlflow_server_killed_mid_run(tmp_path, reward_model, mlflow_srv):
+    """The server dies during training: the run finishes, one warning names MLflow, metrics.jsonl
+    is complete, and TensorBoard (the other tracker) still has every step."""
+    out = tmp_path / "ppo"
+    uri = mlflow_srv.get()
+    env = tracker_env(tmp_path, MLFLOW_TRACKING_URI=uri, MLFLOW_EXPERIMENT_NAME="killed")
+    args = [*TINY_PPO, "report_to=[mlflow,tensorboard]", f"reward_model={reward_model}", "iterations=6"]
+    cmd = [sys.executable, "trainer/ppo.py", *args, "save_rollouts_every=0", f"output_dir={out}"]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / "metrics.jsonl").exists() and len(jsonl(out / "metrics.jsonl")) >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, "no metrics before the kill"
+            time.sleep(0.05)
+        os.killpg(mlflow_srv.proc.pid, signal.SIGKILL)  # mid-run (the fixture starts another later)
+        mlflow_srv.proc.wait()
+        assert proc.poll() is None, "the run ended before the server was killed"
+        output, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-4000:]
+    warnings = [line for line in output.splitlines() if "warning: report_to" in line]
+    assert len(warnings) == 1 and "report_to mlflow" in warnings[0], output[-3000:]
+    assert [r["iteration"] for r in jsonl(out / "metrics.jsonl")] == list(range(1, 7))
+    check_tensorboard(out, "iteration")
+
+
+def test_two_processes_log_one_tracker_run(tmp_path, reward_model, mlflow_srv):
+    out = tmp_path / "ppo2"
+    uri = mlflow_srv.get()
+    env = tracker_env(tmp_path, MLFLOW_TRACKING_URI=uri, MLFLOW_EXPERIMENT_NAME="two-procs")
+    args = [*TINY_PPO, ALL, f"reward_model={reward_model}", "iterations=2", f"output_dir={out}"]
+    p = run("trainer/ppo.py", args, env, nproc=2)
+    assert "warning: report_to" not in p.stdout + p.stderr
+    assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 1
+    check_tensorboard(out, "iteration")
+    (w,) = wandb_runs(out)
+    assert sorted(r["iteration"] for r in w["history"] if "reward" in r) == [1, 2]
+    assert w["config"]["world_size"] == 2
+    c, r = mlflow_run(uri, "two-procs")
+    assert sorted(m.step for m in c.get_metric_history(r.info.run_id, "reward")) == [1, 2]
+
+
+def test_reward_and_sft_trainers_report_too(tmp_path):
+    """The same key on the step-scheduled trainers: ``train/`` and ``eval/`` records at their
+    steps in TensorBoard and W&B (no per-tracker code in any trainer)."""
+    env = tracker_env(tmp_path)
+    tiny = [
+        "progress=false",
+        "synthetic.n_pairs=300",
+        "micro_batch_size=8",
+        "hidden_size=32",
+        "intermediate_size=64",
+    ]
+    for script, extra in (
+        ("trainer/reward.py", ["max_steps=6", "eval_every=3", "log_every=2", "report_pairs=4"]),
+        ("trainer/sft.py", ["max_steps=4", "eval_every=2", "log_every=2"]),
+    ):
+        out = tmp_path / Path(script).stem
+        p = run(script, [*tiny, *extra, "report_to=[tensorboard,wandb]", f"output_dir={out}"], env)
+        assert "warning: report_to" not in p.stdout + p.stderr
+        check_tensorboard(out, "step")
+        assert any(t.startswith("eval/") for t in expected_scalars(out, "step"))
+        (w,) = wandb_runs(out)
+        for tag, steps in expected_scalars(out, "step").items():
+            got = sorted(r["step"] for r in w["history"] if tag in r)
+            assert got == sorted(steps), (script, tag, got)
+
+
+def test_trackers_that_cannot_start_leave_the_run_alone(tmp_path):
+    """No W&B credentials (online mode) and an MLflow URI with a password that nothing answers:
+    two warnings, each naming its tracker; the run and metrics.jsonl complete; TensorBoard goes
+    on; no secret in any output or file."""
+    out = tmp_path / "sft"
+    env = tracker_env(
+        tmp_path,
+        WANDB_MODE="online",
+        HOME=str(tmp_path / "home"),  # no ~/.netrc
+        MLFLOW_TRACKING_URI="http://fgrlhf-user:hunter2-secret@127.0.0.1:9",
+        MLFLOW_TRACKING_PASSWORD="hunter2-secret",
+    )
+    tiny = [
+        "progress=false",
+        "synthetic.n_pairs=300",
+        "micro_batch_size=8",
+        "hidden_size=32",
+        "intermediate_size=64",
+    ]
+    p = run("trainer/sft.py", [*tiny, "max_steps=4", "log_every=2", ALL, f"output_dir={out}"], env)
+    said = p.stdout + p.stderr
+    warnings = sorted(line for line in said.splitlines() if "warning: report_to" in line)
+    assert len(warnings) == 2, said[-3000:]
+    assert "report_to mlflow: cannot start" in warnings[0] and "report_to wandb: cannot start" in warnings[1]
+    assert "hunter2" not in said and "fgrlhf-user" not in said
+    for f in out.rglob("*"):
+        if f.is_file():
+            assert b"hunter2" not in f.read_bytes(), f
+    assert [r["step"] for r in jsonl(out / "metrics.jsonl") if r.get("split") == "train"] == [2, 4]
+    check_tensorboard(out, "step")

@@ -1,0 +1,973 @@
+"""Experiment trackers — TensorBoard, Weights & Biases, MLflow — fed by the one metrics logger,
+off the training path.
+
+``report_to=[tensorboard,wandb,mlflow]`` (any of them; every trainer has the key) makes
+:class:`~trainer.infra.metrics.MetricsLog` hand each record it writes to ``metrics.jsonl`` (always
+written: the source of truth) to the trackers as well, through the one fan-out here. Each tracker
+gets, on rank 0 only:
+
+* every numeric field of every record at its step (``split`` records as ``train/loss``, ...);
+* the resolved config as hyper-parameters, the run's git commit (when the code is a git checkout)
+  and its command line;
+* tables of sample rollouts (PPO, as often as ``rollouts.jsonl``: ``save_rollouts_every``);
+* at the end, the summary's figures and text, and the plots (``output_dir/plots/*.png``) and the
+  HTML page (``report.html``) as artefacts where the tracker stores files.
+
+Nothing here runs on the training path. The trainer's calls only enqueue into a bounded queue
+(a full queue drops the record, counted and warned about once; ``metrics.jsonl`` still has it)
+that one thread pipes to a child process (:class:`TrackerProcess`), where :class:`Trackers`
+gives each tracker its own thread and queue. The trackers' imports (seconds of CPU), start-up and
+calls thus take neither the trainer's GIL nor its time (measured: ``bench/bench_trackers.py``),
+and a tracker library that hangs or crashes cannot take the run with it. ``close`` drains the
+queues within a time limit (:data:`CLOSE_TIMEOUT_S`) and abandons a tracker still busy then.
+
+A tracker that fails — not installed, no credentials, a server that cannot be reached or dies
+mid-run, an exception in any call — never stops the training: one warning naming the tracker and
+the reason, then that tracker is dropped (the others go on; ``metrics.jsonl`` has everything). A
+requested tracker whose package is missing is reported before training starts, as such a warning
+naming the extra to install (``pip install 'fgrlhf[wandb]'``), not as an error: a long job is
+not lost over a dashboard.
+
+Resume: ``output_dir/trackers.json`` keeps each tracker's run id and the last step it was sent,
+so a resumed run continues the same W&B run (``resume="allow"``), the same MLflow run and the same
+TensorBoard directory (``purge_step`` past the last step sent), and no step reaches a tracker
+twice: only fields not yet sent at a step are forwarded. The records ``metrics.jsonl`` drops on
+resume (logged after the checkpoint) and logs again are therefore not re-sent: a tracker keeps
+the values it first received for those steps. Secrets come only from the environment
+(``WANDB_API_KEY``, ``MLFLOW_TRACKING_URI`` / ``MLFLOW_TRACKING_USERNAME`` / ``..._PASSWORD`` /
+``..._TOKEN``); they are never written to a file, and every message is scrubbed of them.
+
+Where each tracker writes, unless its environment says otherwise: TensorBoard ``output_dir/tb``
+(``tensorboard --logdir output_dir``); W&B the project ``$WANDB_PROJECT`` (default ``fgrlhf``),
+its local files under ``$WANDB_DIR`` (default ``output_dir``); MLflow ``$MLFLOW_TRACKING_URI``
+(default ``sqlite:///output_dir/mlflow.db`` with artefacts in ``output_dir/mlartifacts``), the
+experiment ``$MLFLOW_EXPERIMENT_NAME`` (default ``fgrlhf``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import json
+import os
+import queue
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CLOSE_TIMEOUT_S",
+    "STATE_FILE",
+    "TRACKERS",
+    "RunInfo",
+    "Tracker",
+    "Trackers",
+    "close_all",
+    "command_line",
+    "git_commit",
+    "redact",
+]
+
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # the values report_to accepts
+STATE_FILE = "trackers.json"  # output_dir/trackers.json: run ids and the last step sent
+QUEUE_SIZE = 4096  # items per tracker's queue (a record, a table, the end)
+CLOSE_TIMEOUT_S = 60.0  # how long close() waits for the trackers to drain, in all
+NICE = 10  # the tracker process's CPU priority, below the training's
+_SAVE_EVERY_S = 2.0  # the state file is rewritten at most this often (and at the end)
+
+# package to import and pip extra of each tracker
+_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+# --------------------------------------------------------------------------------------------
+# Secrets out of every message
+# --------------------------------------------------------------------------------------------
+_SECRET_ENV = re.compile(r"(API_KEY|TOKEN|PASSWORD|SECRET|CREDENTIALS?)$", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
+
+
+def redact(text: str) -> str:
+    """``text`` without secrets: the values of environment variables whose names end in
+    ``API_KEY``, ``TOKEN``, ``PASSWORD``, ``SECRET`` or ``CREDENTIALS`` (``WANDB_API_KEY``,
+    ``MLFLOW_TRACKING_PASSWORD``, ...) become ``***``, and so does the ``user:password@`` part
+    of any URL."""
+    for name, value in os.environ.items():
+        if len(value) >= 4 and _SECRET_ENV.search(name) and value in text:
+            text = text.replace(value, "***")
+    return _URL_USERINFO.sub(r"\g<scheme>***@", text)
+
+
+def _reason(e: BaseException) -> str:
+    """``"Type: first line of the message"``, redacted (a warning's reason)."""
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return redact(f"{type(e).__name__}: {lines[0][:300] if lines else ''}".rstrip(": "))
+
+
+# --------------------------------------------------------------------------------------------
+# What a tracker is told about the run
+# --------------------------------------------------------------------------------------------
+@functools.cache
+def git_commit(root: str | None = None) -> str | None:
+    """The commit checked out where this code lives (``git rev-parse HEAD``, with ``+dirty``
+    when tracked files differ from it); None outside a git checkout or without ``git``."""
+    root = root or str(Path(__file__).resolve().parents[2])
+    try:
+        head = subprocess.run(
+            ["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", root, "diff", "--quiet", "HEAD", "--"], capture_output=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.returncode == 1 else "")
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The process's command line as a shell would take it (redacted)."""
+    argv = sys.argv if argv is None else argv
+    return redact(shlex.join([Path(sys.executable).name, *argv]))
+
+
+@dataclass
+class RunInfo:
+    """What every tracker is told when it starts.
+
+    Attributes:
+        trainer: ``reward``, ``sft`` or ``ppo``.
+        out_dir: the run's ``output_dir``.
+        config: the resolved config (nested dicts, as its YAML).
+        step_key: the field of a record that holds its step (``step`` / ``iteration``).
+        command: the command line (redacted).
+        world_size: processes of the run.
+        resuming: the run resumes from a checkpoint (a tracker continues its kept run).
+    """
+
+    trainer: str
+    out_dir: Path
+    config: dict
+    step_key: str = "step"
+    command: str = field(default_factory=command_line)
+    world_size: int = 1
+    resuming: bool = False
+
+    @property
+    def git_commit(self) -> str | None:
+        """The code's git commit (None outside a checkout); computed once, off the main thread."""
+        return git_commit()
+
+    def flat_config(self) -> dict[str, Any]:
+        """The config flattened to dotted keys (``synthetic.n_pairs``); lists as their JSON."""
+        out: dict[str, Any] = {}
+
+        def walk(d: dict, prefix: str) -> None:
+            for k, v in d.items():
+                if isinstance(v, dict):
+                    walk(v, f"{prefix}{k}.")
+                else:
+                    out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, (list, tuple)) else v
+
+        walk(self.config, "")
+        return out
+
+
+def numeric_fields(record: dict, step_key: str) -> dict[str, float]:
+    """The numbers of a ``metrics.jsonl`` record a tracker plots: every int/float field but the
+    step (bools and None skipped), named ``<split>/<field>`` when the record has a ``split``."""
+    prefix = f"{record['split']}/" if isinstance(record.get("split"), str) else ""
+    return {
+        prefix + k: float(v)
+        for k, v in record.items()
+        if k != step_key and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def _files(paths: Iterable[Path]) -> list[tuple[Path, str]]:
+    """``(file, folder in the tracker's store)`` of ``paths``: a directory's ``*.png`` files go
+    under its name (``plots/reward.png``), a file at the top; missing paths are skipped."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += [(f, p.name) for f in sorted(p.glob("*.png"))]
+        elif p.is_file():
+            out.append((p, ""))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The trackers: one adapter each, every call made on that tracker's own thread
+# --------------------------------------------------------------------------------------------
+class Tracker:
+    """One tracker's adapter. :class:`Trackers` calls these on the tracker's thread, in order;
+    any exception drops the tracker (with a warning).
+
+    ``start`` receives the state kept in ``trackers.json`` for this tracker (``{}`` for a new
+    run) and returns the state to keep (its run id: never a secret)."""
+
+    name = ""
+    interval_s = 0.0  # > 0: records are sent together at most this often (one request)
+    # what the tracker imports, done first and one tracker at a time: two threads importing the
+    # same module (numpy under torch and wandb) can see it half-initialised
+    modules: tuple[str, ...] = ()
+
+    def start(self, info: RunInfo, state: dict) -> dict:
+        """Open (or resume) the tracker's run; log the config, git commit and command line."""
+        raise NotImplementedError
+
+    def log(self, step: int, values: dict[str, float], wall_time: float) -> None:
+        """Log ``values`` (name → number) at ``step``."""
+        raise NotImplementedError
+
+    def log_many(self, entries: list[tuple[int, dict[str, float], float]]) -> None:
+        """Log several ``(step, values, wall_time)`` (in order); one request where the tracker can."""
+        for step, values, wall in entries:
+            self.log(step, values, wall)
+
+    def table(self, step: int, name: str, columns: list[str], rows: list[list]) -> None:
+        """Log the table ``name`` at ``step``."""
+        raise NotImplementedError
+
+    def finish(self, step: int, summary: dict[str, float], text: str, files: list[tuple[Path, str]]) -> None:
+        """The end of the run: the summary's figures and text, and ``files`` (``(file, folder)``)."""
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Make what was logged durable (before the state file says it was sent)."""
+
+    def close(self, exit_code: int) -> None:
+        """Close the run (``exit_code`` 0: finished; 75: pre-empted; else failed)."""
+
+    def where(self) -> str:
+        """Where the run can be seen, for the start message ('' to say nothing)."""
+        return ""
+
+
+class TensorBoardTracker(Tracker):
+    """TensorBoard event files in ``output_dir/tb``, written with the ``tensorboard`` package's
+    own writer and protos (no torch, no TensorFlow: a fifth of ``torch.utils.tensorboard``'s
+    import time): scalars, the config under HPARAMS and TEXT, rollout tables as markdown text,
+    the plots as images (their PNG bytes as they are), the summary as text. A resumed run writes
+    a session start at the step after the last one sent (``purge_step``: TensorBoard discards
+    events an earlier process wrote past it); a fresh one at step 0 (events an earlier, unresumed
+    run left there are discarded)."""
+
+    name = "tensorboard"
+    modules = (
+        "tensorboard.summary.writer.event_file_writer", "tensorboard.compat.proto.event_pb2",
+        "tensorboard.compat.proto.summary_pb2", "tensorboard.compat.proto.tensor_pb2",
+        "tensorboard.plugins.text.plugin_data_pb2", "tensorboard.plugins.hparams.plugin_data_pb2",
+    )  # fmt: skip
+
+    def start(self, info: RunInfo, state: dict) -> dict:
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self.dir = info.out_dir / "tb"
+        self.w = EventFileWriter(str(self.dir), max_queue_size=100, flush_secs=30)
+        last = state.get("last_step")
+        purge = last + 1 if last is not None else (None if info.resuming else 0)
+        if purge is not None:  # what torch's SummaryWriter(purge_step=...) writes
+            self.w.add_event(
+                Event(wall_time=time.time(), step=purge, session_log=SessionLog(status=SessionLog.START))
+            )
+        if not state:  # a new run: its description once
+            flat = info.flat_config()
+            self._add(0, self._hparams({**flat, "world_size": info.world_size}))
+            self._add(0, self._text("run/config", "\n".join(f"    {k}: {v}" for k, v in flat.items())))
+            self._add(0, self._text("run/command", f"    {info.command}"))
+            if info.git_commit:
+                self._add(0, self._text("run/git_commit", info.git_commit))
+        return {}
+
+    def _add(self, step: int, summary: Any, wall_time: float | None = None) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+
+        self.w.add_event(Event(wall_time=wall_time or time.time(), step=step, summary=summary))
+
+    @staticmethod
+    def _text(tag: str, text: str) -> Any:
+        """A text-plugin summary (markdown), as ``torch.utils.tensorboard.summary.text`` makes it."""
+        from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+        from tensorboard.compat.proto.tensor_pb2 import TensorProto
+        from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+        from tensorboard.plugins.text.plugin_data_pb2 import TextPluginData
+
+        meta = SummaryMetadata(
+            plugin_data=SummaryMetadata.PluginData(
+                plugin_name="text", content=TextPluginData(version=0).SerializeToString()
+            )
+        )
+        tensor = TensorProto(
+            dtype="DT_STRING",
+            string_val=[text.encode("utf-8")],
+            tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]),
+        )
+        return Summary(value=[Summary.Value(tag=f"{tag}/text_summary", metadata=meta, tensor=tensor)])
+
+    @staticmethod
+    def _hparams(config: dict[str, Any]) -> Any:
+        """The HPARAMS plugin's session start (one value per config key; lists and None as text)."""
+        from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+        from tensorboard.plugins.hparams import metadata
+        from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionStartInfo
+
+        ssi = SessionStartInfo()
+        for k, v in config.items():
+            if isinstance(v, bool):
+                ssi.hparams[k].bool_value = v
+            elif isinstance(v, (int, float)):
+                ssi.hparams[k].number_value = v
+            else:
+                ssi.hparams[k].string_value = str(v)
+        content = HParamsPluginData(session_start_info=ssi, version=metadata.PLUGIN_DATA_VERSION)
+        meta = SummaryMetadata(
+            plugin_data=SummaryMetadata.PluginData(
+                plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString()
+            )
+        )
+        return Summary(value=[Summary.Value(tag=metadata.SESSION_START_INFO_TAG, metadata=meta)])
+
+    def log(self, step: int, values: dict[str, float], wall_time: float) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
+        self._add(step, summary, wall_time)
+
+    def table(self, step: int, name: str, columns: list[str], rows: list[list]) -> None:
+        def cell(v: Any) -> str:
+            s = "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+            return s.replace("|", "\\|").replace("\n", " ")
+
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+        self._add(step, self._text(name, "\n".join(lines)))
+
+    def finish(self, step: int, summary: dict[str, float], text: str, files: list[tuple[Path, str]]) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        if text:
+            self._add(step, self._text("summary", "\n".join("    " + line for line in text.splitlines())))
+        if summary:
+            rows = "\n".join(f"| {k} | {v:.6g} |" for k, v in summary.items())
+            self._add(step, self._text("summary/figures", "| figure | value |\n|---|---|\n" + rows))
+        for path, folder in files:
+            png = path.read_bytes() if path.suffix == ".png" else b""
+            if png[:8] != b"\x89PNG\r\n\x1a\n":
+                continue
+            width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+            colour = {0: 1, 2: 3, 4: 2, 6: 4}.get(png[25], 4)  # PNG colour type → channels
+            image = Summary.Image(height=height, width=width, colorspace=colour, encoded_image_string=png)
+            self._add(
+                step, Summary(value=[Summary.Value(tag=f"{folder or 'files'}/{path.stem}", image=image)])
+            )
+
+    def flush(self) -> None:
+        self.w.flush()
+
+    def close(self, exit_code: int) -> None:
+        self.w.close()
+
+    def where(self) -> str:
+        return f"{self.dir} (tensorboard --logdir {self.dir.parent})"
+
+
+class WandbTracker(Tracker):
+    """A Weights & Biases run: ``run.log`` with the trainer's step as the x-axis of every metric
+    (``define_metric``: a resumed run's rows line up whatever W&B's own ``_step``), the config
+    (plus ``git_commit`` and ``command``), ``wandb.Table`` rollouts, the summary figures in the
+    run summary, plots as images and plots + page as run files. Online it needs credentials
+    (``WANDB_API_KEY`` or ``wandb login``): it never prompts. ``WANDB_MODE=offline`` writes the
+    run locally (``wandb sync`` uploads it later)."""
+
+    name = "wandb"
+    modules = ("wandb", "PIL.Image")
+
+    def start(self, info: RunInfo, state: dict) -> dict:
+        import wandb
+
+        self.wandb, self.step_key = wandb, info.step_key
+        mode = os.environ.get("WANDB_MODE", "online").lower()
+        if mode not in ("offline", "disabled", "dryrun"):
+            wandb.login(prompt=False)  # no prompt from a training job: no credentials is an error
+        config = {**info.config, "command": info.command, "world_size": info.world_size}
+        if info.git_commit:
+            config["git_commit"] = info.git_commit
+        self.run = wandb.init(
+            project=None if os.environ.get("WANDB_PROJECT") else "fgrlhf",
+            name=info.out_dir.name,
+            job_type=info.trainer,
+            dir=os.environ.get("WANDB_DIR") or str(info.out_dir),
+            id=state.get("run_id"),
+            resume="allow",
+            config=config,
+            reinit="create_new",
+            settings=wandb.Settings(console="off", silent=True),
+        )
+        self.run.config.update(config, allow_val_change=True)  # a resume's allowed changes
+        self.run.define_metric(info.step_key)
+        self.run.define_metric("*", step_metric=info.step_key)
+        return {"run_id": self.run.id}
+
+    def log(self, step: int, values: dict[str, float], wall_time: float) -> None:
+        self.run.log({self.step_key: step, **values})
+
+    def table(self, step: int, name: str, columns: list[str], rows: list[list]) -> None:
+        self.run.log({self.step_key: step, name: self.wandb.Table(columns=columns, data=rows)})
+
+    def finish(self, step: int, summary: dict[str, float], text: str, files: list[tuple[Path, str]]) -> None:
+        import shutil
+
+        self.run.summary.update({f"summary/{k}": v for k, v in summary.items()})
+        images = {f"{folder}/{p.stem}": self.wandb.Image(str(p)) for p, folder in files if p.suffix == ".png"}
+        if images:
+            self.run.log({self.step_key: step, **images})
+        out, saved = Path(self.run.dir) / "outputs", []  # copies: a run's files outlive output_dir
+        for p, folder in files:
+            (out / folder).mkdir(parents=True, exist_ok=True)
+            saved.append(Path(shutil.copy2(p, out / folder / p.name)))
+        if text:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "summary.txt").write_text(text + "\n", encoding="utf-8")
+            saved.append(out / "summary.txt")
+        for f in saved:
+            self.run.save(str(f), base_path=self.run.dir, policy="now")
+
+    def close(self, exit_code: int) -> None:
+        self.run.finish(exit_code=exit_code)
+
+    def where(self) -> str:
+        if self.run.offline:
+            return f"run {self.run.id}, offline in {Path(self.run.dir).parent} (wandb sync uploads it)"
+        return f"run {self.run.id} at {self.run.url}"
+
+
+class MLflowTracker(Tracker):
+    """An MLflow run (``MlflowClient``, no global state): metrics per step (``log_batch``), the
+    config as params (a resume adds keys that changed as ``resumed.<key>`` tags: params are
+    immutable), the git commit and command as the standard ``mlflow.source.*`` tags, rollout
+    tables as JSON artefacts in ``mlflow.log_table``'s shape, the summary figures as
+    ``summary/*`` metrics, ``summary.txt``, the plots and ``report.html`` as artefacts."""
+
+    name = "mlflow"
+    modules = ("mlflow.tracking", "mlflow.entities", "mlflow.exceptions")
+    interval_s = 5.0  # one request per 5 s at most: a tiny run's iterations take < 1 s each
+
+    def start(self, info: RunInfo, state: dict) -> dict:
+        from mlflow.entities import Param
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # we say where, redacted
+        self.local = not os.environ.get("MLFLOW_TRACKING_URI")
+        uri = f"sqlite:///{(info.out_dir / 'mlflow.db').resolve()}" if self.local else None
+        self.c = MlflowClient(tracking_uri=uri)
+        self.uri = redact(self.c.tracking_uri)
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "fgrlhf"
+        self.run_id = None
+        if state.get("run_id"):
+            try:
+                self.c.update_run(state["run_id"], status="RUNNING")
+                self.run_id = state["run_id"]
+            except MlflowException as e:  # another tracking server than the first run's: a new run
+                if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+        params = {k: str(v)[:500] for k, v in info.flat_config().items()}
+        params["world_size"] = str(info.world_size)
+        if self.run_id is None:
+            exp = self.c.get_experiment_by_name(name)
+            if exp is not None:
+                eid = exp.experiment_id
+            else:
+                art = (info.out_dir / "mlartifacts").resolve().as_uri() if self.local else None
+                eid = self.c.create_experiment(name, artifact_location=art)
+            tags = {
+                "mlflow.source.name": info.command,
+                "mlflow.source.type": "LOCAL",
+                "trainer": info.trainer,
+            }
+            if info.git_commit:  # (the UI links the bare commit; git_commit says +dirty too)
+                tags["mlflow.source.git.commit"] = info.git_commit.removesuffix("+dirty")
+                tags["git_commit"] = info.git_commit
+            self.run_id = self.c.create_run(eid, run_name=info.out_dir.name, tags=tags).info.run_id
+            old: dict = {}
+        else:
+            old = self.c.get_run(self.run_id).data.params
+            self.c.set_tag(self.run_id, "resumed.command", info.command)
+        new = [Param(k, v) for k, v in params.items() if k not in old]
+        for i in range(0, len(new), 100):  # the REST API's limit per request
+            self.c.log_batch(self.run_id, params=new[i : i + 100])
+        for k, v in params.items():
+            if k in old and old[k] != v:
+                self.c.set_tag(self.run_id, f"resumed.{k}", v)
+        return {"run_id": self.run_id}
+
+    def log(self, step: int, values: dict[str, float], wall_time: float) -> None:
+        self.log_many([(step, values, wall_time)])
+
+    def log_many(self, entries: list[tuple[int, dict[str, float], float]]) -> None:
+        from mlflow.entities import Metric
+
+        # (NaN is kept as NaN; MLflow stores ±inf as ±1.8e308)
+        metrics = [
+            Metric(k, v, int(wall * 1000), step) for step, values, wall in entries for k, v in values.items()
+        ]
+        for i in range(0, len(metrics), 1000):  # the REST API's limit per request
+            self.c.log_batch(self.run_id, metrics=metrics[i : i + 1000])
+
+    def table(self, step: int, name: str, columns: list[str], rows: list[list]) -> None:
+        self.c.log_dict(self.run_id, {"columns": columns, "data": rows}, f"{name}/step_{step:07d}.json")
+
+    def finish(self, step: int, summary: dict[str, float], text: str, files: list[tuple[Path, str]]) -> None:
+        if summary:
+            self.log(step, {f"summary/{k}": v for k, v in summary.items()}, time.time())
+        if text:
+            self.c.log_text(self.run_id, text + "\n", "summary.txt")
+        for p, folder in files:
+            self.c.log_artifact(self.run_id, str(p), folder or None)
+
+    def close(self, exit_code: int) -> None:
+        status = "FINISHED" if exit_code == 0 else "KILLED" if exit_code == 75 else "FAILED"
+        self.c.set_terminated(self.run_id, status)
+
+    def where(self) -> str:
+        ui = f" (mlflow ui --backend-store-uri {self.uri})" if self.local else ""
+        return f"run {self.run_id} at {self.uri}{ui}"
+
+
+TRACKER_CLASSES: dict[str, type[Tracker]] = {
+    "tensorboard": TensorBoardTracker,
+    "wandb": WandbTracker,
+    "mlflow": MLflowTracker,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The fan-out
+# --------------------------------------------------------------------------------------------
+_CLOSE = object()  # the queue's last item
+_IMPORT_LOCK = threading.Lock()
+
+
+class _Worker:
+    """One tracker's thread and queue; drops the tracker (one warning) on its first failure.
+
+    The thread takes whatever is queued at once (waiting first until ``interval_s`` has passed
+    since its last send, for a tracker that batches: MLflow), sends consecutive records in one
+    :meth:`Tracker.log_many`, then makes them durable (``flush``) and records in ``state`` the
+    last step sent and the fields sent at it, so a resumed run sends nothing twice."""
+
+    def __init__(self, tracker: Tracker, info: RunInfo, state: dict, owner: Trackers):
+        self.tracker, self.info, self.state, self.owner = tracker, info, dict(state), owner
+        self.q: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
+        self.closing = threading.Event()
+        self.failed: str | None = None
+        self.dropped = 0
+        self.exit_code = 0
+        self.thread = threading.Thread(target=self._run, name=f"tracker-{tracker.name}", daemon=True)
+        self.thread.start()
+
+    # main thread ------------------------------------------------------------------------------
+    def put(self, item: tuple) -> None:
+        """Enqueue without waiting; a full queue drops the item (warned about once)."""
+        if self.failed is not None:
+            return
+        try:
+            self.q.put_nowait(item)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1:
+                self.owner.say(
+                    f"warning: {self.tracker.name} is falling behind: records are dropped for it "
+                    "(metrics.jsonl has every one)"
+                )
+
+    def close(self, exit_code: int, deadline: float) -> None:
+        """Ask the thread to send what is queued (no more batching wait), then close the run;
+        gives up at ``deadline`` (``time.monotonic()``) if the queue stays full."""
+        self.exit_code = exit_code
+        self.closing.set()
+        while self.thread.is_alive() and time.monotonic() < deadline:
+            try:
+                self.q.put(_CLOSE, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    # the tracker's thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        name = self.tracker.name
+        try:
+            with _IMPORT_LOCK:
+                for module in self.tracker.modules:
+                    importlib.import_module(module)
+            self.state.update(self.tracker.start(self.info, self.state))
+            self.owner.save(name, self.state)
+            where = self.tracker.where()
+            if where:
+                self.owner.say(f"{name}: {where}")
+        except BaseException as e:  # noqa: BLE001 - a tracker never stops the training
+            self._fail(f"cannot start: {_reason(e)}")
+            return
+        last_send, done = time.monotonic(), False
+        while not done:
+            batch = [self.q.get()]
+            if self.tracker.interval_s and batch[0] is not _CLOSE:
+                self.closing.wait(max(0.0, last_send + self.tracker.interval_s - time.monotonic()))
+            while True:
+                try:
+                    batch.append(self.q.get_nowait())
+                except queue.Empty:
+                    break
+            done = any(item is _CLOSE for item in batch)
+            if self.failed is not None:
+                continue
+            try:
+                self._send([item for item in batch if item is not _CLOSE])
+                self.tracker.flush()
+                self.owner.save(name, self.state)
+            except BaseException as e:  # noqa: BLE001
+                self._fail(_reason(e))
+            last_send = time.monotonic()
+        if self.failed is None:
+            try:
+                self.tracker.close(self.exit_code)
+            except BaseException as e:  # noqa: BLE001
+                self._fail(f"cannot close its run: {_reason(e)}")
+
+    def _fresh(self, step: int, keys: set[str]) -> set[str]:
+        """The keys of ``keys`` not yet sent at ``step`` (none at a step before the last one);
+        marks them sent."""
+        last = self.state.get("last_step")
+        if last is not None and step < last:
+            return set()
+        if last is not None and step == last:
+            keys = keys - set(self.state.get("sent_at_last_step", ()))
+            self.state["sent_at_last_step"] = sorted(set(self.state["sent_at_last_step"]) | keys)
+        else:
+            self.state["last_step"], self.state["sent_at_last_step"] = step, sorted(keys)
+        return keys
+
+    def _send(self, items: list[tuple]) -> None:
+        """Hand ``items`` to the tracker in order, consecutive records as one ``log_many``."""
+        logs: list[tuple[int, dict[str, float], float]] = []
+        for item in items:
+            if item[0] == "log":
+                _, step, record, wall = item
+                values = numeric_fields(record, self.info.step_key)
+                keys = self._fresh(step, set(values))
+                if keys:
+                    logs.append((step, {k: v for k, v in values.items() if k in keys}, wall))
+                continue
+            if logs:
+                self.tracker.log_many(logs)
+                logs = []
+            if item[0] == "table":
+                _, step, name, columns, rows = item
+                if self._fresh(step, {f"table:{name}"}):
+                    self.tracker.table(step, name, columns, rows)
+            elif item[0] == "finish":
+                _, summary, text, files = item
+                self.tracker.finish(self.state.get("last_step") or 0, summary, text, _files(files))
+        if logs:
+            self.tracker.log_many(logs)
+
+    def _fail(self, why: str) -> None:
+        self.failed = why
+        self.owner.say(
+            f"warning: report_to {self.tracker.name}: {why}; it gets nothing more from this run "
+            "(metrics.jsonl has every record)"
+        )
+
+
+_OPEN: set = set()  # the Trackers / TrackerProcess objects not closed yet (close_all)
+
+
+def installed(names: Iterable[str], say: Callable[[str], None]) -> list[str]:
+    """``names`` without repeats and without the trackers whose package is missing: each of those
+    is one warning naming the extra to install (a missing dashboard does not stop a run)."""
+    out = []
+    for name in dict.fromkeys(names):
+        if importlib.util.find_spec(_PACKAGES[name]) is None:
+            say(
+                f"warning: report_to {name}: {_PACKAGES[name]} is not installed "
+                f"(pip install 'fgrlhf[{name}]'); this run logs to metrics.jsonl without it"
+            )
+        else:
+            out.append(name)
+    return out
+
+
+class Trackers:
+    """The fan-out to the trackers of ``report_to``, in this process: each tracker starts on its
+    own thread at once; every method here only enqueues. The trainers reach it through
+    :class:`TrackerProcess` (which runs it in a child process); tests use it directly.
+
+    Args:
+        names: tracker names (:data:`TRACKERS`); repeats are ignored.
+        info: what the trackers are told about the run.
+        say: prints a message for the user (called from the trackers' threads too).
+        classes: ``{name: Tracker subclass}`` (tests pass fakes); the default checks that each
+            tracker's package is installed (:func:`installed`).
+    """
+
+    def __init__(
+        self,
+        names: Iterable[str],
+        info: RunInfo,
+        say: Callable[[str], None] = print,
+        classes: dict[str, type[Tracker]] | None = None,
+    ):
+        self.info, self.say = info, say
+        self.path = info.out_dir / STATE_FILE
+        self._lock = threading.Lock()
+        self.state = self._read_state() if info.resuming else {}
+        names = installed(names, say) if classes is None else list(dict.fromkeys(names))
+        classes = classes or TRACKER_CLASSES
+        self.workers = {n: _Worker(classes[n](), info, self.state.get(n, {}), self) for n in names}
+        _OPEN.add(self)
+
+    def _read_state(self) -> dict:
+        try:
+            state = json.loads(self.path.read_text(encoding="utf-8"))
+            return state if isinstance(state, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def save(self, name: str, state: dict) -> None:
+        """Record ``name``'s state (run id, last step sent) in ``output_dir/trackers.json``
+        (atomic; called from the trackers' threads)."""
+        with self._lock:
+            self.state[name] = dict(state)
+            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(self.state, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+            os.replace(tmp, self.path)
+
+    # what the trainer calls (each returns at once) ---------------------------------------------
+    def log(self, record: dict, wall_time: float | None = None) -> None:
+        """Send the numbers of one ``metrics.jsonl`` record at its step."""
+        step = record.get(self.info.step_key, 0)
+        item = ("log", int(step), dict(record), wall_time or time.time())
+        for w in self.workers.values():
+            w.put(item)
+
+    def table(self, name: str, step: int, rows: list[dict]) -> None:
+        """Send a table (``rows``: one dict per row; the columns are their keys, first seen first)."""
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        data = [[r.get(c) for c in columns] for r in rows]
+        for w in self.workers.values():
+            w.put(("table", int(step), name, columns, data))
+
+    def finish(self, summary: dict[str, float], text: str = "", files: Iterable[Path] = ()) -> None:
+        """The end of the run: the summary's figures and text, and the files to store (plots
+        directories and ``report.html``; missing ones are skipped)."""
+        item = ("finish", dict(summary), text, [Path(p) for p in files])
+        for w in self.workers.values():
+            w.put(item)
+
+    def close(self, exit_code: int = 0, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Let every tracker send what is queued and close its run, waiting at most ``timeout``
+        seconds in all; a tracker still busy then is left behind, with a warning (idempotent)."""
+        if self not in _OPEN:
+            return
+        _OPEN.discard(self)
+        deadline = time.monotonic() + timeout
+        for w in self.workers.values():
+            w.close(exit_code, deadline)
+        for name, w in self.workers.items():
+            w.thread.join(max(0.0, deadline - time.monotonic()))
+            if w.thread.is_alive():
+                self.say(
+                    f"warning: report_to {name}: still busy {timeout:.0f} s after the end of the run "
+                    f"(a slow or unreachable server?): left behind, {w.q.qsize()} items unsent "
+                    "(metrics.jsonl has every record)"
+                )
+            elif w.dropped:
+                self.say(f"warning: report_to {name}: {w.dropped} records were dropped (queue full)")
+
+
+# --------------------------------------------------------------------------------------------
+# The fan-out's front in the training process: a child process runs the trackers
+# --------------------------------------------------------------------------------------------
+class TrackerProcess:
+    """What the trainers get (:func:`trainer.infra.runtime.open_metrics`, rank 0): the same
+    methods as :class:`Trackers`, which runs in a child process (``python -m
+    trainer.infra.trackers``, its own session), fed through a pipe by one thread of this process
+    from a bounded queue. The trackers' imports, start-up (W&B, MLflow) and calls then take
+    neither this process's GIL nor its time: the trainer's calls only enqueue (a full queue drops
+    the record, warned once), and a tracker library that hangs or crashes cannot stop the run. The
+    child's output comes back through ``say``, scrubbed of secrets. ``close`` waits at most
+    ``timeout`` seconds for the child to send what is queued and close the runs, then ends it.
+
+    Args:
+        names: installed tracker names (:func:`installed`).
+        info: what the trackers are told about the run.
+        say: prints a message for the user (``Run.say``; called from this object's threads).
+    """
+
+    def __init__(self, names: list[str], info: RunInfo, say: Callable[[str], None] = print):
+        self.info, self.say, self.names = info, say, names
+        self.q: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
+        self.dropped, self.broken = 0, False
+        root = str(Path(__file__).resolve().parents[2])  # the child imports this package from here
+        path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trainer.infra.trackers"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=env, start_new_session=True,  # (a Ctrl-C or a scheduler's SIGTERM to the group: not it)
+        )  # fmt: skip
+        self.q.put(("start", names, info))
+        self._writer = threading.Thread(target=self._write, name="trackers-writer", daemon=True)
+        self._reader = threading.Thread(target=self._read, name="trackers-reader", daemon=True)
+        self._writer.start()
+        self._reader.start()
+        _OPEN.add(self)
+
+    def _put(self, item: tuple) -> None:
+        if self.broken:
+            return
+        try:
+            self.q.put_nowait(item)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1:
+                self.say("warning: report_to: the trackers are falling behind: records are dropped for them")
+
+    def _write(self) -> None:
+        """The writer thread: queue → the child's stdin (pickled), until ``close``."""
+        import pickle
+
+        while True:
+            item = self.q.get()
+            try:
+                if item is _CLOSE:
+                    self.proc.stdin.close()
+                    return
+                pickle.dump(item, self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                self.proc.stdin.flush()
+            except (OSError, ValueError):  # the child is gone
+                if not self.broken:
+                    self.broken = True
+                    self.say(
+                        f"warning: report_to: the tracker process ended (exit {self.proc.poll()}); "
+                        f"{', '.join(self.names)} get nothing more from this run (metrics.jsonl has "
+                        "every record)"
+                    )
+                if item is _CLOSE:
+                    return
+
+    def _read(self) -> None:
+        """The reader thread: the child's output lines → ``say`` (redacted)."""
+        for line in iter(self.proc.stdout.readline, b""):
+            text = line.decode("utf-8", "replace").rstrip()
+            if text:
+                self.say(redact(text))
+
+    def log(self, record: dict) -> None:
+        """:meth:`Trackers.log` (enqueued)."""
+        self._put(("log", dict(record), time.time()))
+
+    def table(self, name: str, step: int, rows: list[dict]) -> None:
+        """:meth:`Trackers.table` (enqueued)."""
+        self._put(("table", name, int(step), rows))
+
+    def finish(self, summary: dict[str, float], text: str = "", files: Iterable[Path] = ()) -> None:
+        """:meth:`Trackers.finish` (enqueued)."""
+        self._put(("finish", dict(summary), text, [Path(p) for p in files]))
+
+    def close(self, exit_code: int = 0, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Send what is queued, let the child close the tracker runs (``exit_code`` marks them),
+        and wait at most ``timeout`` seconds (plus a few for the child's own exit) before ending
+        it. Idempotent."""
+        if self not in _OPEN:
+            return
+        _OPEN.discard(self)
+        deadline = time.monotonic() + timeout + 10
+        for item in (("close", exit_code, timeout), _CLOSE):  # waits for room: never dropped
+            try:
+                self.q.put(item, timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Full:  # the writer is stuck: the child reads nothing
+                break
+        try:
+            self.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.say(f"warning: report_to: the tracker process did not finish in {timeout:.0f} s: ended")
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(5)
+        if self.dropped:
+            self.say(f"warning: report_to: {self.dropped} records were dropped (the trackers fell behind)")
+
+
+def start_trackers(names: Iterable[str], info: RunInfo, say: Callable[[str], None]) -> TrackerProcess | None:
+    """The trackers of ``names`` that are installed, started in a :class:`TrackerProcess`; None
+    when none is (each missing one a warning naming its extra, said before training starts)."""
+    names = installed(names, say)
+    if not names:
+        return None
+    try:
+        return TrackerProcess(names, info, say)
+    except OSError as e:  # no process to be had (a fork limit): the run goes on without them
+        say(f"warning: report_to: cannot start the tracker process ({_reason(e)}); metrics.jsonl only")
+        return None
+
+
+def _child_main() -> None:
+    """``python -m trainer.infra.trackers``: the child of :class:`TrackerProcess`. Reads pickled
+    messages on stdin — ``("start", names, info)`` first, then ``log`` / ``table`` / ``finish``
+    in order — into a :class:`Trackers`, and closes it on ``("close", exit_code, timeout)`` or at
+    the end of stdin (the trainer died: exit code 1). Ignores SIGINT / SIGTERM: the trainer decides.
+    Runs at a lower CPU priority (``nice`` +10, inherited by W&B's ``wandb-core``): where the cores
+    are busy, the training gets them first and the trackers wait."""
+    import pickle
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.nice(NICE)
+    say = lambda msg: print(msg, flush=True)
+    stdin = sys.stdin.buffer
+    _, names, info = pickle.load(stdin)
+    tr = Trackers(names, info, say, TRACKER_CLASSES)
+    exit_code, timeout = 1, CLOSE_TIMEOUT_S
+    while True:
+        try:
+            msg = pickle.load(stdin)
+        except (EOFError, OSError, pickle.UnpicklingError):
+            break
+        if msg[0] == "log":
+            tr.log(msg[1], msg[2])
+        elif msg[0] == "table":
+            tr.table(*msg[1:])
+        elif msg[0] == "finish":
+            tr.finish(*msg[1:])
+        elif msg[0] == "close":
+            exit_code, timeout = msg[1], msg[2]
+            break
+    tr.close(exit_code, timeout)
+    sys.stdout.flush()
+    os._exit(0)  # (a tracker thread left behind, or a library's exit hook, must not keep it alive)
+
+
+def close_all(exit_code: int) -> None:
+    """Close every :class:`TrackerProcess` / :class:`Trackers` still open (the entry point's last
+    step, also after an error or a pre-emption: exit code 1 / 75 marks the tracker runs)."""
+    for t in list(_OPEN):
+        t.close(exit_code)
+
+
+if __name__ == "__main__":
+    from trainer.infra import trackers as _module  # the importable copy (pickled types live there)
+
+    _module._child_main()
