@@ -493,13 +493,7 @@ def test_reward_and_sft_trainers_report_too(tmp_path):
     """The same key on the step-scheduled trainers: ``train/`` and ``eval/`` records at their
     steps in TensorBoard and W&B (no per-tracker code in any trainer)."""
     env = tracker_env(tmp_path)
-    tiny = [
-        "progress=false",
-        "synthetic.n_pairs=300",
-        "micro_batch_size=8",
-        "hidden_size=32",
-        "intermediate_size=64",
-    ]
+    tiny = TINY_SUPERVISED
     for script, extra in (
         ("trainer/reward.py", ["max_steps=6", "eval_every=3", "log_every=2", "report_pairs=4"]),
         ("trainer/sft.py", ["max_steps=4", "eval_every=2", "log_every=2"]),
@@ -527,13 +521,7 @@ def test_trackers_that_cannot_start_leave_the_run_alone(tmp_path):
         MLFLOW_TRACKING_URI="http://fgrlhf-user:hunter2-secret@127.0.0.1:9",
         MLFLOW_TRACKING_PASSWORD="hunter2-secret",
     )
-    tiny = [
-        "progress=false",
-        "synthetic.n_pairs=300",
-        "micro_batch_size=8",
-        "hidden_size=32",
-        "intermediate_size=64",
-    ]
+    tiny = TINY_SUPERVISED
     p = run("trainer/sft.py", [*tiny, "max_steps=4", "log_every=2", ALL, f"output_dir={out}"], env)
     said = p.stdout + p.stderr
     warnings = sorted(line for line in said.splitlines() if "warning: report_to" in line)

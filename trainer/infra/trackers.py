@@ -139,6 +139,16 @@ def command_line(argv: list[str] | None = None) -> str:
     return redact(shlex.join([Path(sys.executable).name, *argv]))
 
 
+def _offer(q: queue.Queue, item: tuple) -> bool:
+    """Put ``item`` without waiting: False when the queue is full (the caller drops it: a
+    tracker never makes training wait)."""
+    try:
+        q.put_nowait(item)
+    except queue.Full:
+        return False
+    return True
+
+
 @dataclass
 class RunInfo:
     """What every tracker is told when it starts.
@@ -581,9 +591,7 @@ class _Worker:
         """Enqueue without waiting; a full queue drops the item (warned about once)."""
         if self.failed is not None:
             return
-        try:
-            self.q.put_nowait(item)
-        except queue.Full:
+        if not _offer(self.q, item):
             self.dropped += 1
             if self.dropped == 1:
                 self.owner.say(
@@ -836,9 +844,7 @@ class TrackerProcess:
     def _put(self, item: tuple) -> None:
         if self.broken:
             return
-        try:
-            self.q.put_nowait(item)
-        except queue.Full:
+        if not _offer(self.q, item):
             self.dropped += 1
             if self.dropped == 1:
                 self.say("warning: report_to: the trackers are falling behind: records are dropped for them")
