@@ -736,3 +736,56 @@ def test_opt_in_sweeps_add_their_stages_to_a_finished_demo(tmp_path, stand_in_st
     recs = (out / "seed0" / "pairs_agreement0.657_recall0.5.jsonl").read_text().splitlines()
     main_recs = (out / "seed0" / "pairs_agreement0.657.jsonl").read_text().splitlines()
     assert [json.loads(r)["chosen"] for r in recs] == [json.loads(r)["chosen"] for r in main_recs]
+
+
+def test_report_to_reaches_every_trainer_stage_and_the_tables(tmp_path, stand_in_stages, monkeypatch, capsys):
+    """``fgrlhf demo --report-to``: every trainer stage gets the trackers and its own run name
+    (``<out>/<stage dir>``), with one MLflow store and W&B group for the study set only while
+    the stages run; the tables are one tracker run (``<out>/tables``: every aggregate number,
+    the plots and demo.md), which a rerun continues without sending a step twice."""
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    import trainer.ppo as ppo_mod
+    import trainer.reward as reward_mod
+    import trainer.sft as sft_mod
+    from trainer.cli import main
+
+    seen = []
+    for mod in (sft_mod, reward_mod, ppo_mod):
+        monkeypatch.setattr(mod, "train", lambda cfg, inner=mod.train: seen.append((
+            cfg.output_dir, cfg.report_to, cfg.run_name,
+            os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("WANDB_RUN_GROUP"),
+        )) or inner(cfg))  # fmt: skip
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
+    out = tmp_path / "d"
+    argv = ["demo", "--quick", "--out", str(out), "--no-progress", "--report-to", "tensorboard", "mlflow"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert len(seen) >= 8  # SFT, the RMs, the arms, FIGA
+    store = f"sqlite:///{(out / 'mlflow.db').resolve()}"
+    for output_dir, report_to, run_name, uri, group in seen:
+        assert report_to == ["tensorboard", "mlflow"] and (uri, group) == (store, "d")
+        assert run_name == "d/" + Path(output_dir).relative_to(out).as_posix()
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "WANDB_RUN_GROUP" not in os.environ
+
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    agg = json.loads((out / "demo.json").read_text())["aggregate"]
+    c = MlflowClient(store)
+    (r,) = c.search_runs([c.get_experiment_by_name("fgrlhf").experiment_id])
+    assert r.info.run_name == "d/tables" and r.info.status == "FINISHED"
+    win = r.data.metrics["table1.fg_token_ppo_rmean_kl.win_rate.mean"]
+    assert win == agg["table1"]["fg_token_ppo_rmean_kl"]["win_rate"]["mean"]
+    arts = {a.path for a in c.list_artifacts(r.info.run_id)} | {
+        a.path for a in c.list_artifacts(r.info.run_id, "plots")
+    }
+    assert {"demo.md", "demo.json", "summary.txt"} <= arts and any(a.startswith("plots/") for a in arts)
+    assert main(argv) == 0  # a rerun: every stage resumed, the same tracker run, nothing sent twice
+    (again,) = c.search_runs([c.get_experiment_by_name("fgrlhf").experiment_id])
+    assert again.info.run_id == r.info.run_id
+    key = "table1.fg_token_ppo_rmean_kl.win_rate.mean"
+    assert [m.step for m in c.get_metric_history(r.info.run_id, key)] == [1]
+    ea = EventAccumulator(str(out / "tables" / "tb"), size_guidance={"scalars": 0})
+    ea.Reload()
+    assert [e.step for e in ea.Scalars(key)] == [1]

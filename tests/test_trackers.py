@@ -145,7 +145,7 @@ def wandb_runs(out: Path) -> list[dict]:
         for rec in wandb_records(log):
             kind = rec.WhichOneof("record_type")
             if kind == "run":
-                info["id"] = rec.run.run_id
+                info["id"], info["name"] = rec.run.run_id, rec.run.display_name
                 info["config"] = {u.key: json.loads(u.value_json) for u in rec.run.config.update}
             elif kind == "history":
                 row = {}
@@ -496,7 +496,7 @@ def test_reward_and_sft_trainers_report_too(tmp_path):
     tiny = TINY_SUPERVISED
     for script, extra in (
         ("trainer/reward.py", ["max_steps=6", "eval_every=3", "log_every=2", "report_pairs=4"]),
-        ("trainer/sft.py", ["max_steps=4", "eval_every=2", "log_every=2"]),
+        ("trainer/sft.py", ["max_steps=4", "eval_every=2", "log_every=2", "run_name=study/sft"]),
     ):
         out = tmp_path / Path(script).stem
         p = run(script, [*tiny, *extra, "report_to=[tensorboard,wandb]", f"output_dir={out}"], env)
@@ -504,6 +504,7 @@ def test_reward_and_sft_trainers_report_too(tmp_path):
         check_tensorboard(out, "step")
         assert any(t.startswith("eval/") for t in expected_scalars(out, "step"))
         (w,) = wandb_runs(out)
+        assert w["name"] == ("study/sft" if script.endswith("sft.py") else "reward")  # run_name, or the dir
         for tag, steps in expected_scalars(out, "step").items():
             got = sorted(r["step"] for r in w["history"] if tag in r)
             assert got == sorted(steps), (script, tag, got)
@@ -533,3 +534,47 @@ def test_trackers_that_cannot_start_leave_the_run_alone(tmp_path):
             assert b"hunter2" not in f.read_bytes(), f
     assert [r["step"] for r in jsonl(out / "metrics.jsonl") if r.get("split") == "train"] == [2, 4]
     check_tensorboard(out, "step")
+
+
+def test_eval_reports_its_result_and_a_rerun_continues_the_run(tmp_path):
+    """``fgrlhf eval --report-to``: the summary's numbers at step = instructions judged, the
+    annotations table and the files, in ``OUT/trackers``; a rerun over more instructions continues
+    the same runs (one W&B id, one MLflow run in the local store) and sends only the new step."""
+    from trainer.data.synthetic import SyntheticConfig, write_synthetic
+
+    write_synthetic(tmp_path / "world", SyntheticConfig(n_pairs=20))
+    for name, word in (("model", "g"), ("ref", "b")):
+        rows = [{"instruction": f"p{i} p{i + 1}", "output": f"{word}{i} n{i}"} for i in range(5)]
+        (tmp_path / f"{name}.json").write_text(json.dumps(rows))
+    out, env = tmp_path / "eval", tracker_env(tmp_path)
+    args = ["-m", "trainer.cli", "eval", str(tmp_path / "model.json"), str(tmp_path / "ref.json")]
+    args += ["-o", str(out)]
+    args += ["--judge", f"gold:{tmp_path / 'world'}", "--no-progress", "--report-to", "tensorboard", "wandb"]
+    for limit in (3, 5):
+        p = run(args[0], [*args[1:], "mlflow", "--limit", str(limit)], env)
+        assert "warning" not in p.stdout + p.stderr, p.stdout + p.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_total"] == 5 and summary["win_rate"] == 100.0
+    trk = out / "trackers"
+    state = json.loads((trk / T.STATE_FILE).read_text())
+    assert {k: v["last_step"] for k, v in state.items()} == {"tensorboard": 5, "wandb": 5, "mlflow": 5}
+    ea = tensorboard(trk)
+    assert [(e.step, e.value) for e in ea.Scalars("n_total")] == [(3, 3.0), (5, 5.0)]
+    assert [e.step for e in ea.Scalars("win_rate")] == [3, 5]
+    assert "annotations/text_summary" in ea.Tags()["tensors"]
+    runs = wandb_runs(trk)
+    assert len(runs) == 2 and runs[0]["id"] == runs[1]["id"] == state["wandb"]["run_id"]
+    assert sorted(r["step"] for w in runs for r in w["history"] if "win_rate" in r) == [3, 5]
+    assert runs[0]["config"]["judge"].startswith("gold:") and runs[0]["config"]["limit"] == 3
+    assert {"outputs/summary.json", "outputs/annotations.json"} <= set(runs[1]["files"])
+    c, r = mlflow_run(f"sqlite:///{trk / 'mlflow.db'}", "fgrlhf")
+    assert r.info.run_name == "eval" and r.info.status == "FINISHED"
+    assert [(m.step, m.value) for m in c.get_metric_history(r.info.run_id, "n_total")] == [(3, 3.0), (5, 5.0)]
+    arts = mlflow_artifacts(c, r.info.run_id)
+    assert {"summary.json", "annotations.json", "summary.txt"} <= set(arts)
+    tables = [a for a in arts if a.startswith("annotations/")]
+    assert tables == [f"annotations/step_{i:07d}.json" for i in (3, 5)]
+    path = c.download_artifacts(r.info.run_id, "annotations/step_0000005.json", str(tmp_path))
+    table = json.loads(Path(path).read_text())
+    assert table["columns"][:3] == ["instruction", "reference (output_1)", "model (output_2)"]
+    assert len(table["data"]) == 5

@@ -223,6 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     v.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     v.add_argument("--no-fsync", dest="fsync", action="store_false", help="flush without fsync")
+    v.add_argument(
+        "--report-to",
+        nargs="+",
+        default=[],
+        choices=["tensorboard", "wandb", "mlflow"],
+        metavar="TRACKER",
+        help="also send the result to these trackers (tensorboard, wandb, mlflow; files in OUT/trackers)",
+    )
 
     from trainer.eval import plot as plot_mod
     from trainer.eval import report as report_mod

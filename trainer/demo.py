@@ -82,6 +82,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import random
 import signal
 import statistics
@@ -228,6 +229,10 @@ class DemoConfig:
     reward (analysis only: it may change between runs)."""
     quick: bool = False
     """Started with ``--quick`` (its smaller sizes: :data:`QUICK`)."""
+    report_to: list[str] = field(default_factory=list)
+    """Experiment trackers (``tensorboard``, ``wandb``, ``mlflow``) that also get every trainer
+    stage's run (named ``<out>/<stage's directory>``) and, at the end, the tables (the run
+    ``<out>/tables``); see :func:`tracker_env` for where. Stages finished before are not re-sent."""
 
     @property
     def seed_list(self) -> list[int]:
@@ -287,7 +292,7 @@ class DemoConfig:
 DEMO_VERSION = 3
 RM_EVAL_FRACTION = 0.15  # of each RM's pairs held out for its early stopping
 # may differ between runs on one --out (the opt-in sweeps' stages are named by their values)
-FREE_KEYS = ("seeds", "out", "target_fraction", "editor_recalls", "matched_kl")
+FREE_KEYS = ("seeds", "out", "target_fraction", "editor_recalls", "matched_kl", "report_to")
 QUICK = {
     "seeds": 1, "agreements": [0.657, 1.0], "n_sft": 500, "n_pairs": 400, "n_heldout": 200,
     "n_eval": 100, "sft_epochs": 3.0, "rm_epochs": 4.0, "ppo_iterations": 12, "ppo_rollouts": 16,
@@ -532,8 +537,37 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _common(seed: int) -> list[str]:
-    return ["progress=false", f"seed={seed}"]
+def _common(cfg: DemoConfig, seed: int, out_dir: Path) -> list[str]:
+    """The keys every trainer stage gets: its seed, no progress bar, and the trackers of
+    ``--report-to`` with the stage's run name (``<out>/<stage's directory>``)."""
+    keys = ["progress=false", f"seed={seed}"]
+    if cfg.report_to:
+        name = f"{Path(cfg.out).resolve().name}/{_rel(cfg, out_dir)}"
+        keys += [f"report_to=[{','.join(cfg.report_to)}]", f"run_name={name}"]
+    return keys
+
+
+@contextlib.contextmanager
+def tracker_env(cfg: DemoConfig):
+    """While the stages run with ``--report-to``: one place for the whole study where the
+    environment names none, restored afterwards — MLflow's store ``sqlite:///<out>/mlflow.db``
+    (artefacts in ``<out>/mlartifacts``) instead of one per stage, and the W&B group
+    ``<out>``'s name. TensorBoard writes each stage's ``tb/``: ``tensorboard --logdir <out>``
+    shows them all."""
+    if not cfg.report_to:
+        yield
+        return
+    defaults = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{(Path(cfg.out) / 'mlflow.db').resolve()}",
+        "WANDB_RUN_GROUP": Path(cfg.out).resolve().name,
+    }
+    added = [k for k in defaults if not os.environ.get(k)]
+    os.environ.update({k: defaults[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def train_sft(cfg: DemoConfig, seed: int, d: Path) -> dict:
@@ -543,7 +577,8 @@ def train_sft(cfg: DemoConfig, seed: int, d: Path) -> dict:
 
     args = [
         f"data={d / 'sft_data.jsonl'}", f"tokenizer={d / 'world' / 'tokenizer'}", f"output_dir={d / 'sft'}",
-        f"epochs={cfg.sft_epochs}", "eval_every=0", "eval_fraction=0", "checkpoint_every=50", *_common(seed),
+        f"epochs={cfg.sft_epochs}", "eval_every=0", "eval_fraction=0", "checkpoint_every=50",
+        *_common(cfg, seed, d / "sft"),
     ]  # fmt: skip
     train(load_config(SFTConfig, args))
     return {"model": _rel(cfg, d / "sft" / "final")}
@@ -676,7 +711,7 @@ def train_rm(
         f"data={_pairs_path(d, agreement, recall)}", f"tokenizer={d / 'world' / 'tokenizer'}",
         f"output_dir={out_dir}", *RMS[kind][1], f"epochs={cfg.rm_epochs}", "micro_batch_size=32",
         f"eval_every={max(1, steps_per_epoch // 2)}", "plots=false", "report=false", "checkpoint_every=100",
-        f"eval_fraction={RM_EVAL_FRACTION}", *_common(seed),
+        f"eval_fraction={RM_EVAL_FRACTION}", *_common(cfg, seed, out_dir),
     ]  # fmt: skip
     metrics = train(load_config(RewardConfig, args))
     best = out_dir / "best" if (out_dir / "best").exists() else out_dir / "final"
@@ -713,7 +748,7 @@ def arm_args(
         f"micro_batch_size={cfg.ppo_rollouts // 4}", f"forward_batch_size={cfg.ppo_rollouts}",
         f"max_new_tokens={cfg.max_new_tokens}", "checkpoint_every=10", "plots=false",
         "eval_every=0", "missing_eos_penalty=0",  # (the study evaluates every arm itself, stage 8)
-        *syn, *_common(seed),
+        *syn, *_common(cfg, seed, d / "ppo" / out_name),
     ]  # fmt: skip
 
 
@@ -741,7 +776,7 @@ def train_figa(cfg: DemoConfig, seed: int, d: Path, recall: float | None = None)
         "objective=figa", f"init_from={d / 'sft' / 'final'}",
         f"data={_pairs_path(d, cfg.agreement, recall)}", f"tokenizer={d / 'world' / 'tokenizer'}",
         f"output_dir={out}", "epochs=2", "lr=5e-4", "eval_every=0", "checkpoint_every=50",
-        *_common(seed),
+        *_common(cfg, seed, out),
     ]  # fmt: skip
     train(load_config(SFTConfig, args))
     return {"model": _rel(cfg, out / "final")}
@@ -1442,7 +1477,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True, force: bool = False) -> dic
     if not stamp.exists():
         _write_json(stamp, cfg.identity())
     total = sum(len(plan(cfg, s)) for s in cfg.seed_list)
-    with Stages(root, total, progress) as stage:  # SIGTERM stops it from here on
+    with Stages(root, total, progress) as stage, tracker_env(cfg):  # SIGTERM stops it from here on
         t0 = time.perf_counter()
         per_seed = [run_seed(cfg, s, stage) for s in cfg.seed_list]
         seconds = time.perf_counter() - t0
@@ -1461,7 +1496,29 @@ def run_demo(cfg: DemoConfig, progress: bool = True, force: bool = False) -> dic
         _write_json(root / "demo.json", result)
         md = markdown(cfg, agg, stage.seconds)
         (root / "demo.md").write_text(md)
+        if cfg.report_to:
+            report_tables(cfg, agg, md, root)
     return result
+
+
+def report_tables(cfg: DemoConfig, agg: dict, md: str, root: Path) -> None:
+    """``--report-to``: the tables as one tracker run (``<out>/tables``, state in
+    ``<out>/tables/trackers.json``): every number of ``demo.json``'s aggregate (dotted names,
+    at step = seeds), ``demo.md`` as text, the plots and ``demo.md`` / ``demo.json`` as files."""
+    from trainer.infra.trackers import RunInfo, flat_numbers, report_once
+
+    out_dir = root / "tables"
+    out_dir.mkdir(exist_ok=True)
+    info = RunInfo(
+        trainer="demo",
+        out_dir=out_dir,
+        config=dataclasses.asdict(cfg),
+        resuming=(out_dir / "trackers.json").exists(),
+        name=f"{root.resolve().name}/tables",
+    )
+    files = [root / "plots", root / "demo.md", root / "demo.json"]
+    record = {"step": cfg.seeds, **flat_numbers(agg)}
+    report_once(cfg.report_to, info, record, say=print, text=md, files=files)
 
 
 GOLD_LEVELS = [0.6, 0.65, 0.8, 1.0]  # --agreement-kind gold's default sweep (agreement 0.65)
@@ -1517,6 +1574,14 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--ppo-iterations", type=int, default=None, help="PPO iterations per arm")
     p.add_argument("--target-fraction", type=float, default=d.target_fraction, help="Table 3's target")
+    p.add_argument(
+        "--report-to",
+        nargs="+",
+        default=[],
+        choices=["tensorboard", "wandb", "mlflow"],
+        metavar="TRACKER",
+        help="also send every stage's run and the tables to these trackers: tensorboard, wandb, mlflow",
+    )
     p.add_argument("--yes", action="store_true", help="run even when the estimate is more than a day")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
@@ -1529,6 +1594,7 @@ def config_from_args(args) -> DemoConfig:
         cfg.agreements, cfg.agreement = ([0.65, 1.0] if args.quick else list(GOLD_LEVELS)), 0.65
     cfg.editor_recall, cfg.editor_recalls = args.editor_recall, args.editor_recalls
     cfg.context_harm, cfg.target_fraction = args.context_harm, args.target_fraction
+    cfg.report_to = list(dict.fromkeys(args.report_to))
     for key in ("seeds", "agreements", "agreement", "ppo_iterations", "matched_kl"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))

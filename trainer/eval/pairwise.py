@@ -64,6 +64,8 @@ __all__ = ["EvalConfig", "Item", "bootstrap_interval", "load_outputs", "match_ou
 
 # What `fgrlhf eval` writes in OUT (and so may overwrite or delete there; nothing else).
 OUTPUT_FILES = ("judgments.jsonl", "judgments.errors.jsonl", "annotations.json", "summary.json")
+TRACKER_DIR = "trackers"  # with --report-to: the trackers' files and run state (trackers.json)
+TABLE_ROWS = 100  # annotations sent to the trackers as a table (the first ones)
 
 
 @dataclass
@@ -87,6 +89,8 @@ class EvalConfig:
         rm_max_length, rm_batch_size, tie_tolerance, device: the reward-model judge's settings.
         progress: a progress bar.
         fsync: fsync after every judgment.
+        report_to: experiment trackers (``tensorboard``, ``wandb``, ``mlflow``) that also get the
+            result at the end (:func:`report_result`; their files in ``OUT/trackers``).
     """
 
     model_outputs: str
@@ -113,6 +117,7 @@ class EvalConfig:
     device: str = "auto"
     progress: bool = True
     fsync: bool = True
+    report_to: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -350,7 +355,7 @@ def run_eval(cfg: EvalConfig, judge: Judge | None = None) -> dict[str, Any]:
     # refused, never overwritten or deleted (a directory with our judgments.jsonl from before the
     # record existed is ours: JudgmentLog refuses a judgments.jsonl that is not)
     owned = OwnedFiles(out_dir, "fgrlhf eval", "-o", adopt=(out_dir / "judgments.jsonl").is_file())
-    owned.claim(*OUTPUT_FILES)
+    owned.claim(*OUTPUT_FILES, *((TRACKER_DIR,) if cfg.report_to else ()))
     # 2. the judge and the comparisons (one or both orders per instruction)
     if judge is None:
         if cfg.judge.startswith("claude:"):
@@ -405,7 +410,41 @@ def run_eval(cfg: EvalConfig, judge: Judge | None = None) -> dict[str, Any]:
     summary = _summary(annotations, used, items, judge, run, cfg)
     write_json(out_dir / "annotations.json", annotations)
     write_json(out_dir / "summary.json", summary)
+    if cfg.report_to:
+        report_result(cfg, summary, annotations, out_dir)
     return summary
+
+
+def report_result(cfg: EvalConfig, summary: dict[str, Any], annotations: list[dict], out_dir: Path) -> None:
+    """``--report-to``: the result as one tracker run (named after ``OUT``; files and state in
+    ``OUT/trackers``, so a rerun continues it): every number of the summary at step = the
+    instructions with a verdict, the config, the first :data:`TABLE_ROWS` annotations as a table
+    (texts cut at 2,000 characters), the printed summary as text, ``summary.json`` and
+    ``annotations.json`` as files. A tracker that fails is a warning."""
+    from trainer.infra.trackers import RunInfo, flat_numbers, report_once
+
+    tracker_dir = out_dir / TRACKER_DIR
+    tracker_dir.mkdir(exist_ok=True)
+    info = RunInfo(
+        trainer="eval",
+        out_dir=tracker_dir,
+        config=asdict(cfg),
+        resuming=(tracker_dir / "trackers.json").exists(),
+        name=out_dir.resolve().name,
+    )
+    record = {"step": len(annotations), **flat_numbers({k: v for k, v in summary.items() if k != "config"})}
+    rows = [
+        {
+            "instruction": a["instruction"][:2000],
+            "reference (output_1)": a["output_1"][:2000],
+            "model (output_2)": a["output_2"][:2000],
+            "preference": a["preference"],
+        }
+        for a in annotations[:TABLE_ROWS]
+    ]
+    files = [out_dir / "summary.json", out_dir / "annotations.json"]
+    say = lambda msg: log.warning("%s", msg) if msg.startswith("warning") else print(msg)  # noqa: E731
+    report_once(cfg.report_to, info, record, say, {"annotations": rows}, format_eval_summary(summary), files)
 
 
 async def _judge_all(

@@ -135,7 +135,7 @@ class TrainConfig:
     RESUME_SAFE: ClassVar[dict] = dict.fromkeys(
         (
             "progress", "checkpoint_every", "keep_checkpoints", "num_threads", "resume", "dist_timeout_min",
-            "report_to",
+            "report_to", "run_name",
         )
     )  # fmt: skip
 
@@ -213,6 +213,8 @@ class TrainConfig:
     that is not installed (``pip install 'fgrlhf[track]'``) or fails is a warning: the run goes on
     without it. Credentials and servers come from the environment only (``WANDB_API_KEY``,
     ``WANDB_MODE``, ``WANDB_PROJECT``, ``MLFLOW_TRACKING_URI``, ...)."""
+    run_name: str = ""
+    """The run's name in W&B and MLflow (``report_to``); empty: ``output_dir``'s last part."""
     arch: str = ""
     """Architecture preset used when ``init_from`` is empty (``llama-7b``, ``llama-1b``: see
     ``trainer.infra.dryrun.ARCH_PRESETS``); empty: the tiny LLaMA of the sizes above."""

@@ -414,7 +414,8 @@ PLAN_NAME = "memory_plan.json"
 # measures stand-ins of the configured lengths, the worst case of the real data)
 RUN_ONLY_KEYS = frozenset({
     "output_dir", "iterations", "stop_after_iterations", "max_steps", "epochs", "resume", "seed",
-    "progress", "tensorboard", "report_to", "plots", "report", "save_rollouts_every", "rollout_samples",
+    "progress", "tensorboard", "report_to", "run_name", "plots", "report", "save_rollouts_every",
+    "rollout_samples",
     "checkpoint_every", "keep_checkpoints", "save_final", "num_threads", "deterministic",
     "memory_limit_gb", "dry_run", "dry_run_world_size", "truncation_warn", "eval_every", "log_every",
     "prompts", "init_from", "tokenizer", "reward_model", "critic_from", "pairs", "data", "eval_data",

@@ -72,8 +72,10 @@ __all__ = [
     "Trackers",
     "close_all",
     "command_line",
+    "flat_numbers",
     "git_commit",
     "redact",
+    "report_once",
 ]
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")  # the values report_to accepts
@@ -154,13 +156,14 @@ class RunInfo:
     """What every tracker is told when it starts.
 
     Attributes:
-        trainer: ``reward``, ``sft`` or ``ppo``.
+        trainer: ``reward``, ``sft``, ``ppo`` (``eval``, ``demo`` for the one-shot jobs).
         out_dir: the run's ``output_dir``.
         config: the resolved config (nested dicts, as its YAML).
         step_key: the field of a record that holds its step (``step`` / ``iteration``).
         command: the command line (redacted).
         world_size: processes of the run.
         resuming: the run resumes from a checkpoint (a tracker continues its kept run).
+        name: the run's name in W&B and MLflow (``run_name``); empty: ``out_dir``'s last part.
     """
 
     trainer: str
@@ -170,6 +173,12 @@ class RunInfo:
     command: str = field(default_factory=command_line)
     world_size: int = 1
     resuming: bool = False
+    name: str = ""
+
+    @property
+    def run_name(self) -> str:
+        """The name the trackers show: ``name``, or ``out_dir``'s last part."""
+        return self.name or self.out_dir.name
 
     @property
     def git_commit(self) -> str | None:
@@ -200,6 +209,18 @@ def numeric_fields(record: dict, step_key: str) -> dict[str, float]:
         for k, v in record.items()
         if k != step_key and isinstance(v, (int, float)) and not isinstance(v, bool)
     }
+
+
+def flat_numbers(obj: Any, prefix: str = "") -> dict[str, float]:
+    """Every number in nested dicts, by dotted name (``table1.fg_ppo.mean``); bools, None,
+    strings and lists are left out (a one-shot job's summary as tracker metrics)."""
+    out: dict[str, float] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flat_numbers(v, f"{prefix}{k}."))
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        out[prefix.rstrip(".")] = float(obj)
+    return out
 
 
 def _files(paths: Iterable[Path]) -> list[tuple[Path, str]]:
@@ -414,8 +435,8 @@ class WandbTracker(Tracker):
             config["git_commit"] = info.git_commit
         self.run = wandb.init(
             project=None if os.environ.get("WANDB_PROJECT") else "fgrlhf",
-            name=info.out_dir.name,
-            job_type=info.trainer,
+            name=info.run_name,
+            job_type=info.trainer,  # (the group: $WANDB_RUN_GROUP, which fgrlhf demo sets)
             dir=os.environ.get("WANDB_DIR") or str(info.out_dir),
             id=state.get("run_id"),
             resume="allow",
@@ -498,7 +519,7 @@ class MLflowTracker(Tracker):
             if exp is not None:
                 eid = exp.experiment_id
             else:
-                art = (info.out_dir / "mlartifacts").resolve().as_uri() if self.local else None
+                art = _artifact_location(self.c.tracking_uri)
                 eid = self.c.create_experiment(name, artifact_location=art)
             tags = {
                 "mlflow.source.name": info.command,
@@ -508,7 +529,7 @@ class MLflowTracker(Tracker):
             if info.git_commit:  # (the UI links the bare commit; git_commit says +dirty too)
                 tags["mlflow.source.git.commit"] = info.git_commit.removesuffix("+dirty")
                 tags["git_commit"] = info.git_commit
-            self.run_id = self.c.create_run(eid, run_name=info.out_dir.name, tags=tags).info.run_id
+            self.run_id = self.c.create_run(eid, run_name=info.run_name, tags=tags).info.run_id
             old: dict = {}
         else:
             old = self.c.get_run(self.run_id).data.params
@@ -550,8 +571,17 @@ class MLflowTracker(Tracker):
         self.c.set_terminated(self.run_id, status)
 
     def where(self) -> str:
-        ui = f" (mlflow ui --backend-store-uri {self.uri})" if self.local else ""
+        ui = f" (mlflow ui --backend-store-uri {self.uri})" if self.uri.startswith("sqlite:") else ""
         return f"run {self.run_id} at {self.uri}{ui}"
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps its artefacts: beside a SQLite store's file
+    (``mlartifacts/``, as ``mlflow server`` does, rather than MLflow's client default of
+    ``./mlruns`` under whatever directory the job started in); the server's choice otherwise."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None
 
 
 TRACKER_CLASSES: dict[str, type[Tracker]] = {
@@ -926,6 +956,35 @@ def start_trackers(names: Iterable[str], info: RunInfo, say: Callable[[str], Non
     except OSError as e:  # no process to be had (a fork limit): the run goes on without them
         say(f"warning: report_to: cannot start the tracker process ({_reason(e)}); metrics.jsonl only")
         return None
+
+
+def report_once(
+    names: Iterable[str],
+    info: RunInfo,
+    record: dict,
+    say: Callable[[str], None] = print,
+    tables: dict[str, list[dict]] | None = None,
+    text: str = "",
+    files: Iterable[Path] = (),
+) -> None:
+    """The trackers of a job with no training loop (``fgrlhf eval``, ``fgrlhf demo``'s tables),
+    told everything at once when it ends: ``record`` (its numbers, at ``record[info.step_key]``,
+    also as the summary's figures), ``tables`` (``{name: rows}``), ``text`` and ``files`` as
+    artefacts. Same process, rules and run state (``out_dir/trackers.json``: a rerun continues
+    the same tracker runs, sending only what is new) as a trainer's; waits for them to finish
+    (:data:`CLOSE_TIMEOUT_S` at most). A tracker that fails is a warning, never an error."""
+    tr = start_trackers(names, info, say)
+    if tr is None:
+        return
+    step = int(record.get(info.step_key, 0))
+    try:
+        tr.log(record)
+        for name, rows in (tables or {}).items():
+            if rows:
+                tr.table(name, step, rows)
+        tr.finish(numeric_fields(record, info.step_key), text, files)
+    finally:
+        tr.close(0)
 
 
 def _child_main() -> None:
