@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 # build. On a CUDA machine override it, e.g. TORCH_SPEC="torch==2.13.0 --index-url ...".
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install run demo test bench bench-quick lint format build clean
+.PHONY: install run demo test test-fast browser bench bench-quick lint format build clean
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,15 @@ test: install
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+## Everyday tests: everything but the tests marked slow (multi-process runs, whole pipelines).
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+## Debian's chromium + chromedriver for the HTML report's browser test (as root; CI runs it).
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 
 ## Full-size benchmarks; appends to bench/RESULTS.md.
 bench: install

@@ -1,8 +1,12 @@
-"""Shared test helpers: backends to test, the per-dtype tolerance table, a loud allclose."""
+"""Shared test helpers: backends to test, the per-dtype tolerance table, a loud allclose, and
+:func:`launch` (a trainer or command in a child process, torchrun for several)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,3 +80,35 @@ _DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_AD
 def clean_env() -> dict:
     """os.environ without distributed variables, so a child torchrun sets up its own world."""
     return {k: v for k, v in os.environ.items() if k not in _DIST_VARS and not k.startswith("TORCHELASTIC")}
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def launch(
+    target: str | list[str],
+    args: list[str] | tuple[str, ...] = (),
+    nproc: int = 1,
+    env: dict | None = None,
+    timeout: int = 600,
+    ok: bool = True,
+    threads: int = 1,
+) -> subprocess.CompletedProcess:
+    """Run ``python target args`` from the repository root — under ``torchrun --standalone
+    --nproc_per_node=nproc`` (gloo on the CPU) when ``nproc`` > 1 — the one way tests start a
+    trainer or a command in a child process. ``target``: a script (``"trainer/ppo.py"``) or an
+    argument list (``["-m", "trainer.cli", "generate"]``). ``env`` defaults to
+    :func:`clean_env` with ``OMP_NUM_THREADS=threads`` and ``TRITON_INTERPRET=1``. With ``ok``,
+    asserts exit 0, showing the tails of stdout and stderr."""
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd = [*launcher, *([target] if isinstance(target, str) else target), *args]
+    if env is None:
+        env = {**clean_env(), "OMP_NUM_THREADS": str(threads), "TRITON_INTERPRET": "1"}
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if ok:
+        assert p.returncode == 0, (
+            f"{' '.join(cmd[1:7])} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
+        )
+    return p

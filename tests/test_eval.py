@@ -17,7 +17,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _utils import clean_env  # noqa: E402
+from _utils import clean_env, launch  # noqa: E402
 from fake_anthropic import FakeMessagesServer  # noqa: E402
 
 from trainer.cli import main as cli  # noqa: E402
@@ -135,12 +135,10 @@ def test_generate_data_parallel_equals_one_process(policy, instructions, tmp_pat
     """torchrun with 2 ranks: each rank samples its batches; the merged file equals 1 process's."""
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     assert gen(policy, instructions, one, "--seed", "3") == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "trainer.cli", "generate", str(policy), str(instructions), "-o", str(two), "--no-progress",
-           "--max-new-tokens", "12", "--batch-size", "4", "--seed", "3"]  # fmt: skip
-    p = subprocess.run(cmd, cwd=ROOT, env={**clean_env(), "OMP_NUM_THREADS": "1"}, capture_output=True,
-                       text=True, timeout=300)  # fmt: skip
-    assert p.returncode == 0, p.stderr[-3000:]
+    args = [str(policy), str(instructions), "-o", str(two), "--no-progress", "--max-new-tokens", "12",
+            "--batch-size", "4", "--seed", "3"]  # fmt: skip
+    env = {**clean_env(), "OMP_NUM_THREADS": "1"}
+    launch(["-m", "trainer.cli", "generate"], args, nproc=2, env=env, timeout=300)
     assert json.loads(two.read_text()) == json.loads(one.read_text())
     assert len(list(tmp_path.glob("two.json.partial.rank*.jsonl"))) == 2
 

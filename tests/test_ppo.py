@@ -20,33 +20,18 @@ if __package__ in (None, ""):
 
 import pytest
 import torch
-from _utils import clean_env
+from _tiny_runs import TINY_PPO
+from _utils import clean_env, launch
 
 from trainer.infra.checkpoint import Checkpointer
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = [
-    "progress=false",
-    "sft_epochs=0",  # a random-init actor (the SFT start and held-out evaluation: their own tests)
-    "eval_every=0",
-    "missing_eos_penalty=0",
-    "max_new_tokens=16",  # (the tests' settings before the main job started from an SFT model)
-    "synthetic.n_pairs=300",
-    "rm_epochs=1",
-    "rollout_batch_size=16",
-    "micro_batch_size=4",
-]
+TINY = TINY_PPO
 
 
 def torchrun(script: str, args: list[str], nproc: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node=nproc script args`` (gloo, CPU)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    env = {**clean_env(), "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
-    p = subprocess.run(
-        cmd + [script, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert p.returncode == 0, f"torchrun failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
-    return p
+    return launch(script, args, nproc=nproc, timeout=timeout)
 
 
 def metrics(out_dir: Path) -> list[dict]:

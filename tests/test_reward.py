@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from _utils import clean_env
+from _tiny_runs import TINY_REWARD
+from _utils import clean_env, launch
 
 from fgkernels.token_bt_loss import token_bt_loss_reference
 from trainer.data.pairs import collate_pairs, load_pair_data
@@ -21,24 +22,12 @@ from trainer.models import per_token_scores, scalar_head_config, tiny_llama_conf
 from trainer.reward import RewardConfig, evaluate, main, pair_loss
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = [
-    "synthetic.n_pairs=600",
-    "micro_batch_size=8",
-    "progress=false",
-    "hidden_size=32",
-    "intermediate_size=64",
-]
+TINY = TINY_REWARD
 
 
 def torchrun(args: list[str], nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node=nproc trainer/reward.py args`` (gloo, CPU)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    env = {**clean_env(), "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
-    p = subprocess.run(
-        cmd + ["trainer/reward.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert p.returncode == 0, f"torchrun failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
-    return p
+    return launch("trainer/reward.py", args, nproc=nproc, timeout=timeout)
 
 
 def records(out_dir: Path, split: str) -> list[dict]:

@@ -12,18 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from _utils import clean_env
+from _tiny_runs import TINY_SUPERVISED
+from _utils import clean_env, launch
 
 from trainer.sft import SFTConfig, figa_weights, weighted_token_loss
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = [
-    "progress=false",
-    "synthetic.n_pairs=300",
-    "micro_batch_size=8",
-    "hidden_size=32",
-    "intermediate_size=64",
-]
+TINY = TINY_SUPERVISED
 
 
 def test_weighted_loss_by_hand():
@@ -73,16 +68,7 @@ def test_figa_weights_on_a_tiny_pair():
 
 
 def _run(args: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
-    env = {**clean_env(), "OMP_NUM_THREADS": "1" if nproc > 1 else "2", "TRITON_INTERPRET": "1"}
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    else:
-        cmd = [sys.executable]
-    p = subprocess.run(
-        [*cmd, "trainer/sft.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert p.returncode == 0, p.stderr[-4000:]
-    return p
+    return launch("trainer/sft.py", args, nproc=nproc, threads=1 if nproc > 1 else 2)
 
 
 def _train_losses(out: Path) -> dict[int, float]:

@@ -29,19 +29,13 @@ import zlib
 from pathlib import Path
 
 import pytest
-from _utils import clean_env
+from _tiny_runs import TINY_PPO_SMALL, TINY_SUPERVISED
+from _utils import clean_env, launch
 
 from trainer.infra import trackers as T
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY_PPO = [
-    "progress=false", "sft_epochs=0", "eval_every=0", "missing_eos_penalty=0", "max_new_tokens=8",
-    "synthetic.n_pairs=300", "rm_epochs=1", "rollout_batch_size=8", "micro_batch_size=4",
-    "hidden_size=32", "intermediate_size=64", "save_rollouts_every=1", "rollout_samples=2",
-]  # fmt: skip
-TINY_SUPERVISED = [
-    "progress=false", "synthetic.n_pairs=300", "micro_batch_size=8", "hidden_size=32", "intermediate_size=64",
-]  # fmt: skip
+TINY_PPO = TINY_PPO_SMALL
 ALL = "report_to=[tensorboard,wandb,mlflow]"
 
 for mod in ("tensorboard", "wandb", "mlflow"):  # the [track] extra: `make install` installs it
@@ -72,14 +66,7 @@ def tracker_env(tmp: Path, **extra: str) -> dict:
 
 def run(script: str, args: list[str], env: dict, nproc: int = 1, timeout: int = 300):
     """``script args`` (under torchrun when ``nproc`` > 1); asserts exit 0."""
-    cmd = [sys.executable]
-    if nproc > 1:
-        cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    p = subprocess.run(
-        [*cmd, script, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert p.returncode == 0, f"{script} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}"
-    return p
+    return launch(script, args, nproc=nproc, env=env, timeout=timeout)
 
 
 def jsonl(path: Path) -> list[dict]:

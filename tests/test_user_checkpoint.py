@@ -21,7 +21,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _utils import clean_env  # noqa: E402
+from _utils import clean_env, launch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HALF = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -29,18 +29,13 @@ LAYER = "model.layers.0.self_attn.q_proj.weight"  # a weight every step's gradie
 
 
 def run(cmd: list[str], timeout: int = 600, ok: bool = True) -> subprocess.CompletedProcess:
+    """``cmd`` = ``[sys.executable, *target]``, as :func:`_utils.launch` runs it (one process)."""
     env = {**clean_env(), "OMP_NUM_THREADS": "1"}
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    if ok:
-        assert p.returncode == 0, (
-            f"{cmd[:4]} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}"
-        )
-    return p
+    return launch(cmd[1:], env=env, timeout=timeout, ok=ok)
 
 
 def torchrun(script: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    return run([*launcher, script, *args], ok=ok)
+    return launch(script, args, nproc=2, env={**clean_env(), "OMP_NUM_THREADS": "1"}, ok=ok)
 
 
 @pytest.fixture(scope="module")
