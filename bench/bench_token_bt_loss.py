@@ -5,7 +5,7 @@
     python bench/bench_token_bt_loss.py --record   # ... and append the table to bench/RESULTS.md
 
 Each timed call is one forward (reduction="mean") plus one backward to both reward tensors.
-Target (issue): ≤ 0.5× the eager reference's time at B=32, T=1024, fp32, ~30% changed.
+Target: ≤ 0.5× the eager reference's time at B=32, T=1024, fp32, ~30% changed.
 Bytes counted (the minimum for a separate forward and backward pass): forward reads both
 reward tensors and their masks (and the changed masks for variant "changed"); backward reads
 the masks again and writes both gradients; the [B] vectors are negligible.

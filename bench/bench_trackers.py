@@ -1,4 +1,4 @@
-"""What ``report_to=[tensorboard,wandb,mlflow]`` costs a tiny PPO run (issue 27: < 3% wall time)::
+"""What ``report_to=[tensorboard,wandb,mlflow]`` costs a tiny PPO run (the target: < 3% wall time)::
 
     python bench/bench_trackers.py [--iterations 40] [--repeats 5] [--threads N] [--record]
 

@@ -1,7 +1,7 @@
 """Run every kernel benchmark (``bench/bench_*.py``) in turn.
 
 python bench/run_all.py --quick     # small shapes, a smoke run (what `make run` does)
-python bench/run_all.py --record    # the issue's target shapes; appends to RESULTS.md
+python bench/run_all.py --record    # the target shapes; appends to RESULTS.md
 """
 
 from __future__ import annotations

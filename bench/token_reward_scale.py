@@ -31,7 +31,7 @@ SETTINGS = {
     "mean": ["token_reward_scale=mean"],
     "running_mean": ["token_reward_scale=running_mean"],
     "running_mean + eos penalty -1": ["token_reward_scale=running_mean", "missing_eos_penalty=-1"],
-    # the critic (issue 17, item 4): initialised from the token RM (the old `auto`), from it after a
+    # the critic: initialised from the token RM (the old `auto`), from it after a
     # 5-iteration critic-only warm-up, or from the actor's backbone with a fresh head (the default)
     "running_mean, critic from the RM": ["token_reward_scale=running_mean", "critic_from=RM"],
     "running_mean, critic from the RM + critic_warmup=5": [

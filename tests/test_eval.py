@@ -421,7 +421,7 @@ def test_replayed_published_verdicts_reproduce_the_leaderboard(server, tmp_path,
     assert lo < 26.46 < hi
 
 
-# --- 6. evaluation that cannot lie or lose a file (issue 25) ---------------------------------
+# --- 6. evaluation that cannot lie or lose a file ---------------------------------------------
 def strict_loads(text: str):
     """json.loads that refuses NaN / Infinity (what a strict JSON reader does)."""
 

@@ -1,4 +1,4 @@
-"""More than one node, tried on one machine (issue 24): two ``torchrun`` "nodes" (``--nnodes 2
+"""More than one node, tried on one machine: two ``torchrun`` "nodes" (``--nnodes 2
 --nproc_per_node 1``, a c10d rendezvous on 127.0.0.1), each started in a working directory of its
 own (standing in for node-local disks), ``output_dir`` an absolute path both see (standing in for
 a shared filesystem).

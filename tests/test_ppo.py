@@ -372,7 +372,7 @@ def test_ppo_learns_a_known_per_token_reward(tmp_path):
 
 @pytest.mark.slow
 def test_token_rewards_keep_the_length_of_an_sft_start(tmp_path):
-    """The length claim of ``token_reward_scale=running_mean`` (issue 17): from the tiny SFT model
+    """The length claim of ``token_reward_scale=running_mean``: from the tiny SFT model
     (which ends its responses after ~15 tokens) token-level PPO with a learned token RM raises the
     gold reward (a per-token mean: no length preference) and keeps ending its responses, while
     ``mean`` (r_t / T), the same RM and seed, drifts to ``max_new_tokens``. The full table (2
