@@ -42,7 +42,7 @@ bench-quick: install
 ## The test suite (CI runs exactly this). pytest's exit 5 (no tests collected) fails too.
 test: install
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q; rc=$$?; \
+	$(PY) -m pytest -q --durations=15; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 ## Everyday tests: everything but the tests marked slow (multi-process runs, whole pipelines).

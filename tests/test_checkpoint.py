@@ -104,6 +104,7 @@ def test_no_intact_checkpoint_is_a_clear_error(tmp_path, world):
     assert Checkpointer(tmp_path / "none").load_latest(_parts(0)) is None  # nothing saved: a fresh run
 
 
+@pytest.mark.slow
 def test_reward_run_resumes_past_a_truncated_checkpoint(tmp_path):
     """End to end (the case that used to end in a raw CheckpointException): the newest checkpoint
     of a stopped run is truncated; rerunning the same command says so, resumes from the previous

@@ -444,6 +444,7 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+@pytest.mark.slow
 def test_quick_demo_fills_every_table(quick_demo):
     from trainer.demo import ARMS, RMS, plan
 
@@ -738,6 +739,7 @@ def test_opt_in_sweeps_add_their_stages_to_a_finished_demo(tmp_path, stand_in_st
     assert [json.loads(r)["chosen"] for r in recs] == [json.loads(r)["chosen"] for r in main_recs]
 
 
+@pytest.mark.slow
 def test_report_to_reaches_every_trainer_stage_and_the_tables(tmp_path, stand_in_stages, monkeypatch, capsys):
     """``fgrlhf demo --report-to``: every trainer stage gets the trackers and its own run name
     (``<out>/<stage dir>``), with one MLflow store and W&B group for the study set only while

@@ -57,6 +57,7 @@ def only_the_plan(out_dir: Path, peaks: dict) -> bool:
     return sorted(os.listdir(out_dir)) == ["memory_plan.json"] and plan["peaks"] == peaks
 
 
+@pytest.mark.slow
 def test_tiny_ppo_and_reward_dry_runs(tmp_path):
     """The tiny defaults: every phase runs and is measured; nothing is written where the config
     points (a dry run works in a temporary directory) but the measured memory plan."""
@@ -74,6 +75,7 @@ def test_tiny_ppo_and_reward_dry_runs(tmp_path):
         assert out["parts"]["train"]["Gradient"] > 0 and out["parts"]["checkpoint"]["Optstate"] > 0
 
 
+@pytest.mark.slow
 def test_the_real_run_checks_memory_against_the_dry_runs_measurement(tmp_path):
     """memory_limit_gb in a real run uses the dry run's measured peak of exactly this run
     (output_dir/memory_plan.json): a limit under the measured peak but over nothing else is
@@ -109,6 +111,7 @@ def test_the_real_run_checks_memory_against_the_dry_runs_measurement(tmp_path):
     assert not (tmp_path / "reduced").exists()  # a smaller model's figures are no plan
 
 
+@pytest.mark.slow
 def test_7b_configs_reduced_layers_fit_and_shard_as_computed():
     """The 7B configs as shipped (no checkpoints, no data: their ??? paths stay unset), at the
     real widths and lengths with 2 decoder layers, on 8 fake ranks: every phase completes, the
@@ -150,6 +153,7 @@ def test_7b_configs_reduced_layers_fit_and_shard_as_computed():
     assert "rollout 64 x (192 + 300) tokens per rank" in p.stdout + p.stderr
 
 
+@pytest.mark.slow
 def test_a_config_that_cannot_run_is_refused_naming_the_phase():
     """Over the memory limit: the first phase that does not fit is named, exit status 2 through
     the entry point; a batch that does not split is refused before anything is built."""

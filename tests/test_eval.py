@@ -131,6 +131,7 @@ def test_generate_resumes_to_the_same_answers(policy, instructions, tmp_path):
     assert json.loads(other.read_text()) != json.loads(full.read_text())
 
 
+@pytest.mark.slow
 def test_generate_data_parallel_equals_one_process(policy, instructions, tmp_path):
     """torchrun with 2 ranks: each rank samples its batches; the merged file equals 1 process's."""
     one, two = tmp_path / "one.json", tmp_path / "two.json"
@@ -273,6 +274,7 @@ def test_api_faults_and_missing_verdicts_judged_exactly_once(server, tmp_path):
     assert len(server.requests) == 20
 
 
+@pytest.mark.slow
 def test_kill_and_resume_pays_for_nothing_twice(tmp_path):
     """SIGKILL mid-run, then the same command: judgments.jsonl ends with each comparison exactly
     once, and the resumed run only asks for what was not written."""
@@ -342,6 +344,7 @@ def test_skip_invalid_counts_what_it_skips(server, tmp_path):
 
 
 # --- 4. the reward-model judge, end to end on a tiny RM trained here ---------------------------
+@pytest.mark.slow
 def test_reward_model_judge_end_to_end(tmp_path):
     """A token-level RM trained on the synthetic world judges answers made of good words against
     answers made of bad words: it prefers the good ones whatever the order."""
@@ -379,6 +382,7 @@ def test_reward_model_judge_end_to_end(tmp_path):
 AE = ROOT.parent / "shared" / "data" / "alpaca_eval"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not (AE / "alpaca-7b__model_outputs.json").exists(), reason="../shared/data/alpaca_eval absent"
 )
@@ -446,6 +450,7 @@ def gold_outputs(path: Path, n: int, word: str) -> Path:
     return write_json(path, rows)
 
 
+@pytest.mark.slow
 def test_a_nan_score_is_an_error_naming_the_instruction_not_a_verdict(tmp_path, tmp_path_factory, caplog):
     """A reward model with a NaN bias used to give every comparison to the second answer (``r1 >
     r2`` is False for NaN): a normal-looking 50% and exit 0. Now the run stops, naming the

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from _utils import clean_env
 
@@ -48,6 +49,7 @@ def test_without_cuda_it_says_so_and_exits_0():
     assert refused.returncode == 2 and "--record appends GPU results" in refused.stderr
 
 
+@pytest.mark.slow
 def test_cpu_rehearsal_runs_every_check_and_passes():
     """Every check's code runs (tiny sizes, CPU); the table names each one and nothing FAILs.
     The row "2. bf16 ckpt → sharded params" is the master-weights check: it fails when a

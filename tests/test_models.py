@@ -46,6 +46,7 @@ def test_pair_stats_and_reward_helpers():
     assert sequence_reward(scores, m, "sequence").tolist() == [3.0, 4.0, 0.0]  # last token; empty -> 0
 
 
+@pytest.mark.slow
 def test_every_config_field_documented_and_yaml_configs_load(tmp_path):
     from trainer.ppo import PPOConfig
     from trainer.sft import SFTConfig

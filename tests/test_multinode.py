@@ -159,6 +159,7 @@ def two_nodes(tmp_path_factory):
     return c, out, first, second, step2, iterations_after_stop
 
 
+@pytest.mark.slow
 def test_two_nodes_resume_equals_one_node(two_nodes, tmp_path):
     c, out, first, second, step2, after_stop = two_nodes
     # one global rank 0 per launch (the rendezvous picks its node)
@@ -183,6 +184,7 @@ def test_two_nodes_resume_equals_one_node(two_nodes, tmp_path):
 
 
 # --- 2. what needs a filesystem every node sees --------------------------------------------------
+@pytest.mark.slow
 def test_node_local_output_dir_is_refused(two_nodes, tmp_path):
     """A relative ``output_dir`` is a directory per node. With the inputs outside it (prompts,
     tokenizer, reward model on the shared filesystem) the run today finishes with exit 0 on both
@@ -201,6 +203,7 @@ def test_node_local_output_dir_is_refused(two_nodes, tmp_path):
     assert "every node must see output_dir" in "".join(log for _, log in res), _tails(res)
 
 
+@pytest.mark.slow
 def test_a_path_on_one_node_only_stops_both_nodes(two_nodes, tmp_path):
     """``reward_model=./rm`` exists on node 0 (which hosts the c10d store) only: node 1's worker
     refuses the config before joining the process group, and node 0's worker waits for it in
@@ -215,6 +218,7 @@ def test_a_path_on_one_node_only_stops_both_nodes(two_nodes, tmp_path):
     assert res[0][0] != 0 and "./rm" in res[0][1], _tails(res)
 
 
+@pytest.mark.slow
 def test_generate_with_node_local_output_says_so(two_nodes, tmp_path):
     """``fgrlhf generate`` on two nodes with a node-local ``-o`` (a relative path): each rank's
     partial file stays on its node, so rank 0 cannot write the output — today every node exits 0

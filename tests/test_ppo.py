@@ -218,6 +218,7 @@ def _gen_worker(out: str) -> None:
     shutdown()
 
 
+@pytest.mark.slow
 def test_fsdp2_generation_equals_unsharded_greedy(tmp_path):
     torchrun("tests/test_ppo.py", ["gen", str(tmp_path)])
     for r in range(2):
@@ -265,6 +266,7 @@ def _check_run(out_dir: Path, n: int) -> list[dict]:
     return recs
 
 
+@pytest.mark.slow
 def test_ppo_token_mode_learned_rm_and_exact_resume(tmp_path):
     """Token mode with a token-level RM trained on the fly; then the same run stopped after 2
     iterations and resumed continues with identical losses."""
@@ -285,6 +287,7 @@ def test_ppo_token_mode_learned_rm_and_exact_resume(tmp_path):
             assert a[k] == b[k], (a["iteration"], k, a[k], b[k])
 
 
+@pytest.mark.slow
 def test_ppo_sequence_mode_adaptive_kl_k3(tmp_path):
     out = tmp_path / "seq"
     torchrun(
@@ -296,6 +299,7 @@ def test_ppo_sequence_mode_adaptive_kl_k3(tmp_path):
     assert recs[-1]["kl_coef"] != recs[0]["kl_coef"]  # the adaptive controller moved β
 
 
+@pytest.mark.slow
 def test_critic_warmup_freezes_the_actor(tmp_path):
     """critic_warmup=2: in iterations 1-2 only the critic trains, so iteration 3 still samples from
     the reference policy (KL exactly 0 with old_logprobs=recompute: the same forward as the
@@ -312,6 +316,7 @@ def test_critic_warmup_freezes_the_actor(tmp_path):
     assert recs[3]["kl"] != 0.0 and recs[2]["policy_loss"] != 0.0
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_preempted(tmp_path):
     """SIGTERM mid-run (one process): the iteration finishes, a checkpoint is written, exit 75
     (pre-empted, distinct from a finished run) and a PREEMPTED marker; a rerun resumes."""
@@ -352,6 +357,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_preempted(tmp_path):
 
 # --- 3. the learning test ------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.slow
 def test_ppo_learns_a_known_per_token_reward(tmp_path):
     """Gold per-token reward (+1 good word, −1.5 bad word, 0 otherwise), used raw (the table has a
     fixed level, 0 for neutral words): a few hundred PPO steps must raise the mean per-token
@@ -370,6 +376,7 @@ def test_ppo_learns_a_known_per_token_reward(tmp_path):
     assert last > first + 0.5, (first, last)
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_token_rewards_keep_the_length_of_an_sft_start(tmp_path):
     """The length claim of ``token_reward_scale=running_mean``: from the tiny SFT model
@@ -489,6 +496,7 @@ def test_no_dropout_zeroes_every_dropout_probability():
     assert no_dropout(LlamaConfig(attention_dropout=0.3)).attention_dropout == 0.0
 
 
+@pytest.mark.slow
 def test_sft_start_heldout_evaluation_and_best_actor(tmp_path):
     """The main job's default path at tiny size (1 process): a tiny SFT model trained first is
     the actor's start; held-out evaluation every 2 iterations logs a gold score (held-out prompts,

@@ -125,6 +125,7 @@ def run_recipe(env: dict[str, str], log: Path) -> tuple[subprocess.CompletedProc
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_recipe_from_a_bf16_checkpoint_to_a_win_rate(tmp_path):
     for need in (ALPACA_FARM / "outputs_sft.json", ALPACA_FARM / "outputs_rlhf.json", TOKENIZER_DIR):
         if not need.exists():

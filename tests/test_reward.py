@@ -88,6 +88,7 @@ def token_run(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_torchrun_token_mode_learns(token_run):
     ev = records(token_run, "eval")
     first, last = ev[0], ev[-1]
@@ -100,6 +101,7 @@ def test_torchrun_token_mode_learns(token_run):
     assert (token_run / "best" / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_torchrun_sequence_mode_runs(tmp_path):
     torchrun(
         [f"output_dir={tmp_path}", "rm_level=sequence", "max_steps=10", "eval_every=0", "log_every=5", *TINY]
@@ -112,6 +114,7 @@ def test_torchrun_sequence_mode_runs(tmp_path):
 
 
 # --- 3. kill and resume ----------------------------------------------------------------------
+@pytest.mark.slow
 def test_kill_and_resume_gives_identical_losses(tmp_path):
     common = ["max_steps=6", "checkpoint_every=3", "log_every=1", "eval_every=0", "save_best=false", *TINY]
     full, cut = tmp_path / "full", tmp_path / "cut"
@@ -147,6 +150,7 @@ def test_saved_model_reproduces_final_eval(token_run):
         assert got[key] == pytest.approx(want[key], abs=1e-5), key
 
 
+@pytest.mark.slow
 def test_fgrlhf_eval_rm_scores_a_saved_model_like_the_trainer(token_run, tmp_path):
     """`fgrlhf eval-rm` on the held-out file: the trainer's metrics of the saved model."""
     from transformers import AutoModelForTokenClassification, AutoTokenizer
@@ -276,6 +280,7 @@ def test_second_run_on_the_same_output_dir_is_refused(tmp_path):
     assert not (out / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_resume_with_a_changed_model_key_is_refused_with_the_diff(tmp_path):
     common = [f"output_dir={tmp_path}/o", "max_steps=4", "checkpoint_every=2", "eval_every=0", *TINY]
     p = subprocess.run(
@@ -293,6 +298,7 @@ def test_resume_with_a_changed_model_key_is_refused_with_the_diff(tmp_path):
     assert (tmp_path / "o" / "config.yaml").read_text() == saved  # the first run's config is kept
 
 
+@pytest.mark.slow
 def test_resume_false_moves_the_old_run_aside(tmp_path):
     """resume=false on a directory with checkpoints: the old outputs move aside, so the new run
     is never pruned against (or later resumed from) the old one's higher steps."""
@@ -311,6 +317,7 @@ def test_resume_false_moves_the_old_run_aside(tmp_path):
     assert [r["step"] for r in records(out, "train")] == [2]  # log_every=10: the end step only
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_the_step_and_exits_75(tmp_path):
     """reward.py under SIGTERM: finishes the step, checkpoints, exits 75; a rerun resumes."""
     import signal

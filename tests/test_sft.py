@@ -76,6 +76,7 @@ def _train_losses(out: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in recs if r["split"] == "train"}
 
 
+@pytest.mark.slow
 def test_two_process_figa_trains_and_resumes_identically(tmp_path):
     common = ["objective=figa", "max_steps=6", "checkpoint_every=3", "log_every=1", "eval_every=0", *TINY]
     full, cut = tmp_path / "full", tmp_path / "cut"
@@ -90,6 +91,7 @@ def test_two_process_figa_trains_and_resumes_identically(tmp_path):
     assert (full / "final" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_figa_raises_the_gold_reward_over_its_sft_start(tmp_path):
     """SFT on the world's responses, then FIGA on its edited pairs from that model: greedy

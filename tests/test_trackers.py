@@ -359,6 +359,7 @@ def check_tensorboard(out: Path, step_key: str) -> None:
             assert same(e.value, steps[e.step]), (tag, e.step, e.value, steps[e.step])
 
 
+@pytest.mark.slow
 def test_ppo_with_every_tracker_and_its_resume(tmp_path, reward_model, mlflow_srv):
     """A PPO run and its resume from a checkpoint older than the last step logged: one run per
     tracker, every JSONL metric at its step exactly once, config, rollout tables, artefacts."""
@@ -430,6 +431,7 @@ def test_ppo_with_every_tracker_and_its_resume(tmp_path, reward_model, mlflow_sr
     ]
 
 
+@pytest.mark.slow
 def test_mlflow_server_killed_mid_run(tmp_path, reward_model, mlflow_srv):
     """The server dies during training: the run finishes, one warning names MLflow, metrics.jsonl
     is complete, and TensorBoard (the other tracker) still has every step."""
@@ -460,6 +462,7 @@ def test_mlflow_server_killed_mid_run(tmp_path, reward_model, mlflow_srv):
     check_tensorboard(out, "iteration")
 
 
+@pytest.mark.slow
 def test_two_processes_log_one_tracker_run(tmp_path, reward_model, mlflow_srv):
     out = tmp_path / "ppo2"
     uri = mlflow_srv.get()
@@ -476,6 +479,7 @@ def test_two_processes_log_one_tracker_run(tmp_path, reward_model, mlflow_srv):
     assert sorted(m.step for m in c.get_metric_history(r.info.run_id, "reward")) == [1, 2]
 
 
+@pytest.mark.slow
 def test_reward_and_sft_trainers_report_too(tmp_path):
     """The same key on the step-scheduled trainers: ``train/`` and ``eval/`` records at their
     steps in TensorBoard and W&B (no per-tracker code in any trainer)."""
@@ -497,6 +501,7 @@ def test_reward_and_sft_trainers_report_too(tmp_path):
             assert got == sorted(steps), (script, tag, got)
 
 
+@pytest.mark.slow
 def test_trackers_that_cannot_start_leave_the_run_alone(tmp_path):
     """No W&B credentials (online mode) and an MLflow URI with a password that nothing answers:
     two warnings, each naming its tracker; the run and metrics.jsonl complete; TensorBoard goes
@@ -523,6 +528,7 @@ def test_trackers_that_cannot_start_leave_the_run_alone(tmp_path):
     check_tensorboard(out, "step")
 
 
+@pytest.mark.slow
 def test_eval_reports_its_result_and_a_rerun_continues_the_run(tmp_path):
     """``fgrlhf eval --report-to``: the summary's numbers at step = instructions judged, the
     annotations table and the files, in ``OUT/trackers``; a rerun over more instructions continues

@@ -16,6 +16,7 @@ from fgkernels import _dispatch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _dispatch.TRITON_AVAILABLE, reason="triton not installed")
 def test_every_triton_kernel_compiles_for_sm80_and_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -184,6 +184,7 @@ def reward_run(world):
     return out
 
 
+@pytest.mark.slow
 def test_sft_and_reward_keep_fp32_masters_from_a_bf16_checkpoint(world, reward_run, tmp_path):
     """SFT (2 processes) and the reward model (the fixture): the checkpoints hold fp32 model and
     AdamW tensors, and three steps of lr 1e-6 — far below bf16's resolution of these weights —
@@ -206,6 +207,7 @@ def test_sft_and_reward_keep_fp32_masters_from_a_bf16_checkpoint(world, reward_r
     assert changed_fraction(start, saved_weight(out / "final")) > 0.5  # saved in fp32 (save_dtype)
 
 
+@pytest.mark.slow
 def test_ppo_from_bf16_checkpoints_on_two_ranks(world, reward_run, tmp_path):
     """The 7B recipe's PPO command at tiny size: ``init_from`` a bf16 checkpoint, a bf16-saved
     token RM as ``reward_model`` and as ``critic_from``, a ``prompts`` file, 2 ranks. Both ranks
@@ -232,6 +234,7 @@ def test_ppo_from_bf16_checkpoints_on_two_ranks(world, reward_run, tmp_path):
 
 
 # --- 3. the dry run of the user's command writes the plan the real run uses ------------------------
+@pytest.mark.slow
 def test_dry_run_of_init_from_writes_the_plan_the_real_run_uses(world, reward_run, tmp_path):
     """``dry_run=true`` with ``init_from=<dir>`` (shapes from its config.json, no weights read)
     writes ``memory_plan.json``; the same command without ``dry_run`` says ``memory plan:
@@ -258,6 +261,7 @@ def test_dry_run_of_init_from_writes_the_plan_the_real_run_uses(world, reward_ru
     assert not (tmp_path / "bare").exists()
 
 
+@pytest.mark.slow
 def test_a_dry_run_stops_at_the_first_phase_over_the_limit():
     """Generation over the limit: the dry run stops there, naming it, without measuring score,
     rewards and train first (they would take minutes at real sizes)."""
