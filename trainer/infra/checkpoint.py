@@ -35,7 +35,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
 
-from trainer.infra.config import describe
+from trainer.errors import CheckpointError, describe
+from trainer.fake import in_dry_run
 from trainer.infra.dist import (
     all_reduce_sum,
     barrier,
@@ -53,10 +54,6 @@ MANIFEST = "manifest.json"
 
 # name -> (model, optimizer): what one checkpoint holds.
 Parts = dict[str, tuple[nn.Module, torch.optim.Optimizer]]
-
-
-class CheckpointError(RuntimeError):
-    """No intact checkpoint to resume from (the message names the directory and why)."""
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -157,8 +154,6 @@ class Checkpointer:
         for name, (model, optimizer) in parts.items():
             model_sd, optim_sd = get_state_dict(model, optimizer)
             state[name] = {"model": model_sd, "optim": optim_sd}
-        from trainer.infra.dryrun import in_dry_run
-
         if in_dry_run():  # fake tensors have no bytes: the state dicts a save holds are built, not written
             return tmp
         dcp.save(state, checkpoint_id=str(tmp))

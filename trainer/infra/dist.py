@@ -20,6 +20,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from trainer.errors import PeerFailure
+from trainer.fake import in_dry_run
+
 __all__ = [
     "DTYPES",
     "DistInfo",
@@ -158,8 +161,6 @@ def barrier() -> None:
 def gather_objects(obj: object) -> list:
     """Every rank's ``obj`` (picklable), in rank order, on every rank (a dry run's fake world:
     rank 0's object stands for every rank's; fake tensors cannot be pickled)."""
-    from trainer.infra.dryrun import in_dry_run
-
     if get_world_size() == 1 or in_dry_run():
         return [obj] * get_world_size()
     out: list = [None] * dist.get_world_size()
@@ -182,10 +183,6 @@ def collective_device() -> torch.device:
     if dist.is_initialized() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
-
-
-class PeerFailure(RuntimeError):
-    """Another rank (rank 0) failed in a step every rank waits on; its error is in the message."""
 
 
 def on_rank0(fn, *args, **kwargs):

@@ -38,7 +38,11 @@ from typing import Any
 
 import torch
 
-from trainer.infra.config import ConfigError
+from trainer.errors import ConfigError
+from trainer.fake import _ACTIVE, host_item, host_list, in_dry_run, is_fake, real_tensors
+from trainer.infra.dist import broadcast_object, get_rank
+from trainer.infra.runtime import write_atomic
+from trainer.infra.summary import format_bytes
 
 __all__ = [
     "ARCH_PRESETS",
@@ -70,42 +74,10 @@ ARCH_PRESETS: dict[str, dict[str, Any]] = {
     ),
 }  # fmt: skip
 
-_ACTIVE: list[bool] = []
-
 
 class DryRunError(ConfigError):
     """A phase of the dry run failed (shape, dtype, collective) or its peak is over the limit:
     this config cannot run. The message names the phase (a one-line error, exit status 2)."""
-
-
-def in_dry_run() -> bool:
-    """True inside :func:`fake_world`."""
-    return bool(_ACTIVE)
-
-
-def is_fake(t: Any) -> bool:
-    """True for a ``FakeTensor`` (a dry run's tensors)."""
-    from torch._subclasses.fake_tensor import is_fake as _is_fake
-
-    return isinstance(t, torch.Tensor) and _is_fake(t)
-
-
-def host_item(t: torch.Tensor, fake_value: float = 0.0) -> float:
-    """``t.item()``, or ``fake_value`` for a fake tensor (no data to copy)."""
-    return fake_value if is_fake(t) else t.item()
-
-
-def host_list(t: torch.Tensor, fake_value: float = 0.0) -> list:
-    """``t.tolist()`` of a 1-D tensor, or ``[fake_value] * numel`` for a fake tensor."""
-    return [fake_value] * t.numel() if is_fake(t) else t.tolist()
-
-
-def real_tensors():
-    """A context in which new tensors are real even inside a dry run's ``FakeTensorMode`` (for
-    the data order: a permutation of indices is computed on the host and must have values)."""
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
-
-    return unset_fake_temporarily()
 
 
 def warm_optimizer_states(*optimizers: torch.optim.Optimizer) -> None:
@@ -131,8 +103,6 @@ def preset_config(name: str, tokenizer: Any = None):
         ConfigError: an unknown preset name (config key ``arch``).
     """
     from transformers import LlamaConfig
-
-    from trainer.infra.config import ConfigError
 
     if name not in ARCH_PRESETS:
         raise ConfigError(f"config key 'arch': {name!r} is not one of {sorted(ARCH_PRESETS)}")
@@ -162,31 +132,10 @@ def stand_in_tokenizer(vocab_size: int):
 
 
 def stand_in_example(cfg: Any) -> tuple[Any, Any]:
-    """The supervised trainers' dry-run data (reward, SFT/FIGA): the tokenizer (``tokenizer`` /
-    ``init_from``'s, else a stand-in of the ``arch`` preset's vocabulary; ``cfg.prompt_template``
-    resolved against it) and one stand-in :class:`~trainer.data.examples.TokenizedExample` of
-    exactly ``max_length`` tokens, the last ``min_response_tokens`` the response, every fourth of
-    them "changed" (the worst case for every mask-dependent op).
+    """:func:`trainer.models.stand_in_example` (moved there: it loads a tokenizer)."""
+    from trainer.models import stand_in_example as impl  # layering: until reward/sft import it from there
 
-    Raises:
-        ConfigError: no tokenizer, no checkpoint and an unknown ``arch``.
-    """
-    from trainer.data.examples import TokenizedExample, checked_template
-    from trainer.models import load_tokenizer
-
-    name = cfg.tokenizer or cfg.init_from
-    if name:
-        tokenizer = load_tokenizer(name, "tokenizer" if cfg.tokenizer else "init_from")
-    elif cfg.arch in ARCH_PRESETS:
-        tokenizer = stand_in_tokenizer(ARCH_PRESETS[cfg.arch]["vocab_size"])
-    else:
-        raise ConfigError(f"config key 'arch': {cfg.arch!r} is not one of {sorted(ARCH_PRESETS)}")
-    cfg.prompt_template = checked_template(tokenizer, cfg.prompt_template)
-    T, P = cfg.max_length, cfg.max_length - cfg.min_response_tokens
-    ids = [tokenizer.bos_token_id] + [len(tokenizer) - 1] * (T - 1)
-    resp = [False] * P + [True] * (T - P)
-    changed = [False] * P + [i % 4 == 0 for i in range(T - P)]
-    return tokenizer, TokenizedExample(ids, resp, changed, P)
+    return impl(cfg)
 
 
 @contextlib.contextmanager
@@ -329,8 +278,6 @@ class PhaseMemory:
         self.peaks[name] = peak.get("Total", 0.0)
         self.parts[name] = {k: v for k, v in peak.items() if k != "Total"}
         if self.say is not None:
-            from trainer.infra.summary import format_bytes
-
             self.say(f"dry run: phase '{name}' peak {format_bytes(self.peaks[name])} so far "
                      f"({self.seconds[name]:.0f} s)")  # fmt: skip
         check_limit(self, self.limit_gb * 1024**3 if self.limit_gb > 0 else None, self.limit_gb, name)
@@ -342,8 +289,6 @@ def check_limit(pm: PhaseMemory, limit: float | None, limit_gb: float, only: str
     Raises:
         DryRunError: the first phase over the limit, with its parts and the knobs that help.
     """
-    from trainer.infra.summary import format_bytes
-
     if limit is None:
         return
     for name, peak in pm.peaks.items():
@@ -360,8 +305,6 @@ def memory_table(
     pm: PhaseMemory, estimates: dict[str, float] | None = None, limit: float | None = None
 ) -> str:
     """The per-phase table: peak, its parts, the estimate beside it and their ratio."""
-    from trainer.infra.summary import format_bytes
-
     cats = ("Parameter", "Gradient", "Optstate", "Activation", "Temp", "Buffer", "Other")
     head = ["phase", "peak", *[c.lower() for c in cats]] + (["estimate", "est/peak"] if estimates else [])
     head.append("seconds")
@@ -492,8 +435,6 @@ def save_plan(cfg: Any, trainer: str, result: dict) -> Path | None:
     import datetime
     import json
 
-    from trainer.infra.runtime import write_atomic
-
     if cfg.dry_run_layers:
         return None
     path = plan_path(cfg)
@@ -522,8 +463,6 @@ def measured_peaks(
         ConfigError: the plan is for this run but a peak is not a positive finite number, or is
             out of :data:`PLAN_FACTOR` of its estimate (names the file, the phase and the value).
     """
-    from trainer.infra.dist import broadcast_object, get_rank
-
     answer = None
     if get_rank() == 0:
         try:
@@ -578,8 +517,6 @@ def check_peaks(path: Path, peaks: dict[str, Any], estimate: dict[str, float] | 
         ConfigError: names ``path``, the phase, its value and what to do (measure again, or delete
             the file to use the estimate).
     """
-    from trainer.infra.summary import format_bytes
-
     fix = f"rerun the dry run (dry_run=true) to measure again, or delete {path} to use the estimate"
     if not isinstance(peaks, dict) or not peaks:
         raise ConfigError(f"{path}: no measured phase in 'peaks'; {fix}")
@@ -635,8 +572,6 @@ def check_fits(
         ConfigError: the figure exceeds the limit (names the measured phase or the estimate's parts),
             or ``measured`` is no measurement of this run (:func:`check_peaks` against ``estimate``).
     """
-    from trainer.infra.summary import format_bytes
-
     limit = cfg.memory_limit_gb * 1024**3 if cfg.memory_limit_gb > 0 else None
     if limit is None and device.type == "cuda":
         limit = torch.cuda.get_device_properties(device).total_memory - CUDA_RESERVED_GB * 1024**3
@@ -664,8 +599,6 @@ def check_run_memory(run: Any, trainer: str, phases: dict[str, float], shape: di
     Raises:
         ConfigError: the run does not fit.
     """
-    from trainer.infra.summary import format_bytes
-
     if in_dry_run():
         return
     cfg, di = run.cfg, run.di

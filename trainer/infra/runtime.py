@@ -30,7 +30,9 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-from trainer.infra.config import ConfigError, TrainConfig, describe, to_yaml
+from trainer.errors import EXIT_PREEMPTED, PREEMPTED_MARKER, ConfigError, DataError, Preempted, describe
+from trainer.infra.checkpoint import Checkpointer
+from trainer.infra.config import TrainConfig, declared, to_yaml
 from trainer.infra.dist import DistInfo, broadcast_object, gather_objects, init_distributed
 from trainer.infra.metrics import MetricsLog
 from trainer.infra.trackers import RunInfo, start_trackers
@@ -52,9 +54,6 @@ __all__ = [
     "start_run",
 ]
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM after a checkpoint; rerun to resume
-PREEMPTED_MARKER = "PREEMPTED"
-
 
 class _StopRequest:
     """Set by SIGTERM; the loops read it at their next step (every rank agrees through the
@@ -75,24 +74,6 @@ class _StopRequest:
 
 
 STOP = _StopRequest()
-
-
-class Preempted(Exception):
-    """Raised after the checkpoint a SIGTERM asked for; the entry point exits 75."""
-
-    def __init__(self, out_dir: Path, step: int):
-        self.out_dir, self.step = out_dir, step
-        super().__init__(
-            f"SIGTERM: checkpoint saved at step {step} in {out_dir / 'checkpoints'}; "
-            f"rerun the same command to resume (exit {EXIT_PREEMPTED})"
-        )
-
-    def mark(self, top: Path | None = None) -> None:
-        """Write ``PREEMPTED`` (for schedulers that read files, not exit codes) into the run's
-        ``output_dir`` and the top-level one (PPO's on-the-fly RM runs in ``output_dir/rm``)."""
-        if int(os.environ.get("RANK", "0")) == 0:
-            for d in {self.out_dir, top or self.out_dir}:
-                (d / PREEMPTED_MARKER).write_text(f"step {self.step}\n" if d == self.out_dir else "rm\n")
 
 
 _LOCKS: dict[str, IO] = {}
@@ -163,9 +144,6 @@ def _check_resume_config(cfg: TrainConfig, out_dir: Path, say) -> None:
     """
     from omegaconf import OmegaConf
 
-    from trainer.infra.checkpoint import Checkpointer
-    from trainer.infra.config import declared
-
     saved_path = out_dir / "config.yaml"
     has_checkpoints = bool(Checkpointer(out_dir / "checkpoints").complete())
     if has_checkpoints and not cfg.resume:  # a fresh start: the old run's outputs move aside
@@ -228,7 +206,6 @@ def start_run(cfg: TrainConfig, name: str) -> Run:
     deterministic algorithms, the process group and device mesh, CPU threads (cores / local
     processes), the output directory with its lock (rank 0), and the resolved config printed and
     written to ``output_dir/config.yaml`` (compared with the saved one when resuming)."""
-    from trainer.data.formats import DataError
 
     STOP.install()
     try:
@@ -343,8 +320,6 @@ def open_metrics(run: Run, step_key: str = "step") -> MetricsLog:
     resume from a checkpoint. A tracker whose package is missing is a warning, here, before
     training. Call it right after :func:`start_run`."""
     from omegaconf import OmegaConf
-
-    from trainer.infra.checkpoint import Checkpointer
 
     cfg, di = run.cfg, run.di
     trackers = None
