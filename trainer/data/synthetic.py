@@ -552,7 +552,7 @@ def load_world(path: str | Path) -> SyntheticConfig:
 def bootstrap(out_dir: str | Path, cfg: SyntheticConfig) -> tuple[Path, Path]:
     """Every trainer's synthetic default: rank 0 writes the set under ``out_dir`` (unless it is
     already there), every rank waits for it. Returns ``(pairs_path, tokenizer_dir)``."""
-    from trainer.infra.dist import on_rank0
+    from trainer.infra.dist import on_rank0  # lazy: torch (this module is torch-free: fgrlhf --help)
 
     out = Path(out_dir)
     on_rank0(write_synthetic, out, cfg)  # a failure on rank 0 stops every rank

@@ -50,7 +50,9 @@ from pathlib import Path
 from typing import Any
 
 from trainer.data.formats import DataError, Prompt, prompt_parts, read_records
+from trainer.errors import ConfigError, describe
 from trainer.infra.appendlog import AppendLog
+from trainer.infra.outputs import check_output, write_json
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +198,6 @@ def resolve_model(name: str, allow_download: bool = False) -> Path:
     Raises:
         ConfigError: no such directory, an invalid Hub id, or a Hub model not in the cache.
     """
-    from trainer.infra.config import ConfigError, describe
-
     p = Path(name).expanduser()
     if not name.strip():
         raise ConfigError("model: an empty path")
@@ -310,9 +310,6 @@ def weights_sha256(model_dir: str | Path) -> str:
         trainer.infra.config.ConfigError: no weight file in ``model_dir``.
         RuntimeError: a weight file changed while it was read.
     """
-    from trainer.infra.config import ConfigError
-    from trainer.infra.outputs import write_json
-
     d = Path(model_dir)
     weights = _files(d, _WEIGHT_FILES)
     if not weights:
@@ -370,8 +367,7 @@ def _check_policy_dir(model_dir: Path, name: str) -> None:
     Raises:
         ConfigError: a reward model (``fgrlhf_reward.json``), a file, or no ``config.json``.
     """
-    from trainer.infra.config import ConfigError
-    from trainer.models import RM_META_FILE, check_model_dir
+    from trainer.models import RM_META_FILE, check_model_dir  # lazy: torch (fgrlhf --help is torch-free)
 
     check_model_dir(str(model_dir), "model")
     if (model_dir / RM_META_FILE).exists():
@@ -399,8 +395,6 @@ def _load_policy(model_dir: Path, name: str, dtype: str, device: Any):
     """
     import torch
     from transformers import AutoModelForCausalLM
-
-    from trainer.infra.config import ConfigError
 
     model, info = AutoModelForCausalLM.from_pretrained(
         str(model_dir),
@@ -569,11 +563,18 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
     """
     import torch
 
-    from trainer.data.examples import build_prompt, checked_template, collate
-    from trainer.infra import dist as D
-    from trainer.infra.outputs import check_output, write_json
-    from trainer.models import load_tokenizer, pad_token_id, read_policy_meta
-    from trainer.rollout import generate
+    from trainer.data.examples import (  # lazy: torch (fgrlhf --help is torch-free)
+        build_prompt,
+        checked_template,
+        collate,
+    )
+    from trainer.infra import dist as D  # lazy: torch (fgrlhf --help is torch-free)
+    from trainer.models import (  # lazy: torch (fgrlhf --help is torch-free)
+        load_tokenizer,
+        pad_token_id,
+        read_policy_meta,
+    )
+    from trainer.rollout import generate  # lazy: torch (fgrlhf --help is torch-free)
 
     # 1. the output may not be a directory or an input; nothing is written before this
     output = check_output(cfg.output, "-o", inputs=[cfg.instructions, cfg.model])

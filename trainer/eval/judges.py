@@ -34,6 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.data.formats import Prompt
+from trainer.data.synthetic import gold_reward, load_world
+from trainer.errors import ConfigError
+from trainer.infra.claude import ClaudeClient, cost_usd
 
 __all__ = [
     "ClaudeJudge",
@@ -168,8 +171,6 @@ class ClaudeJudge(Judge):
         extra_attempts: int = 2,
         backoff: float = 10.0,
     ):
-        from trainer.infra.claude import ClaudeClient
-
         if prompt_file is None:
             self.template = (PROMPTS_DIR / "pairwise_v1.txt").read_text(encoding="utf-8")
             self.version = PAIRWISE_PROMPT_VERSION
@@ -217,8 +218,6 @@ class ClaudeJudge(Judge):
         return Verdict(pref, reply.text, reply.model, **usage)
 
     def cost_usd(self, input_tokens: int, output_tokens: int) -> float | None:
-        from trainer.infra.claude import cost_usd
-
         return cost_usd(self.model, input_tokens, output_tokens, self.price_in, self.price_out)
 
     async def aclose(self) -> None:
@@ -246,9 +245,8 @@ class RewardModelJudge(Judge):
     ):
         import torch
 
-        from trainer.data.examples import checked_template
-        from trainer.infra.config import ConfigError
-        from trainer.models import (
+        from trainer.data.examples import checked_template  # lazy: torch (fgrlhf --help is torch-free)
+        from trainer.models import (  # lazy: torch (fgrlhf --help is torch-free)
             RewardModel,
             check_model_dir,
             load_tokenizer,
@@ -282,7 +280,7 @@ class RewardModelJudge(Judge):
         """``R(τ)`` of each (prompt, output), tokenised as the reward trainer does."""
         import torch
 
-        from trainer.data.examples import build_example, collate
+        from trainer.data.examples import build_example, collate  # lazy: torch (fgrlhf --help is torch-free)
 
         ex = [
             build_example(self.tokenizer, p, o, max_length=self.max_length, prompt_template=self.template)
@@ -325,9 +323,6 @@ class GoldJudge(Judge):
     def __init__(self, world: str, tie_tolerance: float = 0.0):
         import json
 
-        from trainer.data.synthetic import load_world
-        from trainer.infra.config import ConfigError
-
         try:
             self.world = load_world(world)
         except ValueError as e:
@@ -340,8 +335,6 @@ class GoldJudge(Judge):
 
     def reward(self, prompt: Prompt, output: str) -> float:
         """The gold reward of one answer."""
-        from trainer.data.synthetic import gold_reward
-
         return gold_reward(prompt.text, output, self.world)
 
     @staticmethod

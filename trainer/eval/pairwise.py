@@ -54,9 +54,11 @@ from typing import Any
 
 from trainer.data.formats import DataError, Prompt, prompt_parts, read_records
 from trainer.eval.judges import Comparison, Judge, Verdict, make_judge
-from trainer.eval.winrate import summarize, winrate
+from trainer.eval.winrate import format_summary, summarize, winrate
 from trainer.infra.appendlog import AppendLog
+from trainer.infra.claude import require_api_key
 from trainer.infra.outputs import OwnedFiles, check_output, write_json
+from trainer.infra.trackers import RunInfo, flat_numbers, report_once
 
 log = logging.getLogger(__name__)
 
@@ -359,8 +361,6 @@ def run_eval(cfg: EvalConfig, judge: Judge | None = None) -> dict[str, Any]:
     # 2. the judge and the comparisons (one or both orders per instruction)
     if judge is None:
         if cfg.judge.startswith("claude:"):
-            from trainer.infra.claude import require_api_key
-
             require_api_key()
         judge = make_judge(
             cfg.judge,
@@ -421,8 +421,6 @@ def report_result(cfg: EvalConfig, summary: dict[str, Any], annotations: list[di
     instructions with a verdict, the config, the first :data:`TABLE_ROWS` annotations as a table
     (texts cut at 2,000 characters), the printed summary as text, ``summary.json`` and
     ``annotations.json`` as files. A tracker that fails is a warning."""
-    from trainer.infra.trackers import RunInfo, flat_numbers, report_once
-
     tracker_dir = out_dir / TRACKER_DIR
     tracker_dir.mkdir(exist_ok=True)
     info = RunInfo(
@@ -612,8 +610,6 @@ def _summary(
 
 def format_eval_summary(s: dict[str, Any]) -> str:
     """The printed table."""
-    from trainer.eval.winrate import format_summary
-
     lines = []
     if s.get("n_total"):
         lines.append(format_summary(s))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.data.formats import DataError
+from trainer.infra.metrics import read_log
 
 __all__ = [
     "PPO_PANELS",
@@ -101,8 +102,6 @@ def read_metrics(path: str | Path) -> list[dict]:
     Raises:
         DataError: no such file, an empty file, or a bad line that is not the last (names it).
     """
-    from trainer.infra.metrics import read_log
-
     return [rec for _, rec in read_log(path, "no metrics records")]
 
 

@@ -498,8 +498,12 @@ def score_rm_pairs(
     import torch
     from transformers import AutoModelForTokenClassification
 
-    from trainer.data.pairs import SupervisedConfig, collate_pairs, load_pair_data  # lazy: torch
-    from trainer.models import (  # lazy: torch (fgrlhf --help imports this module torch-free)
+    from trainer.data.pairs import (
+        SupervisedConfig,
+        collate_pairs,
+        load_pair_data,
+    )  # lazy: torch (fgrlhf --help is torch-free)
+    from trainer.models import (  # lazy: torch (fgrlhf --help is torch-free)
         check_model_dir,
         load_tokenizer,
         pad_token_id,
@@ -507,7 +511,7 @@ def score_rm_pairs(
         read_reward_meta,
         sequence_reward,
     )
-    from trainer.rollout import token_pieces  # lazy: torch
+    from trainer.rollout import token_pieces  # lazy: torch (fgrlhf --help is torch-free)
 
     check_model_dir(str(rm_dir), "rm_dir")
     try:
@@ -575,7 +579,7 @@ def __getattr__(name: str) -> Any:
     """:func:`trainer.rollout.token_pieces` and :func:`trainer.rollout.rollout_samples` (moved
     there: PPO's per-iteration path needs no HTML), still importable from here."""
     if name in ("rollout_samples", "token_pieces"):
-        from trainer import rollout  # lazy: torch (fgrlhf --help imports this module torch-free)
+        from trainer import rollout  # lazy: torch (fgrlhf --help is torch-free)
 
         return getattr(rollout, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
