@@ -19,6 +19,8 @@ written; rerun the same command to retry them); 130 interrupted (Ctrl-C) or 143 
 from __future__ import annotations
 
 import argparse
+import difflib
+import importlib
 import json
 import logging
 import sys
@@ -60,8 +62,6 @@ def _doc(name: str) -> str:
 
 def _module_doc(name: str) -> str:
     """The first paragraphs of a module's docstring (up to its usage lines), for --help."""
-    import importlib
-
     return (importlib.import_module(name).__doc__ or "").split("\n\n")[0]
 
 
@@ -74,8 +74,6 @@ class Parser(argparse.ArgumentParser):
     flag is an error naming the closest real flags of its subcommand."""
 
     def parse_args(self, args=None, namespace=None):  # type: ignore[override]
-        import difflib
-
         ns, extras = self.parse_known_args(args, namespace)
         if extras:
             sub = self._subcommands().get(getattr(ns, "command", None), self)

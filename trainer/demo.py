@@ -78,6 +78,7 @@ Ctrl-C. After 75, 143 or 130 the finished stages are kept and the same command r
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import json
@@ -89,6 +90,7 @@ import statistics
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +118,7 @@ from trainer.eval.generate import GenerateConfig
 from trainer.eval.pairwise import EvalConfig
 from trainer.infra.config import load_config
 from trainer.infra.metrics import read_log
+from trainer.infra.outputs import write_atomic
 from trainer.infra.trackers import RunInfo, flat_numbers, report_once
 
 __all__ = ["ARMS", "DemoConfig", "aggregate", "estimate", "plan", "run_demo", "steps_to_target", "table3_of"]
@@ -378,7 +381,7 @@ class Stages:
     stage."""
 
     def __init__(self, root: Path, total: int, progress: bool = True):
-        from tqdm import tqdm
+        from tqdm import tqdm  # lazy: tqdm (heavy for the torch-free fgrlhf), only to draw a bar
 
         self.root = root
         (root / "stages").mkdir(parents=True, exist_ok=True)
@@ -456,8 +459,6 @@ class Stages:
                     raise Terminated(name) from e
                 raise
             except Exception as e:
-                import traceback
-
                 traceback.print_exc(file=fh)
                 raise StageFailed(name, log_path, e) from e
 
@@ -474,8 +475,6 @@ class StageFailed(RuntimeError):
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    from trainer.infra.runtime import write_atomic  # lazy: torch (fgrlhf --help is torch-free)
-
     write_atomic(path, json.dumps(obj, indent=1, default=float) + "\n")
 
 
@@ -546,8 +545,6 @@ def make_world(cfg: DemoConfig, seed: int, d: Path) -> dict:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    from trainer.infra.runtime import write_atomic  # lazy: torch (fgrlhf --help is torch-free)
-
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -1310,10 +1307,10 @@ def markdown(cfg: DemoConfig, agg: dict, seconds: float) -> str:
 
 def plots(cfg: DemoConfig, agg: dict, out: Path) -> list[str]:
     """Table 3's curves and Table 2's sweep as PNG."""
-    import matplotlib
+    import matplotlib  # lazy: heavy; the Agg backend is chosen before pyplot
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: heavy; the Agg backend is chosen before pyplot
 
     labels = {a.name: arm_label(a, cfg.kl_coef) for a in ARMS}
     out.mkdir(parents=True, exist_ok=True)
@@ -1625,8 +1622,6 @@ def parse_world(items: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m trainer.demo [flags]``."""
-    import argparse
-
     p = argparse.ArgumentParser(prog="fgrlhf demo", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     add_arguments(p)
     args = p.parse_args(argv)

@@ -82,7 +82,10 @@ KINDS = ("causal_lm", "scalar_head")
 
 
 def _auto_class(kind: str):
-    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+    from transformers import (  # lazy: transformers (heavy)
+        AutoModelForCausalLM,
+        AutoModelForTokenClassification,
+    )
 
     if kind == "causal_lm":
         return AutoModelForCausalLM
@@ -137,7 +140,7 @@ def flash_attn_works(device: torch.device) -> bool:
             why = "not installed"
         else:
             try:
-                from flash_attn import flash_attn_func  # optional dependency: imported only here
+                from flash_attn import flash_attn_func  # optional: [gpu] extra
 
                 q = torch.randn(1, 8, 2, 64, device=device, dtype=torch.bfloat16)
                 ok = bool(torch.isfinite(flash_attn_func(q, q, q, causal=True)).all())
@@ -155,7 +158,7 @@ def flash_attn_works(device: torch.device) -> bool:
 def tiny_llama_config(cfg: Any, tokenizer: Any, max_position_embeddings: int = 256):
     """A random-init LLaMA of ``cfg``'s tiny sizes (``hidden_size``, ``num_layers``,
     ``num_heads``, ``intermediate_size``) over ``tokenizer``'s vocabulary."""
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig  # lazy: transformers (heavy)
 
     return LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
@@ -179,7 +182,7 @@ def base_config(cfg: Any, tokenizer: Any, max_position_embeddings: int = 256):
         ConfigError: ``init_from`` is not a model directory, or the tokenizer has more tokens than
             the checkpoint's embedding.
     """
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # lazy: transformers (heavy)
 
     if not cfg.init_from and getattr(cfg, "arch", ""):
         config = preset_config(cfg.arch, tokenizer)
@@ -251,7 +254,7 @@ def initial_state_dict(
     torch.manual_seed(seed)
     if not init_from:
         return auto.from_config(master_config(config), dtype=MASTER_DTYPE).state_dict()
-    import transformers
+    import transformers  # lazy: transformers (heavy)
 
     # With new_head the LM head is dropped and a score head initialised on purpose; transformers'
     # load report would flag exactly that (UNEXPECTED lm_head, MISSING score, "not ok if you expect
@@ -362,7 +365,10 @@ def build_sharded(
         cfg: the trainer config (``param_dtype``, ``reduce_dtype``, ``activation_checkpointing``,
             ``attn_implementation``).
     """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (  # lazy: heavy (~0.7 s), only for sharded models
+        StateDictOptions,
+        set_model_state_dict,
+    )
 
     impl = attn_implementation(cfg.attn_implementation, di.device)
     # 1. the skeleton on meta: no memory, no init
@@ -407,7 +413,10 @@ def _check_masters(model: nn.Module, kind: str) -> None:
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The full (gathered) state dict on the CPU of rank 0 (empty elsewhere). Collective: every
     rank must call it."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (  # lazy: heavy (~0.7 s), only for sharded models
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
@@ -428,7 +437,7 @@ def save_pretrained(
     trained on, which ``fgrlhf generate`` renders prompts with). Atomic: written to a temp
     directory, then renamed over ``out_dir``. Call on one rank.
     """
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # lazy: transformers (heavy)
 
     out = Path(out_dir)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -457,7 +466,7 @@ def save_pretrained(
 
 def load_tokenizer(name: str, key: str):
     """``AutoTokenizer.from_pretrained(name)``, a failure being a one-line error naming ``key``."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers (heavy)
 
     p = Path(name)
     if p.is_dir() and not any((p / f).exists() for f in ("tokenizer_config.json", "tokenizer.json")):
@@ -621,7 +630,7 @@ class RewardModel(nn.Module):
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> RewardModel:
         """Load a directory written by ``trainer/reward.py`` (``kwargs`` go to
         ``AutoModelForTokenClassification.from_pretrained``, e.g. ``dtype``, ``device_map``)."""
-        from transformers import AutoModelForTokenClassification
+        from transformers import AutoModelForTokenClassification  # lazy: transformers (heavy)
 
         level = read_reward_meta(path)["level"]
         return cls(AutoModelForTokenClassification.from_pretrained(str(path), **kwargs), level)

@@ -118,7 +118,7 @@ def unsharded(model: nn.Module):
     of a tiny model's decode: ``bench/bench_rollout.py``); the modules then hold their plain
     unsharded parameters. A dry run keeps the hooks (its memory tracker hooks FSDP2's states).
     """
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # lazy: heavy (~0.6 s)
 
     mods = [m for m in model.modules() if isinstance(m, FSDPModule)]
     saved = []
@@ -182,7 +182,7 @@ def preallocated_cache(num_layers: int, capacity: int):
     library's. None with a transformers older than the layer-based ``Cache`` (the model then grows
     its own ``DynamicCache``)."""
     try:
-        from transformers.cache_utils import Cache, DynamicLayer
+        from transformers.cache_utils import Cache, DynamicLayer  # optional: version-dependent (transformers)
     except ImportError:
         return None
 

@@ -332,7 +332,7 @@ def read_records(source: str | Path, split: str = "train") -> Iterator[tuple[str
                 yield f"record {n}", rec
         elif name.endswith(".parquet"):
             try:
-                import pyarrow.parquet as pq
+                import pyarrow.parquet as pq  # optional: heavy; missing, it is a DataError
             except ImportError as e:  # pragma: no cover - pyarrow is a dependency
                 raise DataError(path, "reading .parquet needs pyarrow (pip install pyarrow)") from e
             try:
@@ -351,7 +351,7 @@ def read_records(source: str | Path, split: str = "train") -> Iterator[tuple[str
 
 def _read_hf(name: str, split: str) -> Iterator[tuple[str, dict | DataError]]:
     try:
-        import datasets
+        import datasets  # optional: heavy; missing, it is a DataError
     except ImportError as e:
         raise DataError(name, "not a local file, and loading a Hugging Face dataset needs `datasets`") from e
     try:

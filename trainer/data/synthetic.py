@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
 import sys
 import typing
@@ -480,8 +481,8 @@ def generate(cfg: SyntheticConfig) -> list[dict]:
 def build_tokenizer(cfg: SyntheticConfig):
     """A word-level ``PreTrainedTokenizerFast`` over the world's vocabulary (ids: the four
     specials first, then helpful, neutral, harmful, prompt and ``c*`` words)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers  # lazy: transformers (heavy)
+    from transformers import PreTrainedTokenizerFast  # lazy: transformers (heavy)
 
     vocab = {w: i for i, w in enumerate(SPECIAL_TOKENS + [w for group in _words(cfg) for w in group])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
@@ -499,8 +500,6 @@ def write_synthetic(out_dir: str | Path, cfg: SyntheticConfig | None = None) -> 
     Returns:
         ``(pairs_path, tokenizer_dir)``.
     """
-    import os
-
     cfg = cfg or SyntheticConfig()
     out = Path(out_dir)
     pairs, tok_dir, stamp = out / "pairs.jsonl", out / "tokenizer", out / WORLD_FILE

@@ -205,8 +205,12 @@ def resolve_model(name: str, allow_download: bool = False) -> Path:
         return p
     if _looks_local(name):
         raise ConfigError(f"model {name}: no such model directory")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub import snapshot_download  # lazy: heavy; a test patches it in huggingface_hub
+    from huggingface_hub.utils import (  # lazy: heavy (with snapshot_download)
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     try:
         if not allow_download:
@@ -393,8 +397,8 @@ def _load_policy(model_dir: Path, name: str, dtype: str, device: Any):
             model or a bare backbone), a checkpoint weight the model does not use, or a wrong
             shape; named with the first few keys.
     """
-    import torch
-    from transformers import AutoModelForCausalLM
+    import torch  # lazy: torch (fgrlhf --help is torch-free)
+    from transformers import AutoModelForCausalLM  # lazy: transformers (heavy)
 
     model, info = AutoModelForCausalLM.from_pretrained(
         str(model_dir),
@@ -561,7 +565,7 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
         DataError: bad input, or stored answers that do not match (see the module docstring).
         trainer.infra.config.ConfigError: a model or template that cannot be used.
     """
-    import torch
+    import torch  # lazy: torch (fgrlhf --help is torch-free)
 
     from trainer.data.examples import (  # lazy: torch (fgrlhf --help is torch-free)
         build_prompt,
@@ -627,7 +631,7 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
         pad_id = pad_id if pad_id is not None else (tokenizer.eos_token_id or 0)
         bar = None
         if cfg.progress and mine and rank == 0:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # lazy: tqdm (heavy for the torch-free fgrlhf), only to draw a bar
 
             bar = tqdm(total=sum(len(b) for _, b in mine), desc="generating", unit="answer", disable=None)
         # 7. each batch: fixed seed, the rollout sampler, decode, append

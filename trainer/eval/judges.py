@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -243,7 +245,7 @@ class RewardModelJudge(Judge):
         tie_tolerance: float = 0.0,
         device: str = "auto",
     ):
-        import torch
+        import torch  # lazy: torch (fgrlhf --help is torch-free)
 
         from trainer.data.examples import checked_template  # lazy: torch (fgrlhf --help is torch-free)
         from trainer.models import (  # lazy: torch (fgrlhf --help is torch-free)
@@ -278,7 +280,7 @@ class RewardModelJudge(Judge):
 
     def rewards(self, prompts: Sequence[Prompt], outputs: Sequence[str]) -> list[float]:
         """``R(τ)`` of each (prompt, output), tokenised as the reward trainer does."""
-        import torch
+        import torch  # lazy: torch (fgrlhf --help is torch-free)
 
         from trainer.data.examples import build_example, collate  # lazy: torch (fgrlhf --help is torch-free)
 
@@ -321,8 +323,6 @@ class GoldJudge(Judge):
     uses_finished = True
 
     def __init__(self, world: str, tie_tolerance: float = 0.0):
-        import json
-
         try:
             self.world = load_world(world)
         except ValueError as e:
@@ -368,8 +368,6 @@ def make_judge(spec: str, **options) -> Judge:
     Raises:
         ValueError: an unknown kind or an empty name.
     """
-    import inspect
-
     kind, _, arg = spec.partition(":")
     classes: dict[str, type[Judge]] = {"claude": ClaudeJudge, "rm": RewardModelJudge, "gold": GoldJudge}
     if kind not in classes or not arg:

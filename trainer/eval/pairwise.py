@@ -278,7 +278,7 @@ def combine(prefs: Sequence[int]) -> float:
 def bootstrap_interval(preferences: Sequence[float], reps: int, seed: int) -> tuple[float, float] | None:
     """The percentile bootstrap 95% interval of the win rate (percent) over instructions:
     ``reps`` resamples with replacement of s = preference − 1 (a draw, 0, is s = ½)."""
-    import numpy as np
+    import numpy as np  # lazy: numpy (heavy for the torch-free fgrlhf)
 
     s = np.array([0.5 if p == 0 else p - 1.0 for p in preferences], dtype=np.float64)
     if reps <= 0 or len(s) == 0:
@@ -461,7 +461,7 @@ async def _judge_all(
     queue = list(reversed(todo))
     bar = None
     if cfg.progress and todo:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # lazy: tqdm (heavy for the torch-free fgrlhf), only to draw a bar
 
         bar = tqdm(total=len(todo), desc="judging", unit="comparison", disable=None)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -139,11 +140,11 @@ def make_figures(runs: dict[str, list[dict]]) -> dict[str, Any]:
     Raises:
         ValueError: PPO and reward-model runs mixed (their x axes differ).
     """
-    import matplotlib
+    import matplotlib  # lazy: heavy; the Agg backend is chosen before pyplot
 
     matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.figure import Figure  # lazy: heavy; the Agg backend is chosen before pyplot
+    from matplotlib.ticker import MaxNLocator  # lazy: heavy; the Agg backend is chosen before pyplot
 
     kinds = {_kind(r) for r in runs.values()}
     if len(kinds) > 1:
@@ -231,8 +232,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     """``fgrlhf plot``: 0 written; 2 bad input (an unreadable or empty metrics file, mixed kinds,
     a wrong number of labels), with the reason on stderr."""
-    import sys
-
     try:
         written = plot_runs(args.metrics, args.output_dir, args.labels)
     except (DataError, ValueError) as e:

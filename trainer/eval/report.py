@@ -495,14 +495,14 @@ def score_rm_pairs(
         trainer.infra.config.ConfigError: ``rm_dir`` is not a reward-model directory.
         DataError: a bad pairs file or record, or no edited pairs in it.
     """
-    import torch
-    from transformers import AutoModelForTokenClassification
+    import torch  # lazy: torch (fgrlhf --help is torch-free)
+    from transformers import AutoModelForTokenClassification  # lazy: transformers (heavy)
 
-    from trainer.data.pairs import (
+    from trainer.data.pairs import (  # lazy: torch (fgrlhf --help is torch-free)
         SupervisedConfig,
         collate_pairs,
         load_pair_data,
-    )  # lazy: torch (fgrlhf --help is torch-free)
+    )
     from trainer.models import (  # lazy: torch (fgrlhf --help is torch-free)
         check_model_dir,
         load_tokenizer,

@@ -33,8 +33,8 @@ def evaluate_reward_model(
         trainer.data.formats.DataError: a bad pairs file or record (a NaN gold score among them),
             or no pair to evaluate.
     """
-    import torch
-    from transformers import AutoModelForTokenClassification
+    import torch  # lazy: torch (fgrlhf --help is torch-free)
+    from transformers import AutoModelForTokenClassification  # lazy: transformers (heavy)
 
     from trainer.data.pairs import load_pair_data  # lazy: torch (fgrlhf --help is torch-free)
     from trainer.models import (  # lazy: torch (fgrlhf --help is torch-free)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from trainer.errors import CheckpointError, describe
 from trainer.fake import in_dry_run
@@ -139,8 +140,6 @@ class Checkpointer:
     def save(self, step: int, parts: Parts, extra: dict) -> Path:
         """Write checkpoint ``step`` (collective: every rank calls it). ``extra``: plain Python
         types and tensors only; RNG states are added per rank."""
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
         final = self.root / f"step_{step:08d}"
         tmp = self.root / f".tmp-step_{step:08d}"
         rank = get_rank()
@@ -201,8 +200,6 @@ class Checkpointer:
         return None
 
     def _try_load(self, path: Path, parts: Parts) -> tuple[dict | None, str | None]:
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
         state, error = {}, None
         try:
             for name, (model, optimizer) in parts.items():

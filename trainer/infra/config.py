@@ -233,7 +233,7 @@ class TrainConfig:
     def check(self) -> None:
         """Reject values no run can use (names the key): the declared choices, lower bounds and
         paths, then each trainer's own cross-key rules (overrides call ``super().check()``)."""
-        import torch
+        import torch  # lazy: torch (this module is torch-free)
 
         check_declared(self)
         if len(self.betas) != 2:
@@ -269,8 +269,11 @@ def load_config(cls: type[T], argv: list[str]) -> T:
             wrong type, a missing or malformed YAML file, or an argument that is not
             ``key=value``.
     """
-    from omegaconf import OmegaConf
-    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+    from omegaconf import OmegaConf  # lazy: omegaconf (heavy for the torch-free fgrlhf)
+    from omegaconf.errors import (  # lazy: omegaconf (heavy for the torch-free fgrlhf)
+        ConfigKeyError,
+        OmegaConfBaseException,
+    )
 
     argv = list(argv)
     files: list[str] = []
@@ -363,7 +366,7 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
 
 def to_yaml(cfg: Any) -> str:
     """The resolved config as YAML (what the run logs at start and saves next to its outputs)."""
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf  # lazy: omegaconf (heavy for the torch-free fgrlhf)
 
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 

@@ -29,19 +29,26 @@ temporaries — FSDP2's all-gather and reduce-scatter buffers are among the temp
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
+import importlib.metadata
+import json
 import math
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from trainer.errors import ConfigError
 from trainer.fake import _ACTIVE, host_item, host_list, in_dry_run, is_fake, real_tensors
 from trainer.infra.dist import broadcast_object, get_rank
-from trainer.infra.runtime import write_atomic
+from trainer.infra.outputs import write_atomic
 from trainer.infra.summary import format_bytes
 
 __all__ = [
@@ -102,7 +109,7 @@ def preset_config(name: str, tokenizer: Any = None):
     Raises:
         ConfigError: an unknown preset name (config key ``arch``).
     """
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig  # lazy: transformers (heavy)
 
     if name not in ARCH_PRESETS:
         raise ConfigError(f"config key 'arch': {name!r} is not one of {sorted(ARCH_PRESETS)}")
@@ -118,8 +125,8 @@ def stand_in_tokenizer(vocab_size: int):
     """A word-level tokenizer of exactly ``vocab_size`` tokens (``<unk> <s> </s> <pad>`` then
     ``w4 … w{V-1}``), for a dry run with no tokenizer on disk: the dry run's data are stand-ins, so
     only the vocabulary size matters."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers  # lazy: transformers (heavy)
+    from transformers import PreTrainedTokenizerFast  # lazy: transformers (heavy)
 
     specials = ["<unk>", "<s>", "</s>", "<pad>"]
     vocab = {t: i for i, t in enumerate(specials)}
@@ -146,9 +153,8 @@ def fake_world(world_size: int) -> Iterator[None]:
     Raises:
         RuntimeError: a process group is already initialised (a dry run is a process of its own).
     """
-    import torch.distributed as dist
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.testing._internal.distributed.fake_pg import FakeStore
+    from torch._subclasses.fake_tensor import FakeTensorMode  # lazy: private torch module, dry runs only
+    from torch.testing._internal.distributed.fake_pg import FakeStore  # lazy: private torch test module
 
     if dist.is_initialized():
         raise RuntimeError("dry_run=true needs a process of its own: run it with python, not torchrun")
@@ -169,7 +175,7 @@ def fake_world(world_size: int) -> Iterator[None]:
 
 
 def _loop_tracker_class():
-    from torch.distributed._tools.mem_tracker import MemTracker
+    from torch.distributed._tools.mem_tracker import MemTracker  # lazy: private torch module, dry runs only
 
     class LoopTracker(MemTracker):
         """``MemTracker`` that allows a root module to be called again (a decode step, the next
@@ -189,8 +195,6 @@ def _loop_tracker_class():
         def _update_peak_stats(self, peak_state) -> None:  # noqa: ANN001
             # the tracker-wide peak only (what PhaseMemory reads), as MemTracker computes it; its
             # per-module peaks walk every tracked module on every op: 83% of a 7B dry run's time
-            from copy import deepcopy
-
             for dev, dev_snap in self._curr_mem_snap.items():
                 if self._peak_mem.get(dev, 0) < dev_snap["Total"]:
                     self._peak_mem[dev] = dev_snap["Total"]
@@ -262,8 +266,6 @@ class PhaseMemory:
         # torch 2.13's MemTracker: the snapshot at the peak and the peak total per device)
         t._peak_mem_snap = t.get_tracker_snapshot("current")
         t._peak_mem = {dev: snap["Total"] for dev, snap in t._peak_mem_snap.items()}
-        import time
-
         t0 = time.perf_counter()
         try:
             yield
@@ -382,8 +384,6 @@ PLAN_FACTOR = 20.0
 
 def fgrlhf_version() -> str:
     """This package's version (installed metadata; ``"unknown"`` when it is run uninstalled)."""
-    import importlib.metadata
-
     try:
         return importlib.metadata.version("fgrlhf")
     except importlib.metadata.PackageNotFoundError:
@@ -413,8 +413,6 @@ def plan_key(cfg: Any, trainer: str, world: int, shape: dict[str, Any]) -> dict[
     estimates change between versions), torch's version (major.minor), the trainer, the world
     size, the shapes of the models (``shape``: :func:`model_shape`, per model for a trainer of
     several) and every config key but :data:`RUN_ONLY_KEYS`."""
-    import dataclasses
-    import json
 
     keys = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY_KEYS}
     torch_version = ".".join(torch.__version__.split("+")[0].split(".")[:2])
@@ -432,8 +430,6 @@ def save_plan(cfg: Any, trainer: str, result: dict) -> Path | None:
     per-phase peaks measured for this config, world size and model — atomically, so that the
     real run with this ``output_dir`` checks ``memory_limit_gb`` against the measurement instead
     of the estimate. A reduced-layer dry run measures a smaller model and writes nothing."""
-    import datetime
-    import json
 
     if cfg.dry_run_layers:
         return None
@@ -478,8 +474,6 @@ def measured_peaks(
 def _read_plan(
     cfg: Any, trainer: str, world: int, shape: dict[str, Any], estimates: dict[str, float] | None
 ) -> tuple[dict | None, str]:
-    import json
-
     path = plan_path(cfg)
     if not path.is_file():
         return None, f"no dry-run measurement ({path}: run this config with dry_run=true first)"

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import math
 import os
 import signal
+import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,12 +32,14 @@ from typing import IO, Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from trainer.errors import EXIT_PREEMPTED, PREEMPTED_MARKER, ConfigError, DataError, Preempted, describe
 from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import TrainConfig, declared, to_yaml
 from trainer.infra.dist import DistInfo, broadcast_object, gather_objects, init_distributed
 from trainer.infra.metrics import MetricsLog
+from trainer.infra.outputs import write_atomic
 from trainer.infra.trackers import RunInfo, start_trackers
 
 __all__ = [
@@ -64,8 +69,6 @@ class _StopRequest:
 
     def install(self) -> None:
         """Route SIGTERM here (idempotent; the main thread only, as Python requires)."""
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._handle)
 
@@ -88,8 +91,7 @@ def _lock_output_dir(out_dir: Path) -> str | None:
     Raises:
         ConfigError: another process holds the lock.
     """
-    import errno
-    import fcntl
+    import fcntl  # optional: POSIX only
 
     key = str(out_dir.resolve())
     if key in _LOCKS:  # this process ran here before (sequential runs in one process)
@@ -112,17 +114,6 @@ def _lock_output_dir(out_dir: Path) -> str | None:
     return None
 
 
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename (a kill leaves the old
-    file or the new one, never half of one)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, p)
-    return p
-
-
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -142,7 +133,7 @@ def _check_resume_config(cfg: TrainConfig, out_dir: Path, say) -> None:
     Raises:
         ConfigError: a change that alters the model, the data order or the schedule.
     """
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf  # lazy: omegaconf (heavy), only at start and on resume
 
     saved_path = out_dir / "config.yaml"
     has_checkpoints = bool(Checkpointer(out_dir / "checkpoints").complete())
@@ -196,8 +187,6 @@ class Run:
     def say(self, msg: str) -> None:
         """Print ``[name] msg`` on rank 0 (through tqdm, so a progress bar stays intact)."""
         if self.di.is_main:
-            from tqdm import tqdm
-
             tqdm.write(f"[{self.name}] {msg}")
 
 
@@ -262,8 +251,6 @@ SHARED_TOKEN = ".rank0_token"
 
 
 def _where() -> str:
-    import socket
-
     return f"host {socket.gethostname()}, cwd {os.getcwd()}"
 
 
@@ -319,7 +306,7 @@ def open_metrics(run: Run, step_key: str = "step") -> MetricsLog:
     the git commit, and continue their kept runs (``output_dir/trackers.json``) when the run will
     resume from a checkpoint. A tracker whose package is missing is a warning, here, before
     training. Call it right after :func:`start_run`."""
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf  # lazy: omegaconf (heavy), only at start and on resume
 
     cfg, di = run.cfg, run.di
     trackers = None
@@ -385,7 +372,7 @@ def build_optimizer(model: nn.Module, lr: float, cfg: TrainConfig) -> torch.opti
     kw: dict[str, Any] = {"lr": lr, "betas": tuple(cfg.betas), "weight_decay": cfg.weight_decay}
     if cfg.optimizer == "adamw8bit":
         try:
-            import bitsandbytes as bnb
+            import bitsandbytes as bnb  # optional: [gpu] extra (optimizer=adamw8bit)
         except ImportError as e:
             raise ConfigError(
                 "optimizer='adamw8bit' needs bitsandbytes (pip install 'bitsandbytes>=0.44'); "
@@ -431,7 +418,7 @@ def peak_memory_mb(device: torch.device) -> float:
     """Peak allocated CUDA memory, or this process's peak RSS on CPU, in MiB."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
+    import resource  # optional: POSIX only
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
