@@ -14,7 +14,7 @@ naming the token, its id and the values::
   diff the token RM is trained on), the margin R(edited) − R(original) and whether the RM ranks
   the pair right; sortable by margin; the accuracy over the shown pairs at the top.
 * **PPO rollouts** (:func:`ppo_report`): the samples ``trainer/ppo.py`` appends to
-  ``output_dir/rollouts.jsonl`` (:func:`rollout_samples`: a few rows of chosen iterations with
+  ``output_dir/rollouts.jsonl`` (:func:`trainer.rollout.rollout_samples`: a few rows of chosen iterations with
   their per-token RM reward, KL, total reward and advantage); a selector switches the shading.
 
 Everything on the page is untrusted (model outputs, and every field of a ``rollouts.jsonl`` or a
@@ -428,7 +428,7 @@ def ppo_report_html(
     max_tokens: int = 2048,
     max_bytes: int = MAX_BYTES,
 ) -> str:
-    """The PPO page from rollout samples (:func:`rollout_samples` records, as
+    """The PPO page from rollout samples (:func:`trainer.rollout.rollout_samples` records, as
     :func:`read_rollouts` validates them): per sample the prompt, the response shaded by the
     value the selector picks (RM reward r_t by default; advantage, KL_t, total reward
     r_t − β·KL_t), its R(τ). Over ``max_items`` samples: evenly spaced ones (first and last
