@@ -19,15 +19,26 @@ written; rerun the same command to retry them); 130 interrupted (Ctrl-C) or 143 
 from __future__ import annotations
 
 import argparse
+import difflib
+import importlib
 import json
 import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, fields
 
+from trainer import demo as demo_mod
 from trainer.data import edit as edit_mod
-from trainer.data.edit import DEFAULT_MODEL, EditConfig, Terminated
+from trainer.data.edit import DEFAULT_MODEL, EditConfig, Terminated, run_edit
 from trainer.data.formats import FORMATS, DataError
+from trainer.errors import ConfigError
+from trainer.eval import plot as plot_mod
+from trainer.eval import report as report_mod
+from trainer.eval.generate import GenerateConfig, run_generate
+from trainer.eval.pairwise import EvalConfig, format_eval_summary, run_eval
+from trainer.eval.rm_accuracy import evaluate_reward_model
+from trainer.eval.winrate import format_summary, load_annotations, summarize
+from trainer.infra.outputs import OutputError, check_output, write_json
 
 log = logging.getLogger("fgrlhf")
 
@@ -51,8 +62,6 @@ def _doc(name: str) -> str:
 
 def _module_doc(name: str) -> str:
     """The first paragraphs of a module's docstring (up to its usage lines), for --help."""
-    import importlib
-
     return (importlib.import_module(name).__doc__ or "").split("\n\n")[0]
 
 
@@ -65,8 +74,6 @@ class Parser(argparse.ArgumentParser):
     flag is an error naming the closest real flags of its subcommand."""
 
     def parse_args(self, args=None, namespace=None):  # type: ignore[override]
-        import difflib
-
         ns, extras = self.parse_known_args(args, namespace)
         if extras:
             sub = self._subcommands().get(getattr(ns, "command", None), self)
@@ -232,9 +239,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="also send the result to these trackers (tensorboard, wandb, mlflow; files in OUT/trackers)",
     )
 
-    from trainer.eval import plot as plot_mod
-    from trainer.eval import report as report_mod
-
     pl = sub.add_parser(
         "plot",
         parents=[common],
@@ -266,8 +270,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--skip-invalid", action="store_true", help="skip (and count) bad records")
     r.add_argument("--json", default=None, help="also write the metrics as JSON to this file")
 
-    from trainer import demo as demo_mod
-
     dm = sub.add_parser(
         "demo",
         parents=[common],
@@ -289,8 +291,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_edit(args: argparse.Namespace) -> int:
     """``fgrlhf edit``: see :mod:`trainer.data.edit`."""
-    from trainer.data.edit import run_edit
-
     names = {f.name for f in fields(EditConfig)}
     cfg = EditConfig(**{k: v for k, v in vars(args).items() if k in names})
     bad = _check_ranges(cfg) or _bad_output(args.summary_json, "--summary-json", cfg.input, cfg.output)
@@ -329,8 +329,6 @@ def cmd_edit(args: argparse.Namespace) -> int:
 def _bad_output(path: str | None, flag: str, *inputs: str | None) -> str | None:
     """Why an optional output file cannot be used (a directory, or one of the inputs), checked
     before any work; None when it is fine or not given."""
-    from trainer.infra.outputs import OutputError, check_output
-
     if path is None:
         return None
     try:
@@ -342,8 +340,6 @@ def _bad_output(path: str | None, flag: str, *inputs: str | None) -> str | None:
 
 def _wrote_json(path: str, obj: object, flag: str) -> bool:
     """Write a command's ``--json`` summary (strict JSON, atomic); False after a one-line error."""
-    from trainer.infra.outputs import OutputError, write_json
-
     try:
         write_json(path, obj, flag)
     except (OSError, OutputError) as e:
@@ -377,8 +373,6 @@ def _check_ranges(cfg: EditConfig) -> str | None:
 
 def cmd_winrate(args: argparse.Namespace) -> int:
     """``fgrlhf winrate``: see :mod:`trainer.eval.winrate`."""
-    from trainer.eval.winrate import format_summary, load_annotations, summarize
-
     bad = _bad_output(args.json, "--json", args.annotations)
     if bad:
         log.error("%s", bad)
@@ -412,9 +406,6 @@ def _checked(flags: dict[str, tuple[float | None, float]]) -> str | None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """``fgrlhf generate``: see :mod:`trainer.eval.generate`."""
-    from trainer.eval.generate import GenerateConfig, run_generate
-    from trainer.infra.config import ConfigError
-
     cfg = GenerateConfig(
         **{f.name: getattr(args, f.name) for f in fields(GenerateConfig)}, allow_download=args.allow_download
     )
@@ -452,9 +443,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``fgrlhf eval``: see :mod:`trainer.eval.pairwise`."""
-    from trainer.eval.pairwise import EvalConfig, format_eval_summary, run_eval
-    from trainer.infra.config import ConfigError
-
     cfg = EvalConfig(**{f.name: getattr(args, f.name) for f in fields(EvalConfig)})
     bad = _checked(
         {
@@ -491,9 +479,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_eval_rm(args: argparse.Namespace) -> int:
     """``fgrlhf eval-rm``: see :mod:`trainer.eval.rm_accuracy`."""
-    from trainer.eval.rm_accuracy import evaluate_reward_model
-    from trainer.infra.config import ConfigError
-
     if args.max_length < 2 or args.batch_size < 1:
         log.error("--max-length must be >= 2 and --batch-size >= 1")
         return 2
@@ -547,15 +532,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "eval":
         return cmd_eval(args)
     if args.command in ("plot", "report"):
-        from trainer.eval import plot as plot_mod
-        from trainer.eval import report as report_mod
-
         return (plot_mod if args.command == "plot" else report_mod).run_cli(args)
     if args.command == "eval-rm":
         return cmd_eval_rm(args)
     if args.command == "demo":
-        from trainer import demo as demo_mod
-
         return demo_mod.cmd(args)
     raise AssertionError(args.command)  # pragma: no cover - argparse rejects unknown commands
 

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.fake import host_item, is_fake
+
 __all__ = ["LlamaDecoder", "decode_step", "llama_decoder"]
 
 # architectures whose decoder layer is LLaMA's (pre-norm RMSNorm, RoPE attention, gated MLP)
@@ -121,8 +123,6 @@ def llama_decoder(model: nn.Module, prompt_mask: torch.Tensor, capacity: int) ->
 
 
 def _all_true(mask: torch.Tensor) -> bool:
-    from trainer.infra.dryrun import host_item, is_fake
-
     return False if is_fake(mask) else bool(host_item(mask.all()))  # (one host sync per rollout)
 
 

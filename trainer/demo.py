@@ -78,6 +78,7 @@ Ctrl-C. After 75, 143 or 130 the finished stages are kept and the same command r
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import json
@@ -89,10 +90,36 @@ import statistics
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
+
+import trainer.eval.generate as generate_mod
+import trainer.eval.pairwise as pairwise_mod
+import trainer.eval.rm_accuracy as rm_accuracy_mod
+from trainer.data.synthetic import (
+    AGREEMENT_KINDS,
+    SyntheticConfig,
+    annotator_scale,
+    base_response,
+    check_world,
+    expected_gold_agreement,
+    expected_inter_annotator_agreement,
+    gold_reward,
+    label_pairs,
+    load_world,
+    sample_prompt,
+    write_synthetic,
+)
+from trainer.errors import EXIT_PREEMPTED, Preempted
+from trainer.eval.generate import GenerateConfig
+from trainer.eval.pairwise import EvalConfig
+from trainer.infra.config import load_config
+from trainer.infra.metrics import read_log
+from trainer.infra.outputs import write_atomic
+from trainer.infra.trackers import RunInfo, flat_numbers, report_once
 
 __all__ = ["ARMS", "DemoConfig", "aggregate", "estimate", "plan", "run_demo", "steps_to_target", "table3_of"]
 
@@ -246,8 +273,6 @@ class DemoConfig:
 
     def check(self) -> None:
         """Refuse impossible settings, naming the flag."""
-        from trainer.data.synthetic import AGREEMENT_KINDS, check_world
-
         if self.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
         if self.first_seed < 0:
@@ -356,7 +381,7 @@ class Stages:
     stage."""
 
     def __init__(self, root: Path, total: int, progress: bool = True):
-        from tqdm import tqdm
+        from tqdm import tqdm  # lazy: tqdm (heavy for the torch-free fgrlhf), only to draw a bar
 
         self.root = root
         (root / "stages").mkdir(parents=True, exist_ok=True)
@@ -386,7 +411,7 @@ class Stages:
             Preempted: a trainer stopped for SIGTERM after a checkpoint.
             Terminated: SIGTERM anywhere else (also after the stage, when a trainer took it).
         """
-        from trainer.infra.runtime import STOP
+        from trainer.infra.runtime import STOP  # lazy: torch (fgrlhf --help is torch-free)
 
         done = self.root / "stages" / f"{name}.json"
         if done.exists():
@@ -419,8 +444,6 @@ class Stages:
 
     def _run(self, name: str, fn: Callable[[], Any]) -> Any:
         """``fn()`` with its output in the stage's log; a failure becomes :class:`StageFailed`."""
-        from trainer.infra.runtime import Preempted
-
         log_path = self.root / "logs" / f"{name}.log"
         with (
             open(log_path, "a", encoding="utf-8") as fh,
@@ -436,8 +459,6 @@ class Stages:
                     raise Terminated(name) from e
                 raise
             except Exception as e:
-                import traceback
-
                 traceback.print_exc(file=fh)
                 raise StageFailed(name, log_path, e) from e
 
@@ -454,8 +475,6 @@ class StageFailed(RuntimeError):
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    from trainer.infra.runtime import write_atomic
-
     write_atomic(path, json.dumps(obj, indent=1, default=float) + "\n")
 
 
@@ -478,8 +497,6 @@ def world_config(cfg: DemoConfig, seed: int, agreement: float | None = None, rec
     """The seed's world (its own vocabulary draw, prompts and annotators) at annotator level
     ``agreement`` (default: the PPO arms' level) and editor recall ``recall`` (default: the main
     tables')."""
-    from trainer.data.synthetic import SyntheticConfig
-
     unknown = sorted(set(cfg.world) - set(SyntheticConfig.__dataclass_fields__))
     if unknown:
         raise ValueError(
@@ -497,8 +514,6 @@ def world_config(cfg: DemoConfig, seed: int, agreement: float | None = None, rec
 
 
 def _unique_prompts(rng: random.Random, world, n: int) -> list[str]:
-    from trainer.data.synthetic import sample_prompt
-
     seen: dict[str, None] = {}
     for _ in range(100 * n):
         if len(seen) == n:
@@ -512,8 +527,6 @@ def _unique_prompts(rng: random.Random, world, n: int) -> list[str]:
 def make_world(cfg: DemoConfig, seed: int, d: Path) -> dict:
     """Stage 1: the world directory (tokenizer, ``synthetic_config.json`` for the gold judge) and
     the prompt sets and SFT data."""
-    from trainer.data.synthetic import base_response, write_synthetic
-
     world = world_config(cfg, seed)
     write_synthetic(d / "world", world)
     rng = random.Random(f"demo-prompts-{world.seed}")  # not another seed's world stream
@@ -532,8 +545,6 @@ def make_world(cfg: DemoConfig, seed: int, d: Path) -> dict:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    from trainer.infra.runtime import write_atomic
-
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -572,8 +583,7 @@ def tracker_env(cfg: DemoConfig):
 
 def train_sft(cfg: DemoConfig, seed: int, d: Path) -> dict:
     """Stage 2: SFT on the base responses."""
-    from trainer.infra.config import load_config
-    from trainer.sft import SFTConfig, train
+    from trainer.sft import SFTConfig, train  # lazy: torch (fgrlhf --help is torch-free)
 
     args = [
         f"data={d / 'sft_data.jsonl'}", f"tokenizer={d / 'world' / 'tokenizer'}", f"output_dir={d / 'sft'}",
@@ -587,9 +597,7 @@ def train_sft(cfg: DemoConfig, seed: int, d: Path) -> dict:
 def sample(cfg: DemoConfig, model: str, prompts: Path, out: Path, seed: int, name: str) -> str:
     """``fgrlhf generate`` of ``model`` on ``prompts`` (temperature 1: the policy's own
     distribution), resumable."""
-    from trainer.eval.generate import GenerateConfig, run_generate
-
-    run_generate(
+    generate_mod.run_generate(
         GenerateConfig(
             model=model, instructions=str(prompts), output=str(out), generator=name,
             max_new_tokens=cfg.max_new_tokens, max_prompt_length=32, temperature=1.0, seed=seed,
@@ -647,14 +655,6 @@ def label_level(cfg: DemoConfig, seed: int, d: Path, agreement: float, recall: f
     """The labelled and edited pairs of one annotator level (and editor recall), with what the
     level means: the Bradley–Terry scale solved over these pairs, the expected inter-annotator
     agreement and agreement with gold it gives, the agreement with gold observed, the gold ties."""
-    from trainer.data.synthetic import (
-        annotator_scale,
-        expected_gold_agreement,
-        expected_inter_annotator_agreement,
-        gold_reward,
-        label_pairs,
-    )
-
     world = world_config(cfg, seed, agreement, recall)
     items = _items(d, "pairs")
     # annotations, rejected edits and edits from streams of their own: the same labels at every
@@ -683,8 +683,6 @@ def label_level(cfg: DemoConfig, seed: int, d: Path, agreement: float, recall: f
 def label(cfg: DemoConfig, seed: int, d: Path) -> dict:
     """Stage 4: annotations and edits of the sampled pairs at every level of the sweep, and the
     gold-labelled held-out pairs."""
-    from trainer.data.synthetic import label_pairs
-
     out = {f"{a:g}": label_level(cfg, seed, d, a) for a in cfg.agreements}
     held = label_pairs(
         _items(d, "heldout"), world_config(cfg, seed, 1.0), seed=10 * seed + 2, source="demo-heldout"
@@ -699,10 +697,8 @@ def train_rm(
 ) -> dict:
     """Stage 5: one reward model, early-stopped on held-out pairs of its own kind (``best/``),
     scored on the fresh held-out pairs by the gold order."""
-    from trainer.eval.rm_accuracy import evaluate_reward_model
-    from trainer.infra.config import load_config
-    from trainer.models import read_reward_meta
-    from trainer.reward import RewardConfig, train
+    from trainer.models import read_reward_meta  # lazy: torch (fgrlhf --help is torch-free)
+    from trainer.reward import RewardConfig, train  # lazy: torch (fgrlhf --help is torch-free)
 
     out_dir = d / "rm" / f"{kind}_agreement{agreement:g}{_suffix(recall)}"
     n_train = (1 - RM_EVAL_FRACTION) * cfg.n_pairs
@@ -715,7 +711,9 @@ def train_rm(
     ]  # fmt: skip
     metrics = train(load_config(RewardConfig, args))
     best = out_dir / "best" if (out_dir / "best").exists() else out_dir / "final"
-    held = evaluate_reward_model(str(best), str(d / "heldout_pairs.jsonl"), max_length=128, batch_size=64)
+    held = rm_accuracy_mod.evaluate_reward_model(
+        str(best), str(d / "heldout_pairs.jsonl"), max_length=128, batch_size=64
+    )
     kept = read_reward_meta(best)  # the early-stopped model's own held-out metrics
     return {
         "model": _rel(cfg, best),
@@ -756,8 +754,7 @@ def train_arm(
     cfg: DemoConfig, seed: int, d: Path, arm: Arm, rm_model: str, out_name: str, matched_kl: float = 0.0
 ) -> dict:
     """Stage 6: one PPO arm from the SFT model (:func:`arm_args`)."""
-    from trainer.infra.config import load_config
-    from trainer.ppo import PPOConfig, train
+    from trainer.ppo import PPOConfig, train  # lazy: torch (fgrlhf --help is torch-free)
 
     train(load_config(PPOConfig, arm_args(cfg, seed, d, arm, rm_model, out_name, matched_kl)))
     return {
@@ -768,8 +765,7 @@ def train_arm(
 
 def train_figa(cfg: DemoConfig, seed: int, d: Path, recall: float | None = None) -> dict:
     """Stage 7: FIGA on the edited pairs, from the SFT model."""
-    from trainer.infra.config import load_config
-    from trainer.sft import SFTConfig, train
+    from trainer.sft import SFTConfig, train  # lazy: torch (fgrlhf --help is torch-free)
 
     out = d / f"figa{_suffix(recall)}"
     args = [
@@ -785,9 +781,6 @@ def train_figa(cfg: DemoConfig, seed: int, d: Path, recall: float | None = None)
 def evaluate_policy(cfg: DemoConfig, seed: int, d: Path, name: str, model: str) -> dict:
     """Stage 8: the policy answers the eval prompts; the gold judge compares every answer with
     the SFT model's (Table 1)."""
-    from trainer.data.synthetic import gold_reward, load_world
-    from trainer.eval.pairwise import EvalConfig, run_eval
-
     ev = d / "eval"
     ev.mkdir(exist_ok=True)
     ref = ev / "reference_sft.json"
@@ -803,7 +796,7 @@ def evaluate_policy(cfg: DemoConfig, seed: int, d: Path, name: str, model: str) 
         )
     # every policy answers from the same stream (the same uniforms for the same prompts)
     outs = sample(cfg, model, prompts, ev / f"{name}.json", sampling_seed(seed, "eval_policy"), name)
-    s = run_eval(
+    s = pairwise_mod.run_eval(
         EvalConfig(
             model_outputs=outs, reference_outputs=str(ref), judge=f"gold:{d / 'world'}",
             output_dir=str(ev / f"{name}_vs_sft"), bootstrap=0, progress=False, fsync=False,
@@ -826,8 +819,6 @@ def evaluate_policy(cfg: DemoConfig, seed: int, d: Path, name: str, model: str) 
 
 def read_curve(path: str) -> list[dict]:
     """The PPO metrics (one record per iteration)."""
-    from trainer.infra.metrics import read_log
-
     return [r for _, r in read_log(path, "no PPO iteration logged")]
 
 
@@ -1316,10 +1307,10 @@ def markdown(cfg: DemoConfig, agg: dict, seconds: float) -> str:
 
 def plots(cfg: DemoConfig, agg: dict, out: Path) -> list[str]:
     """Table 3's curves and Table 2's sweep as PNG."""
-    import matplotlib
+    import matplotlib  # lazy: heavy; the Agg backend is chosen before pyplot
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: heavy; the Agg backend is chosen before pyplot
 
     labels = {a.name: arm_label(a, cfg.kl_coef) for a in ARMS}
     out.mkdir(parents=True, exist_ok=True)
@@ -1505,8 +1496,6 @@ def report_tables(cfg: DemoConfig, agg: dict, md: str, root: Path) -> None:
     """``--report-to``: the tables as one tracker run (``<out>/tables``, state in
     ``<out>/tables/trackers.json``): every number of ``demo.json``'s aggregate (dotted names,
     at step = seeds), ``demo.md`` as text, the plots and ``demo.md`` / ``demo.json`` as files."""
-    from trainer.infra.trackers import RunInfo, flat_numbers, report_once
-
     out_dir = root / "tables"
     out_dir.mkdir(exist_ok=True)
     info = RunInfo(
@@ -1611,8 +1600,6 @@ def parse_world(items: list[str]) -> dict[str, Any]:
         ValueError: a malformed item, an unknown knob or a value of the wrong type, NaN or ±inf
             (named; :func:`trainer.data.synthetic.check_world`, as for a world file).
     """
-    from trainer.data.synthetic import SyntheticConfig, check_world
-
     fields_ = SyntheticConfig.__dataclass_fields__
     out: dict[str, Any] = {}
     for item in items:
@@ -1635,8 +1622,6 @@ def parse_world(items: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m trainer.demo [flags]``."""
-    import argparse
-
     p = argparse.ArgumentParser(prog="fgrlhf demo", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     add_arguments(p)
     args = p.parse_args(argv)
@@ -1645,8 +1630,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd(args) -> int:
     """Run the demo from parsed flags; prints the tables and the report's path."""
-    from trainer.infra.runtime import EXIT_PREEMPTED, Preempted
-
     try:
         cfg = config_from_args(args)
         res = run_demo(cfg, progress=args.progress, force=args.yes)

@@ -40,6 +40,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from trainer.data.examples import TokenizedExample, checked_template
+from trainer.data.synthetic import sensitive, word_quality
+from trainer.errors import ConfigError, describe
+from trainer.fake import in_dry_run
+from trainer.infra.dist import DTYPES, broadcast_object, gather_objects, parallelize
+from trainer.infra.dryrun import ARCH_PRESETS, preset_config, stand_in_tokenizer
 from trainer.rlhf import last_token_index
 
 __all__ = [
@@ -65,6 +71,7 @@ __all__ = [
     "save_pretrained",
     "scalar_head_config",
     "sequence_reward",
+    "stand_in_example",
     "tiny_llama_config",
 ]
 
@@ -75,7 +82,10 @@ KINDS = ("causal_lm", "scalar_head")
 
 
 def _auto_class(kind: str):
-    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+    from transformers import (  # lazy: transformers (heavy)
+        AutoModelForCausalLM,
+        AutoModelForTokenClassification,
+    )
 
     if kind == "causal_lm":
         return AutoModelForCausalLM
@@ -130,7 +140,7 @@ def flash_attn_works(device: torch.device) -> bool:
             why = "not installed"
         else:
             try:
-                from flash_attn import flash_attn_func  # optional dependency: imported only here
+                from flash_attn import flash_attn_func  # optional: [gpu] extra
 
                 q = torch.randn(1, 8, 2, 64, device=device, dtype=torch.bfloat16)
                 ok = bool(torch.isfinite(flash_attn_func(q, q, q, causal=True)).all())
@@ -148,7 +158,7 @@ def flash_attn_works(device: torch.device) -> bool:
 def tiny_llama_config(cfg: Any, tokenizer: Any, max_position_embeddings: int = 256):
     """A random-init LLaMA of ``cfg``'s tiny sizes (``hidden_size``, ``num_layers``,
     ``num_heads``, ``intermediate_size``) over ``tokenizer``'s vocabulary."""
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig  # lazy: transformers (heavy)
 
     return LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
@@ -172,13 +182,9 @@ def base_config(cfg: Any, tokenizer: Any, max_position_embeddings: int = 256):
         ConfigError: ``init_from`` is not a model directory, or the tokenizer has more tokens than
             the checkpoint's embedding.
     """
-    from transformers import AutoConfig
-
-    from trainer.infra.config import ConfigError
+    from transformers import AutoConfig  # lazy: transformers (heavy)
 
     if not cfg.init_from and getattr(cfg, "arch", ""):
-        from trainer.infra.dryrun import preset_config
-
         config = preset_config(cfg.arch, tokenizer)
         if len(tokenizer) > config.vocab_size:
             raise ConfigError(
@@ -243,13 +249,12 @@ def initial_state_dict(
     Raises:
         ConfigError: the checkpoint's weights do not fit this model (names the keys and ``key``).
     """
-    from trainer.infra.config import ConfigError
 
     auto = _auto_class(kind)
     torch.manual_seed(seed)
     if not init_from:
         return auto.from_config(master_config(config), dtype=MASTER_DTYPE).state_dict()
-    import transformers
+    import transformers  # lazy: transformers (heavy)
 
     # With new_head the LM head is dropped and a score head initialised on purpose; transformers'
     # load report would flag exactly that (UNEXPECTED lm_head, MISSING score, "not ok if you expect
@@ -282,9 +287,6 @@ def load_on_rank0(
 ) -> dict[str, torch.Tensor] | None:
     """:func:`initial_state_dict` on rank 0 (None elsewhere), with its refusal raised on every
     rank (no rank is left waiting for weights that will never be broadcast)."""
-    from trainer.infra.config import ConfigError, describe
-    from trainer.infra.dist import broadcast_object
-    from trainer.infra.dryrun import in_dry_run
 
     sd, error = None, None
     if in_dry_run():  # no weights are loaded in a dry run (build_sharded only materialises)
@@ -309,7 +311,6 @@ def check_model_dir(path: str, key: str) -> None:
     Raises:
         ConfigError: naming ``key`` and what the directory is instead.
     """
-    from trainer.infra.config import ConfigError
 
     p = Path(path)
     if not path or not p.exists():
@@ -364,9 +365,10 @@ def build_sharded(
         cfg: the trainer config (``param_dtype``, ``reduce_dtype``, ``activation_checkpointing``,
             ``attn_implementation``).
     """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-    from trainer.infra.dist import parallelize
+    from torch.distributed.checkpoint.state_dict import (  # lazy: heavy (~0.7 s), only for sharded models
+        StateDictOptions,
+        set_model_state_dict,
+    )
 
     impl = attn_implementation(cfg.attn_implementation, di.device)
     # 1. the skeleton on meta: no memory, no init
@@ -379,7 +381,6 @@ def build_sharded(
     parallelize(model, di.mesh, cfg.param_dtype, cfg.reduce_dtype, ac)
     # 3. materialise the local shards, then the full weights from rank 0
     model.to_empty(device=di.device)
-    from trainer.infra.dryrun import in_dry_run
 
     if not in_dry_run():  # a dry run's fake tensors hold no weights to broadcast
         set_model_state_dict(
@@ -401,7 +402,6 @@ def _check_masters(model: nn.Module, kind: str) -> None:
         RuntimeError: naming the rank and the dtypes it built (a config whose ``dtype`` reached
             the build, the defect :func:`master_config` exists for).
     """
-    from trainer.infra.dist import gather_objects
 
     dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
     bad = [(r, d) for r, d in enumerate(gather_objects(dtypes)) if d != ["float32"]]
@@ -413,7 +413,10 @@ def _check_masters(model: nn.Module, kind: str) -> None:
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The full (gathered) state dict on the CPU of rank 0 (empty elsewhere). Collective: every
     rank must call it."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (  # lazy: heavy (~0.7 s), only for sharded models
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
@@ -434,9 +437,7 @@ def save_pretrained(
     trained on, which ``fgrlhf generate`` renders prompts with). Atomic: written to a temp
     directory, then renamed over ``out_dir``. Call on one rank.
     """
-    from transformers.utils import logging as hf_logging
-
-    from trainer.infra.dist import DTYPES
+    from transformers.utils import logging as hf_logging  # lazy: transformers (heavy)
 
     out = Path(out_dir)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -465,9 +466,7 @@ def save_pretrained(
 
 def load_tokenizer(name: str, key: str):
     """``AutoTokenizer.from_pretrained(name)``, a failure being a one-line error naming ``key``."""
-    from transformers import AutoTokenizer
-
-    from trainer.infra.config import ConfigError, describe
+    from transformers import AutoTokenizer  # lazy: transformers (heavy)
 
     p = Path(name)
     if p.is_dir() and not any((p / f).exists() for f in ("tokenizer_config.json", "tokenizer.json")):
@@ -478,6 +477,31 @@ def load_tokenizer(name: str, key: str):
         raise ConfigError(
             f"config key {key!r}: cannot load a tokenizer from {name} ({describe(e)})"
         ) from None
+
+
+def stand_in_example(cfg: Any) -> tuple[Any, Any]:
+    """The supervised trainers' dry-run data (reward, SFT/FIGA): the tokenizer (``tokenizer`` /
+    ``init_from``'s, else a stand-in of the ``arch`` preset's vocabulary; ``cfg.prompt_template``
+    resolved against it) and one stand-in :class:`~trainer.data.examples.TokenizedExample` of
+    exactly ``max_length`` tokens, the last ``min_response_tokens`` the response, every fourth of
+    them "changed" (the worst case for every mask-dependent op).
+
+    Raises:
+        ConfigError: no tokenizer, no checkpoint and an unknown ``arch``.
+    """
+    name = cfg.tokenizer or cfg.init_from
+    if name:
+        tokenizer = load_tokenizer(name, "tokenizer" if cfg.tokenizer else "init_from")
+    elif cfg.arch in ARCH_PRESETS:
+        tokenizer = stand_in_tokenizer(ARCH_PRESETS[cfg.arch]["vocab_size"])
+    else:
+        raise ConfigError(f"config key 'arch': {cfg.arch!r} is not one of {sorted(ARCH_PRESETS)}")
+    cfg.prompt_template = checked_template(tokenizer, cfg.prompt_template)
+    T, P = cfg.max_length, cfg.max_length - cfg.min_response_tokens
+    ids = [tokenizer.bos_token_id] + [len(tokenizer) - 1] * (T - 1)
+    resp = [False] * P + [True] * (T - P)
+    changed = [False] * P + [i % 4 == 0 for i in range(T - P)]
+    return tokenizer, TokenizedExample(ids, resp, changed, P)
 
 
 def read_policy_meta(path: str | Path) -> dict:
@@ -528,7 +552,6 @@ def activation_bytes(config: Any, rows: int, T: int, dtype: str, checkpointing: 
     recomputation; without, every layer's full set. A layer's full set is about
     (34·h + 5·a·T)·rows·T·bytes / 2 with sdpa not storing the a×T×T scores, so ≈ 17·h·rows·T·bytes
     (Korthikanti et al. 2022, Table 2, without the score matrices)."""
-    from trainer.infra.dist import DTYPES
 
     b = torch.finfo(DTYPES[dtype]).bits // 8
     h, L = config.hidden_size, config.num_hidden_layers
@@ -607,7 +630,7 @@ class RewardModel(nn.Module):
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> RewardModel:
         """Load a directory written by ``trainer/reward.py`` (``kwargs`` go to
         ``AutoModelForTokenClassification.from_pretrained``, e.g. ``dtype``, ``device_map``)."""
-        from transformers import AutoModelForTokenClassification
+        from transformers import AutoModelForTokenClassification  # lazy: transformers (heavy)
 
         level = read_reward_meta(path)["level"]
         return cls(AutoModelForTokenClassification.from_pretrained(str(path), **kwargs), level)
@@ -631,7 +654,6 @@ class GoldReward(nn.Module):
 
     def __init__(self, tokenizer: Any, syn: Any):
         super().__init__()
-        from trainer.data.synthetic import sensitive, word_quality
 
         # plain lists first (no data-dependent tensor op: a dry run builds this on fake tensors)
         n = len(tokenizer)

@@ -21,16 +21,16 @@ import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from trainer.decode import decode_step, llama_decoder
-from trainer.infra.dryrun import host_item, host_list, in_dry_run, is_fake
+from trainer.fake import host_item, host_list, in_dry_run, is_fake
 from trainer.models import position_ids
 
-__all__ = ["Rollout", "generate", "sample_next", "unsharded"]
+__all__ = ["Rollout", "generate", "rollout_samples", "sample_next", "token_pieces", "unsharded"]
 
 
 @dataclass
@@ -118,7 +118,7 @@ def unsharded(model: nn.Module):
     of a tiny model's decode: ``bench/bench_rollout.py``); the modules then hold their plain
     unsharded parameters. A dry run keeps the hooks (its memory tracker hooks FSDP2's states).
     """
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # lazy: heavy (~0.6 s)
 
     mods = [m for m in model.modules() if isinstance(m, FSDPModule)]
     saved = []
@@ -182,7 +182,7 @@ def preallocated_cache(num_layers: int, capacity: int):
     library's. None with a transformers older than the layer-based ``Cache`` (the model then grows
     its own ``DynamicCache``)."""
     try:
-        from transformers.cache_utils import Cache, DynamicLayer
+        from transformers.cache_utils import Cache, DynamicLayer  # optional: version-dependent (transformers)
     except ImportError:
         return None
 
@@ -431,3 +431,60 @@ def generate(
     if return_logprobs:
         result += (torch.stack(logps, dim=1)[:, :keep], torch.stack(ents, dim=1)[:, :keep])
     return result
+
+
+def token_pieces(tokenizer: Any, ids: list[int], context: int = 4) -> list[str]:
+    """The text each token adds to the decoded string (leading spaces included, which a lone
+    ``decode([id])`` drops for SentencePiece and word-level tokenizers): the difference between
+    decoding the token with up to ``context`` preceding tokens and without it; a lone decode
+    when the two do not share a prefix (a byte-fallback piece inside a character)."""
+    out = []
+    for i, t in enumerate(ids):
+        before = ids[max(0, i - context) : i]
+        prev = tokenizer.decode(before) if before else ""
+        cur = tokenizer.decode(before + [t])
+        out.append(cur[len(prev) :] if cur.startswith(prev) else tokenizer.decode([t]))
+    return out
+
+
+def rollout_samples(ro: Any, tokenizer: Any, n: int, iteration: int, kl: Any) -> list[dict]:
+    """The first ``n`` rows of a scored rollout as JSON-ready records (one host copy; called on
+    rank 0 at the iterations ``trainer/ppo.py`` saves).
+
+    Args:
+        ro: a :class:`trainer.rollout.Rollout` after GAE (``token_scores``, ``rewards``,
+            ``advantages``, ``values``, ``sequence_scores`` ``[B, R]`` / ``[B]``).
+        kl: ``[B, R]`` the per-token KL estimate the reward used.
+
+    Returns:
+        Per row ``{"iteration", "sample", "prompt", "pieces", "ids", "reward" (RM r_t), "kl",
+        "total" (the per-token reward PPO optimised), "advantage", "value" (lists over the
+        response tokens), "sequence_reward", "truncated"}``.
+    """
+    out = []
+    eos = tokenizer.eos_token_id
+    for i in range(min(n, len(ro))):
+        m = ro.response_mask[i].cpu()
+        ids = ro.response_ids[i].cpu()[m].tolist()
+        prompt_ids = ro.prompt_ids[i].cpu()[ro.prompt_mask[i].cpu()].tolist()
+
+        def row(t: Any, m: Any = m, i: int = i) -> list[float]:
+            return [round(float(v), 6) for v in t[i].detach().cpu()[m].tolist()]
+
+        out.append(
+            {
+                "iteration": iteration,
+                "sample": i,
+                "prompt": tokenizer.decode(prompt_ids, skip_special_tokens=True),
+                "pieces": token_pieces(tokenizer, ids),
+                "ids": ids,
+                "reward": row(ro.token_scores),
+                "kl": row(kl),
+                "total": row(ro.rewards),
+                "advantage": row(ro.advantages),
+                "value": row(ro.values),
+                "sequence_reward": float(ro.sequence_scores[i]),
+                "truncated": not ids or ids[-1] != eos,
+            }
+        )
+    return out

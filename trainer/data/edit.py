@@ -637,7 +637,7 @@ async def _edit_all(
         queue.put_nowait(p)
     bar = None
     if cfg.progress and todo:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # lazy: tqdm (heavy for the torch-free fgrlhf), only to draw a bar
 
         bar = tqdm(total=len(todo), desc="editing", unit="pair", disable=None)
 

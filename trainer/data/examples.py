@@ -34,6 +34,7 @@ import torch
 
 from trainer.data.align import char_spans_to_token_mask, token_diff
 from trainer.data.formats import Prompt
+from trainer.errors import ConfigError
 
 __all__ = [
     "PROMPT_TEMPLATES",
@@ -105,8 +106,6 @@ def resolve_template(tokenizer: Any, template: str = "auto") -> str:
 def checked_template(tokenizer: Any, template: str) -> str:
     """:func:`resolve_template` for a trainer: a template the tokenizer cannot render is a config
     error naming the key."""
-    from trainer.infra.config import ConfigError
-
     try:
         return resolve_template(tokenizer, template)
     except ValueError as e:

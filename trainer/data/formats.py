@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainer.errors import DataError  # noqa: F401 - re-exported (defined here before)
+
 __all__ = [
     "EDIT_STATUSES",
     "FORMATS",
@@ -53,22 +55,6 @@ __all__ = [
 
 FORMATS = ("alpaca", "hh", "jsonl")
 HH_ASSISTANT = "\n\nAssistant:"
-
-
-class DataError(ValueError):
-    """A file, record or field that cannot be used. ``str()`` names all three where known.
-
-    Attributes:
-        source: the file (or dataset name).
-        where: ``"line N"`` / ``"record N"`` (1-based), or None for whole-file errors.
-        field: the offending field, or None.
-        problem: what is wrong, in words.
-    """
-
-    def __init__(self, source: str, problem: str, where: str | None = None, field: str | None = None):
-        self.source, self.where, self.field, self.problem = str(source), where, field, problem
-        parts = [self.source] + ([where] if where else []) + ([f"field {field!r}"] if field else [])
-        super().__init__(": ".join(parts + [problem]))
 
 
 @dataclass(frozen=True)
@@ -346,7 +332,7 @@ def read_records(source: str | Path, split: str = "train") -> Iterator[tuple[str
                 yield f"record {n}", rec
         elif name.endswith(".parquet"):
             try:
-                import pyarrow.parquet as pq
+                import pyarrow.parquet as pq  # optional: heavy; missing, it is a DataError
             except ImportError as e:  # pragma: no cover - pyarrow is a dependency
                 raise DataError(path, "reading .parquet needs pyarrow (pip install pyarrow)") from e
             try:
@@ -365,7 +351,7 @@ def read_records(source: str | Path, split: str = "train") -> Iterator[tuple[str
 
 def _read_hf(name: str, split: str) -> Iterator[tuple[str, dict | DataError]]:
     try:
-        import datasets
+        import datasets  # optional: heavy; missing, it is a DataError
     except ImportError as e:
         raise DataError(name, "not a local file, and loading a Hugging Face dataset needs `datasets`") from e
     try:

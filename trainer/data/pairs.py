@@ -8,17 +8,22 @@ from the token diff; an *original* pair is (the input's chosen response, origina
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from trainer.data.examples import TokenizedExample, build_example, build_pair, collate
 from trainer.data.formats import DataError, EditRecord, read_records
+from trainer.data.synthetic import SyntheticConfig
+from trainer.errors import ConfigError
+from trainer.fake import real_tensors
+from trainer.infra.config import TrainConfig
 
-__all__ = ["Pair", "PairData", "collate_pairs", "load_pair_data", "step_batches"]
+__all__ = ["Pair", "PairData", "SupervisedConfig", "collate_pairs", "load_pair_data", "step_batches"]
 
 Pair = tuple[TokenizedExample, TokenizedExample]  # (chosen, rejected)
 
@@ -142,10 +147,74 @@ def step_batches(
     step. An epoch is a fresh permutation; its last partial global batch is dropped."""
     steps_per_epoch = n_pairs // world_batch
     epoch, i = divmod(step, steps_per_epoch)
-    from trainer.infra.dryrun import real_tensors
-
     with real_tensors():  # host indices: real even in a dry run's FakeTensorMode
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         perm = torch.randperm(n_pairs, generator=g)[i * world_batch : (i + 1) * world_batch]
         mine = perm[rank::world].tolist()
     return [mine[k : k + cfg.micro_batch_size] for k in range(0, len(mine), cfg.micro_batch_size)]
+
+
+@dataclasses.dataclass
+class SupervisedConfig(TrainConfig):
+    """The keys of the trainers that learn from a data file with a step schedule (reward models,
+    SFT / FIGA): data, held-out split, lengths, batch, schedule, logging and evaluation."""
+
+    CHOICES: ClassVar[dict] = {"on_too_long": ("skip", "error"), "save_dtype": ("float32", "bfloat16")}
+    AT_LEAST: ClassVar[dict] = {
+        "max_length": 2, "min_response_tokens": 0, "micro_batch_size": 1, "grad_accum": 1, "epochs": 0,
+        "max_steps": 0, "stop_after_steps": 0, "lr": 0, "min_lr_ratio": 0, "warmup_steps": 0,
+        "log_every": 1, "eval_every": 0, "eval_batch_size": 1,
+    }  # fmt: skip
+    PATHS: ClassVar[dict] = {"data": None, "eval_data": None}
+    RESUME_SAFE: ClassVar[dict] = dict.fromkeys(
+        ("log_every", "eval_every", "eval_batch_size", "stop_after_steps", "save_dtype")
+    )
+
+    data: str = ""
+    """The training file (an ``fgrlhf edit`` JSONL of edited pairs); empty: the synthetic set."""
+    eval_data: str = ""
+    """Held-out file (same kind); empty: hold out ``eval_fraction`` of ``data`` by id hash."""
+    eval_fraction: float = 0.1
+    """Fraction of ``data`` held out for evaluation when ``eval_data`` is empty."""
+    skip_invalid: bool = False
+    """Skip (and count) records with missing/ill-typed fields instead of stopping with an error."""
+    on_too_long: str = "skip"
+    """A response that does not fit ``max_length``: ``skip`` (counted) or ``error``."""
+    synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
+    """The generated set used when ``data`` is empty."""
+    max_length: int = 128
+    """Longest prompt + response in tokens (the prompt is cut from the left first)."""
+    min_response_tokens: int = 16
+    """Response tokens kept at least when a long prompt is cut."""
+
+    micro_batch_size: int = 16
+    """Items per rank per forward/backward (a pair is two sequences)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; global batch = micro_batch_size × grad_accum × world."""
+    epochs: float = 3.0
+    """Passes over the training data (ignored when ``max_steps`` > 0)."""
+    max_steps: int = 0
+    """Optimizer steps of the schedule; 0: ``epochs`` × steps per epoch."""
+    stop_after_steps: int = 0
+    """End the run (with a checkpoint) after this step, keeping the schedule and data order of
+    the full run: time-limited jobs and preemption drills. 0: run to the end."""
+    lr: float = 2e-3
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay floor, as a fraction of ``lr``."""
+    warmup_steps: int = 10
+    """Linear warmup steps."""
+
+    log_every: int = 10
+    """Log training metrics every this many steps."""
+    eval_every: int = 50
+    """Evaluate on held-out data every this many steps (and at the end); 0: only at the end."""
+    eval_batch_size: int = 32
+    """Items per rank per evaluation forward."""
+    save_dtype: str = "float32"
+    """dtype of the saved model weights (``float32`` or ``bfloat16``)."""
+
+    def check(self) -> None:
+        super().check()
+        if not 0 <= self.eval_fraction < 1:
+            raise ConfigError(f"config key 'eval_fraction': must be in [0, 1), got {self.eval_fraction}")

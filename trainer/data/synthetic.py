@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
 import sys
 import typing
@@ -480,8 +481,8 @@ def generate(cfg: SyntheticConfig) -> list[dict]:
 def build_tokenizer(cfg: SyntheticConfig):
     """A word-level ``PreTrainedTokenizerFast`` over the world's vocabulary (ids: the four
     specials first, then helpful, neutral, harmful, prompt and ``c*`` words)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers  # lazy: transformers (heavy)
+    from transformers import PreTrainedTokenizerFast  # lazy: transformers (heavy)
 
     vocab = {w: i for i, w in enumerate(SPECIAL_TOKENS + [w for group in _words(cfg) for w in group])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
@@ -499,8 +500,6 @@ def write_synthetic(out_dir: str | Path, cfg: SyntheticConfig | None = None) -> 
     Returns:
         ``(pairs_path, tokenizer_dir)``.
     """
-    import os
-
     cfg = cfg or SyntheticConfig()
     out = Path(out_dir)
     pairs, tok_dir, stamp = out / "pairs.jsonl", out / "tokenizer", out / WORLD_FILE
@@ -552,7 +551,7 @@ def load_world(path: str | Path) -> SyntheticConfig:
 def bootstrap(out_dir: str | Path, cfg: SyntheticConfig) -> tuple[Path, Path]:
     """Every trainer's synthetic default: rank 0 writes the set under ``out_dir`` (unless it is
     already there), every rank waits for it. Returns ``(pairs_path, tokenizer_dir)``."""
-    from trainer.infra.dist import on_rank0
+    from trainer.infra.dist import on_rank0  # lazy: torch (this module is torch-free: fgrlhf --help)
 
     out = Path(out_dir)
     on_rank0(write_synthetic, out, cfg)  # a failure on rank 0 stops every rank

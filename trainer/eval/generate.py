@@ -50,7 +50,9 @@ from pathlib import Path
 from typing import Any
 
 from trainer.data.formats import DataError, Prompt, prompt_parts, read_records
+from trainer.errors import ConfigError, describe
 from trainer.infra.appendlog import AppendLog
+from trainer.infra.outputs import check_output, write_json
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +198,6 @@ def resolve_model(name: str, allow_download: bool = False) -> Path:
     Raises:
         ConfigError: no such directory, an invalid Hub id, or a Hub model not in the cache.
     """
-    from trainer.infra.config import ConfigError, describe
-
     p = Path(name).expanduser()
     if not name.strip():
         raise ConfigError("model: an empty path")
@@ -205,8 +205,12 @@ def resolve_model(name: str, allow_download: bool = False) -> Path:
         return p
     if _looks_local(name):
         raise ConfigError(f"model {name}: no such model directory")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub import snapshot_download  # lazy: heavy; a test patches it in huggingface_hub
+    from huggingface_hub.utils import (  # lazy: heavy (with snapshot_download)
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     try:
         if not allow_download:
@@ -310,9 +314,6 @@ def weights_sha256(model_dir: str | Path) -> str:
         trainer.infra.config.ConfigError: no weight file in ``model_dir``.
         RuntimeError: a weight file changed while it was read.
     """
-    from trainer.infra.config import ConfigError
-    from trainer.infra.outputs import write_json
-
     d = Path(model_dir)
     weights = _files(d, _WEIGHT_FILES)
     if not weights:
@@ -370,8 +371,7 @@ def _check_policy_dir(model_dir: Path, name: str) -> None:
     Raises:
         ConfigError: a reward model (``fgrlhf_reward.json``), a file, or no ``config.json``.
     """
-    from trainer.infra.config import ConfigError
-    from trainer.models import RM_META_FILE, check_model_dir
+    from trainer.models import RM_META_FILE, check_model_dir  # lazy: torch (fgrlhf --help is torch-free)
 
     check_model_dir(str(model_dir), "model")
     if (model_dir / RM_META_FILE).exists():
@@ -397,10 +397,8 @@ def _load_policy(model_dir: Path, name: str, dtype: str, device: Any):
             model or a bare backbone), a checkpoint weight the model does not use, or a wrong
             shape; named with the first few keys.
     """
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from trainer.infra.config import ConfigError
+    import torch  # lazy: torch (fgrlhf --help is torch-free)
+    from transformers import AutoModelForCausalLM  # lazy: transformers (heavy)
 
     model, info = AutoModelForCausalLM.from_pretrained(
         str(model_dir),
@@ -567,13 +565,20 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
         DataError: bad input, or stored answers that do not match (see the module docstring).
         trainer.infra.config.ConfigError: a model or template that cannot be used.
     """
-    import torch
+    import torch  # lazy: torch (fgrlhf --help is torch-free)
 
-    from trainer.data.examples import build_prompt, checked_template, collate
-    from trainer.infra import dist as D
-    from trainer.infra.outputs import check_output, write_json
-    from trainer.models import load_tokenizer, pad_token_id, read_policy_meta
-    from trainer.rollout import generate
+    from trainer.data.examples import (  # lazy: torch (fgrlhf --help is torch-free)
+        build_prompt,
+        checked_template,
+        collate,
+    )
+    from trainer.infra import dist as D  # lazy: torch (fgrlhf --help is torch-free)
+    from trainer.models import (  # lazy: torch (fgrlhf --help is torch-free)
+        load_tokenizer,
+        pad_token_id,
+        read_policy_meta,
+    )
+    from trainer.rollout import generate  # lazy: torch (fgrlhf --help is torch-free)
 
     # 1. the output may not be a directory or an input; nothing is written before this
     output = check_output(cfg.output, "-o", inputs=[cfg.instructions, cfg.model])
@@ -626,7 +631,7 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
         pad_id = pad_id if pad_id is not None else (tokenizer.eos_token_id or 0)
         bar = None
         if cfg.progress and mine and rank == 0:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # lazy: tqdm (heavy for the torch-free fgrlhf), only to draw a bar
 
             bar = tqdm(total=sum(len(b) for _, b in mine), desc="generating", unit="answer", disable=None)
         # 7. each batch: fixed seed, the rollout sampler, decode, append

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -34,6 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.data.formats import Prompt
+from trainer.data.synthetic import gold_reward, load_world
+from trainer.errors import ConfigError
+from trainer.infra.claude import ClaudeClient, cost_usd
 
 __all__ = [
     "ClaudeJudge",
@@ -168,8 +173,6 @@ class ClaudeJudge(Judge):
         extra_attempts: int = 2,
         backoff: float = 10.0,
     ):
-        from trainer.infra.claude import ClaudeClient
-
         if prompt_file is None:
             self.template = (PROMPTS_DIR / "pairwise_v1.txt").read_text(encoding="utf-8")
             self.version = PAIRWISE_PROMPT_VERSION
@@ -217,8 +220,6 @@ class ClaudeJudge(Judge):
         return Verdict(pref, reply.text, reply.model, **usage)
 
     def cost_usd(self, input_tokens: int, output_tokens: int) -> float | None:
-        from trainer.infra.claude import cost_usd
-
         return cost_usd(self.model, input_tokens, output_tokens, self.price_in, self.price_out)
 
     async def aclose(self) -> None:
@@ -244,11 +245,10 @@ class RewardModelJudge(Judge):
         tie_tolerance: float = 0.0,
         device: str = "auto",
     ):
-        import torch
+        import torch  # lazy: torch (fgrlhf --help is torch-free)
 
-        from trainer.data.examples import checked_template
-        from trainer.infra.config import ConfigError
-        from trainer.models import (
+        from trainer.data.examples import checked_template  # lazy: torch (fgrlhf --help is torch-free)
+        from trainer.models import (  # lazy: torch (fgrlhf --help is torch-free)
             RewardModel,
             check_model_dir,
             load_tokenizer,
@@ -280,9 +280,9 @@ class RewardModelJudge(Judge):
 
     def rewards(self, prompts: Sequence[Prompt], outputs: Sequence[str]) -> list[float]:
         """``R(τ)`` of each (prompt, output), tokenised as the reward trainer does."""
-        import torch
+        import torch  # lazy: torch (fgrlhf --help is torch-free)
 
-        from trainer.data.examples import build_example, collate
+        from trainer.data.examples import build_example, collate  # lazy: torch (fgrlhf --help is torch-free)
 
         ex = [
             build_example(self.tokenizer, p, o, max_length=self.max_length, prompt_template=self.template)
@@ -323,11 +323,6 @@ class GoldJudge(Judge):
     uses_finished = True
 
     def __init__(self, world: str, tie_tolerance: float = 0.0):
-        import json
-
-        from trainer.data.synthetic import load_world
-        from trainer.infra.config import ConfigError
-
         try:
             self.world = load_world(world)
         except ValueError as e:
@@ -340,8 +335,6 @@ class GoldJudge(Judge):
 
     def reward(self, prompt: Prompt, output: str) -> float:
         """The gold reward of one answer."""
-        from trainer.data.synthetic import gold_reward
-
         return gold_reward(prompt.text, output, self.world)
 
     @staticmethod
@@ -375,8 +368,6 @@ def make_judge(spec: str, **options) -> Judge:
     Raises:
         ValueError: an unknown kind or an empty name.
     """
-    import inspect
-
     kind, _, arg = spec.partition(":")
     classes: dict[str, type[Judge]] = {"claude": ClaudeJudge, "rm": RewardModelJudge, "gold": GoldJudge}
     if kind not in classes or not arg:

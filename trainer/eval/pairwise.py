@@ -54,9 +54,11 @@ from typing import Any
 
 from trainer.data.formats import DataError, Prompt, prompt_parts, read_records
 from trainer.eval.judges import Comparison, Judge, Verdict, make_judge
-from trainer.eval.winrate import summarize, winrate
+from trainer.eval.winrate import format_summary, summarize, winrate
 from trainer.infra.appendlog import AppendLog
+from trainer.infra.claude import require_api_key
 from trainer.infra.outputs import OwnedFiles, check_output, write_json
+from trainer.infra.trackers import RunInfo, flat_numbers, report_once
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +278,7 @@ def combine(prefs: Sequence[int]) -> float:
 def bootstrap_interval(preferences: Sequence[float], reps: int, seed: int) -> tuple[float, float] | None:
     """The percentile bootstrap 95% interval of the win rate (percent) over instructions:
     ``reps`` resamples with replacement of s = preference − 1 (a draw, 0, is s = ½)."""
-    import numpy as np
+    import numpy as np  # lazy: numpy (heavy for the torch-free fgrlhf)
 
     s = np.array([0.5 if p == 0 else p - 1.0 for p in preferences], dtype=np.float64)
     if reps <= 0 or len(s) == 0:
@@ -359,8 +361,6 @@ def run_eval(cfg: EvalConfig, judge: Judge | None = None) -> dict[str, Any]:
     # 2. the judge and the comparisons (one or both orders per instruction)
     if judge is None:
         if cfg.judge.startswith("claude:"):
-            from trainer.infra.claude import require_api_key
-
             require_api_key()
         judge = make_judge(
             cfg.judge,
@@ -421,8 +421,6 @@ def report_result(cfg: EvalConfig, summary: dict[str, Any], annotations: list[di
     instructions with a verdict, the config, the first :data:`TABLE_ROWS` annotations as a table
     (texts cut at 2,000 characters), the printed summary as text, ``summary.json`` and
     ``annotations.json`` as files. A tracker that fails is a warning."""
-    from trainer.infra.trackers import RunInfo, flat_numbers, report_once
-
     tracker_dir = out_dir / TRACKER_DIR
     tracker_dir.mkdir(exist_ok=True)
     info = RunInfo(
@@ -463,7 +461,7 @@ async def _judge_all(
     queue = list(reversed(todo))
     bar = None
     if cfg.progress and todo:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # lazy: tqdm (heavy for the torch-free fgrlhf), only to draw a bar
 
         bar = tqdm(total=len(todo), desc="judging", unit="comparison", disable=None)
 
@@ -612,8 +610,6 @@ def _summary(
 
 def format_eval_summary(s: dict[str, Any]) -> str:
     """The printed table."""
-    from trainer.eval.winrate import format_summary
-
     lines = []
     if s.get("n_total"):
         lines.append(format_summary(s))

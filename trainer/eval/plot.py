@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from trainer.data.formats import DataError
+from trainer.infra.metrics import read_log
 
 __all__ = [
     "PPO_PANELS",
@@ -101,8 +103,6 @@ def read_metrics(path: str | Path) -> list[dict]:
     Raises:
         DataError: no such file, an empty file, or a bad line that is not the last (names it).
     """
-    from trainer.infra.metrics import read_log
-
     return [rec for _, rec in read_log(path, "no metrics records")]
 
 
@@ -140,11 +140,11 @@ def make_figures(runs: dict[str, list[dict]]) -> dict[str, Any]:
     Raises:
         ValueError: PPO and reward-model runs mixed (their x axes differ).
     """
-    import matplotlib
+    import matplotlib  # lazy: heavy; the Agg backend is chosen before pyplot
 
     matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.figure import Figure  # lazy: heavy; the Agg backend is chosen before pyplot
+    from matplotlib.ticker import MaxNLocator  # lazy: heavy; the Agg backend is chosen before pyplot
 
     kinds = {_kind(r) for r in runs.values()}
     if len(kinds) > 1:
@@ -232,8 +232,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     """``fgrlhf plot``: 0 written; 2 bad input (an unreadable or empty metrics file, mixed kinds,
     a wrong number of labels), with the reason on stderr."""
-    import sys
-
     try:
         written = plot_runs(args.metrics, args.output_dir, args.labels)
     except (DataError, ValueError) as e:

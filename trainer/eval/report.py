@@ -14,7 +14,7 @@ naming the token, its id and the values::
   diff the token RM is trained on), the margin R(edited) − R(original) and whether the RM ranks
   the pair right; sortable by margin; the accuracy over the shown pairs at the top.
 * **PPO rollouts** (:func:`ppo_report`): the samples ``trainer/ppo.py`` appends to
-  ``output_dir/rollouts.jsonl`` (:func:`rollout_samples`: a few rows of chosen iterations with
+  ``output_dir/rollouts.jsonl`` (:func:`trainer.rollout.rollout_samples`: a few rows of chosen iterations with
   their per-token RM reward, KL, total reward and advantage); a selector switches the shading.
 
 Everything on the page is untrusted (model outputs, and every field of a ``rollouts.jsonl`` or a
@@ -45,11 +45,15 @@ import json
 import math
 import os
 import re
+import sys
 import unicodedata
 from pathlib import Path
 from typing import Any
 
 from trainer.data.formats import DataError, finite_number
+from trainer.errors import ConfigError
+from trainer.infra.metrics import read_log
+from trainer.infra.outputs import OutputError, check_output
 
 __all__ = [
     "NEGATIVE",
@@ -62,11 +66,9 @@ __all__ = [
     "read_rollouts",
     "rm_report",
     "rm_report_html",
-    "rollout_samples",
     "rollouts_file",
     "run_cli",
     "score_rm_pairs",
-    "token_pieces",
     "write_atomic",
 ]
 
@@ -100,20 +102,6 @@ def _scale(values: list[float]) -> float:
     """The scale's end: the largest finite |value| (1 when there is none)."""
     m = max((abs(v) for v in values if math.isfinite(v)), default=0.0)
     return m if m > 0 else 1.0
-
-
-def token_pieces(tokenizer: Any, ids: list[int], context: int = 4) -> list[str]:
-    """The text each token adds to the decoded string (leading spaces included, which a lone
-    ``decode([id])`` drops for SentencePiece and word-level tokenizers): the difference between
-    decoding the token with up to ``context`` preceding tokens and without it; a lone decode
-    when the two do not share a prefix (a byte-fallback piece inside a character)."""
-    out = []
-    for i, t in enumerate(ids):
-        before = ids[max(0, i - context) : i]
-        prev = tokenizer.decode(before) if before else ""
-        cur = tokenizer.decode(before + [t])
-        out.append(cur[len(prev) :] if cur.startswith(prev) else tokenizer.decode([t]))
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -440,7 +428,7 @@ def ppo_report_html(
     max_tokens: int = 2048,
     max_bytes: int = MAX_BYTES,
 ) -> str:
-    """The PPO page from rollout samples (:func:`rollout_samples` records, as
+    """The PPO page from rollout samples (:func:`trainer.rollout.rollout_samples` records, as
     :func:`read_rollouts` validates them): per sample the prompt, the response shaded by the
     value the selector picks (RM reward r_t by default; advantage, KL_t, total reward
     r_t − β·KL_t), its R(τ). Over ``max_items`` samples: evenly spaced ones (first and last
@@ -499,7 +487,7 @@ def score_rm_pairs(
     (one process; CUDA when available) into :func:`rm_report_html`'s ``pairs`` and ``summary``.
 
     The file is read and tokenised by :func:`trainer.data.pairs.load_pair_data` with the RM's
-    level and prompt template from its metadata and ``data_cfg`` (``RewardConfig`` keys:
+    level and prompt template from its metadata and ``data_cfg`` (``SupervisedConfig`` keys:
     ``max_length``, ``skip_invalid``, ``eval_fraction``, ...); ``split`` as there (None: every
     record).
 
@@ -507,12 +495,15 @@ def score_rm_pairs(
         trainer.infra.config.ConfigError: ``rm_dir`` is not a reward-model directory.
         DataError: a bad pairs file or record, or no edited pairs in it.
     """
-    import torch
-    from transformers import AutoModelForTokenClassification
+    import torch  # lazy: torch (fgrlhf --help is torch-free)
+    from transformers import AutoModelForTokenClassification  # lazy: transformers (heavy)
 
-    from trainer.data.pairs import collate_pairs, load_pair_data
-    from trainer.infra.config import ConfigError
-    from trainer.models import (
+    from trainer.data.pairs import (  # lazy: torch (fgrlhf --help is torch-free)
+        SupervisedConfig,
+        collate_pairs,
+        load_pair_data,
+    )
+    from trainer.models import (  # lazy: torch (fgrlhf --help is torch-free)
         check_model_dir,
         load_tokenizer,
         pad_token_id,
@@ -520,7 +511,7 @@ def score_rm_pairs(
         read_reward_meta,
         sequence_reward,
     )
-    from trainer.reward import RewardConfig
+    from trainer.rollout import token_pieces  # lazy: torch (fgrlhf --help is torch-free)
 
     check_model_dir(str(rm_dir), "rm_dir")
     try:
@@ -528,9 +519,8 @@ def score_rm_pairs(
     except ValueError as e:
         raise ConfigError(str(e)) from None
     tokenizer = load_tokenizer(str(rm_dir), "rm_dir")
-    cfg = RewardConfig(
-        rm_level=meta["level"], prompt_template=meta.get("prompt_template", "auto"), **data_cfg
-    )
+    level = meta["level"]
+    cfg = SupervisedConfig(prompt_template=meta.get("prompt_template", "auto"), **data_cfg)
     data = load_pair_data(pairs_file, tokenizer, cfg, split=split)
     if not data.edited:
         raise DataError(pairs_file, f"no edited pairs to show (skipped: {dict(data.skipped)})")
@@ -544,7 +534,7 @@ def score_rm_pairs(
             chunk = pairs[b : b + batch_size]
             batch = {k: v.to(device) for k, v in collate_pairs(chunk, pad_id).items()}
             scores = per_token_scores(model, batch["input_ids"], batch["attention_mask"])
-            R = sequence_reward(scores, batch["response_mask"], cfg.rm_level).tolist()
+            R = sequence_reward(scores, batch["response_mask"], level).tolist()
             scores = scores.cpu()
             B = len(chunk)
             for j, (edited, original) in enumerate(chunk):
@@ -565,7 +555,7 @@ def score_rm_pairs(
     summary = {
         "rm_dir": str(rm_dir),
         "pairs_file": str(pairs_file),
-        "level": cfg.rm_level,
+        "level": level,
         "n_pairs": len(data.edited),
         "accuracy": sum(m > 0 for m in margins) / len(margins),
         "mean_margin": sum(margins) / len(margins),
@@ -585,47 +575,14 @@ def rm_report(
 # --------------------------------------------------------------------------------------------
 # PPO: the samples the trainer saves, read, render
 # --------------------------------------------------------------------------------------------
-def rollout_samples(ro: Any, tokenizer: Any, n: int, iteration: int, kl: Any) -> list[dict]:
-    """The first ``n`` rows of a scored rollout as JSON-ready records (one host copy; called on
-    rank 0 at the iterations ``trainer/ppo.py`` saves).
+def __getattr__(name: str) -> Any:
+    """:func:`trainer.rollout.token_pieces` and :func:`trainer.rollout.rollout_samples` (moved
+    there: PPO's per-iteration path needs no HTML), still importable from here."""
+    if name in ("rollout_samples", "token_pieces"):
+        from trainer import rollout  # lazy: torch (fgrlhf --help is torch-free)
 
-    Args:
-        ro: a :class:`trainer.rollout.Rollout` after GAE (``token_scores``, ``rewards``,
-            ``advantages``, ``values``, ``sequence_scores`` ``[B, R]`` / ``[B]``).
-        kl: ``[B, R]`` the per-token KL estimate the reward used.
-
-    Returns:
-        Per row ``{"iteration", "sample", "prompt", "pieces", "ids", "reward" (RM r_t), "kl",
-        "total" (the per-token reward PPO optimised), "advantage", "value" (lists over the
-        response tokens), "sequence_reward", "truncated"}``.
-    """
-    out = []
-    eos = tokenizer.eos_token_id
-    for i in range(min(n, len(ro))):
-        m = ro.response_mask[i].cpu()
-        ids = ro.response_ids[i].cpu()[m].tolist()
-        prompt_ids = ro.prompt_ids[i].cpu()[ro.prompt_mask[i].cpu()].tolist()
-
-        def row(t: Any, m: Any = m, i: int = i) -> list[float]:
-            return [round(float(v), 6) for v in t[i].detach().cpu()[m].tolist()]
-
-        out.append(
-            {
-                "iteration": iteration,
-                "sample": i,
-                "prompt": tokenizer.decode(prompt_ids, skip_special_tokens=True),
-                "pieces": token_pieces(tokenizer, ids),
-                "ids": ids,
-                "reward": row(ro.token_scores),
-                "kl": row(kl),
-                "total": row(ro.rewards),
-                "advantage": row(ro.advantages),
-                "value": row(ro.values),
-                "sequence_reward": float(ro.sequence_scores[i]),
-                "truncated": not ids or ids[-1] != eos,
-            }
-        )
-    return out
+        return getattr(rollout, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # The per-token value lists of a rollout record (one number per response token each).
@@ -724,8 +681,6 @@ def read_rollouts(path: str | Path) -> list[dict]:
             file, the line and the field).
     """
     p = rollouts_file(path)
-    from trainer.infra.metrics import read_log
-
     missing = "no such file (a PPO run writes output_dir/rollouts.jsonl)"
     return [_check_rollout(rec, str(p), f"line {i}") for i, rec in read_log(p, "no rollout samples", missing)]
 
@@ -784,10 +739,6 @@ def run_cli(args: argparse.Namespace) -> int:
     not a reward-model directory; a bad pairs or rollouts file: the message names the file, line
     and field); 1 a file cannot be read or the page cannot be written (an OSError). Each error is
     one line on stderr."""
-    import sys
-
-    from trainer.infra.config import ConfigError
-    from trainer.infra.outputs import OutputError, check_output
 
     def fail(msg: str, code: int = 2) -> int:
         print(f"fgrlhf report: {msg}", file=sys.stderr)
@@ -830,8 +781,6 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # `python -m trainer.eval.report ...` (the same as `fgrlhf report ...`)
-    import sys
-
     _parser = argparse.ArgumentParser(
         prog="fgrlhf report", description=__doc__.split("\n\n")[0], allow_abbrev=False
     )

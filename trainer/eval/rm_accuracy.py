@@ -16,6 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from trainer.data.formats import DataError
+from trainer.errors import ConfigError
+
 __all__ = ["evaluate_reward_model"]
 
 
@@ -30,14 +33,17 @@ def evaluate_reward_model(
         trainer.data.formats.DataError: a bad pairs file or record (a NaN gold score among them),
             or no pair to evaluate.
     """
-    import torch
-    from transformers import AutoModelForTokenClassification
+    import torch  # lazy: torch (fgrlhf --help is torch-free)
+    from transformers import AutoModelForTokenClassification  # lazy: transformers (heavy)
 
-    from trainer.data.formats import DataError
-    from trainer.data.pairs import load_pair_data
-    from trainer.infra.config import ConfigError
-    from trainer.models import check_model_dir, load_tokenizer, pad_token_id, read_reward_meta
-    from trainer.reward import RewardConfig, evaluate
+    from trainer.data.pairs import load_pair_data  # lazy: torch (fgrlhf --help is torch-free)
+    from trainer.models import (  # lazy: torch (fgrlhf --help is torch-free)
+        check_model_dir,
+        load_tokenizer,
+        pad_token_id,
+        read_reward_meta,
+    )
+    from trainer.reward import RewardConfig, evaluate  # lazy: torch (fgrlhf --help is torch-free)
 
     check_model_dir(rm_dir, "rm_dir")
     try:

@@ -47,7 +47,7 @@ class AppendLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_fh = open(self.path.with_name(self.path.name + ".lock"), "w")  # noqa: SIM115
         try:
-            import fcntl
+            import fcntl  # optional: POSIX only
 
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except ImportError:  # pragma: no cover - non-POSIX: no lock

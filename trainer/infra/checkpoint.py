@@ -34,8 +34,10 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from trainer.infra.config import describe
+from trainer.errors import CheckpointError, describe
+from trainer.fake import in_dry_run
 from trainer.infra.dist import (
     all_reduce_sum,
     barrier,
@@ -53,10 +55,6 @@ MANIFEST = "manifest.json"
 
 # name -> (model, optimizer): what one checkpoint holds.
 Parts = dict[str, tuple[nn.Module, torch.optim.Optimizer]]
-
-
-class CheckpointError(RuntimeError):
-    """No intact checkpoint to resume from (the message names the directory and why)."""
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -142,8 +140,6 @@ class Checkpointer:
     def save(self, step: int, parts: Parts, extra: dict) -> Path:
         """Write checkpoint ``step`` (collective: every rank calls it). ``extra``: plain Python
         types and tensors only; RNG states are added per rank."""
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
         final = self.root / f"step_{step:08d}"
         tmp = self.root / f".tmp-step_{step:08d}"
         rank = get_rank()
@@ -157,8 +153,6 @@ class Checkpointer:
         for name, (model, optimizer) in parts.items():
             model_sd, optim_sd = get_state_dict(model, optimizer)
             state[name] = {"model": model_sd, "optim": optim_sd}
-        from trainer.infra.dryrun import in_dry_run
-
         if in_dry_run():  # fake tensors have no bytes: the state dicts a save holds are built, not written
             return tmp
         dcp.save(state, checkpoint_id=str(tmp))
@@ -206,8 +200,6 @@ class Checkpointer:
         return None
 
     def _try_load(self, path: Path, parts: Parts) -> tuple[dict | None, str | None]:
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
         state, error = {}, None
         try:
             for name, (model, optimizer) in parts.items():

@@ -122,7 +122,7 @@ class ClaudeClient:
         extra_attempts: int = 2,
         backoff: float = 10.0,
     ):
-        import anthropic
+        import anthropic  # lazy: anthropic (heavy: ~1.4 s), only when Claude is called
 
         self._anthropic = anthropic
         self.model, self.max_tokens = model, max_tokens

@@ -20,12 +20,19 @@ import textwrap
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from trainer.data.synthetic import SyntheticConfig
+from trainer.errors import (  # noqa: F401 - ConfigError, describe: re-exported (defined here before)
+    EXIT_PREEMPTED,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    PeerFailure,
+    Preempted,
+    describe,
+)
 from trainer.infra.trackers import TRACKERS, close_all
 
 __all__ = [
     "ConfigError",
-    "SupervisedConfig",
     "TrainConfig",
     "check_declared",
     "cli_main",
@@ -37,16 +44,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message names the key or file."""
-
-
-def describe(e: BaseException, limit: int = 200) -> str:
-    """``"Type: first line of the message"`` (for one-line errors)."""
-    lines = str(e).splitlines()
-    return f"{type(e).__name__}: {lines[0][:limit] if lines else ''}".rstrip(": ")
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -93,8 +90,6 @@ def check_declared(cfg: Any) -> None:
     Raises:
         ConfigError / trainer.data.formats.DataError: naming the key and the bad value.
     """
-    from trainer.data.formats import DataError
-
     cls = type(cfg)
     for key, allowed in declared(cls, "CHOICES").items():
         value = getattr(cfg, key)
@@ -238,7 +233,7 @@ class TrainConfig:
     def check(self) -> None:
         """Reject values no run can use (names the key): the declared choices, lower bounds and
         paths, then each trainer's own cross-key rules (overrides call ``super().check()``)."""
-        import torch
+        import torch  # lazy: torch (this module is torch-free)
 
         check_declared(self)
         if len(self.betas) != 2:
@@ -274,8 +269,11 @@ def load_config(cls: type[T], argv: list[str]) -> T:
             wrong type, a missing or malformed YAML file, or an argument that is not
             ``key=value``.
     """
-    from omegaconf import OmegaConf
-    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+    from omegaconf import OmegaConf  # lazy: omegaconf (heavy for the torch-free fgrlhf)
+    from omegaconf.errors import (  # lazy: omegaconf (heavy for the torch-free fgrlhf)
+        ConfigKeyError,
+        OmegaConfBaseException,
+    )
 
     argv = list(argv)
     files: list[str] = []
@@ -368,7 +366,7 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
 
 def to_yaml(cfg: Any) -> str:
     """The resolved config as YAML (what the run logs at start and saves next to its outputs)."""
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf  # lazy: omegaconf (heavy for the torch-free fgrlhf)
 
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
@@ -380,10 +378,7 @@ def cli_main(config_cls: type[T], train: Any, doc: str | None, argv: list[str] |
     error and exit 2, and a SIGTERM pre-emption (checkpoint written) into exit 75.
     The trackers of ``report_to`` are always closed (their runs marked with the exit status) and
     the process group shut down."""
-    from trainer.data.formats import DataError
-    from trainer.infra.checkpoint import CheckpointError
-    from trainer.infra.dist import PeerFailure, shutdown
-    from trainer.infra.runtime import EXIT_PREEMPTED, Preempted
+    from trainer.infra.dist import shutdown  # lazy: torch; this module stays torch-free (fgrlhf, demo)
 
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
@@ -417,67 +412,11 @@ def cli_main(config_cls: type[T], train: Any, doc: str | None, argv: list[str] |
     return code
 
 
-@dataclasses.dataclass
-class SupervisedConfig(TrainConfig):
-    """The keys of the trainers that learn from a data file with a step schedule (reward models,
-    SFT / FIGA): data, held-out split, lengths, batch, schedule, logging and evaluation."""
+def __getattr__(name: str) -> Any:
+    """``SupervisedConfig``, now in :mod:`trainer.data.pairs` (with the data it reads), still
+    importable from here."""
+    if name == "SupervisedConfig":
+        from trainer.data.pairs import SupervisedConfig  # layering: until reward/sft import it from there
 
-    CHOICES: ClassVar[dict] = {"on_too_long": ("skip", "error"), "save_dtype": ("float32", "bfloat16")}
-    AT_LEAST: ClassVar[dict] = {
-        "max_length": 2, "min_response_tokens": 0, "micro_batch_size": 1, "grad_accum": 1, "epochs": 0,
-        "max_steps": 0, "stop_after_steps": 0, "lr": 0, "min_lr_ratio": 0, "warmup_steps": 0,
-        "log_every": 1, "eval_every": 0, "eval_batch_size": 1,
-    }  # fmt: skip
-    PATHS: ClassVar[dict] = {"data": None, "eval_data": None}
-    RESUME_SAFE: ClassVar[dict] = dict.fromkeys(
-        ("log_every", "eval_every", "eval_batch_size", "stop_after_steps", "save_dtype")
-    )
-
-    data: str = ""
-    """The training file (an ``fgrlhf edit`` JSONL of edited pairs); empty: the synthetic set."""
-    eval_data: str = ""
-    """Held-out file (same kind); empty: hold out ``eval_fraction`` of ``data`` by id hash."""
-    eval_fraction: float = 0.1
-    """Fraction of ``data`` held out for evaluation when ``eval_data`` is empty."""
-    skip_invalid: bool = False
-    """Skip (and count) records with missing/ill-typed fields instead of stopping with an error."""
-    on_too_long: str = "skip"
-    """A response that does not fit ``max_length``: ``skip`` (counted) or ``error``."""
-    synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
-    """The generated set used when ``data`` is empty."""
-    max_length: int = 128
-    """Longest prompt + response in tokens (the prompt is cut from the left first)."""
-    min_response_tokens: int = 16
-    """Response tokens kept at least when a long prompt is cut."""
-
-    micro_batch_size: int = 16
-    """Items per rank per forward/backward (a pair is two sequences)."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step; global batch = micro_batch_size × grad_accum × world."""
-    epochs: float = 3.0
-    """Passes over the training data (ignored when ``max_steps`` > 0)."""
-    max_steps: int = 0
-    """Optimizer steps of the schedule; 0: ``epochs`` × steps per epoch."""
-    stop_after_steps: int = 0
-    """End the run (with a checkpoint) after this step, keeping the schedule and data order of
-    the full run: time-limited jobs and preemption drills. 0: run to the end."""
-    lr: float = 2e-3
-    """Peak learning rate."""
-    min_lr_ratio: float = 0.1
-    """Cosine decay floor, as a fraction of ``lr``."""
-    warmup_steps: int = 10
-    """Linear warmup steps."""
-
-    log_every: int = 10
-    """Log training metrics every this many steps."""
-    eval_every: int = 50
-    """Evaluate on held-out data every this many steps (and at the end); 0: only at the end."""
-    eval_batch_size: int = 32
-    """Items per rank per evaluation forward."""
-    save_dtype: str = "float32"
-    """dtype of the saved model weights (``float32`` or ``bfloat16``)."""
-
-    def check(self) -> None:
-        super().check()
-        if not 0 <= self.eval_fraction < 1:
-            raise ConfigError(f"config key 'eval_fraction': must be in [0, 1), got {self.eval_fraction}")
+        return SupervisedConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,11 +14,17 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+
+from trainer.errors import PeerFailure
+from trainer.fake import in_dry_run
 
 __all__ = [
     "DTYPES",
@@ -84,10 +90,6 @@ def init_distributed(device: str = "auto", timeout_min: float = 60.0) -> DistInf
         device: ``"auto"`` (CUDA when available, else CPU), ``"cuda"`` or ``"cpu"``.
         timeout_min: how long a collective waits for the slowest rank (every backend).
     """
-    from datetime import timedelta
-
-    from torch.distributed.device_mesh import init_device_mesh
-
     # Under torchrun the launcher's env (RANK, WORLD_SIZE, MASTER_*) says everything. Without it
     # (`python script.py`, or a test calling this in-process) this is a world of one on a private
     # TCP port; os.environ is left untouched, so child processes (e.g. a torchrun started later
@@ -112,7 +114,7 @@ def init_distributed(device: str = "auto", timeout_min: float = 60.0) -> DistInf
         else:
             dist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=timeout)
     rank, world = dist.get_rank(), dist.get_world_size()
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from torch._subclasses.fake_tensor import unset_fake_temporarily  # lazy: private torch module
 
     with unset_fake_temporarily():  # a dry run's FakeTensorMode: the mesh's rank table is real
         mesh = init_device_mesh(dev.type, (world,), mesh_dim_names=("dp",))
@@ -132,8 +134,6 @@ def exit_process(code: int) -> None:
     (SIGABRT, "terminate called without an active exception"; seen here once in a few dozen
     2-process runs, after every output was written; pytorch/pytorch#179291). Every output is
     already closed and renamed into place when ``main`` returns."""
-    import sys
-
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -158,8 +158,6 @@ def barrier() -> None:
 def gather_objects(obj: object) -> list:
     """Every rank's ``obj`` (picklable), in rank order, on every rank (a dry run's fake world:
     rank 0's object stands for every rank's; fake tensors cannot be pickled)."""
-    from trainer.infra.dryrun import in_dry_run
-
     if get_world_size() == 1 or in_dry_run():
         return [obj] * get_world_size()
     out: list = [None] * dist.get_world_size()
@@ -182,10 +180,6 @@ def collective_device() -> torch.device:
     if dist.is_initialized() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
-
-
-class PeerFailure(RuntimeError):
-    """Another rank (rank 0) failed in a step every rank waits on; its error is in the message."""
 
 
 def on_rank0(fn, *args, **kwargs):
@@ -244,7 +238,7 @@ def parallelize(
         reduce_dtype: dtype of the gradient reduce-scatter.
         activation_checkpointing: recompute each layer's activations in backward.
     """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # lazy: heavy (~0.6 s)
 
     if activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -29,16 +29,27 @@ temporaries — FSDP2's all-gather and reduce-scatter buffers are among the temp
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
+import importlib.metadata
+import json
 import math
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
-from trainer.infra.config import ConfigError
+from trainer.errors import ConfigError
+from trainer.fake import _ACTIVE, host_item, host_list, in_dry_run, is_fake, real_tensors
+from trainer.infra.dist import broadcast_object, get_rank
+from trainer.infra.outputs import write_atomic
+from trainer.infra.summary import format_bytes
 
 __all__ = [
     "ARCH_PRESETS",
@@ -70,42 +81,10 @@ ARCH_PRESETS: dict[str, dict[str, Any]] = {
     ),
 }  # fmt: skip
 
-_ACTIVE: list[bool] = []
-
 
 class DryRunError(ConfigError):
     """A phase of the dry run failed (shape, dtype, collective) or its peak is over the limit:
     this config cannot run. The message names the phase (a one-line error, exit status 2)."""
-
-
-def in_dry_run() -> bool:
-    """True inside :func:`fake_world`."""
-    return bool(_ACTIVE)
-
-
-def is_fake(t: Any) -> bool:
-    """True for a ``FakeTensor`` (a dry run's tensors)."""
-    from torch._subclasses.fake_tensor import is_fake as _is_fake
-
-    return isinstance(t, torch.Tensor) and _is_fake(t)
-
-
-def host_item(t: torch.Tensor, fake_value: float = 0.0) -> float:
-    """``t.item()``, or ``fake_value`` for a fake tensor (no data to copy)."""
-    return fake_value if is_fake(t) else t.item()
-
-
-def host_list(t: torch.Tensor, fake_value: float = 0.0) -> list:
-    """``t.tolist()`` of a 1-D tensor, or ``[fake_value] * numel`` for a fake tensor."""
-    return [fake_value] * t.numel() if is_fake(t) else t.tolist()
-
-
-def real_tensors():
-    """A context in which new tensors are real even inside a dry run's ``FakeTensorMode`` (for
-    the data order: a permutation of indices is computed on the host and must have values)."""
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
-
-    return unset_fake_temporarily()
 
 
 def warm_optimizer_states(*optimizers: torch.optim.Optimizer) -> None:
@@ -130,9 +109,7 @@ def preset_config(name: str, tokenizer: Any = None):
     Raises:
         ConfigError: an unknown preset name (config key ``arch``).
     """
-    from transformers import LlamaConfig
-
-    from trainer.infra.config import ConfigError
+    from transformers import LlamaConfig  # lazy: transformers (heavy)
 
     if name not in ARCH_PRESETS:
         raise ConfigError(f"config key 'arch': {name!r} is not one of {sorted(ARCH_PRESETS)}")
@@ -148,8 +125,8 @@ def stand_in_tokenizer(vocab_size: int):
     """A word-level tokenizer of exactly ``vocab_size`` tokens (``<unk> <s> </s> <pad>`` then
     ``w4 … w{V-1}``), for a dry run with no tokenizer on disk: the dry run's data are stand-ins, so
     only the vocabulary size matters."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers  # lazy: transformers (heavy)
+    from transformers import PreTrainedTokenizerFast  # lazy: transformers (heavy)
 
     specials = ["<unk>", "<s>", "</s>", "<pad>"]
     vocab = {t: i for i, t in enumerate(specials)}
@@ -162,31 +139,10 @@ def stand_in_tokenizer(vocab_size: int):
 
 
 def stand_in_example(cfg: Any) -> tuple[Any, Any]:
-    """The supervised trainers' dry-run data (reward, SFT/FIGA): the tokenizer (``tokenizer`` /
-    ``init_from``'s, else a stand-in of the ``arch`` preset's vocabulary; ``cfg.prompt_template``
-    resolved against it) and one stand-in :class:`~trainer.data.examples.TokenizedExample` of
-    exactly ``max_length`` tokens, the last ``min_response_tokens`` the response, every fourth of
-    them "changed" (the worst case for every mask-dependent op).
+    """:func:`trainer.models.stand_in_example` (moved there: it loads a tokenizer)."""
+    from trainer.models import stand_in_example as impl  # layering: until reward/sft import it from there
 
-    Raises:
-        ConfigError: no tokenizer, no checkpoint and an unknown ``arch``.
-    """
-    from trainer.data.examples import TokenizedExample, checked_template
-    from trainer.models import load_tokenizer
-
-    name = cfg.tokenizer or cfg.init_from
-    if name:
-        tokenizer = load_tokenizer(name, "tokenizer" if cfg.tokenizer else "init_from")
-    elif cfg.arch in ARCH_PRESETS:
-        tokenizer = stand_in_tokenizer(ARCH_PRESETS[cfg.arch]["vocab_size"])
-    else:
-        raise ConfigError(f"config key 'arch': {cfg.arch!r} is not one of {sorted(ARCH_PRESETS)}")
-    cfg.prompt_template = checked_template(tokenizer, cfg.prompt_template)
-    T, P = cfg.max_length, cfg.max_length - cfg.min_response_tokens
-    ids = [tokenizer.bos_token_id] + [len(tokenizer) - 1] * (T - 1)
-    resp = [False] * P + [True] * (T - P)
-    changed = [False] * P + [i % 4 == 0 for i in range(T - P)]
-    return tokenizer, TokenizedExample(ids, resp, changed, P)
+    return impl(cfg)
 
 
 @contextlib.contextmanager
@@ -197,9 +153,8 @@ def fake_world(world_size: int) -> Iterator[None]:
     Raises:
         RuntimeError: a process group is already initialised (a dry run is a process of its own).
     """
-    import torch.distributed as dist
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.testing._internal.distributed.fake_pg import FakeStore
+    from torch._subclasses.fake_tensor import FakeTensorMode  # lazy: private torch module, dry runs only
+    from torch.testing._internal.distributed.fake_pg import FakeStore  # lazy: private torch test module
 
     if dist.is_initialized():
         raise RuntimeError("dry_run=true needs a process of its own: run it with python, not torchrun")
@@ -220,7 +175,7 @@ def fake_world(world_size: int) -> Iterator[None]:
 
 
 def _loop_tracker_class():
-    from torch.distributed._tools.mem_tracker import MemTracker
+    from torch.distributed._tools.mem_tracker import MemTracker  # lazy: private torch module, dry runs only
 
     class LoopTracker(MemTracker):
         """``MemTracker`` that allows a root module to be called again (a decode step, the next
@@ -240,8 +195,6 @@ def _loop_tracker_class():
         def _update_peak_stats(self, peak_state) -> None:  # noqa: ANN001
             # the tracker-wide peak only (what PhaseMemory reads), as MemTracker computes it; its
             # per-module peaks walk every tracked module on every op: 83% of a 7B dry run's time
-            from copy import deepcopy
-
             for dev, dev_snap in self._curr_mem_snap.items():
                 if self._peak_mem.get(dev, 0) < dev_snap["Total"]:
                     self._peak_mem[dev] = dev_snap["Total"]
@@ -313,8 +266,6 @@ class PhaseMemory:
         # torch 2.13's MemTracker: the snapshot at the peak and the peak total per device)
         t._peak_mem_snap = t.get_tracker_snapshot("current")
         t._peak_mem = {dev: snap["Total"] for dev, snap in t._peak_mem_snap.items()}
-        import time
-
         t0 = time.perf_counter()
         try:
             yield
@@ -329,8 +280,6 @@ class PhaseMemory:
         self.peaks[name] = peak.get("Total", 0.0)
         self.parts[name] = {k: v for k, v in peak.items() if k != "Total"}
         if self.say is not None:
-            from trainer.infra.summary import format_bytes
-
             self.say(f"dry run: phase '{name}' peak {format_bytes(self.peaks[name])} so far "
                      f"({self.seconds[name]:.0f} s)")  # fmt: skip
         check_limit(self, self.limit_gb * 1024**3 if self.limit_gb > 0 else None, self.limit_gb, name)
@@ -342,8 +291,6 @@ def check_limit(pm: PhaseMemory, limit: float | None, limit_gb: float, only: str
     Raises:
         DryRunError: the first phase over the limit, with its parts and the knobs that help.
     """
-    from trainer.infra.summary import format_bytes
-
     if limit is None:
         return
     for name, peak in pm.peaks.items():
@@ -360,8 +307,6 @@ def memory_table(
     pm: PhaseMemory, estimates: dict[str, float] | None = None, limit: float | None = None
 ) -> str:
     """The per-phase table: peak, its parts, the estimate beside it and their ratio."""
-    from trainer.infra.summary import format_bytes
-
     cats = ("Parameter", "Gradient", "Optstate", "Activation", "Temp", "Buffer", "Other")
     head = ["phase", "peak", *[c.lower() for c in cats]] + (["estimate", "est/peak"] if estimates else [])
     head.append("seconds")
@@ -439,8 +384,6 @@ PLAN_FACTOR = 20.0
 
 def fgrlhf_version() -> str:
     """This package's version (installed metadata; ``"unknown"`` when it is run uninstalled)."""
-    import importlib.metadata
-
     try:
         return importlib.metadata.version("fgrlhf")
     except importlib.metadata.PackageNotFoundError:
@@ -470,8 +413,6 @@ def plan_key(cfg: Any, trainer: str, world: int, shape: dict[str, Any]) -> dict[
     estimates change between versions), torch's version (major.minor), the trainer, the world
     size, the shapes of the models (``shape``: :func:`model_shape`, per model for a trainer of
     several) and every config key but :data:`RUN_ONLY_KEYS`."""
-    import dataclasses
-    import json
 
     keys = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY_KEYS}
     torch_version = ".".join(torch.__version__.split("+")[0].split(".")[:2])
@@ -489,10 +430,6 @@ def save_plan(cfg: Any, trainer: str, result: dict) -> Path | None:
     per-phase peaks measured for this config, world size and model — atomically, so that the
     real run with this ``output_dir`` checks ``memory_limit_gb`` against the measurement instead
     of the estimate. A reduced-layer dry run measures a smaller model and writes nothing."""
-    import datetime
-    import json
-
-    from trainer.infra.runtime import write_atomic
 
     if cfg.dry_run_layers:
         return None
@@ -522,8 +459,6 @@ def measured_peaks(
         ConfigError: the plan is for this run but a peak is not a positive finite number, or is
             out of :data:`PLAN_FACTOR` of its estimate (names the file, the phase and the value).
     """
-    from trainer.infra.dist import broadcast_object, get_rank
-
     answer = None
     if get_rank() == 0:
         try:
@@ -539,8 +474,6 @@ def measured_peaks(
 def _read_plan(
     cfg: Any, trainer: str, world: int, shape: dict[str, Any], estimates: dict[str, float] | None
 ) -> tuple[dict | None, str]:
-    import json
-
     path = plan_path(cfg)
     if not path.is_file():
         return None, f"no dry-run measurement ({path}: run this config with dry_run=true first)"
@@ -578,8 +511,6 @@ def check_peaks(path: Path, peaks: dict[str, Any], estimate: dict[str, float] | 
         ConfigError: names ``path``, the phase, its value and what to do (measure again, or delete
             the file to use the estimate).
     """
-    from trainer.infra.summary import format_bytes
-
     fix = f"rerun the dry run (dry_run=true) to measure again, or delete {path} to use the estimate"
     if not isinstance(peaks, dict) or not peaks:
         raise ConfigError(f"{path}: no measured phase in 'peaks'; {fix}")
@@ -635,8 +566,6 @@ def check_fits(
         ConfigError: the figure exceeds the limit (names the measured phase or the estimate's parts),
             or ``measured`` is no measurement of this run (:func:`check_peaks` against ``estimate``).
     """
-    from trainer.infra.summary import format_bytes
-
     limit = cfg.memory_limit_gb * 1024**3 if cfg.memory_limit_gb > 0 else None
     if limit is None and device.type == "cuda":
         limit = torch.cuda.get_device_properties(device).total_memory - CUDA_RESERVED_GB * 1024**3
@@ -664,8 +593,6 @@ def check_run_memory(run: Any, trainer: str, phases: dict[str, float], shape: di
     Raises:
         ConfigError: the run does not fit.
     """
-    from trainer.infra.summary import format_bytes
-
     if in_dry_run():
         return
     cfg, di = run.cfg, run.di

@@ -17,6 +17,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainer.errors import DataError
+from trainer.infra.summary import start_end
+
 if TYPE_CHECKING:
     from trainer.infra.trackers import TrackerProcess, Trackers
 
@@ -99,8 +102,6 @@ def summary_figures(records: Sequence[dict], rows: Sequence[tuple[str, str]]) ->
     """The figures of an end-of-run summary table as numbers, for the trackers: ``{key: last,
     key_start: first}`` of each ``(label, key)`` row (:data:`trainer.infra.summary.PPO_ROWS`, ...)
     the records carry."""
-    from trainer.infra.summary import start_end
-
     out: dict[str, float] = {}
     for _, key in rows:
         se = start_end(records, key)
@@ -117,8 +118,6 @@ def read_log(path: str | Path, empty: str, missing: str = "no such file") -> lis
         DataError: no such file (``missing``), no record (``empty``), or a bad line that is not the
             last (names it).
     """
-    from trainer.data.formats import DataError
-
     p = Path(path)
     if not p.is_file():
         raise DataError(str(p), missing)

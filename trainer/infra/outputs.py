@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OutputError", "OwnedFiles", "check_output", "strict", "write_json"]
+__all__ = ["OutputError", "OwnedFiles", "check_output", "strict", "write_atomic", "write_json"]
 
 
 class OutputError(ValueError):
@@ -90,6 +90,17 @@ def strict(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [strict(v) for v in obj]
     return obj
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename (a kill leaves the old
+    file or the new one, never half of one)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, p)
+    return p
 
 
 def write_json(path: str | Path, obj: Any, flag: str | None = None) -> Path:

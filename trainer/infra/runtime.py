@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import math
 import os
 import signal
+import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,10 +32,14 @@ from typing import IO, Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
-from trainer.infra.config import ConfigError, TrainConfig, describe, to_yaml
+from trainer.errors import EXIT_PREEMPTED, PREEMPTED_MARKER, ConfigError, DataError, Preempted, describe
+from trainer.infra.checkpoint import Checkpointer
+from trainer.infra.config import TrainConfig, declared, to_yaml
 from trainer.infra.dist import DistInfo, broadcast_object, gather_objects, init_distributed
 from trainer.infra.metrics import MetricsLog
+from trainer.infra.outputs import write_atomic
 from trainer.infra.trackers import RunInfo, start_trackers
 
 __all__ = [
@@ -52,9 +59,6 @@ __all__ = [
     "start_run",
 ]
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM after a checkpoint; rerun to resume
-PREEMPTED_MARKER = "PREEMPTED"
-
 
 class _StopRequest:
     """Set by SIGTERM; the loops read it at their next step (every rank agrees through the
@@ -65,8 +69,6 @@ class _StopRequest:
 
     def install(self) -> None:
         """Route SIGTERM here (idempotent; the main thread only, as Python requires)."""
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._handle)
 
@@ -75,24 +77,6 @@ class _StopRequest:
 
 
 STOP = _StopRequest()
-
-
-class Preempted(Exception):
-    """Raised after the checkpoint a SIGTERM asked for; the entry point exits 75."""
-
-    def __init__(self, out_dir: Path, step: int):
-        self.out_dir, self.step = out_dir, step
-        super().__init__(
-            f"SIGTERM: checkpoint saved at step {step} in {out_dir / 'checkpoints'}; "
-            f"rerun the same command to resume (exit {EXIT_PREEMPTED})"
-        )
-
-    def mark(self, top: Path | None = None) -> None:
-        """Write ``PREEMPTED`` (for schedulers that read files, not exit codes) into the run's
-        ``output_dir`` and the top-level one (PPO's on-the-fly RM runs in ``output_dir/rm``)."""
-        if int(os.environ.get("RANK", "0")) == 0:
-            for d in {self.out_dir, top or self.out_dir}:
-                (d / PREEMPTED_MARKER).write_text(f"step {self.step}\n" if d == self.out_dir else "rm\n")
 
 
 _LOCKS: dict[str, IO] = {}
@@ -107,8 +91,7 @@ def _lock_output_dir(out_dir: Path) -> str | None:
     Raises:
         ConfigError: another process holds the lock.
     """
-    import errno
-    import fcntl
+    import fcntl  # optional: POSIX only
 
     key = str(out_dir.resolve())
     if key in _LOCKS:  # this process ran here before (sequential runs in one process)
@@ -131,17 +114,6 @@ def _lock_output_dir(out_dir: Path) -> str | None:
     return None
 
 
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename (a kill leaves the old
-    file or the new one, never half of one)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, p)
-    return p
-
-
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -161,10 +133,7 @@ def _check_resume_config(cfg: TrainConfig, out_dir: Path, say) -> None:
     Raises:
         ConfigError: a change that alters the model, the data order or the schedule.
     """
-    from omegaconf import OmegaConf
-
-    from trainer.infra.checkpoint import Checkpointer
-    from trainer.infra.config import declared
+    from omegaconf import OmegaConf  # lazy: omegaconf (heavy), only at start and on resume
 
     saved_path = out_dir / "config.yaml"
     has_checkpoints = bool(Checkpointer(out_dir / "checkpoints").complete())
@@ -218,8 +187,6 @@ class Run:
     def say(self, msg: str) -> None:
         """Print ``[name] msg`` on rank 0 (through tqdm, so a progress bar stays intact)."""
         if self.di.is_main:
-            from tqdm import tqdm
-
             tqdm.write(f"[{self.name}] {msg}")
 
 
@@ -228,7 +195,6 @@ def start_run(cfg: TrainConfig, name: str) -> Run:
     deterministic algorithms, the process group and device mesh, CPU threads (cores / local
     processes), the output directory with its lock (rank 0), and the resolved config printed and
     written to ``output_dir/config.yaml`` (compared with the saved one when resuming)."""
-    from trainer.data.formats import DataError
 
     STOP.install()
     try:
@@ -285,8 +251,6 @@ SHARED_TOKEN = ".rank0_token"
 
 
 def _where() -> str:
-    import socket
-
     return f"host {socket.gethostname()}, cwd {os.getcwd()}"
 
 
@@ -342,9 +306,7 @@ def open_metrics(run: Run, step_key: str = "step") -> MetricsLog:
     the git commit, and continue their kept runs (``output_dir/trackers.json``) when the run will
     resume from a checkpoint. A tracker whose package is missing is a warning, here, before
     training. Call it right after :func:`start_run`."""
-    from omegaconf import OmegaConf
-
-    from trainer.infra.checkpoint import Checkpointer
+    from omegaconf import OmegaConf  # lazy: omegaconf (heavy), only at start and on resume
 
     cfg, di = run.cfg, run.di
     trackers = None
@@ -410,7 +372,7 @@ def build_optimizer(model: nn.Module, lr: float, cfg: TrainConfig) -> torch.opti
     kw: dict[str, Any] = {"lr": lr, "betas": tuple(cfg.betas), "weight_decay": cfg.weight_decay}
     if cfg.optimizer == "adamw8bit":
         try:
-            import bitsandbytes as bnb
+            import bitsandbytes as bnb  # optional: [gpu] extra (optimizer=adamw8bit)
         except ImportError as e:
             raise ConfigError(
                 "optimizer='adamw8bit' needs bitsandbytes (pip install 'bitsandbytes>=0.44'); "
@@ -456,7 +418,7 @@ def peak_memory_mb(device: torch.device) -> float:
     """Peak allocated CUDA memory, or this process's peak RSS on CPU, in MiB."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
+    import resource  # optional: POSIX only
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

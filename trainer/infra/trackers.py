@@ -51,9 +51,12 @@ import functools
 import importlib.util
 import json
 import os
+import pickle
 import queue
 import re
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -300,8 +303,8 @@ class TensorBoardTracker(Tracker):
     )  # fmt: skip
 
     def start(self, info: RunInfo, state: dict) -> dict:
-        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog  # optional: [track] extra
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter  # optional: [track] extra
 
         self.dir = info.out_dir / "tb"
         self.w = EventFileWriter(str(self.dir), max_queue_size=100, flush_secs=30)
@@ -321,17 +324,17 @@ class TensorBoardTracker(Tracker):
         return {}
 
     def _add(self, step: int, summary: Any, wall_time: float | None = None) -> None:
-        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.event_pb2 import Event  # optional: [track] extra
 
         self.w.add_event(Event(wall_time=wall_time or time.time(), step=step, summary=summary))
 
     @staticmethod
     def _text(tag: str, text: str) -> Any:
         """A text-plugin summary (markdown), as ``torch.utils.tensorboard.summary.text`` makes it."""
-        from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
-        from tensorboard.compat.proto.tensor_pb2 import TensorProto
-        from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
-        from tensorboard.plugins.text.plugin_data_pb2 import TextPluginData
+        from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata  # optional: [track] extra
+        from tensorboard.compat.proto.tensor_pb2 import TensorProto  # optional: [track] extra
+        from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto  # optional: [track] extra
+        from tensorboard.plugins.text.plugin_data_pb2 import TextPluginData  # optional: [track] extra
 
         meta = SummaryMetadata(
             plugin_data=SummaryMetadata.PluginData(
@@ -348,9 +351,12 @@ class TensorBoardTracker(Tracker):
     @staticmethod
     def _hparams(config: dict[str, Any]) -> Any:
         """The HPARAMS plugin's session start (one value per config key; lists and None as text)."""
-        from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
-        from tensorboard.plugins.hparams import metadata
-        from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionStartInfo
+        from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata  # optional: [track] extra
+        from tensorboard.plugins.hparams import metadata  # optional: [track] extra
+        from tensorboard.plugins.hparams.plugin_data_pb2 import (  # optional: [track] extra
+            HParamsPluginData,
+            SessionStartInfo,
+        )
 
         ssi = SessionStartInfo()
         for k, v in config.items():
@@ -369,7 +375,7 @@ class TensorBoardTracker(Tracker):
         return Summary(value=[Summary.Value(tag=metadata.SESSION_START_INFO_TAG, metadata=meta)])
 
     def log(self, step: int, values: dict[str, float], wall_time: float) -> None:
-        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.compat.proto.summary_pb2 import Summary  # optional: [track] extra
 
         summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
         self._add(step, summary, wall_time)
@@ -384,7 +390,7 @@ class TensorBoardTracker(Tracker):
         self._add(step, self._text(name, "\n".join(lines)))
 
     def finish(self, step: int, summary: dict[str, float], text: str, files: list[tuple[Path, str]]) -> None:
-        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.compat.proto.summary_pb2 import Summary  # optional: [track] extra
 
         if text:
             self._add(step, self._text("summary", "\n".join("    " + line for line in text.splitlines())))
@@ -424,7 +430,7 @@ class WandbTracker(Tracker):
     modules = ("wandb", "PIL.Image")
 
     def start(self, info: RunInfo, state: dict) -> dict:
-        import wandb
+        import wandb  # optional: [track] extra
 
         self.wandb, self.step_key = wandb, info.step_key
         mode = os.environ.get("WANDB_MODE", "online").lower()
@@ -456,8 +462,6 @@ class WandbTracker(Tracker):
         self.run.log({self.step_key: step, name: self.wandb.Table(columns=columns, data=rows)})
 
     def finish(self, step: int, summary: dict[str, float], text: str, files: list[tuple[Path, str]]) -> None:
-        import shutil
-
         self.run.summary.update({f"summary/{k}": v for k, v in summary.items()})
         images = {f"{folder}/{p.stem}": self.wandb.Image(str(p)) for p, folder in files if p.suffix == ".png"}
         if images:
@@ -494,9 +498,9 @@ class MLflowTracker(Tracker):
     interval_s = 5.0  # one request per 5 s at most: a tiny run's iterations take < 1 s each
 
     def start(self, info: RunInfo, state: dict) -> dict:
-        from mlflow.entities import Param
-        from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
+        from mlflow.entities import Param  # optional: [track] extra
+        from mlflow.exceptions import MlflowException  # optional: [track] extra
+        from mlflow.tracking import MlflowClient  # optional: [track] extra
 
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # we say where, redacted
         self.local = not os.environ.get("MLFLOW_TRACKING_URI")
@@ -546,7 +550,7 @@ class MLflowTracker(Tracker):
         self.log_many([(step, values, wall_time)])
 
     def log_many(self, entries: list[tuple[int, dict[str, float], float]]) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # optional: [track] extra
 
         # (NaN is kept as NaN; MLflow stores ±inf as ±1.8e308)
         metrics = [
@@ -881,8 +885,6 @@ class TrackerProcess:
 
     def _write(self) -> None:
         """The writer thread: queue → the child's stdin (pickled), until ``close``."""
-        import pickle
-
         while True:
             item = self.q.get()
             try:
@@ -994,8 +996,6 @@ def _child_main() -> None:
     the end of stdin (the trainer died: exit code 1). Ignores SIGINT / SIGTERM: the trainer decides.
     Runs at a lower CPU priority (``nice`` +10, inherited by W&B's ``wandb-core``): where the cores
     are busy, the training gets them first and the trackers wait."""
-    import pickle
-    import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

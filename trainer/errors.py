@@ -1,0 +1,78 @@
+"""The errors every layer raises and the entry points turn into exit statuses (bottom layer: no
+``trainer`` imports, no torch, so any module may raise them and ``fgrlhf`` stays torch-free).
+
+Re-exported where they were first defined (``trainer.infra.config.ConfigError``,
+``trainer.data.formats.DataError``, ``trainer.infra.checkpoint.CheckpointError``,
+``trainer.infra.runtime.Preempted`` / ``EXIT_PREEMPTED``, ``trainer.infra.dist.PeerFailure``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = [
+    "EXIT_PREEMPTED",
+    "PREEMPTED_MARKER",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "PeerFailure",
+    "Preempted",
+    "describe",
+]
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM after a checkpoint; rerun to resume
+PREEMPTED_MARKER = "PREEMPTED"
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key or file."""
+
+
+def describe(e: BaseException, limit: int = 200) -> str:
+    """``"Type: first line of the message"`` (for one-line errors)."""
+    lines = str(e).splitlines()
+    return f"{type(e).__name__}: {lines[0][:limit] if lines else ''}".rstrip(": ")
+
+
+class DataError(ValueError):
+    """A file, record or field that cannot be used. ``str()`` names all three where known.
+
+    Attributes:
+        source: the file (or dataset name).
+        where: ``"line N"`` / ``"record N"`` (1-based), or None for whole-file errors.
+        field: the offending field, or None.
+        problem: what is wrong, in words.
+    """
+
+    def __init__(self, source: str, problem: str, where: str | None = None, field: str | None = None):
+        self.source, self.where, self.field, self.problem = str(source), where, field, problem
+        parts = [self.source] + ([where] if where else []) + ([f"field {field!r}"] if field else [])
+        super().__init__(": ".join(parts + [problem]))
+
+
+class CheckpointError(RuntimeError):
+    """No intact checkpoint to resume from (the message names the directory and why)."""
+
+
+class PeerFailure(RuntimeError):
+    """Another rank (rank 0) failed in a step every rank waits on; its error is in the message."""
+
+
+class Preempted(Exception):
+    """Raised after the checkpoint a SIGTERM asked for; the entry point exits 75."""
+
+    def __init__(self, out_dir: Path, step: int):
+        self.out_dir, self.step = out_dir, step
+        super().__init__(
+            f"SIGTERM: checkpoint saved at step {step} in {out_dir / 'checkpoints'}; "
+            f"rerun the same command to resume (exit {EXIT_PREEMPTED})"
+        )
+
+    def mark(self, top: Path | None = None) -> None:
+        """Write ``PREEMPTED`` (for schedulers that read files, not exit codes) into the run's
+        ``output_dir`` and the top-level one (PPO's on-the-fly RM runs in ``output_dir/rm``)."""
+        if int(os.environ.get("RANK", "0")) == 0:
+            for d in {self.out_dir, top or self.out_dir}:
+                (d / PREEMPTED_MARKER).write_text(f"step {self.step}\n" if d == self.out_dir else "rm\n")
