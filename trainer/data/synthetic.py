@@ -1,16 +1,16 @@
 """The simulated-preference world: a generated fine-grained preference set (the tiny default of
 ``trainer/reward.py``) and everything ``trainer/demo.py`` simulates (annotators, editor, gold).
 
-The world (shaped to avoid the usual ways such a study is rigged, ``SIM_NOTES.md``: noisy
-annotators at a realistic agreement, edits that also add good content, not only remove bad
-words, and a context-dependent variant):
+The world (shaped to avoid the usual ways such a study is rigged: noisy annotators at a
+realistic agreement, edits that also add good content, not only remove bad words, and a
+context-dependent variant):
 
 * A vocabulary of words with a hidden gold utility per word: ``g*`` words are helpful (+1),
   ``n*`` words neutral (0), ``b*`` words harmful (``bad_quality``, −1.5 by default); ``p*``
   words make up prompts. With ``context_harm``, ``c*`` words are helpful (+1) after a prompt
   with no *sensitive* word (``p0`` … ``p{n_sensitive−1}``) and harmful (``bad_quality``) after
-  one: the same token is safe in one context and unsafe in another (SIM_NOTES point 4).
-* **Gold sequence reward** = the mean token utility of the response (SPEC eq. 1):
+  one: the same token is safe in one context and unsafe in another.
+* **Gold sequence reward** = the mean token utility of the response:
   :func:`gold_reward`; per-token utilities: :func:`token_utilities`.
 * **Bradley–Terry annotators**: P(prefer a over b) = σ((G(a) − G(b)) / s), with the scale ``s``
   solved over the pairs being labelled so that ``agreement`` holds in one of two senses
