@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _utils import clean_env
+from _utils import clean_env, launch
 
 from trainer.infra.checkpoint import Checkpointer, CheckpointError, get_rng_state, set_rng_state
 
@@ -140,3 +140,36 @@ def test_reward_run_resumes_past_a_truncated_checkpoint(tmp_path):
     assert broken.returncode == 2
     assert f"{out / 'checkpoints'}: no intact checkpoint" in broken.stderr
     assert "Traceback" not in broken.stderr
+
+
+@pytest.mark.slow
+def test_a_run_moved_with_its_inputs_resumes_where_it_is_now(tmp_path):
+    """``mv a b`` of a stopped run whose data and tokenizer sit beside it (a demo's stage): the
+    rerun on the new paths resumes from its checkpoint, saying where it was moved from, instead of
+    refusing the changed absolute paths; a changed data file (not moved) is still refused."""
+    from trainer.data.synthetic import SyntheticConfig, write_synthetic
+
+    write_synthetic(tmp_path / "a" / "world", SyntheticConfig(n_pairs=200))
+
+    def args(root: Path, data: str = "pairs.jsonl") -> list[str]:
+        return [
+            f"output_dir={root / 'rm'}", f"data={root / 'world' / data}",
+            f"tokenizer={root / 'world' / 'tokenizer'}", "micro_batch_size=8", "hidden_size=32",
+            "intermediate_size=64", "max_steps=4", "checkpoint_every=2", "eval_every=0", "log_every=1",
+            "save_best=false", "progress=false", "plots=false", "report=false",
+        ]  # fmt: skip
+
+    env = {**clean_env(), "OMP_NUM_THREADS": "1"}
+    launch("trainer/reward.py", [*args(tmp_path / "a"), "stop_after_steps=2"], env=env, timeout=300)
+    (tmp_path / "a").rename(tmp_path / "b")
+    p = launch("trainer/reward.py", args(tmp_path / "b"), env=env, timeout=300)
+    log = p.stdout + p.stderr
+    assert f"resuming a run moved from {tmp_path / 'a'}" in log and "resumed from step 2" in log, log[-3000:]
+    recs = [json.loads(line) for line in (tmp_path / "b" / "rm" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if r["split"] == "train"] == [1, 2, 3, 4]
+    # another data file in the moved run's place is a change, not a move
+    (tmp_path / "b" / "world" / "pairs.jsonl").rename(tmp_path / "b" / "world" / "other.jsonl")
+    (tmp_path / "b" / "rm" / "final").rename(tmp_path / "b" / "rm" / "final.old")
+    bad = launch("trainer/reward.py", args(tmp_path / "b", "other.jsonl"), env=env, timeout=300, ok=False)
+    assert bad.returncode == 2
+    assert "these keys change the model, data order or schedule: ['data']" in bad.stderr

@@ -124,9 +124,35 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _moved(old: dict, new: dict) -> tuple[dict, str | None]:
+    """``old`` (a saved config, flattened) as it reads after the run was moved: when
+    ``output_dir`` differs, the leading part of the old one that the new one replaces (``/a/demo``
+    of ``/a/demo/seed0/sft`` → ``/a/demo2`` for ``/a/demo2/seed0/sft``: the longest common
+    trailing part is kept) is replaced in every string value that starts with it (data files,
+    tokenizer, models under the same directory). Returns ``(old, the old root)``, or ``(old,
+    None)`` unchanged when nothing was moved."""
+    a, b = old.get("output_dir"), new.get("output_dir")
+    if not (isinstance(a, str) and isinstance(b, str)) or a == b:
+        return old, None
+    pa, pb = Path(a).parts, Path(b).parts
+    k = 0
+    while k < min(len(pa), len(pb)) and pa[-1 - k] == pb[-1 - k]:
+        k += 1
+    if k == len(pa):  # the old path is a tail of the new one (relative then, absolute now): no root
+        return old, None
+    root_a, root_b = str(Path(*pa[: len(pa) - k])), str(Path(*pb[: len(pb) - k]) if k < len(pb) else ".")
+    out = {}
+    for key, v in old.items():
+        if isinstance(v, str) and (v == root_a or v.startswith(root_a.rstrip(os.sep) + os.sep)):
+            v = root_b + v[len(root_a) :]
+        out[key] = v
+    return out, root_a
+
+
 def _check_resume_config(cfg: TrainConfig, out_dir: Path, say) -> None:
     """Compare ``cfg`` with the ``config.yaml`` of the run it will resume (when checkpoints
-    exist and ``resume`` is on): keys outside the class's ``RESUME_SAFE`` refuse with the diff;
+    exist and ``resume`` is on; a run moved to another directory is compared as moved:
+    :func:`_moved`): keys outside the class's ``RESUME_SAFE`` refuse with the diff;
     safe ones are logged and the new config is kept beside the old as
     ``config.<UTC time>.yaml`` (``config.yaml`` stays the first run's).
 
@@ -151,6 +177,9 @@ def _check_resume_config(cfg: TrainConfig, out_dir: Path, say) -> None:
         return
     old = _flatten(OmegaConf.to_container(OmegaConf.load(saved_path)))
     new = _flatten(OmegaConf.to_container(OmegaConf.create(to_yaml(cfg))))
+    old, moved_from = _moved(old, new)  # a run moved with its inputs (`mv`) resumes where it is now
+    if moved_from is not None:
+        say(f"resuming a run moved from {moved_from} (its paths under there are read as under the new place)")
     changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
     if not changed:
         return
