@@ -568,7 +568,7 @@ def test_sigterm_stops_the_demo_at_once_after_a_trainer_stage(
     tmp_path, monkeypatch, capsys, signals_kept, where
 ):
     """A trainer's SIGTERM handler ends with its stage: SIGTERM in a later stage that trains
-    nothing (sampling) stops the demo there, exit 143, the later stages not run; so does one
+    nothing (sampling) stops the demo there, exit 75, the later stages not run; so does one
     the trainer took after its loop (the stage is kept) and ``fgrlhf eval``'s (a
     KeyboardInterrupt("SIGTERM")). The caller's handlers are back afterwards."""
     from trainer.cli import main
@@ -590,7 +590,7 @@ def test_sigterm_stops_the_demo_at_once_after_a_trainer_stage(
     stages["seed0.eval"] = judging
     stages["seed0.labels"] = lambda: ran.append("labels")
     _staged_demo(monkeypatch, stages)
-    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"]) == 143
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"]) == 75
     err = capsys.readouterr().err
     done = sorted(p.stem for p in (tmp_path / "stages").glob("*.json"))
     if where == "sampling":

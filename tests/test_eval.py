@@ -131,6 +131,37 @@ def test_generate_resumes_to_the_same_answers(policy, instructions, tmp_path):
     assert json.loads(other.read_text()) != json.loads(full.read_text())
 
 
+def test_generate_sigterm_finishes_the_batch_exits_75_and_resumes(
+    policy, instructions, tmp_path, monkeypatch
+):
+    """SIGTERM (a scheduler's pre-emption) mid-run: the batch in hand is written, the command
+    exits 75 (the trainers' pre-empted status), the caller's handler is back, and a rerun
+    completes to the uninterrupted run's answers."""
+    import signal
+
+    import trainer.rollout as rollout_mod
+
+    full, cut = tmp_path / "full.json", tmp_path / "cut.json"
+    assert gen(policy, instructions, full, "--seed", "5") == 0
+    real, calls = rollout_mod.generate, []
+
+    def generate(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives during the second batch
+        return real(*a, **k)
+
+    monkeypatch.setattr(rollout_mod, "generate", generate)
+    before = signal.getsignal(signal.SIGTERM)
+    assert gen(policy, instructions, cut, "--seed", "5") == 75
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert len(calls) == 2 and not cut.exists()
+    assert len(read_jsonl(cut.with_name(cut.name + ".partial.jsonl"))) == 8  # two whole batches of 4
+    monkeypatch.setattr(rollout_mod, "generate", real)
+    assert gen(policy, instructions, cut, "--seed", "5") == 0
+    assert json.loads(cut.read_text()) == json.loads(full.read_text())
+
+
 @pytest.mark.slow
 def test_generate_data_parallel_equals_one_process(policy, instructions, tmp_path):
     """torchrun with 2 ranks: each rank samples its batches; the merged file equals 1 process's."""

@@ -10,10 +10,11 @@
     fgrlhf demo [--quick] [--seeds N] [--first-seed N] [--agreements A ...] [--editor-recalls R ..] [--out D]
     python -m trainer.cli edit ...          # the same without the installed script
 
-Exit status: 0 done; 1 a runtime error (the output cannot be written or is locked, no API key);
-2 a usage error (flags, -o, the prompt file) or bad input data; 3 some requests failed (not
-written; rerun the same command to retry them); 130 interrupted (Ctrl-C) or 143 terminated
-(SIGTERM): what was written is kept and the summary says how far it got.
+Exit status (every command and trainer alike; ``trainer.errors``): 0 done; 1 a runtime error (the
+output cannot be written or is locked, no API key); 2 a usage error (flags, -o, the prompt file)
+or bad input data; 3 some requests failed (not written; rerun the same command to retry them);
+75 stopped by SIGTERM and 130 interrupted by Ctrl-C: what was written is kept, the same command
+resumes.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from trainer import demo as demo_mod
 from trainer.data import edit as edit_mod
 from trainer.data.edit import DEFAULT_MODEL, EditConfig, Terminated, run_edit
 from trainer.data.formats import FORMATS, DataError
-from trainer.errors import ConfigError
+from trainer.errors import EXIT_PREEMPTED, ConfigError, Stopped
 from trainer.eval import plot as plot_mod
 from trainer.eval import report as report_mod
 from trainer.eval.generate import GenerateConfig, run_generate
@@ -45,8 +46,8 @@ log = logging.getLogger("fgrlhf")
 EXIT_STATUS = (
     "Exit status: 0 done; 1 a runtime error (the output cannot be written or is locked, no API key);\n"
     "2 a usage error (flags, -o, the prompt file) or bad input data; 3 some requests failed (not\n"
-    "written: rerun to retry them); 130 / 143 interrupted by Ctrl-C / SIGTERM (what was written is\n"
-    "kept; the summary says how far it got)."
+    "written: rerun to retry them); 75 / 130 stopped by SIGTERM / Ctrl-C (what was written is\n"
+    "kept; the summary says how far it got; rerun to resume)."
 )
 
 
@@ -154,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(gen_doc := _module_doc("trainer.eval.generate")),
         epilog="Exit status: 0 done; 1 an output that cannot be written or is locked; 2 bad flags, "
         "model, instructions, an -o that is a directory or an input, or stored answers from another "
-        "model or other settings; 130 / 143 interrupted (what was written is kept: rerun to continue).",
+        "model or other settings; 75 / 130 stopped by SIGTERM / Ctrl-C (what was written is kept: rerun to "
+        "continue).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     del gen_doc
@@ -197,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="win rate of model outputs against reference outputs, judged pairwise (Claude or an RM)",
         description=_module_doc("trainer.eval.pairwise"),
         epilog="Exit status: 0 done; 1 no API key, or the output locked / unwritable; 2 bad flags or "
-        "input records; 3 some comparisons failed (rerun to retry them); 130 / 143 interrupted.",
+        "input records; 3 some comparisons failed (rerun to retry them); 75 / 130 stopped by SIGTERM / "
+        "Ctrl-C (rerun to resume).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     v.add_argument("model_outputs", help="the model's outputs (AlpacaEval format: instruction, output, ...)")
@@ -276,8 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the paper's tables in the simulated-preference world (SFT, RMs, PPO arms, FIGA, matched KL)",
         description=demo_mod.__doc__,
         epilog="Exit status: 0 done; 1 a stage failed (its log is named; rerun to resume); 2 bad flags, "
-        "an estimate over a day without --yes, or --out holds a demo with other settings; 75 SIGTERM in "
-        "a trainer stage (checkpointed); 143 SIGTERM elsewhere; 130 Ctrl-C (rerun the same command to "
+        "an estimate over a day without --yes, or --out holds a demo with other settings; 75 SIGTERM (a "
+        "trainer stage checkpoints first); 130 Ctrl-C (rerun the same command to "
         "resume).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -309,7 +312,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         log.error("bad input: %s%s", e, hint)
         return 2
     except Terminated:  # SIGTERM while editing: the summary was printed
-        return 143
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         return 130
     except OSError as e:  # an unwritable or missing path, a full disk: one line naming the path
@@ -427,6 +430,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except (ConfigError, DataError, ValueError) as e:
         log.error("%s", e)
         return 2
+    except Stopped:  # SIGTERM: the batch in hand was finished and written
+        print("stopped by SIGTERM: the answers written are kept; rerun the same command to continue")
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("interrupted: the answers written are kept; rerun the same command to continue")
         return 130
@@ -468,7 +474,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         log.error("%s", e)
         return 2
     except KeyboardInterrupt as e:
-        return 143 if str(e) == "SIGTERM" else 130
+        return EXIT_PREEMPTED if str(e) == "SIGTERM" else 130
     except (OSError, RuntimeError) as e:
         log.error("%s", e)
         return 1

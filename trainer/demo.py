@@ -66,8 +66,8 @@ measured defaults) is refused with its estimate unless ``--yes``.
 
 Exit status: 0 done; 1 a stage failed (its log is named); 2 a bad flag, a run longer than a day
 without ``--yes``, or ``--out`` holds a demo with other settings; 75 SIGTERM during a trainer
-stage (it saved a checkpoint first); 143 SIGTERM anywhere else (the demo stops at once); 130
-Ctrl-C. After 75, 143 or 130 the finished stages are kept and the same command resumes.
+stage (it saved a checkpoint first) or anywhere else (the demo stops at once); 130 Ctrl-C. After
+75 or 130 the finished stages are kept and the same command resumes.
 
     fgrlhf demo                 # 3 seeds, inter-annotator levels 0.55 / 0.657 / 0.75 / noise-free
     fgrlhf demo --quick         # 1 seed, 2 levels, shorter runs, no Table 4 (what CI runs)
@@ -113,7 +113,7 @@ from trainer.data.synthetic import (
     sample_prompt,
     write_synthetic,
 )
-from trainer.errors import EXIT_PREEMPTED, Preempted
+from trainer.errors import EXIT_PREEMPTED, Preempted, Stopped
 from trainer.eval.generate import GenerateConfig
 from trainer.eval.pairwise import EvalConfig
 from trainer.infra.config import load_config
@@ -332,7 +332,7 @@ DAY_S = 24 * 3600  # a run estimated longer than this is refused without --yes
 class Terminated(BaseException):
     """SIGTERM outside a trainer's loop — between stages, in a stage that trains nothing
     (sampling, labels, evaluation), or after a trainer's last step: the demo stops at once, the
-    finished stages are kept and the same command resumes (exit 143). A ``BaseException`` like
+    finished stages are kept and the same command resumes (exit 75). A ``BaseException`` like
     ``KeyboardInterrupt``, so that no stage's ``except Exception`` takes it for a failure."""
 
     def __init__(self, stage: str | None = None, after: bool = False):
@@ -373,7 +373,7 @@ class Stages:
     """The stage runner: skip what is done, log what runs, show where it is.
 
     Signals: inside ``with Stages(...)`` SIGTERM stops the demo at once (:class:`Terminated`,
-    exit 143) and SIGINT keeps its handler (Ctrl-C: ``KeyboardInterrupt``). A stage may install
+    exit 75) and SIGINT keeps its handler (Ctrl-C: ``KeyboardInterrupt``). A stage may install
     its own — a trainer routes SIGTERM to its loop, which checkpoints and raises ``Preempted``
     (exit 75); ``fgrlhf eval`` cancels its judging — and every stage's are undone when it ends,
     so the next stage and the code between stages run under the demo's again. A SIGTERM that a
@@ -454,6 +454,8 @@ class Stages:
                 return fn()
             except (Preempted, Terminated):  # SIGTERM: a trainer checkpointed first / stop now
                 raise
+            except Stopped as e:  # fgrlhf generate's SIGTERM (after the batch in hand)
+                raise Terminated(name) from e
             except KeyboardInterrupt as e:
                 if str(e) == "SIGTERM":  # fgrlhf eval's SIGTERM (it cancels its judging)
                     raise Terminated(name) from e
@@ -1647,7 +1649,7 @@ def cmd(args) -> int:
             f"stopped by SIGTERM {e}: finished stages are kept; rerun the same command to resume",
             file=sys.stderr,
         )
-        return 143
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept; rerun the same command to resume", file=sys.stderr)
         return 130

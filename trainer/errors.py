@@ -12,6 +12,10 @@ import os
 from pathlib import Path
 
 __all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_PARTIAL",
     "EXIT_PREEMPTED",
     "PREEMPTED_MARKER",
     "CheckpointError",
@@ -19,10 +23,16 @@ __all__ = [
     "DataError",
     "PeerFailure",
     "Preempted",
+    "Stopped",
     "describe",
 ]
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM after a checkpoint; rerun to resume
+# The exit statuses of every command and trainer (the README's table):
+EXIT_FAILED = 1  # a runtime error: an output that cannot be written or is locked, no API key
+EXIT_BAD_INPUT = 2  # a usage error: flags, config keys, paths, or bad input records
+EXIT_PARTIAL = 3  # done, but some requests failed (not written): rerun to retry them
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM, what was done is kept; rerun to resume
+EXIT_INTERRUPTED = 130  # Ctrl-C, what was done is kept; rerun to resume
 PREEMPTED_MARKER = "PREEMPTED"
 
 
@@ -58,6 +68,11 @@ class CheckpointError(RuntimeError):
 
 class PeerFailure(RuntimeError):
     """Another rank (rank 0) failed in a step every rank waits on; its error is in the message."""
+
+
+class Stopped(Exception):
+    """SIGTERM stopped a resumable job that has no checkpoint (``fgrlhf generate``) between two
+    units of work, everything finished before it written; the entry point exits 75."""
 
 
 class Preempted(Exception):

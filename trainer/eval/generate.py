@@ -35,7 +35,8 @@ path: a model directory replaced in place is another model, a moved one is the s
 generator name, the dtype (``auto`` resolved to the checkpoint's), the device type (CPU and CUDA
 sample other tokens; not the GPU model), the sampling settings, template, lengths, batch size,
 seed, and its batch (its index and members: another ``--limit`` or ``--skip-invalid`` makes other
-batches). The world size may change between runs.
+batches). The world size may change between runs. SIGTERM (a scheduler's pre-emption) lets the
+batch in hand finish and be written, then stops with :class:`~trainer.errors.Stopped` (exit 75).
 """
 
 from __future__ import annotations
@@ -44,13 +45,15 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import InitVar, asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from trainer.data.formats import DataError, Prompt, prompt_parts, read_records
-from trainer.errors import ConfigError, describe
+from trainer.errors import ConfigError, Stopped, describe
 from trainer.infra.appendlog import AppendLog
 from trainer.infra.outputs import check_output, write_json
 
@@ -564,6 +567,7 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
             of the model (a ValueError).
         DataError: bad input, or stored answers that do not match (see the module docstring).
         trainer.infra.config.ConfigError: a model or template that cannot be used.
+        Stopped: SIGTERM, after the batch in hand was written (a rerun continues).
     """
     import torch  # lazy: torch (fgrlhf --help is torch-free)
 
@@ -620,6 +624,10 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
     own = output.with_name(output.name + (".partial.jsonl" if world == 1 else f".partial.rank{rank}.jsonl"))
     outlog = OutputLog(own, fsync=cfg.fsync)
     t0, generated, new_tokens = time.perf_counter(), 0, 0
+    sigterm = threading.Event()
+    handler = None
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.signal(signal.SIGTERM, lambda *_: sigterm.set())
     try:
         stored = {**_stored(output, own), **outlog.records}
         _check_stored(stored, items, settings, plan, output)
@@ -634,8 +642,10 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
             from tqdm.auto import tqdm  # lazy: tqdm (heavy for the torch-free fgrlhf), only to draw a bar
 
             bar = tqdm(total=sum(len(b) for _, b in mine), desc="generating", unit="answer", disable=None)
-        # 7. each batch: fixed seed, the rollout sampler, decode, append
+        # 7. each batch: fixed seed, the rollout sampler, decode, append; SIGTERM stops between batches
         for b, batch in mine:
+            if sigterm.is_set():
+                raise Stopped(f"SIGTERM: {generated} answers written in this run to {own}")
             torch.manual_seed(cfg.seed + b)
             enc = collate([examples[i] for i in batch], pad_id, padding_side="left")
             ids, mask = generate(
@@ -680,6 +690,8 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
             bar.close()
     finally:
         outlog.close()
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
     seconds = time.perf_counter() - t0
     # 8. every rank done: rank 0 writes the AlpacaEval-format file (atomic, strict JSON)
     D.barrier()
