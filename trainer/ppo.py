@@ -36,7 +36,10 @@ counts as done), saves a checkpoint and exits 75 (rerun to resume; exit codes: `
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import math
+import random
 import sys
 import time
 import warnings
@@ -49,19 +52,40 @@ if __package__ in (None, ""):  # `python trainer/ppo.py` / `torchrun trainer/ppo
 
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
 from torch import nn
+from transformers import AutoConfig
 
 import fgkernels as fk
+import trainer.reward as reward_trainer
+import trainer.sft as sft_trainer
 from trainer import rlhf
 from trainer.data.examples import TokenizedExample, build_prompt, checked_template, collate
 from trainer.data.formats import DataError, Prompt, prompt_parts, read_records
-from trainer.data.synthetic import SyntheticConfig, bootstrap
-from trainer.eval.plot import read_metrics
-from trainer.eval.report import rollout_samples
+from trainer.data.synthetic import SyntheticConfig, bootstrap, sample_prompt
+from trainer.data.synthetic import generate as synthetic_records
+from trainer.eval.report import ppo_report, rollout_samples
+from trainer.infra import loop, memory
 from trainer.infra.checkpoint import Checkpointer
-from trainer.infra.config import ConfigError, TrainConfig, cli_main, describe
-from trainer.infra.dist import all_reduce_sum, barrier, broadcast_object, get_rank, get_world_size, on_rank0
-from trainer.infra.dryrun import host_item, host_list, in_dry_run, measured_peaks, model_shape, real_tensors
+from trainer.infra.config import ConfigError, TrainConfig, cli_main, declared, to_yaml
+from trainer.infra.dist import (
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    exit_process,
+    get_rank,
+    get_world_size,
+    on_rank0,
+)
+from trainer.infra.dryrun import (
+    ARCH_PRESETS,
+    host_item,
+    host_list,
+    in_dry_run,
+    model_shape,
+    real_tensors,
+    stand_in_tokenizer,
+)
 from trainer.infra.metrics import MetricsLog, summary_figures
 from trainer.infra.runtime import (
     STOP,
@@ -73,7 +97,7 @@ from trainer.infra.runtime import (
     peak_memory_mb,
     start_run,
 )
-from trainer.infra.summary import PPO_ROWS, format_bytes, heldout_note, ppo_summary
+from trainer.infra.summary import PPO_ROWS, heldout_note, ppo_summary
 from trainer.models import (
     GoldReward,
     RewardModel,
@@ -354,11 +378,8 @@ def load_prompts(path: str, tokenizer: Any, max_len: int, template: str = "auto"
 def train_reward_model_on_the_fly(cfg: PPOConfig, out_dir: Path, pairs: Path, tok_dir: Path) -> Path:
     """Train a tiny reward model with ``trainer/reward.py`` (every rank calls it) unless
     ``out_dir/rm/final`` already exists; returns that directory."""
-    from trainer.reward import RewardConfig
-    from trainer.reward import train as train_rm
-
     final = out_dir / "rm" / "final"
-    rcfg = RewardConfig(
+    rcfg = reward_trainer.RewardConfig(
             rm_level=cfg.reward_level if cfg.rm_level == "auto" else cfg.rm_level, data=str(pairs),
             tokenizer=str(tok_dir), output_dir=str(out_dir / "rm"),
             hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
@@ -367,18 +388,15 @@ def train_reward_model_on_the_fly(cfg: PPOConfig, out_dir: Path, pairs: Path, to
             num_threads=cfg.num_threads, checkpoint_every=0, deterministic=cfg.deterministic,
             prompt_template=cfg.prompt_template,
     )  # fmt: skip
-    return trained_on_the_fly(rcfg, final, train_rm)
+    return trained_on_the_fly(rcfg, final, reward_trainer.train)
 
 
 def sft_on_the_fly(cfg: PPOConfig, out_dir: Path, pairs: Path, tok_dir: Path) -> Path:
     """Fine-tune the tiny LLaMA on the synthetic world's preferred responses with
     ``trainer/sft.py`` (every rank calls it) unless ``out_dir/sft/final`` already exists; returns
     that directory, the actor's start."""
-    from trainer.sft import SFTConfig
-    from trainer.sft import train as train_sft
-
     final = out_dir / "sft" / "final"
-    scfg = SFTConfig(
+    scfg = sft_trainer.SFTConfig(
             objective="sft", sft_response="chosen", data=str(pairs), tokenizer=str(tok_dir),
             output_dir=str(out_dir / "sft"), hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
             num_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size, epochs=cfg.sft_epochs,
@@ -386,7 +404,7 @@ def sft_on_the_fly(cfg: PPOConfig, out_dir: Path, pairs: Path, tok_dir: Path) ->
             num_threads=cfg.num_threads, checkpoint_every=0, deterministic=cfg.deterministic,
             prompt_template=cfg.prompt_template, max_length=cfg.max_prompt_length + cfg.max_new_tokens,
     )  # fmt: skip
-    return trained_on_the_fly(scfg, final, train_sft)
+    return trained_on_the_fly(scfg, final, sft_trainer.train)
 
 
 def trained_on_the_fly(sub_cfg: Any, final: Path, train_fn: Any) -> Path:
@@ -415,10 +433,6 @@ def trained_on_the_fly(sub_cfg: Any, final: Path, train_fn: Any) -> Path:
 def _settings_diff(sub_cfg: Any, saved: Path) -> str:
     """The keys (but paths, logging and the trainer's resume-safe ones) in which ``sub_cfg``
     differs from the run config saved at ``saved``; '' when equal, or when none was saved."""
-    from omegaconf import OmegaConf
-
-    from trainer.infra.config import declared, to_yaml
-
     if not saved.exists():
         return ""
     old = OmegaConf.to_container(OmegaConf.load(saved))
@@ -468,10 +482,6 @@ def build_models(
     """Actor and reference (from ``init_from``: ``cfg.init_from`` or the SFT model trained on the
     fly), critic (the RM's weights, value head = reward head; or the actor's backbone + a fresh
     head) and reward model, all through :func:`trainer.models.build_sharded`."""
-    import dataclasses
-
-    from transformers import AutoConfig
-
     cfg, di = run.cfg, run.di
     pad_id = pad_token_id(tokenizer)
     a_cfg = no_dropout(base_config(dataclasses.replace(cfg, init_from=init_from), tokenizer))
@@ -529,75 +539,11 @@ def build_models(
 
 
 # --------------------------------------------------------------------------------------------
-# Memory estimate
+# Memory: the one model of trainer.infra.memory (its PPO parts and phases, under their old names)
 # --------------------------------------------------------------------------------------------
-def estimate_memory(
-    cfg: PPOConfig, model_cfg: Any, world: int, prompt_len: int, kernels: str = "fused"
-) -> dict[str, float]:
-    """Per-device bytes of each part, for a LLaMA-like ``model_cfg`` used by all four models
-    (actor, critic trainable; reference, RM frozen; fp32 masters sharded over ``world``), the
-    terms checked against a dry run's measured parts (``bench/RESULTS.md``).
-
-    Args:
-        kernels: ``fused`` (the fgkernels: a forward's logits are the only [B, R, V] tensor) or
-            ``reference`` (the eager references, as in a dry run: fp32 upcast, log-softmax,
-            softmax and entropy terms, ≈ 20 more bytes per logit).
-
-    Returns:
-        ``params`` (the four models' fp32 shards), ``grads`` (actor + critic fp32 shards),
-        ``optimizer`` (AdamW's two moments of them), ``gathered`` (what FSDP2 keeps all-gathered
-        in ``param_dtype`` besides the layer at work: each model's root — embedding, final norm,
-        LM head — and last layer, which are not resharded after forward, and one more layer in
-        flight), ``generation`` (the whole actor all-gathered for a rollout), ``kv_cache``,
-        ``prefill`` (one layer's MLP intermediates over the prompts), ``score`` (a forward
-        batch's logits and what the log-prob kernel makes of them), ``reduce_scatter`` (with
-        ``grad_sync=step``: the unsharded fp32 gradients FSDP2 accumulates between
-        micro-batches, 4 bytes per trainable parameter; with ``micro_batch``: the backward's
-        gradient-sized fp32 buffers of the larger model, 4 bytes per actor parameter; both
-        measured, see ``bench/RESULTS.md``),
-        ``activations`` (one micro-batch's stored activations and logits), ``rollout``; and
-        ``total`` = the largest phase of :func:`estimate_phases`.
-    """
-    from trainer.infra.dist import DTYPES
-    from trainer.models import activation_bytes, llama_param_count
-
-    h, L, V = model_cfg.hidden_size, model_cfg.num_hidden_layers, model_cfg.vocab_size
-    inter = getattr(model_cfg, "intermediate_size", 4 * h)
-    heads = model_cfg.num_attention_heads
-    kv_heads = getattr(model_cfg, "num_key_value_heads", heads) or heads
-    head_dim = getattr(model_cfg, "head_dim", None) or h // heads
-    n = llama_param_count(model_cfg)
-    n_head = llama_param_count(model_cfg, lm_head=False)  # critic, reward model
-    layer = (n_head - V * h - h) / L
-    pbytes = torch.finfo(DTYPES[cfg.param_dtype]).bits // 8
-    per_logit = pbytes + (20 if kernels == "reference" else 0)
-    R = cfg.max_new_tokens
-    T = prompt_len + R
-    B, Bf, Bm = cfg.rollout_batch_size, cfg.forward_batch_size, cfg.micro_batch_size
-    trainable = n + n_head  # actor + critic
-    # FSDP2 roots (embedding, norm, LM head) and last layers stay gathered after a forward
-    roots_trainable = pbytes * ((2 * V * h + h + layer) + (V * h + h + layer))  # actor, critic
-    roots = roots_trainable + pbytes * ((2 * V * h + h + layer) + (V * h + h + layer))  # + ref, RM
-    est = {
-        "params": 4 * (2 * n + 2 * n_head) / world,
-        "grads": 4 * trainable / world,
-        "optimizer": (2 if cfg.optimizer == "adamw8bit" else 8) * trainable / world,
-        "gathered": roots + pbytes * layer,
-        "gathered_trainable": roots_trainable,
-        "generation": pbytes * n,
-        "kv_cache": 2 * L * B * T * kv_heads * head_dim * pbytes,
-        "prefill": B * prompt_len * 2 * inter * pbytes,
-        "score": Bf * (R + 1) * V * per_logit,
-        # grad_sync=step: FSDP2 accumulates unsharded fp32 gradients between micro-batches;
-        # micro_batch: one model's backward still holds gradient-sized fp32 buffers (4 bytes per
-        # parameter of the larger model, the actor), as measured by the 32-layer dry run
-        "reduce_scatter": 4 * trainable if cfg.grad_sync == "step" else 4.0 * n,
-        "activations": activation_bytes(model_cfg, Bm, T, cfg.param_dtype, cfg.activation_checkpointing)
-        + Bm * (R + 1) * V * (per_logit + 4),
-        "rollout": B * (T * 10 + R * 4 * 10),  # ids, masks and ~10 fp32 [B, R] fields
-    }
-    est["total"] = max(estimate_phases(cfg, est).values())
-    return est
+estimate_memory = memory.ppo_parts
+estimate_phases = memory.ppo_phases
+check_memory = memory.ppo_check
 
 
 def model_shapes(cfg: PPOConfig, actor_config: Any) -> dict[str, Any]:
@@ -605,7 +551,6 @@ def model_shapes(cfg: PPOConfig, actor_config: Any) -> dict[str, Any]:
     actor (= the reference), the critic and the reward model (None: the gold reward). Without a
     ``reward_model`` directory the reward model has the actor's shape (trained on the fly, or a
     dry run's random one); ``critic_from=auto`` is the actor or a reward model of its shape."""
-    from transformers import AutoConfig
 
     def of(path: str) -> dict[str, Any] | str:  # (a bad path is refused later, by name)
         try:
@@ -619,44 +564,6 @@ def model_shapes(cfg: PPOConfig, actor_config: Any) -> dict[str, Any]:
         reward = of(cfg.reward_model) if cfg.reward_model else actor
     critic = of(cfg.critic_from) if cfg.critic_from not in ("auto", "actor") else actor
     return {"actor": actor, "critic": critic, "reward": reward}
-
-
-def estimate_phases(cfg: PPOConfig, est: dict[str, float]) -> dict[str, float]:
-    """Per-device peak bytes of each phase from :func:`estimate_memory`'s parts: the sharded
-    states of the four models and the optimizer's under every phase, plus ``generate``: the
-    all-gathered actor, the KV cache and the prefill's transients; ``score``: what FSDP2 keeps
-    gathered and a forward batch's logits; ``rewards``: the rollout; ``train``: gradients, the
-    reduce-scatter buffers and a micro-batch's activations; ``checkpoint``: the states."""
-    static = est["params"] + est["optimizer"] + est["rollout"]
-    return {
-        "generate": static + est["generation"] + est["kv_cache"] + est["prefill"],
-        "score": static + est["gathered"] + est["score"],
-        "rewards": static + est["gathered"],
-        "train": static + est["gathered"] + est["grads"] + est["reduce_scatter"] + est["activations"],
-        "checkpoint": static + est["gathered_trainable"],
-    }
-
-
-def check_memory(
-    cfg: PPOConfig, est: dict[str, float], device: torch.device, measured: dict[str, float] | None = None
-) -> tuple[str, float | None]:
-    """The plan as one line, and the limit it was checked against (None: not checked): the dry
-    run's measured peak when ``measured`` (its per-phase peaks for exactly this config, world size
-    and model: :func:`trainer.infra.dryrun.measured_peaks`) is given, else the estimate's largest
-    phase (:func:`trainer.infra.dryrun.check_fits`).
-
-    Raises:
-        ConfigError: the figure exceeds the limit (names the phase or the biggest parts, and the knobs).
-    """
-    from trainer.infra.dryrun import check_fits
-
-    line = ", ".join(f"{k} {format_bytes(v)}" for k, v in est.items()) + " per device"
-    top = ", ".join(k for _, k in sorted(((v, k) for k, v in est.items() if k != "total"), reverse=True)[:2])
-    limit = check_fits(cfg, device, est["total"], f"{line}; biggest: {top}", measured)
-    if measured:
-        phase = max(measured, key=measured.get)
-        line += f"; measured peak {format_bytes(measured[phase])} (phase '{phase}')"
-    return line, limit
 
 
 # --------------------------------------------------------------------------------------------
@@ -899,11 +806,6 @@ def heldout_prompts(cfg: PPOConfig, syn: SyntheticConfig | None, tokenizer: Any,
     """``eval_prompts``' prompts, else ``eval_size`` fresh prompts of the synthetic world (its own
     random stream: none of the training prompts), cut to a multiple of ``world``; None when there
     is neither."""
-    import random
-
-    from trainer.data.synthetic import generate as synthetic_records
-    from trainer.data.synthetic import sample_prompt
-
     if cfg.eval_prompts:
         prompts = load_prompts(cfg.eval_prompts, tokenizer, cfg.max_prompt_length, template)[: cfg.eval_size]
     elif syn is not None:
@@ -925,8 +827,6 @@ def heldout_prompts(cfg: PPOConfig, syn: SyntheticConfig | None, tokenizer: Any,
 def heldout_judge(run: Run, tokenizer: Any, template: str, gold: GoldReward | None) -> tuple[Any, str]:
     """``(judge, name)``: a frozen ``eval_reward_model`` (FSDP2, like the reward model) when one
     is given, else the synthetic world's gold reward (None outside it)."""
-    from transformers import AutoConfig
-
     cfg, di = run.cfg, run.di
     if not cfg.eval_reward_model:
         return gold, "gold reward R(τ)"
@@ -1050,16 +950,9 @@ def setup(cfg: PPOConfig) -> Setup:
     run.say(f"prompts {prompt_file}: {len(prompts)}")
     # (c) the memory plan (before anything is trained), then the reward model
     model_cfg = base_config(cfg, tokenizer)
-    est = estimate_memory(cfg, model_cfg, di.world_size, max(len(p) for p in prompts))
-    if dry:  # a dry run measures every phase and checks its own peaks (dry_run_report)
-        line, limit = ", ".join(f"{k} {format_bytes(v)}" for k, v in est.items()), None
-    else:  # the dry run's measurement of exactly this run when there is one, else the estimate
-        measured, note = measured_peaks(
-            cfg, "ppo", di.world_size, model_shapes(cfg, model_cfg), estimate_phases(cfg, est)
-        )
-        run.say(f"memory plan: {note}")
-        line, limit = check_memory(cfg, est, di.device, measured)
-    run.say(f"memory estimate: {line}" + (f" (limit {format_bytes(limit)})" if limit else " (not checked)"))
+    parts = memory.ppo_parts(cfg, model_cfg, di.world_size, max(len(p) for p in prompts))
+    shapes = functools.partial(model_shapes, cfg, model_cfg)  # (read only outside a dry run)
+    memory.check(run, "ppo", memory.ppo_phases(cfg, parts), shapes, parts=parts)
     if cfg.critic_from not in ("auto", "actor"):
         check_model_dir(cfg.critic_from, "critic_from")
     rm_dir = None
@@ -1135,22 +1028,15 @@ def setup(cfg: PPOConfig) -> Setup:
         run.say(f"resumed from iteration {iteration}")
     else:
         torch.manual_seed(cfg.seed + 1000 * di.rank)  # sampling RNG (restored on resume)
-    end = min(cfg.iterations, cfg.stop_after_iterations) if cfg.stop_after_iterations else cfg.iterations
-    memory = None
-    if dry:
-        from trainer.infra.dryrun import PhaseMemory, warm_optimizer_states
-
-        warm_optimizer_states(*opts)  # the states a real run holds from its first step on
-        reward_model = models.reward if isinstance(models.reward, nn.Module) else None
-        memory = PhaseMemory(
-            [models.actor, models.ref, models.critic, reward_model],
-            opts,
-            say=run.say,
-            limit_gb=cfg.memory_limit_gb,
-        )
+    end = loop.stop_at(cfg.iterations, cfg.stop_after_iterations)
+    # a dry run's tracker (entered around the loop; None in a real run)
+    reward_model = models.reward if isinstance(models.reward, nn.Module) else None
+    pm = memory.track(
+        cfg, run.say, [models.actor, models.ref, models.critic, reward_model], opts, enter=False
+    )
     return Setup(
         run, tokenizer, prompts, gold, models, opts, kl_ctl, moments, ckpt, log, rollouts, iteration, end,
-        memory, heldout, best,
+        pm, heldout, best,
     )  # fmt: skip
 
 
@@ -1162,8 +1048,6 @@ def checkpoint_parts(models: Models, opts: tuple) -> dict:
 def train(cfg: PPOConfig) -> dict:
     """Run PPO (called on every rank). Returns the last iteration's metrics (a dry run: its
     measured peaks per phase, :func:`dry_run`)."""
-    from tqdm import tqdm
-
     if cfg.dry_run and not in_dry_run():
         return dry_run(cfg)
 
@@ -1171,12 +1055,7 @@ def train(cfg: PPOConfig) -> dict:
     S = setup(cfg)
     run, di, models, ro_rows = S.run, S.run.di, S.models, cfg.rollout_batch_size
     group = dist.group.WORLD if dist.is_initialized() and di.world_size > 1 else None
-    bar = tqdm(
-        total=S.end,
-        initial=S.iteration,
-        disable=not (di.is_main and cfg.progress),
-        desc=f"ppo[{cfg.reward_level}]",
-    )
+    bar = loop.progress_bar(run, S.end, S.iteration, f"ppo[{cfg.reward_level}]")
     iteration, metrics = S.iteration, {}
     with S.memory if S.memory is not None else contextlib.nullcontext():  # a dry run's tracker
         while iteration < S.end:
@@ -1265,7 +1144,7 @@ def train(cfg: PPOConfig) -> dict:
             # (at every eval_every and at the run's last iteration; not at a stop_after_iterations
             # point: a stopped-and-resumed run evaluates exactly what an uninterrupted one does)
             new_best = False
-            if S.heldout is not None and (iteration % cfg.eval_every == 0 or iteration == cfg.iterations):
+            if S.heldout is not None and (loop.due(iteration, cfg.eval_every) or iteration == cfg.iterations):
                 with phase("eval"):  # held-out answers, judged: the policy's progress, not the RM's
                     metrics.update(evaluate_heldout(models, S.heldout, cfg, S.tokenizer, di.device, di.rank))
                 if metrics["heldout_score"] > S.best.get("heldout_score", -float("inf")):
@@ -1287,7 +1166,7 @@ def train(cfg: PPOConfig) -> dict:
                 )
             S.log.write(metrics)
             every = cfg.save_rollouts_every
-            if di.is_main and every and (iteration == 1 or iteration % every == 0 or iteration == S.end):
+            if di.is_main and every and (iteration == 1 or loop.due(iteration, every) or iteration == S.end):
                 samples = rollout_samples(ro, S.tokenizer, cfg.rollout_samples, iteration, kl)  # host copy
                 for i, rec in enumerate(samples):
                     if gold_r is not None:
@@ -1298,7 +1177,7 @@ def train(cfg: PPOConfig) -> dict:
             bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.3f}")
             terminated = t["stop"] > 0
             if (
-                (cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0)
+                loop.due(iteration, cfg.checkpoint_every)
                 or iteration == S.end
                 or terminated
                 or (new_best and cfg.save_best)  # best/actor and the resumable record of it agree
@@ -1347,12 +1226,10 @@ def rollout_table(samples: list[dict]) -> list[dict]:
 
 
 def end_of_run(run: Run, S: Setup) -> None:
-    """Rank 0, after the loop: ``output_dir/plots/*.png`` (``plots``), ``output_dir/report.html``
-    from the saved rollouts (``report``) and the summary table. A failure to draw or render is a
-    warning: the run's models and metrics are already written."""
-    from trainer.eval.plot import plot_runs
-    from trainer.eval.report import ppo_report
-
+    """Rank 0, after the loop (:func:`trainer.infra.loop.end_of_run`): ``output_dir/plots/*.png``
+    (``plots``), ``output_dir/report.html`` from the saved rollouts (``report``), the summary
+    table and the held-out note. A failure to draw or render is a warning: the run's models and
+    metrics are already written."""
     cfg, out = run.cfg, run.out_dir
     outputs = {
         "checkpoints": str(out / "checkpoints"),
@@ -1368,24 +1245,13 @@ def end_of_run(run: Run, S: Setup) -> None:
         outputs["SFT start"] = str(out / "sft" / "final")
     if (out / "best" / "actor").exists():
         outputs["best actor (held-out)"] = str(out / "best" / "actor")
-    if cfg.plots:
-        try:
-            plot_runs([out / "metrics.jsonl"], out / "plots", labels=[out.name])
-            outputs["plots"] = str(out / "plots")
-        except Exception as e:  # noqa: BLE001 - reported, the run itself is complete
-            run.say(f"warning: plots not written: {describe(e)}")
-    if cfg.report and outputs["rollouts"]:
-        try:
-            outputs["HTML page"] = str(ppo_report(out, out / "report.html"))
-        except Exception as e:  # noqa: BLE001
-            run.say(f"warning: report.html not written: {describe(e)}")
-    records = read_metrics(out / "metrics.jsonl")
-    text = ppo_summary(records, outputs)
-    run.say(text)
-    note = heldout_note(records, S.heldout.name if S.heldout else "")
-    if note:
-        run.say(note)
-    S.log.finish(summary_figures(records, PPO_ROWS), text, [out / "plots", out / "report.html"])
+
+    def summarise(records: list[dict], outputs: dict[str, str]) -> tuple[str, dict, list[str]]:
+        note = heldout_note(records, S.heldout.name if S.heldout else "")
+        return ppo_summary(records, outputs), summary_figures(records, PPO_ROWS), [note]
+
+    page = (lambda: ppo_report(out, out / "report.html")) if cfg.report and outputs["rollouts"] else None
+    loop.end_of_run(run, S.log, outputs, page, summarise)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1408,33 +1274,20 @@ def dry_run(cfg: PPOConfig) -> dict:
         trainer.infra.dryrun.DryRunError: a phase failed or its peak exceeds ``memory_limit_gb``
             (the phase is named).
     """
-    import dataclasses
-    import tempfile
-
-    from trainer.infra.dryrun import fake_world, save_plan
-
-    with tempfile.TemporaryDirectory(prefix="fgrlhf-dry-run-") as tmp:
-        dcfg = dataclasses.replace(
-            cfg, output_dir=tmp, iterations=DRY_RUN_ITERATIONS, stop_after_iterations=0, resume=False,
-            save_final=False, plots=False, report=False, save_rollouts_every=0, progress=False,
-            report_to=[], device="cpu", attn_implementation="sdpa", deterministic=False,
-            checkpoint_every=DRY_RUN_ITERATIONS, critic_warmup=0,  # (the actor's step is measured)
-            ppo_epochs=1,  # a second epoch repeats the first one's shapes: same peaks, twice the time
-        )  # fmt: skip
-        with fake_world(cfg.dry_run_world_size):
-            result = train(dcfg)
-    path = save_plan(cfg, "ppo", result)  # the real run's memory_limit_gb check reads it
-    if path is not None:
-        print(f"[ppo] measured memory plan written to {path}")
-    return result
+    overrides = dict(
+        iterations=DRY_RUN_ITERATIONS, stop_after_iterations=0, resume=False, save_final=False, plots=False,
+        report=False, save_rollouts_every=0, progress=False, report_to=[], device="cpu",
+        attn_implementation="sdpa", deterministic=False, checkpoint_every=DRY_RUN_ITERATIONS,
+        critic_warmup=0,  # (the actor's step is measured)
+        ppo_epochs=1,  # a second epoch repeats the first one's shapes: same peaks, twice the time
+    )  # fmt: skip
+    return memory.dry_run(cfg, "ppo", train, overrides)
 
 
 def dry_run_prompts(cfg: PPOConfig, world: int) -> tuple[Any, list[TokenizedExample]]:
     """A dry run's tokenizer (``tokenizer`` / ``init_from``'s when given, else a stand-in of the
     ``arch`` preset's vocabulary) and ``rollout_batch_size × world`` stand-in prompts of exactly
     ``max_prompt_length`` tokens (BOS first), the worst case of the real prompts."""
-    from trainer.infra.dryrun import ARCH_PRESETS, stand_in_tokenizer
-
     name = cfg.tokenizer or cfg.init_from
     if name:
         tokenizer = load_tokenizer(name, "tokenizer" if cfg.tokenizer else "init_from")
@@ -1455,17 +1308,16 @@ def dry_run_report(run: Run, S: Setup) -> dict:
     Raises:
         trainer.infra.dryrun.DryRunError: a phase's peak exceeds ``memory_limit_gb``.
     """
-    from trainer.infra.dryrun import finish
-
     cfg = run.cfg
     P = max(len(p) for p in S.prompts)
     # the dry run's fgkernels are the eager references (fake tensors): estimate those
-    est = estimate_phases(cfg, estimate_memory(cfg, S.models.actor_config, run.di.world_size, P, "reference"))
+    parts = memory.ppo_parts(cfg, S.models.actor_config, run.di.world_size, P, "reference")
+    est = memory.ppo_phases(cfg, parts)
     headline = (
         f"dry run: {DRY_RUN_ITERATIONS} iterations on fake tensors, world {run.di.world_size} (fake), "
         f"rollout {cfg.rollout_batch_size} x ({P} + {cfg.max_new_tokens}) tokens per rank"
     )
-    return finish(run, S.memory, est, headline, model_shapes(cfg, S.models.actor_config))
+    return memory.report(run, S.memory, est, headline, model_shapes(cfg, S.models.actor_config))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1474,6 +1326,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from trainer.infra.dist import exit_process
-
     exit_process(main())

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,32 +48,26 @@ import torch.nn.functional as F
 import fgkernels as fk
 from trainer import rm_metrics
 from trainer.data.examples import checked_template
-from trainer.data.formats import DataError
-from trainer.data.pairs import Pair, PairData, collate_pairs, load_pair_data, step_batches
+from trainer.data.pairs import Pair, PairData, collate_pairs, load_pair_data
 from trainer.data.synthetic import bootstrap
-from trainer.infra.checkpoint import Checkpointer
-from trainer.infra.config import ConfigError, SupervisedConfig, cli_main, describe
-from trainer.infra.dist import all_reduce_sum, gather_objects, on_rank0
-from trainer.infra.dryrun import check_run_memory, host_item, host_list, in_dry_run, model_shape
-from trainer.infra.metrics import MetricsLog
-from trainer.infra.runtime import (
-    STOP,
-    Phases,
-    Preempted,
-    Run,
-    build_optimizer,
-    lr_lambda,
-    open_metrics,
-    optimizer_step,
-    peak_memory_mb,
-    resume_or_seed,
-    start_run,
+from trainer.infra import memory
+from trainer.infra.config import ConfigError, SupervisedConfig, cli_main
+from trainer.infra.dist import (
+    all_reduce_sum,
+    exit_process,
+    gather_objects,
+    get_rank,
+    get_world_size,
+    on_rank0,
 )
+from trainer.infra.dryrun import host_item, host_list, in_dry_run, model_shape, stand_in_example
+from trainer.infra.loop import Data, SupervisedRecipe, end_of_run, run_supervised
+from trainer.infra.metrics import summary_figures
+from trainer.infra.runtime import Run
+from trainer.infra.summary import REWARD_ROWS, reward_summary
 from trainer.models import (
     base_config,
-    build_sharded,
     full_state_dict,
-    load_on_rank0,
     load_tokenizer,
     pad_token_id,
     per_token_scores,
@@ -196,8 +189,6 @@ def score_pairs(
 ) -> PairScores:
     """Score ``pairs`` on every rank's share and gather (collective: every rank runs the same
     number of forwards, as FSDP needs; a rank with nothing left scores a dummy batch)."""
-    from trainer.infra.dist import get_rank, get_world_size
-
     rank, world = get_rank(), get_world_size()
     mine = list(range(rank, len(pairs), world))
     n_batches = math.ceil(math.ceil(len(pairs) / world) / cfg.eval_batch_size)
@@ -272,7 +263,8 @@ def evaluate(model: torch.nn.Module, data: PairData, cfg: RewardConfig, pad_id: 
 
 
 # --------------------------------------------------------------------------------------------
-# The recipe
+# The recipe: data, the model, a step's loss and sums, evaluation and best/ (the run itself:
+# trainer.infra.loop.run_supervised)
 # --------------------------------------------------------------------------------------------
 def load_data(run: Run) -> tuple[Any, list[Pair], PairData, str]:
     """The tokenizer, the training pairs of the level's own kind, the held-out pairs and the data
@@ -320,311 +312,221 @@ def save_reward_model(run: Run, model, hf_config, tokenizer, name: str, step: in
     )
 
 
-def train(cfg: RewardConfig) -> dict:
-    """Run the recipe (called on every rank). Returns the last evaluation's metrics (a dry run:
-    its measured peaks per phase, :func:`dry_run`)."""
-    from tqdm import tqdm
+class RewardRecipe(SupervisedRecipe):
+    """The reward model on :func:`~trainer.infra.loop.run_supervised`: pairs of the level's own
+    kind, :func:`pair_loss` over the step's global pair count, the held-out metrics of
+    :func:`evaluate` with ``best/`` kept, the end-of-run plots, page and summary."""
 
-    if cfg.dry_run and not in_dry_run():
-        return dry_run(cfg)
+    NAME = "reward"
+    KIND = "scalar_head"
 
-    # 0. set-up: config check, processes, threads, determinism, output directory
-    run = start_run(cfg, "reward")
-    di = run.di
-    log = open_metrics(run)  # metrics.jsonl, and the trackers of report_to (started now)
+    def __init__(self, cfg: RewardConfig) -> None:
+        super().__init__(cfg)
+        self.best = -math.inf  # the best held-out own-kind accuracy (best/), checkpointed
 
-    # 1. data: tokenizer, train/held-out pairs, the schedule's length
-    tokenizer, train_pairs, eval_data, data_path = load_data(run)
-    pad_id = pad_token_id(tokenizer)
-    has_eval = bool(eval_data.edited or eval_data.original)
-    world_batch = cfg.micro_batch_size * cfg.grad_accum * di.world_size
-    if len(train_pairs) < world_batch:
-        raise DataError(
-            data_path,
-            f"{len(train_pairs)} usable {cfg.own_pairs} pairs, fewer than one global batch ({world_batch})",
+    # --- set-up ---------------------------------------------------------------------------------
+    def load_data(self) -> Data:
+        tokenizer, train_pairs, eval_data, data_path = load_data(self.run)
+        self.pad_id = pad_token_id(tokenizer)
+        has_eval = bool(eval_data.edited or eval_data.original)
+        return Data(tokenizer, train_pairs, eval_data, data_path, has_eval)
+
+    def items_name(self) -> str:
+        return f"usable {self.cfg.own_pairs} pairs"
+
+    def model_config(self) -> Any:
+        base = base_config(self.cfg, self.data.tokenizer, max(self.cfg.max_length, 128))
+        return scalar_head_config(base, self.pad_id)
+
+    def estimate(self) -> dict[str, float]:
+        cfg = self.cfg
+        return memory.reward_phases(cfg, self.hf_config, self.run.di.world_size, cfg.micro_batch_size)
+
+    def load_kwargs(self) -> dict:
+        return {"new_head": True}
+
+    def model_line(self, n_params: int) -> str:
+        cfg, di, model = self.cfg, self.run.di, self.model
+        return (
+            f"model: {type(model).__name__.removeprefix('FSDP')} {n_params / 1e6:.2f}M params, attn "
+            f"{model.config._attn_implementation}, world {di.world_size} on {di.device}, params "
+            f"{cfg.param_dtype}/reduce {cfg.reduce_dtype}\nkernels: {fk.backend_report()}"
         )
-    steps_per_epoch = len(train_pairs) // world_batch
-    total_steps = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
-    end_step = min(total_steps, cfg.stop_after_steps) if cfg.stop_after_steps else total_steps
 
-    # 2. model (meta -> FSDP2 -> materialise -> weights from rank 0), optimizer, schedule
-    hf_config = scalar_head_config(base_config(cfg, tokenizer, max(cfg.max_length, 128)), pad_id)
-    est = estimate_memory(cfg, hf_config, di.world_size, cfg.micro_batch_size)
-    check_run_memory(run, "reward", est, model_shape(hf_config))  # the dry run's measured plan, or est
-    full = load_on_rank0(di, "scalar_head", hf_config, cfg.init_from, cfg.seed, new_head=True)
-    model = build_sharded("scalar_head", hf_config, full, di, cfg, train=True)
-    n_params = sum(p.numel() for p in model.parameters())
-    run.say(
-        f"model: {type(model).__name__.removeprefix('FSDP')} {n_params / 1e6:.2f}M params, attn "
-        f"{model.config._attn_implementation}, world {di.world_size} on {di.device}, params "
-        f"{cfg.param_dtype}/reduce {cfg.reduce_dtype}\nkernels: {fk.backend_report()}"
-    )
-    optimizer = build_optimizer(model, cfg.lr, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
-    )
+    def resumed(self, extra: dict) -> None:
+        self.best = extra.get("best", -math.inf)
 
-    # 3. resume: model, optimizer, scheduler, data position (= the step), RNG, best-so-far
-    ckpt = Checkpointer(run.out_dir / "checkpoints", cfg.keep_checkpoints, say=run.say)
-    step, extra = resume_or_seed(run, ckpt, model, optimizer, scheduler, log, len(train_pairs))
-    best = extra.get("best", -math.inf)
-    memory = None  # a dry run's per-phase memory tracker
-    if in_dry_run():
-        from trainer.infra.dryrun import PhaseMemory, warm_optimizer_states
+    def bar_desc(self) -> str:
+        return f"rm[{self.cfg.rm_level}]"
 
-        warm_optimizer_states(optimizer)  # the states a real run holds from its first step on
-        memory = PhaseMemory([model], [optimizer], say=run.say, limit_gb=cfg.memory_limit_gb).__enter__()
-    phase = Phases(di.device, memory)
+    def no_eval_note(self) -> str:
+        return "no held-out pairs: evaluation is skipped"
 
-    # 4. the loop
-    model.train()
-    bar = tqdm(
-        total=end_step, initial=step, disable=not (di.is_main and cfg.progress), desc=f"rm[{cfg.rm_level}]"
-    )
-    # loss sum, correct, margin sum, pairs (since the last log); kept on the device: no host
-    # sync in the loop, one at the log point
-    sums = torch.zeros(4, dtype=torch.float64, device=di.device)
-    t_last, tokens = time.perf_counter(), 0
-    metrics: dict = {}
-    times = {"train": 0.0, "eval": 0.0, "checkpoint": 0.0, "save": 0.0}  # seconds per phase
-    train_tokens, t_loop = 0, time.perf_counter()
-    if not has_eval:
-        run.say("no held-out pairs: evaluation is skipped")
-    elif step == 0 and cfg.eval_every:
-        t0 = time.perf_counter()
-        metrics, best = evaluate_and_keep_best(
-            run, model, eval_data, pad_id, step, best, log, hf_config, tokenizer
-        )
-        times["eval"] += time.perf_counter() - t0
-    while step < end_step:
-        micro = [
-            collate_pairs([train_pairs[i] for i in idx], pad_id)
-            for idx in step_batches(step, len(train_pairs), world_batch, cfg, di.rank, di.world_size)
-        ]
-        # 4a. the global number of pairs of this step and any rank's SIGTERM (one all-reduce,
-        # before the micro-batches; on the device: NCCL needs it)
+    # --- a step ---------------------------------------------------------------------------------
+    def start_sums(self, step: int) -> None:
+        # loss sum, correct, margin sum, pairs (since the last log); kept on the device: no host
+        # sync in the loop, one at the log point; and the tokens since the last log (this rank's)
+        self.sums = torch.zeros(4, dtype=torch.float64, device=self.run.di.device)
+        self.tokens = 0
+
+    def micro_batches(self, indices: list[list[int]]) -> list[dict]:
+        return [collate_pairs([self.data.train[i] for i in idx], self.pad_id) for idx in indices]
+
+    def local_count(self, micro: list[dict]) -> torch.Tensor:
+        """This rank's pairs of the step (host-known: a tensor built on the host, no sync)."""
         n_local = float(sum(b["input_ids"].shape[0] // 2 for b in micro))
-        step_sums = all_reduce_sum(torch.tensor([n_local, float(STOP.requested)], device=di.device))
-        n_global = step_sums[:1]
-        with phase("train"):
-            for k, batch in enumerate(micro):
-                batch = {key: v.to(di.device) for key, v in batch.items()}
-                # reduce-scatter once per step (or after every micro-batch: grad_sync)
-                model.set_requires_gradient_sync(k == len(micro) - 1 or cfg.grad_sync == "micro_batch")
-                # 4b. forward: per-token head -> per-pair loss
-                scores = per_token_scores(model, batch["input_ids"], batch["attention_mask"])
-                loss_b, margin = pair_loss(scores, batch, cfg.rm_level, cfg.variant)
-                # 4c. backward of Σ loss / N_global; FSDP averages gradients over ranks, so × world
-                (loss_b.sum() * (di.world_size / n_global)).backward()
-                sums += torch.stack(
-                    [
-                        loss_b.detach().sum().double(),
-                        (margin > 0).sum().double(),
-                        margin.sum().double(),
-                        torch.full((), float(len(margin)), dtype=torch.float64, device=di.device),
-                    ]
+        return torch.tensor(n_local, device=self.run.di.device)
+
+    def train_micro(self, batch: dict, n_global: torch.Tensor) -> None:
+        di, cfg = self.run.di, self.cfg
+        batch = {key: v.to(di.device) for key, v in batch.items()}
+        # per-token head [2B, T] -> per-pair loss and margin [B]
+        scores = per_token_scores(self.model, batch["input_ids"], batch["attention_mask"])
+        loss_b, margin = pair_loss(scores, batch, cfg.rm_level, cfg.variant)
+        # backward of Σ loss / N_global; FSDP averages gradients over ranks, so × world
+        (loss_b.sum() * (di.world_size / n_global)).backward()
+        self.sums += torch.stack(
+            [
+                loss_b.detach().sum().double(),
+                (margin > 0).sum().double(),
+                margin.sum().double(),
+                torch.full((), float(len(margin)), dtype=torch.float64, device=di.device),
+            ]
+        )
+        self.tokens += int(batch["attention_mask"].numel())
+        self.tokens_trained += int(batch["attention_mask"].numel()) * di.world_size
+
+    def train_record(self, step: int, lr: float, grad_norm: Any, dt: float) -> tuple[dict, dict]:
+        world = self.run.di.world_size
+        totals = host_list(all_reduce_sum(self.sums.clone()), 1.0)  # host sync (log point)
+        gn = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        rec = {
+            "split": "train",
+            "step": step,
+            "loss": totals[0] / totals[3],
+            "accuracy": totals[1] / totals[3],
+            "margin": totals[2] / totals[3],
+            "lr": lr,
+            "grad_norm": host_item(gn) if gn is not None else None,
+            "pairs_per_s": totals[3] / dt,
+            "tokens_per_s": self.tokens * world / dt,
+            "epoch": step / self.schedule.steps_per_epoch,
+        }
+        self.sums.zero_()
+        self.tokens = 0
+        return rec, {"loss": f"{rec['loss']:.4f}", "acc": f"{rec['accuracy']:.3f}"}
+
+    def evaluate(self, step: int, final: bool) -> dict:
+        """Evaluate, log, and save ``best/`` when the own-kind accuracy beats the best so far (a
+        dry run: the forwards only, its fake scores have no values)."""
+        run, cfg, held_out, device = self.run, self.cfg, self.data.eval, self.run.di.device
+        if in_dry_run():
+            for kind in ("edited", "original"):
+                pairs = getattr(held_out, kind)
+                score_pairs(
+                    self.model, pairs, cfg, self.pad_id, device, loss=kind == cfg.own_pairs, tokens=False
                 )
-                tokens += int(batch["attention_mask"].numel())
-                train_tokens += int(batch["attention_mask"].numel()) * di.world_size
-            # 4d. clip, step, schedule
-            grad_norm, lr = optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
-        step += 1
-        bar.update(1)
-        # 4e. log (host syncs happen here only)
-        if step % cfg.log_every == 0 or step == end_step:
-            totals = host_list(all_reduce_sum(sums.clone()), 1.0)  # host sync (log point)
-            dt = time.perf_counter() - t_last
-            gn = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-            rec = {
-                "split": "train",
-                "step": step,
-                "loss": totals[0] / totals[3],
-                "accuracy": totals[1] / totals[3],
-                "margin": totals[2] / totals[3],
-                "lr": lr,
-                "grad_norm": host_item(gn) if gn is not None else None,
-                "pairs_per_s": totals[3] / dt,
-                "tokens_per_s": tokens * di.world_size / dt,
-                "epoch": step / steps_per_epoch,
-            }
-            log.write(rec)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec['accuracy']:.3f}")
-            sums.zero_()
-            t_last, tokens = time.perf_counter(), 0
-        # 4f. evaluate / checkpoint
-        preempted = host_item(step_sums[1]) > 0  # host sync (one per step): every rank agrees to stop
-        if has_eval and cfg.eval_every and step % cfg.eval_every == 0 and step < end_step and not preempted:
-            t0 = time.perf_counter()
-            metrics, best = evaluate_and_keep_best(
-                run, model, eval_data, pad_id, step, best, log, hf_config, tokenizer
-            )
-            times["eval"] += time.perf_counter() - t0
-        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == end_step or preempted:
-            t0 = time.perf_counter()
-            extra = {
-                "scheduler": scheduler.state_dict(),
-                "step": step,
-                "epoch": step // steps_per_epoch,
-                "best": best,
-                "n_items": len(train_pairs),
-                "world_size": di.world_size,
-            }
-            with phase("checkpoint"):
-                ckpt.save(step, {"model": (model, optimizer)}, extra)
-            times["checkpoint"] += time.perf_counter() - t0
-        if preempted:  # SIGTERM on some rank: the checkpoint above is written; exit 75
-            bar.close()
-            raise Preempted(run.out_dir, step)
-    bar.close()
-    times["train"] = time.perf_counter() - t_loop - times["eval"] - times["checkpoint"]
+            return {}
+        metrics = evaluate(self.model, held_out, cfg, self.pad_id, device)
+        self.log.write({"split": "eval", "step": step, **metrics})
+        run.say(
+            f"eval step {step}: "
+            + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+        )
+        if cfg.save_best and metrics.get("accuracy", -math.inf) > self.best:
+            self.best = metrics["accuracy"]
+            save_reward_model(run, self.model, self.hf_config, self.data.tokenizer, "best", step, metrics)
+        return metrics
 
-    # 5. final evaluation and model
-    t0 = time.perf_counter()
-    if has_eval:
-        with phase("eval"):
-            metrics, best = evaluate_and_keep_best(
-                run, model, eval_data, pad_id, step, best, log, hf_config, tokenizer
-            )
-    times["eval"] += time.perf_counter() - t0
-    if memory is not None:  # a dry run ends here: the per-phase memory table
-        memory.__exit__(None, None, None)
-        log.close()
-        return dry_run_report(run, memory, hf_config, len(micro[0]["input_ids"]) // 2)
-    t0 = time.perf_counter()
-    if step >= total_steps:
-        save_reward_model(run, model, hf_config, tokenizer, "final", step, metrics)
+    def checkpoint_extra(self, step: int) -> dict:
+        return {"epoch": step // self.schedule.steps_per_epoch, "best": self.best}
+
+    # --- the end --------------------------------------------------------------------------------
+    def dry_run_report(self, pm: Any, micro: list[dict]) -> dict:
+        run, cfg, rows = self.run, self.cfg, len(micro[0]["input_ids"]) // 2
+        headline = (
+            f"dry run: {DRY_RUN_STEPS} steps on fake tensors, world {run.di.world_size} (fake), micro-batch "
+            f"{rows} pairs x 2 x {cfg.max_length} tokens, accumulation {cfg.grad_accum}"
+        )
+        est = memory.reward_phases(cfg, self.hf_config, run.di.world_size, rows)
+        return memory.report(run, pm, est, headline, model_shape(self.hf_config))
+
+    def save_final(self, step: int, metrics: dict) -> None:
+        run = self.run
+        save_reward_model(run, self.model, self.hf_config, self.data.tokenizer, "final", step, metrics)
         run.say(f"saved {run.out_dir / 'final'} (load: AutoModelForTokenClassification.from_pretrained)")
-    times["save"] = time.perf_counter() - t0
 
-    # 6. plots, the held-out pairs page and the summary (rank 0; also to the trackers, which then close)
-    if di.is_main:
-        tps = train_tokens / times["train"] if times["train"] > 0 else None
-        end_of_run(run, data_path, times, tps, peak_memory_mb(di.device), log)
-    log.close()
-    return metrics
+    def end_of_run(
+        self, times: dict[str, float], tokens_per_s: float | None, peak_mb: float, metrics: dict
+    ) -> None:
+        """``output_dir/plots/*.png`` (``plots``), ``output_dir/report.html`` (``report``:
+        ``final/`` on the held-out edited pairs, :func:`trainer.eval.report.rm_report`) and the
+        summary table (:func:`trainer.infra.summary.reward_summary`)."""
+        from trainer.eval.report import rm_report  # lazy: trainer.eval.report imports trainer.reward
 
-
-def end_of_run(
-    run: Run, data_path: str, times: dict, tokens_per_s: float | None, peak_mb: float, log: MetricsLog
-) -> None:
-    """Rank 0, after the final save: ``output_dir/plots/*.png`` (``plots``), ``output_dir/report.html``
-    (``report``: ``final/`` on the held-out edited pairs, through :func:`trainer.eval.report.rm_report`)
-    and the summary table, all handed to the trackers too (``log.finish``). A failure to draw or
-    render is a warning: the model is already saved."""
-    from trainer.eval.plot import plot_runs, read_metrics
-    from trainer.eval.report import rm_report
-    from trainer.infra.metrics import summary_figures
-    from trainer.infra.summary import REWARD_ROWS, reward_summary
-
-    cfg, out = run.cfg, run.out_dir
-    final = out / "final"
-    outputs = {
-        "checkpoints": str(out / "checkpoints"),
-        "final model": str(final) if final.exists() else "",
-        "best model": str(out / "best") if (out / "best").exists() else "",
-        "metrics": str(out / "metrics.jsonl"),
-        "plots": "",
-        "HTML page": "",
-    }
-    if cfg.plots:
-        try:
-            plot_runs([out / "metrics.jsonl"], out / "plots", labels=[out.name])
-            outputs["plots"] = str(out / "plots")
-        except Exception as e:  # noqa: BLE001 - reported, the run itself is complete
-            run.say(f"warning: plots not written: {describe(e)}")
-    if cfg.report and final.exists():
+        run, cfg, out = self.run, self.cfg, self.run.out_dir
+        final = out / "final"
+        outputs = {
+            "checkpoints": str(out / "checkpoints"),
+            "final model": str(final) if final.exists() else "",
+            "best model": str(out / "best") if (out / "best").exists() else "",
+            "metrics": str(out / "metrics.jsonl"),
+            "plots": "",
+            "HTML page": "",
+        }
         held_out = {"pairs_file": cfg.eval_data, "split": None} if cfg.eval_data else {
-            "pairs_file": data_path, "split": "eval"}  # fmt: skip
-        try:
+            "pairs_file": self.data.path, "split": "eval"}  # fmt: skip
+
+        def page() -> Path:
             path, _ = rm_report(
                 final, held_out["pairs_file"], out / "report.html", cfg.report_pairs,
                 batch_size=cfg.eval_batch_size, split=held_out["split"], max_length=cfg.max_length,
                 min_response_tokens=cfg.min_response_tokens, on_too_long=cfg.on_too_long,
                 skip_invalid=cfg.skip_invalid, eval_fraction=cfg.eval_fraction,
             )  # fmt: skip
-            outputs["HTML page"] = str(path)
-        except Exception as e:  # noqa: BLE001
-            run.say(f"warning: report.html not written: {describe(e)}")
-    records = read_metrics(out / "metrics.jsonl")
-    text = reward_summary(records, outputs, times, tokens_per_s, peak_mb)
-    run.say(text)
-    evals = [r for r in records if r.get("split") == "eval"]
-    log.finish(summary_figures(evals, REWARD_ROWS), text, [out / "plots", out / "report.html"])
+            return path
+
+        def summarise(records: list[dict], outputs: dict[str, str]) -> tuple[str, dict, list[str]]:
+            text = reward_summary(records, outputs, times, tokens_per_s, peak_mb)
+            evals = [r for r in records if r.get("split") == "eval"]
+            return text, summary_figures(evals, REWARD_ROWS), []
+
+        end_of_run(run, self.log, outputs, page if cfg.report and final.exists() else None, summarise)
 
 
-def evaluate_and_keep_best(
-    run: Run,
-    model,
-    eval_data: PairData,
-    pad_id: int,
-    step: int,
-    best: float,
-    log: MetricsLog,
-    hf_config,
-    tokenizer,
-) -> tuple[dict, float]:
-    """Evaluate, log, and save ``best/`` when the own-kind accuracy beats ``best``; returns the
-    metrics and the new best."""
-    cfg = run.cfg
-    if in_dry_run():  # fake scores have no values: the forwards run, the metrics cannot
-        for kind in ("edited", "original"):
-            pairs = getattr(eval_data, kind)
-            score_pairs(model, pairs, cfg, pad_id, run.di.device, loss=kind == cfg.own_pairs, tokens=False)
-        return {}, best
-    metrics = evaluate(model, eval_data, cfg, pad_id, run.di.device)
-    log.write({"split": "eval", "step": step, **metrics})
-    run.say(
-        f"eval step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-    )
-    if cfg.save_best and metrics.get("accuracy", -math.inf) > best:
-        best = metrics["accuracy"]
-        save_reward_model(run, model, hf_config, tokenizer, "best", step, metrics)
-    return metrics, best
+def train(cfg: RewardConfig) -> dict:
+    """Run the recipe (called on every rank): :func:`trainer.infra.loop.run_supervised` of a
+    :class:`RewardRecipe`. Returns the last evaluation's metrics (a dry run: its measured peaks
+    per phase, :func:`dry_run`)."""
+    if cfg.dry_run and not in_dry_run():
+        return dry_run(cfg)
+    return run_supervised(RewardRecipe(cfg))
 
 
 # --------------------------------------------------------------------------------------------
-# Dry run: the recipe above on fake tensors over a fake process group (trainer.infra.dryrun)
+# Dry run: the recipe above on fake tensors over a fake process group (trainer.infra.memory)
 # --------------------------------------------------------------------------------------------
-DRY_RUN_STEPS = 1  # with the optimizer states created first (warm_optimizer_states)
+DRY_RUN_STEPS = memory.SUPERVISED_DRY_RUN["max_steps"]  # with the optimizer states created first
 
 
 def dry_run(cfg: RewardConfig) -> dict:
     """``dry_run=true``: :func:`train` itself for one optimizer step over every micro-batch of
     the accumulation (optimizer states created first, as a real run has them), a checkpoint and
-    the held-out evaluation's forwards, inside
-    :func:`trainer.infra.dryrun.fake_world` (fake ranks, fake tensors, a temporary directory).
+    the held-out evaluation's forwards, on fake tensors (:func:`trainer.infra.memory.dry_run`).
     Prints the per-phase peak memory beside :func:`estimate_memory` and returns
     ``{"peaks", "parts", "estimates"}``.
 
     Raises:
         trainer.infra.dryrun.DryRunError: a phase failed or its peak exceeds ``memory_limit_gb``.
     """
-    import dataclasses
-    import tempfile
-
-    from trainer.infra.dryrun import fake_world, save_plan
-
-    with tempfile.TemporaryDirectory(prefix="fgrlhf-dry-run-") as tmp:
-        dcfg = dataclasses.replace(
-            cfg, output_dir=tmp, max_steps=DRY_RUN_STEPS, stop_after_steps=0, resume=False, eval_every=0,
-            checkpoint_every=DRY_RUN_STEPS, save_best=False, plots=False, report=False, progress=False,
-            device="cpu", attn_implementation="sdpa", deterministic=False, log_every=DRY_RUN_STEPS,
-            report_to=[],
-        )  # fmt: skip
-        with fake_world(cfg.dry_run_world_size):
-            result = train(dcfg)
-    path = save_plan(cfg, "reward", result)  # the real run's memory_limit_gb check reads it
-    if path is not None:
-        print(f"[reward] measured memory plan written to {path}")
-    return result
+    overrides = {**memory.SUPERVISED_DRY_RUN, "save_best": False, "plots": False, "report": False}
+    return memory.dry_run(cfg, "reward", train, overrides)
 
 
 def dry_run_data(run: Run) -> tuple[Any, list[Pair], PairData, str]:
     """A dry run's tokenizer and stand-in pairs of exactly ``max_length`` tokens on both sides
     (the worst case, :func:`trainer.infra.dryrun.stand_in_example`): the steps' worth for
     training, one eval batch of each kind held out."""
-    from trainer.infra.dryrun import stand_in_example
-
     cfg = run.cfg
     tokenizer, ex = stand_in_example(cfg)
     T = cfg.max_length
@@ -636,49 +538,8 @@ def dry_run_data(run: Run) -> tuple[Any, list[Pair], PairData, str]:
 
 
 def estimate_memory(cfg: RewardConfig, model_cfg: Any, world: int, rows: int) -> dict[str, float]:
-    """Per-device bytes of each phase for a LLaMA-like ``model_cfg`` (fp32 masters, gradients and
-    AdamW states sharded over ``world``; ``rows`` pairs per micro-batch, i.e. 2·rows sequences of
-    ``max_length``), the terms checked against a dry run's measured parts (``bench/RESULTS.md``):
-    ``train`` = states + sharded gradients + what FSDP2 keeps gathered (the root — embedding,
-    norm, head — the last layer and one layer in flight, in ``param_dtype``) + gradient-sized fp32
-    buffers of the backward (4 bytes per parameter, as measured under the fake process group) +
-    one micro-batch's activations; ``checkpoint`` = the states; ``eval`` = states + gathered + one
-    eval batch's forward."""
-    from trainer.infra.dist import DTYPES
-    from trainer.models import activation_bytes, llama_param_count
-
-    h, L, V = model_cfg.hidden_size, model_cfg.num_hidden_layers, model_cfg.vocab_size
-    n = llama_param_count(model_cfg, lm_head=False)
-    layer = (n - V * h - h) / L
-    pbytes = torch.finfo(DTYPES[cfg.param_dtype]).bits // 8
-    states = (4 + (2 if cfg.optimizer == "adamw8bit" else 8)) * n / world
-    grads = 4 * n / world
-    gathered = pbytes * (V * h + h + 2 * layer)
-    T = cfg.max_length
-    act = activation_bytes(model_cfg, 2 * rows, T, cfg.param_dtype, cfg.activation_checkpointing)
-    fwd = activation_bytes(model_cfg, 2 * cfg.eval_batch_size, T, cfg.param_dtype, True) / L
-    return {
-        "train": states + grads + gathered + 4 * n + act,
-        "checkpoint": states,
-        "eval": states + gathered + fwd,
-    }
-
-
-def dry_run_report(run: Run, memory: Any, hf_config: Any, rows: int) -> dict:
-    """The dry run's end: the per-phase table beside :func:`estimate_memory`, and the limit check.
-
-    Raises:
-        trainer.infra.dryrun.DryRunError: a phase's peak exceeds ``memory_limit_gb``.
-    """
-    from trainer.infra.dryrun import finish
-
-    cfg = run.cfg
-    headline = (
-        f"dry run: {DRY_RUN_STEPS} steps on fake tensors, world {run.di.world_size} (fake), micro-batch "
-        f"{rows} pairs x 2 x {cfg.max_length} tokens, accumulation {cfg.grad_accum}"
-    )
-    est = estimate_memory(cfg, hf_config, run.di.world_size, rows)
-    return finish(run, memory, est, headline, model_shape(hf_config))
+    """Per-device bytes of each phase: :func:`trainer.infra.memory.reward_phases`."""
+    return memory.reward_phases(cfg, model_cfg, world, rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -687,6 +548,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from trainer.infra.dist import exit_process
-
     exit_process(main())

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,29 +55,17 @@ import torch
 import fgkernels as fk
 from trainer.data.examples import TokenizedExample, build_example, checked_template, collate
 from trainer.data.formats import DataError, prompt_parts, read_records
-from trainer.data.pairs import PairData, collate_pairs, is_held_out, load_pair_data, step_batches
+from trainer.data.pairs import PairData, collate_pairs, is_held_out, load_pair_data
 from trainer.data.synthetic import bootstrap
-from trainer.infra.checkpoint import Checkpointer
+from trainer.infra import memory
 from trainer.infra.config import ConfigError, SupervisedConfig, cli_main
-from trainer.infra.dist import all_reduce_sum, on_rank0
-from trainer.infra.dryrun import check_run_memory, host_item, host_list, in_dry_run, model_shape
-from trainer.infra.runtime import (
-    STOP,
-    Phases,
-    Preempted,
-    Run,
-    build_optimizer,
-    lr_lambda,
-    open_metrics,
-    optimizer_step,
-    resume_or_seed,
-    start_run,
-)
+from trainer.infra.dist import all_reduce_sum, exit_process, get_rank, get_world_size, on_rank0
+from trainer.infra.dryrun import host_list, in_dry_run, model_shape, stand_in_example
+from trainer.infra.loop import Data, SupervisedRecipe, run_supervised
+from trainer.infra.runtime import Run
 from trainer.models import (
     base_config,
-    build_sharded,
     full_state_dict,
-    load_on_rank0,
     load_tokenizer,
     no_dropout,
     pad_token_id,
@@ -296,8 +283,6 @@ def evaluate(model, items: list, cfg: SFTConfig, pad_id: int, eos_id, device) ->
     """Held-out ``nll`` (mean −log p over the positively weighted tokens: the learned responses)
     and ``loss`` (the objective), every rank scoring its share (same forward count on each); the
     sums stay on the device until one all-reduce and one host copy at the end."""
-    from trainer.infra.dist import get_rank, get_world_size
-
     was = model.training
     model.eval()
     rank, world = get_rank(), get_world_size()
@@ -321,195 +306,149 @@ def evaluate(model, items: list, cfg: SFTConfig, pad_id: int, eos_id, device) ->
 
 
 # --------------------------------------------------------------------------------------------
-# The recipe
+# The recipe: the model, a step's loss and sums, evaluation (the run itself:
+# trainer.infra.loop.run_supervised)
 # --------------------------------------------------------------------------------------------
-def train(cfg: SFTConfig) -> dict:
-    """Run the recipe (called on every rank). Returns the last evaluation's metrics (a dry run:
-    its measured peaks per phase, :func:`dry_run`)."""
-    from tqdm import tqdm
+def rows_of(cfg: SFTConfig, items: int) -> int:
+    """Sequences of ``items`` items: a FIGA pair is two."""
+    return items * (2 if cfg.objective == "figa" else 1)
 
-    if cfg.dry_run and not in_dry_run():
-        return dry_run(cfg)
 
-    # 0. set-up: config check, SIGTERM, processes, threads, output directory and its lock
-    run = start_run(cfg, "sft")
-    di = run.di
-    log = open_metrics(run)  # metrics.jsonl, and the trackers of report_to (started now)
+class SFTRecipe(SupervisedRecipe):
+    """SFT / FIGA on :func:`~trainer.infra.loop.run_supervised`: examples (``sft``) or pairs
+    (``figa``) with their token weights, :func:`weighted_token_loss` over the step's global count
+    of weighted tokens, the held-out ``loss``/``nll`` of :func:`evaluate`."""
 
-    # 1. data and the schedule's length
-    tokenizer, train_items, eval_items, data_path = load_data(run)
-    pad_id, eos_id = pad_token_id(tokenizer), tokenizer.eos_token_id
-    world_batch = cfg.micro_batch_size * cfg.grad_accum * di.world_size
-    if len(train_items) < world_batch:
-        raise DataError(
-            data_path, f"{len(train_items)} usable items, fewer than one global batch ({world_batch})"
+    NAME = "sft"
+    KIND = "causal_lm"
+
+    # --- set-up ---------------------------------------------------------------------------------
+    def load_data(self) -> Data:
+        tokenizer, train_items, eval_items, data_path = load_data(self.run)
+        self.pad_id, self.eos_id = pad_token_id(tokenizer), tokenizer.eos_token_id
+        return Data(tokenizer, train_items, eval_items, data_path, bool(eval_items))
+
+    def model_config(self) -> Any:
+        return no_dropout(base_config(self.cfg, self.data.tokenizer, max(self.cfg.max_length, 128)))
+
+    def estimate(self) -> dict[str, float]:
+        cfg = self.cfg
+        rows, eval_rows = rows_of(cfg, cfg.micro_batch_size), rows_of(cfg, cfg.eval_batch_size)
+        return memory.lm_phases(cfg, self.hf_config, self.run.di.world_size, rows, eval_rows)
+
+    def model_line(self, n_params: int) -> str:
+        di = self.run.di
+        return f"model: {n_params / 1e6:.2f}M params, world {di.world_size} on {di.device}"
+
+    def bar_desc(self) -> str:
+        return f"sft[{self.cfg.objective}]"
+
+    # --- a step ---------------------------------------------------------------------------------
+    def start_sums(self, step: int) -> None:
+        # loss, Σ nll (positive), n positive (since the last log); the loss is a mean over steps
+        self.sums = torch.zeros(3, dtype=torch.float64, device=self.run.di.device)
+        self.logged_at = step
+
+    def micro_batches(self, indices: list[list[int]]) -> list[dict]:
+        items, device = self.data.train, self.run.di.device
+        return [make_batch(items, idx, self.cfg, self.pad_id, self.eos_id, device) for idx in indices]
+
+    def local_count(self, micro: list[dict]) -> torch.Tensor:
+        """This rank's tokens with a non-zero weight (on the device: no sync)."""
+        return sum((b["weights"] != 0).sum() for b in micro).float()
+
+    def train_micro(self, batch: dict, n_global: torch.Tensor) -> None:
+        cfg = self.cfg
+        # per-token log-probs [R, T] -> the weighted loss over the global count
+        lp = token_logp(self.model, batch["input_ids"], batch["attention_mask"], batch["weights"])
+        loss, nll = weighted_token_loss(
+            lp, batch["weights"], cfg.figa_penalty_min_loss, cfg.figa_penalty_max_loss, n_global
         )
-    steps_per_epoch = len(train_items) // world_batch
-    total_steps = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
-    end_step = min(total_steps, cfg.stop_after_steps) if cfg.stop_after_steps else total_steps
+        # backward; FSDP averages gradients over ranks, so × world
+        (loss * self.run.di.world_size).backward()
+        self.sums += torch.stack(
+            [loss.detach().double(), nll.double(), (batch["weights"] > 0).sum().double()]
+        )
 
-    # 2. model (meta -> FSDP2 -> weights from rank 0), optimizer, schedule
-    hf_config = no_dropout(base_config(cfg, tokenizer, max(cfg.max_length, 128)))
-    rows = cfg.micro_batch_size * (2 if cfg.objective == "figa" else 1)  # a FIGA pair is two sequences
-    est = estimate_memory(cfg, hf_config, di.world_size, rows)
-    check_run_memory(run, "sft", est, model_shape(hf_config))  # the dry run's measured plan, or est
-    full = load_on_rank0(di, "causal_lm", hf_config, cfg.init_from, cfg.seed)
-    model = build_sharded("causal_lm", hf_config, full, di, cfg, train=True)
-    n_params = sum(p.numel() for p in model.parameters())
-    run.say(f"model: {n_params / 1e6:.2f}M params, world {di.world_size} on {di.device}")
-    optimizer = build_optimizer(model, cfg.lr, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
-    )
+    def train_record(self, step: int, lr: float, grad_norm: Any, dt: float) -> tuple[dict, dict]:
+        t = host_list(all_reduce_sum(self.sums.clone()), 1.0)  # host sync (log point)
+        rec = {"split": "train", "step": step, "loss": t[0] / (step - self.logged_at),
+               "nll": t[1] / max(t[2], 1.0), "lr": lr, "tokens_per_s": t[2] / dt,
+               "epoch": step / self.schedule.steps_per_epoch}  # fmt: skip
+        self.logged_at = step
+        self.sums.zero_()
+        return rec, {"nll": f"{rec['nll']:.3f}"}
 
-    # 3. resume from the newest intact checkpoint
-    ckpt = Checkpointer(run.out_dir / "checkpoints", cfg.keep_checkpoints, say=run.say)
-    step, _ = resume_or_seed(run, ckpt, model, optimizer, scheduler, log, len(train_items))
-    memory = None  # a dry run's per-phase memory tracker
-    if in_dry_run():
-        from trainer.infra.dryrun import PhaseMemory, warm_optimizer_states
+    def evaluate(self, step: int, final: bool) -> dict:
+        """Held-out metrics, logged (the final ones said too)."""
+        metrics = evaluate(self.model, self.data.eval, self.cfg, self.pad_id, self.eos_id, self.run.di.device)
+        self.log.write({"split": "eval", "step": step, **metrics})
+        if final:
+            self.run.say(f"eval step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        return metrics
 
-        warm_optimizer_states(optimizer)  # the states a real run holds from its first step on
-        memory = PhaseMemory([model], [optimizer], say=run.say, limit_gb=cfg.memory_limit_gb).__enter__()
-    phase = Phases(di.device, memory)
+    # --- the end --------------------------------------------------------------------------------
+    def dry_run_report(self, pm: Any, micro: list[dict]) -> dict:
+        """The per-phase table beside :func:`estimate_memory` of the eager references a dry run
+        uses, and the limit check."""
+        run, cfg, rows = self.run, self.cfg, len(micro[0]["input_ids"])
+        headline = (
+            f"dry run: {DRY_RUN_STEPS} steps on fake tensors, world {run.di.world_size} (fake), micro-batch "
+            f"{rows} x {cfg.max_length} tokens ({cfg.objective}), accumulation {cfg.grad_accum}"
+        )
+        est = estimate_memory(cfg, self.hf_config, run.di.world_size, rows, "reference")
+        return memory.report(run, pm, est, headline, model_shape(self.hf_config))
 
-    # 4. the loop
-    model.train()
-    bar = tqdm(
-        total=end_step, initial=step, disable=not (di.is_main and cfg.progress), desc=f"sft[{cfg.objective}]"
-    )
-    sums = torch.zeros(3, dtype=torch.float64, device=di.device)  # loss, Σ nll (positive), n positive
-    t_last, metrics, logged_at = time.perf_counter(), {}, step
-    if eval_items and step == 0 and cfg.eval_every:
-        metrics = evaluate(model, eval_items, cfg, pad_id, eos_id, di.device)
-        log.write({"split": "eval", "step": step, **metrics})
-    while step < end_step:
-        micro = [
-            make_batch(train_items, idx, cfg, pad_id, eos_id, di.device)
-            for idx in step_batches(step, len(train_items), world_batch, cfg, di.rank, di.world_size)
-        ]
-        # 4a. the global count of weighted tokens and any rank's SIGTERM (one all-reduce)
-        n_local = sum((b["weights"] != 0).sum() for b in micro).float()  # on the device: no sync
-        stop = torch.tensor(float(STOP.requested), device=di.device)
-        step_sums = all_reduce_sum(torch.stack([n_local, stop]))
-        with phase("train"):
-            for k, batch in enumerate(micro):
-                # reduce-scatter once per step (or after every micro-batch: grad_sync)
-                model.set_requires_gradient_sync(k == len(micro) - 1 or cfg.grad_sync == "micro_batch")
-                # 4b. forward: per-token log-probs -> the weighted loss over the global count
-                lp = token_logp(model, batch["input_ids"], batch["attention_mask"], batch["weights"])
-                loss, nll = weighted_token_loss(
-                    lp, batch["weights"], cfg.figa_penalty_min_loss, cfg.figa_penalty_max_loss, step_sums[0]
-                )
-                # 4c. backward; FSDP averages gradients over ranks, so × world
-                (loss * di.world_size).backward()
-                sums += torch.stack(
-                    [loss.detach().double(), nll.double(), (batch["weights"] > 0).sum().double()]
-                )
-            # 4d. clip, step, schedule
-            _, lr = optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
-        step += 1
-        bar.update(1)
-        # 4e. log (host syncs here and for the stop flag only)
-        preempted = host_item(step_sums[1]) > 0  # host sync (one per step): every rank agrees to stop
-        if step % cfg.log_every == 0 or step == end_step or preempted:
-            t = host_list(all_reduce_sum(sums.clone()), 1.0)
-            dt = time.perf_counter() - t_last
-            rec = {"split": "train", "step": step, "loss": t[0] / (step - logged_at),
-                   "nll": t[1] / max(t[2], 1.0), "lr": lr, "tokens_per_s": t[2] / dt,
-                   "epoch": step / steps_per_epoch}  # fmt: skip
-            logged_at = step
-            log.write(rec)
-            bar.set_postfix(nll=f"{rec['nll']:.3f}")
-            sums.zero_()
-            t_last = time.perf_counter()
-        # 4f. evaluate / checkpoint
-        if eval_items and cfg.eval_every and step % cfg.eval_every == 0 and step < end_step and not preempted:
-            metrics = evaluate(model, eval_items, cfg, pad_id, eos_id, di.device)
-            log.write({"split": "eval", "step": step, **metrics})
-        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == end_step or preempted:
-            extra = {
-                "scheduler": scheduler.state_dict(),
-                "step": step,
-                "n_items": len(train_items),
-                "world_size": di.world_size,
-            }
-            with phase("checkpoint"):
-                ckpt.save(step, {"model": (model, optimizer)}, extra)
-        if preempted:
-            bar.close()
-            raise Preempted(run.out_dir, step)
-    bar.close()
-
-    # 5. final evaluation and the model as a plain transformers directory
-    if eval_items:
-        with phase("eval"):
-            metrics = evaluate(model, eval_items, cfg, pad_id, eos_id, di.device)
-        log.write({"split": "eval", "step": step, **metrics})
-        run.say(f"eval step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-    if memory is not None:  # a dry run ends here: the per-phase memory table
-        memory.__exit__(None, None, None)
-        log.close()
-        return dry_run_report(run, memory, hf_config, len(micro[0]["input_ids"]))
-    if step >= total_steps:
-        sd = full_state_dict(model)  # collective
+    def save_final(self, step: int, metrics: dict) -> None:
+        """``output_dir/final``: a plain ``transformers`` causal LM (``trainer/ppo.py init_from=``)."""
+        cfg, run = self.cfg, self.run
+        sd = full_state_dict(self.model)  # collective
         on_rank0(
             save_pretrained,
             sd,
-            hf_config,
+            self.hf_config,
             "causal_lm",
             run.out_dir / "final",
-            tokenizer,
+            self.data.tokenizer,
             dtype=cfg.save_dtype,
             policy_meta={"trainer": f"sft:{cfg.objective}", "prompt_template": cfg.prompt_template},
         )
         run.say(f"saved {run.out_dir / 'final'} (trainer/ppo.py init_from= takes it)")
-    log.finish(metrics)  # the trackers' summary: the last evaluation
-    log.close()
-    return metrics
+
+    # end_of_run: the default, the trackers' summary is the last evaluation (log.finish(metrics))
+
+
+def train(cfg: SFTConfig) -> dict:
+    """Run the recipe (called on every rank): :func:`trainer.infra.loop.run_supervised` of an
+    :class:`SFTRecipe`. Returns the last evaluation's metrics (a dry run: its measured peaks per
+    phase, :func:`dry_run`)."""
+    if cfg.dry_run and not in_dry_run():
+        return dry_run(cfg)
+    return run_supervised(SFTRecipe(cfg))
 
 
 # --------------------------------------------------------------------------------------------
-# Dry run: the recipe above on fake tensors over a fake process group (trainer.infra.dryrun)
+# Dry run: the recipe above on fake tensors over a fake process group (trainer.infra.memory)
 # --------------------------------------------------------------------------------------------
-DRY_RUN_STEPS = 1  # with the optimizer states created first (warm_optimizer_states)
+DRY_RUN_STEPS = memory.SUPERVISED_DRY_RUN["max_steps"]  # with the optimizer states created first
 
 
 def dry_run(cfg: SFTConfig) -> dict:
     """``dry_run=true``: :func:`train` itself for one optimizer step over every micro-batch of
     the accumulation (optimizer states created first), a checkpoint and the held-out evaluation's
-    forwards, inside :func:`trainer.infra.dryrun.fake_world` (fake ranks, fake tensors, a
-    temporary directory). Prints the per-phase peak memory beside :func:`estimate_memory` and
-    returns ``{"peaks", "parts", "estimates"}``.
+    forwards, on fake tensors (:func:`trainer.infra.memory.dry_run`). Prints the per-phase peak
+    memory beside :func:`estimate_memory` and returns ``{"peaks", "parts", "estimates"}``.
 
     Raises:
         trainer.infra.dryrun.DryRunError: a phase failed or its peak exceeds ``memory_limit_gb``.
     """
-    import dataclasses
-    import tempfile
-
-    from trainer.infra.dryrun import fake_world, save_plan
-
-    with tempfile.TemporaryDirectory(prefix="fgrlhf-dry-run-") as tmp:
-        dcfg = dataclasses.replace(
-            cfg, output_dir=tmp, max_steps=DRY_RUN_STEPS, stop_after_steps=0, resume=False, eval_every=0,
-            checkpoint_every=DRY_RUN_STEPS, progress=False, device="cpu", attn_implementation="sdpa",
-            deterministic=False, log_every=DRY_RUN_STEPS, report_to=[],
-        )  # fmt: skip
-        with fake_world(cfg.dry_run_world_size):
-            result = train(dcfg)
-    path = save_plan(cfg, "sft", result)  # the real run's memory_limit_gb check reads it
-    if path is not None:
-        print(f"[sft] measured memory plan written to {path}")
-    return result
+    return memory.dry_run(cfg, "sft", train, memory.SUPERVISED_DRY_RUN)
 
 
 def dry_run_data(run: Run) -> tuple[Any, list, list, str]:
     """A dry run's tokenizer and stand-in items of exactly ``max_length`` tokens (the worst case,
     :func:`trainer.infra.dryrun.stand_in_example`; ``figa``: pairs of them): one step's worth for
     training, one eval batch per rank held out."""
-    from trainer.infra.dryrun import stand_in_example
-
     cfg = run.cfg
     tokenizer, ex = stand_in_example(cfg)
     T = cfg.max_length
@@ -520,58 +459,9 @@ def dry_run_data(run: Run) -> tuple[Any, list, list, str]:
 
 
 def estimate_memory(cfg: SFTConfig, model_cfg: Any, world: int, rows: int, kernels: str = "fused") -> dict:
-    """Per-device bytes of each phase for a LLaMA-like causal LM ``model_cfg`` (fp32 masters,
-    gradients and AdamW states sharded over ``world``; ``rows`` sequences of ``max_length`` per
-    micro-batch — a FIGA pair is two), the terms fitted to a dry run's measured parts
-    (``bench/RESULTS.md``). Every phase holds the states and what FSDP2 keeps gathered (the root:
-    embedding, norm, LM head; one layer in flight, in ``param_dtype``). ``train`` is the larger of
-    the loss's peak (one micro-batch's activations, its logits and the per-token log-prob's
-    temporaries) and the backward's (sharded gradients, the unsharded fp32 gradient buffers of
-    the backward, 4 bytes per parameter, the activations and the logits' fp32 gradient);
-    ``checkpoint`` = the states; ``eval`` = one eval batch's forward and logits. ``kernels``:
-    ``fused`` (``fgkernels.token_logprobs``: no fp32 copy of the logits) or ``reference`` (the
-    eager reference a dry run uses: an fp32 upcast and log-softmax, ≈ 16 bytes per logit in
-    training and 8 in evaluation, as measured)."""
-    from trainer.infra.dist import DTYPES
-    from trainer.models import activation_bytes, llama_param_count
-
-    h, L, V = model_cfg.hidden_size, model_cfg.num_hidden_layers, model_cfg.vocab_size
-    n = llama_param_count(model_cfg)
-    layer = (n - 2 * V * h - h) / L
-    pbytes = torch.finfo(DTYPES[cfg.param_dtype]).bits // 8
-    ref = kernels == "reference"
-    states = (4 + (2 if cfg.optimizer == "adamw8bit" else 8)) * n / world
-    gathered = pbytes * (2 * V * h + h + layer)
-    T = cfg.max_length
-    act = activation_bytes(model_cfg, rows, T, cfg.param_dtype, cfg.activation_checkpointing)
-    logits = rows * T * V
-    loss_peak = act + logits * (pbytes + (16 if ref else 4))
-    backward_peak = 4 * n / world + 4 * n + act + logits * 4
-    eval_rows = cfg.eval_batch_size * (2 if cfg.objective == "figa" else 1)
-    fwd = activation_bytes(model_cfg, eval_rows, T, cfg.param_dtype, True) / L
-    return {
-        "train": states + gathered + max(loss_peak, backward_peak),
-        "checkpoint": states,
-        "eval": states + gathered + fwd + eval_rows * T * V * (pbytes + (8 if ref else 0)),
-    }
-
-
-def dry_run_report(run: Run, memory: Any, hf_config: Any, rows: int) -> dict:
-    """The dry run's end: the per-phase table beside :func:`estimate_memory` (of the eager
-    references the dry run uses), and the limit check.
-
-    Raises:
-        trainer.infra.dryrun.DryRunError: a phase's peak exceeds ``memory_limit_gb``.
-    """
-    from trainer.infra.dryrun import finish
-
-    cfg = run.cfg
-    headline = (
-        f"dry run: {DRY_RUN_STEPS} steps on fake tensors, world {run.di.world_size} (fake), micro-batch "
-        f"{rows} x {cfg.max_length} tokens ({cfg.objective}), accumulation {cfg.grad_accum}"
-    )
-    est = estimate_memory(cfg, hf_config, run.di.world_size, rows, "reference")
-    return finish(run, memory, est, headline, model_shape(hf_config))
+    """Per-device bytes of each phase (``rows`` sequences per micro-batch):
+    :func:`trainer.infra.memory.lm_phases`."""
+    return memory.lm_phases(cfg, model_cfg, world, rows, rows_of(cfg, cfg.eval_batch_size), kernels)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -580,6 +470,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from trainer.infra.dist import exit_process
-
     exit_process(main())
