@@ -59,13 +59,12 @@ from transformers import AutoConfig
 import fgkernels as fk
 import trainer.reward as reward_trainer
 import trainer.sft as sft_trainer
-from trainer import rlhf
+from trainer import loop, memory, rlhf
 from trainer.data.examples import TokenizedExample, build_prompt, checked_template, collate
 from trainer.data.formats import DataError, Prompt, prompt_parts, read_records
 from trainer.data.synthetic import SyntheticConfig, bootstrap, sample_prompt
 from trainer.data.synthetic import generate as synthetic_records
-from trainer.eval.report import ppo_report, rollout_samples
-from trainer.infra import loop, memory
+from trainer.eval.report import ppo_report
 from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import ConfigError, TrainConfig, cli_main, declared, to_yaml
 from trainer.infra.dist import (
@@ -116,7 +115,7 @@ from trainer.models import (
     save_pretrained,
     scalar_head_config,
 )
-from trainer.rollout import Rollout, generate, unsharded
+from trainer.rollout import Rollout, generate, rollout_samples, unsharded
 
 warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
 
@@ -539,7 +538,7 @@ def build_models(
 
 
 # --------------------------------------------------------------------------------------------
-# Memory: the one model of trainer.infra.memory (its PPO parts and phases, under their old names)
+# Memory: the one model of trainer.memory (its PPO parts and phases, under their old names)
 # --------------------------------------------------------------------------------------------
 estimate_memory = memory.ppo_parts
 estimate_phases = memory.ppo_phases
@@ -1226,7 +1225,7 @@ def rollout_table(samples: list[dict]) -> list[dict]:
 
 
 def end_of_run(run: Run, S: Setup) -> None:
-    """Rank 0, after the loop (:func:`trainer.infra.loop.end_of_run`): ``output_dir/plots/*.png``
+    """Rank 0, after the loop (:func:`trainer.loop.end_of_run`): ``output_dir/plots/*.png``
     (``plots``), ``output_dir/report.html`` from the saved rollouts (``report``), the summary
     table and the held-out note. A failure to draw or render is a warning: the run's models and
     metrics are already written."""

@@ -46,12 +46,12 @@ import torch
 import torch.nn.functional as F
 
 import fgkernels as fk
-from trainer import rm_metrics
+from trainer import memory, rm_metrics
 from trainer.data.examples import checked_template
-from trainer.data.pairs import Pair, PairData, collate_pairs, load_pair_data
+from trainer.data.pairs import Pair, PairData, SupervisedConfig, collate_pairs, load_pair_data
 from trainer.data.synthetic import bootstrap
-from trainer.infra import memory
-from trainer.infra.config import ConfigError, SupervisedConfig, cli_main
+from trainer.eval.report import rm_report
+from trainer.infra.config import ConfigError, cli_main
 from trainer.infra.dist import (
     all_reduce_sum,
     exit_process,
@@ -60,11 +60,11 @@ from trainer.infra.dist import (
     get_world_size,
     on_rank0,
 )
-from trainer.infra.dryrun import host_item, host_list, in_dry_run, model_shape, stand_in_example
-from trainer.infra.loop import Data, SupervisedRecipe, end_of_run, run_supervised
+from trainer.infra.dryrun import host_item, host_list, in_dry_run, model_shape
 from trainer.infra.metrics import summary_figures
 from trainer.infra.runtime import Run
 from trainer.infra.summary import REWARD_ROWS, reward_summary
+from trainer.loop import Data, SupervisedRecipe, end_of_run, run_supervised
 from trainer.models import (
     base_config,
     full_state_dict,
@@ -74,6 +74,7 @@ from trainer.models import (
     save_pretrained,
     scalar_head_config,
     sequence_reward,
+    stand_in_example,
 )
 
 # Our forward returns ``logits`` (a view) and nothing ever modifies it in place, which is the
@@ -264,7 +265,7 @@ def evaluate(model: torch.nn.Module, data: PairData, cfg: RewardConfig, pad_id: 
 
 # --------------------------------------------------------------------------------------------
 # The recipe: data, the model, a step's loss and sums, evaluation and best/ (the run itself:
-# trainer.infra.loop.run_supervised)
+# trainer.loop.run_supervised)
 # --------------------------------------------------------------------------------------------
 def load_data(run: Run) -> tuple[Any, list[Pair], PairData, str]:
     """The tokenizer, the training pairs of the level's own kind, the held-out pairs and the data
@@ -313,7 +314,7 @@ def save_reward_model(run: Run, model, hf_config, tokenizer, name: str, step: in
 
 
 class RewardRecipe(SupervisedRecipe):
-    """The reward model on :func:`~trainer.infra.loop.run_supervised`: pairs of the level's own
+    """The reward model on :func:`~trainer.loop.run_supervised`: pairs of the level's own
     kind, :func:`pair_loss` over the step's global pair count, the held-out metrics of
     :func:`evaluate` with ``best/`` kept, the end-of-run plots, page and summary."""
 
@@ -462,8 +463,6 @@ class RewardRecipe(SupervisedRecipe):
         """``output_dir/plots/*.png`` (``plots``), ``output_dir/report.html`` (``report``:
         ``final/`` on the held-out edited pairs, :func:`trainer.eval.report.rm_report`) and the
         summary table (:func:`trainer.infra.summary.reward_summary`)."""
-        from trainer.eval.report import rm_report  # lazy: trainer.eval.report imports trainer.reward
-
         run, cfg, out = self.run, self.cfg, self.run.out_dir
         final = out / "final"
         outputs = {
@@ -495,7 +494,7 @@ class RewardRecipe(SupervisedRecipe):
 
 
 def train(cfg: RewardConfig) -> dict:
-    """Run the recipe (called on every rank): :func:`trainer.infra.loop.run_supervised` of a
+    """Run the recipe (called on every rank): :func:`trainer.loop.run_supervised` of a
     :class:`RewardRecipe`. Returns the last evaluation's metrics (a dry run: its measured peaks
     per phase, :func:`dry_run`)."""
     if cfg.dry_run and not in_dry_run():
@@ -504,7 +503,7 @@ def train(cfg: RewardConfig) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# Dry run: the recipe above on fake tensors over a fake process group (trainer.infra.memory)
+# Dry run: the recipe above on fake tensors over a fake process group (trainer.memory)
 # --------------------------------------------------------------------------------------------
 DRY_RUN_STEPS = memory.SUPERVISED_DRY_RUN["max_steps"]  # with the optimizer states created first
 
@@ -512,7 +511,7 @@ DRY_RUN_STEPS = memory.SUPERVISED_DRY_RUN["max_steps"]  # with the optimizer sta
 def dry_run(cfg: RewardConfig) -> dict:
     """``dry_run=true``: :func:`train` itself for one optimizer step over every micro-batch of
     the accumulation (optimizer states created first, as a real run has them), a checkpoint and
-    the held-out evaluation's forwards, on fake tensors (:func:`trainer.infra.memory.dry_run`).
+    the held-out evaluation's forwards, on fake tensors (:func:`trainer.memory.dry_run`).
     Prints the per-phase peak memory beside :func:`estimate_memory` and returns
     ``{"peaks", "parts", "estimates"}``.
 
@@ -525,7 +524,7 @@ def dry_run(cfg: RewardConfig) -> dict:
 
 def dry_run_data(run: Run) -> tuple[Any, list[Pair], PairData, str]:
     """A dry run's tokenizer and stand-in pairs of exactly ``max_length`` tokens on both sides
-    (the worst case, :func:`trainer.infra.dryrun.stand_in_example`): the steps' worth for
+    (the worst case, :func:`trainer.models.stand_in_example`): the steps' worth for
     training, one eval batch of each kind held out."""
     cfg = run.cfg
     tokenizer, ex = stand_in_example(cfg)
@@ -538,7 +537,7 @@ def dry_run_data(run: Run) -> tuple[Any, list[Pair], PairData, str]:
 
 
 def estimate_memory(cfg: RewardConfig, model_cfg: Any, world: int, rows: int) -> dict[str, float]:
-    """Per-device bytes of each phase: :func:`trainer.infra.memory.reward_phases`."""
+    """Per-device bytes of each phase: :func:`trainer.memory.reward_phases`."""
     return memory.reward_phases(cfg, model_cfg, world, rows)
 
 

@@ -53,16 +53,16 @@ if __package__ in (None, ""):  # `python trainer/sft.py` / `torchrun trainer/sft
 import torch
 
 import fgkernels as fk
+from trainer import memory
 from trainer.data.examples import TokenizedExample, build_example, checked_template, collate
 from trainer.data.formats import DataError, prompt_parts, read_records
-from trainer.data.pairs import PairData, collate_pairs, is_held_out, load_pair_data
+from trainer.data.pairs import PairData, SupervisedConfig, collate_pairs, is_held_out, load_pair_data
 from trainer.data.synthetic import bootstrap
-from trainer.infra import memory
-from trainer.infra.config import ConfigError, SupervisedConfig, cli_main
+from trainer.infra.config import ConfigError, cli_main
 from trainer.infra.dist import all_reduce_sum, exit_process, get_rank, get_world_size, on_rank0
-from trainer.infra.dryrun import host_list, in_dry_run, model_shape, stand_in_example
-from trainer.infra.loop import Data, SupervisedRecipe, run_supervised
+from trainer.infra.dryrun import host_list, in_dry_run, model_shape
 from trainer.infra.runtime import Run
+from trainer.loop import Data, SupervisedRecipe, run_supervised
 from trainer.models import (
     base_config,
     full_state_dict,
@@ -71,6 +71,7 @@ from trainer.models import (
     pad_token_id,
     position_ids,
     save_pretrained,
+    stand_in_example,
 )
 
 warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
@@ -307,7 +308,7 @@ def evaluate(model, items: list, cfg: SFTConfig, pad_id: int, eos_id, device) ->
 
 # --------------------------------------------------------------------------------------------
 # The recipe: the model, a step's loss and sums, evaluation (the run itself:
-# trainer.infra.loop.run_supervised)
+# trainer.loop.run_supervised)
 # --------------------------------------------------------------------------------------------
 def rows_of(cfg: SFTConfig, items: int) -> int:
     """Sequences of ``items`` items: a FIGA pair is two."""
@@ -315,7 +316,7 @@ def rows_of(cfg: SFTConfig, items: int) -> int:
 
 
 class SFTRecipe(SupervisedRecipe):
-    """SFT / FIGA on :func:`~trainer.infra.loop.run_supervised`: examples (``sft``) or pairs
+    """SFT / FIGA on :func:`~trainer.loop.run_supervised`: examples (``sft``) or pairs
     (``figa``) with their token weights, :func:`weighted_token_loss` over the step's global count
     of weighted tokens, the held-out ``loss``/``nll`` of :func:`evaluate`."""
 
@@ -419,7 +420,7 @@ class SFTRecipe(SupervisedRecipe):
 
 
 def train(cfg: SFTConfig) -> dict:
-    """Run the recipe (called on every rank): :func:`trainer.infra.loop.run_supervised` of an
+    """Run the recipe (called on every rank): :func:`trainer.loop.run_supervised` of an
     :class:`SFTRecipe`. Returns the last evaluation's metrics (a dry run: its measured peaks per
     phase, :func:`dry_run`)."""
     if cfg.dry_run and not in_dry_run():
@@ -428,7 +429,7 @@ def train(cfg: SFTConfig) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# Dry run: the recipe above on fake tensors over a fake process group (trainer.infra.memory)
+# Dry run: the recipe above on fake tensors over a fake process group (trainer.memory)
 # --------------------------------------------------------------------------------------------
 DRY_RUN_STEPS = memory.SUPERVISED_DRY_RUN["max_steps"]  # with the optimizer states created first
 
@@ -436,7 +437,7 @@ DRY_RUN_STEPS = memory.SUPERVISED_DRY_RUN["max_steps"]  # with the optimizer sta
 def dry_run(cfg: SFTConfig) -> dict:
     """``dry_run=true``: :func:`train` itself for one optimizer step over every micro-batch of
     the accumulation (optimizer states created first), a checkpoint and the held-out evaluation's
-    forwards, on fake tensors (:func:`trainer.infra.memory.dry_run`). Prints the per-phase peak
+    forwards, on fake tensors (:func:`trainer.memory.dry_run`). Prints the per-phase peak
     memory beside :func:`estimate_memory` and returns ``{"peaks", "parts", "estimates"}``.
 
     Raises:
@@ -447,7 +448,7 @@ def dry_run(cfg: SFTConfig) -> dict:
 
 def dry_run_data(run: Run) -> tuple[Any, list, list, str]:
     """A dry run's tokenizer and stand-in items of exactly ``max_length`` tokens (the worst case,
-    :func:`trainer.infra.dryrun.stand_in_example`; ``figa``: pairs of them): one step's worth for
+    :func:`trainer.models.stand_in_example`; ``figa``: pairs of them): one step's worth for
     training, one eval batch per rank held out."""
     cfg = run.cfg
     tokenizer, ex = stand_in_example(cfg)
@@ -460,7 +461,7 @@ def dry_run_data(run: Run) -> tuple[Any, list, list, str]:
 
 def estimate_memory(cfg: SFTConfig, model_cfg: Any, world: int, rows: int, kernels: str = "fused") -> dict:
     """Per-device bytes of each phase (``rows`` sequences per micro-batch):
-    :func:`trainer.infra.memory.lm_phases`."""
+    :func:`trainer.memory.lm_phases`."""
     return memory.lm_phases(cfg, model_cfg, world, rows, rows_of(cfg, cfg.eval_batch_size), kernels)
 
 

@@ -410,13 +410,3 @@ def cli_main(config_cls: type[T], train: Any, doc: str | None, argv: list[str] |
         close_all(code)  # trackers still open after an error or a pre-emption (bounded wait)
         shutdown()
     return code
-
-
-def __getattr__(name: str) -> Any:
-    """``SupervisedConfig``, now in :mod:`trainer.data.pairs` (with the data it reads), still
-    importable from here."""
-    if name == "SupervisedConfig":
-        from trainer.data.pairs import SupervisedConfig  # layering: until reward/sft import it from there
-
-        return SupervisedConfig
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

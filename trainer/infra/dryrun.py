@@ -62,7 +62,6 @@ __all__ = [
     "is_fake",
     "preset_config",
     "real_tensors",
-    "stand_in_example",
     "stand_in_tokenizer",
     "warm_optimizer_states",
 ]
@@ -136,13 +135,6 @@ def stand_in_tokenizer(vocab_size: int):
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
-
-
-def stand_in_example(cfg: Any) -> tuple[Any, Any]:
-    """:func:`trainer.models.stand_in_example` (moved there: it loads a tokenizer)."""
-    from trainer.models import stand_in_example as impl  # layering: until reward/sft import it from there
-
-    return impl(cfg)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ The step-scheduled trainers (``trainer/reward.py``, ``trainer/sft.py``) are a
 
     0. set-up         start_run (config check, SIGTERM, processes, output directory), metrics.jsonl
     1. data           recipe.load_data; the schedule (Schedule.of: too few items is a DataError)
-    2. memory check   recipe.estimate against memory_limit_gb (trainer.infra.memory.check)
+    2. memory check   recipe.estimate against memory_limit_gb (trainer.memory.check)
     3. model          weights on rank 0 -> FSDP2; the optimizer; the LR schedule
     4. resume         the newest intact checkpoint (model, optimizer, schedule, RNG), or seed
     5. the loop       per step: micro-batches of step_batches (a pure function of seed and step),
@@ -16,7 +16,7 @@ The step-scheduled trainers (``trainer/reward.py``, ``trainer/sft.py``) are a
 PPO (``trainer/ppo.py``) keeps its own iteration body (generate, score, rewards, GAE, PPO epochs)
 and shares the rest: the cadence test (:func:`due`), the stopping point (:func:`stop_at`), the
 progress bar, pre-emption (:class:`~trainer.infra.runtime.Preempted`), the end-of-run plots, page
-and summary (:func:`end_of_run`) and the memory model and dry run (:mod:`trainer.infra.memory`).
+and summary (:func:`end_of_run`) and the memory model and dry run (:mod:`trainer.memory`).
 
 The global random stream is consumed in one order by every trainer: the model's initial weights
 (``load_on_rank0`` seeds), then the optimizer, then ``resume_or_seed`` (the checkpoint's RNG, or
@@ -35,10 +35,10 @@ from typing import Any, ClassVar
 import torch
 from tqdm import tqdm
 
+from trainer import memory
 from trainer.data.formats import DataError
 from trainer.data.pairs import step_batches
 from trainer.eval.plot import plot_runs, read_metrics
-from trainer.infra import memory
 from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import describe
 from trainer.infra.dist import all_reduce_sum
@@ -202,7 +202,7 @@ class SupervisedRecipe:
         raise NotImplementedError
 
     def estimate(self) -> dict[str, float]:
-        """Bytes per device of each phase (:mod:`trainer.infra.memory`, fused kernels)."""
+        """Bytes per device of each phase (:mod:`trainer.memory`, fused kernels)."""
         raise NotImplementedError
 
     def load_kwargs(self) -> dict:
@@ -256,7 +256,7 @@ class SupervisedRecipe:
 
     # --- the end --------------------------------------------------------------------------------
     def dry_run_report(self, pm: Any, micro: list[dict]) -> dict:
-        """A dry run's end (:func:`trainer.infra.memory.report`); ``micro``: the last step's."""
+        """A dry run's end (:func:`trainer.memory.report`); ``micro``: the last step's."""
         raise NotImplementedError
 
     def save_final(self, step: int, metrics: dict) -> None:
