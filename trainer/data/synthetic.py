@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
 import sys
 import typing
@@ -52,6 +51,7 @@ from typing import Any
 
 from trainer.data.align import token_similarity
 from trainer.data.formats import EditRecord
+from trainer.infra.outputs import atomic, write_atomic
 
 __all__ = [
     "SyntheticConfig",
@@ -507,15 +507,11 @@ def write_synthetic(out_dir: str | Path, cfg: SyntheticConfig | None = None) -> 
     if pairs.exists() and tok_dir.exists() and stamp.exists() and stamp.read_text() == want:
         return pairs, tok_dir
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".pairs.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic(pairs) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for rec in generate(cfg):
             fh.write(json.dumps(rec) + "\n")
-    os.replace(tmp, pairs)
     build_tokenizer(cfg).save_pretrained(str(tok_dir))
-    tmp_stamp = out / f".{WORLD_FILE}.{os.getpid()}.tmp"
-    tmp_stamp.write_text(want)
-    os.replace(tmp_stamp, stamp)
+    write_atomic(stamp, want)  # last: the stamp says the world above is complete
     return pairs, tok_dir
 
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from trainer.data.formats import DataError
 from trainer.infra.metrics import read_log
+from trainer.infra.outputs import atomic
 
 __all__ = [
     "PPO_PANELS",
@@ -215,9 +215,8 @@ def plot_runs(paths: list[str | Path], out_dir: str | Path, labels: list[str] | 
     written = []
     for name, fig in figs.items():
         path = out / f"{name}.png"
-        tmp = out / f".{name}.png.tmp-{os.getpid()}"
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        with atomic(path) as tmp:
+            fig.savefig(tmp, format="png")
         written.append(path)
     return written
 

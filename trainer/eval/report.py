@@ -37,13 +37,11 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import functools
 import hashlib
 import html
 import json
 import math
-import os
 import re
 import sys
 import unicodedata
@@ -53,7 +51,7 @@ from typing import Any
 from trainer.data.formats import DataError, finite_number
 from trainer.errors import ConfigError
 from trainer.infra.metrics import read_log
-from trainer.infra.outputs import OutputError, check_output
+from trainer.infra.outputs import OutputError, check_output, write_atomic
 
 __all__ = [
     "NEGATIVE",
@@ -689,29 +687,6 @@ def ppo_report(path: str | Path, out: str | Path, max_items: int = 200) -> Path:
     """Write the PPO page of the samples in ``path`` (a run directory or its ``rollouts.jsonl``)."""
     samples = read_rollouts(path)
     return write_atomic(out, ppo_report_html(samples, str(path), max_items))
-
-
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file beside it and a rename, so a
-    kill leaves the old file or the new one, never half of one; the parent directories are
-    created. On any failure (``path`` is a directory, the disk is full, no permission) the
-    temporary file ``.NAME.tmp-PID`` is removed and the error raised
-    (:func:`trainer.infra.runtime.write_atomic` left it behind).
-
-    Raises:
-        OSError: the file cannot be written.
-    """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-    return p
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,12 +12,12 @@ they were sent themselves (``output_dir/trackers.json``) and are sent no step tw
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.errors import DataError
+from trainer.infra.outputs import write_atomic
 from trainer.infra.summary import start_end
 
 if TYPE_CHECKING:
@@ -86,9 +86,7 @@ class MetricsLog:
                 continue
             keep.append(line)
         if dropped:
-            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-            tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_atomic(self.path, "".join(line + "\n" for line in keep))
         return dropped
 
     def close(self, exit_code: int = 0) -> None:

@@ -6,8 +6,11 @@ and one record of the files a command owns in an output directory.
   the command's inputs (the same file by inode, or by resolved path when it does not exist
   yet), is refused with :class:`OutputError` naming the flag. ``-o`` equal to the input used to
   replace the input with the output.
-* :func:`write_json` — atomic (temp file + rename) and strict: NaN and ±inf become ``null``
-  (:func:`strict`), so every JSON file the project writes parses with any JSON reader.
+* :func:`atomic` — the one way a file is replaced: written under a temporary name beside it and
+  renamed onto it, so a kill leaves the old file or the new one, never half of one (and the
+  temporary file is removed when the writing fails); :func:`write_atomic` for text.
+* :func:`write_json` — atomic and strict: NaN and ±inf become ``null`` (:func:`strict`), so
+  every JSON file the project writes parses with any JSON reader.
 * :class:`OwnedFiles` — a command writing into a directory (``fgrlhf eval -o DIR``) overwrites
   or deletes only files it wrote itself: their names are kept in ``DIR/.fgrlhf-owned.json``; a
   file of that name that is not listed (alpaca_eval's own ``annotations.json``, say) is
@@ -16,14 +19,15 @@ and one record of the files a command owns in an output directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OutputError", "OwnedFiles", "check_output", "strict", "write_atomic", "write_json"]
+__all__ = ["OutputError", "OwnedFiles", "atomic", "check_output", "strict", "write_atomic", "write_json"]
 
 
 class OutputError(ValueError):
@@ -92,15 +96,31 @@ def strict(obj: Any) -> Any:
     return obj
 
 
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename (a kill leaves the old
-    file or the new one, never half of one)."""
+@contextlib.contextmanager
+def atomic(path: str | Path, parents: bool = True) -> Iterator[Path]:
+    """``with atomic(path) as tmp:`` write ``tmp`` (``.NAME.tmp-PID`` beside ``path``; the parent
+    directories are created unless ``parents`` is False); when the block ends it is renamed onto
+    ``path``, so a kill leaves the old file or the new one, never half of one. If the block or the
+    rename fails (``path`` is a directory, the disk is full, no permission) the temporary file is
+    removed and the error raised."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    if parents:
+        p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, p)
-    return p
+    try:
+        yield tmp
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: str | Path, text: str, parents: bool = True) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic`); returns the path."""
+    with atomic(path, parents) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def write_json(path: str | Path, obj: Any, flag: str | None = None) -> Path:
@@ -116,13 +136,7 @@ def write_json(path: str | Path, obj: Any, flag: str | None = None) -> Path:
     if p.is_dir():
         raise OutputError(f"{flag or 'output'} {p}: is a directory; expected a file name")
     text = json.dumps(strict(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(p, text, parents=False)
     return p
 
 
