@@ -243,9 +243,8 @@ class PPOConfig(TrainConfig):
     """Critic initialisation: a reward-model directory, ``actor`` (the actor's backbone + a fresh
     head) or ``auto``: at ``reward_level=sequence`` the reward model when it is a learned one of the
     actor's shape (its score ≈ R, the value's scale), else the actor; at ``reward_level=token``
-    the actor — a token RM's head predicts one token's reward, not the return-to-go (measured:
-    explained variance starts at −2.5 from the token RM, at 0 from the actor, and the bad start
-    briefly drives the length up; ``bench/token_reward_scale.py``)."""
+    the actor — a token RM's head predicts one token's reward, not the return-to-go (the numbers:
+    ``bench/RESULTS.md``, ``bench/token_reward_scale.py``)."""
 
     iterations: int = 60
     """PPO iterations (rollout + update)."""

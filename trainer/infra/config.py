@@ -171,8 +171,8 @@ class TrainConfig:
     grad_sync: str = "step"
     """When gradient accumulation reduce-scatters: ``step`` (once per optimizer step, after the
     last micro-batch: least communication, but FSDP2 keeps every layer's *unsharded* fp32
-    gradient between micro-batches, 4 bytes × parameters per device — 25 GiB for LLaMA-7B, found
-    by the dry run) or ``micro_batch`` (after every micro-batch: sharded accumulation)."""
+    gradient between micro-batches, 4 bytes × parameters per device) or ``micro_batch`` (after
+    every micro-batch: sharded accumulation)."""
     attn_implementation: str = "auto"
     """``auto`` (flash_attention_2 when installed on CUDA, else sdpa), ``sdpa``, ``eager``, ..."""
     device: str = "auto"
