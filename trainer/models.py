@@ -67,6 +67,7 @@ __all__ = [
     "no_dropout",
     "per_token_scores",
     "position_ids",
+    "open_reward_model",
     "read_reward_meta",
     "save_pretrained",
     "scalar_head_config",
@@ -643,6 +644,23 @@ class RewardModel(nn.Module):
         scores = per_token_scores(self.model, input_ids, attention_mask)
         mask = response_mask.bool()
         return RewardScores(torch.where(mask, scores, 0.0), sequence_reward(scores, mask, self.level))
+
+
+def open_reward_model(rm_dir: str | Path, flag: str, device: Any = "cpu") -> tuple[RewardModel, dict, Any]:
+    """A saved reward model as every reader outside training opens it (the judge, the report
+    page, ``fgrlhf eval-rm``): the directory checked, its metadata and tokenizer, the model on
+    ``device`` in eval mode. Returns ``(model, meta, tokenizer)``.
+
+    Raises:
+        ConfigError: ``rm_dir`` is not a reward-model directory (named by ``flag``).
+    """
+    check_model_dir(str(rm_dir), flag)
+    try:
+        meta = read_reward_meta(rm_dir)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    tokenizer = load_tokenizer(str(rm_dir), flag)
+    return RewardModel.from_pretrained(rm_dir).to(device).eval(), meta, tokenizer
 
 
 class GoldReward(nn.Module):

@@ -249,23 +249,14 @@ class RewardModelJudge(Judge):
 
         from trainer.data.examples import checked_template  # lazy: torch (fgrlhf --help is torch-free)
         from trainer.models import (  # lazy: torch (fgrlhf --help is torch-free)
-            RewardModel,
-            check_model_dir,
-            load_tokenizer,
+            open_reward_model,
             pad_token_id,
-            read_reward_meta,
         )
 
-        check_model_dir(rm_dir, "judge")
-        try:
-            meta = read_reward_meta(rm_dir)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        self.tokenizer = load_tokenizer(rm_dir, "judge")
-        self.template = checked_template(self.tokenizer, meta.get("prompt_template", "auto"))
         use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
         self.device = torch.device("cuda" if use_cuda else "cpu")
-        self.rm = RewardModel.from_pretrained(rm_dir).to(self.device).eval()
+        self.rm, meta, self.tokenizer = open_reward_model(rm_dir, "judge", self.device)
+        self.template = checked_template(self.tokenizer, meta.get("prompt_template", "auto"))
         self.pad_id = pad_token_id(self.tokenizer) or 0
         self.max_length, self.batch_size, self.tie_tolerance = max_length, batch_size, tie_tolerance
         self.name = f"rm:{Path(rm_dir)}"

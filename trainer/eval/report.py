@@ -494,7 +494,6 @@ def score_rm_pairs(
         DataError: a bad pairs file or record, or no edited pairs in it.
     """
     import torch  # lazy: torch (fgrlhf --help is torch-free)
-    from transformers import AutoModelForTokenClassification  # lazy: transformers (heavy)
 
     from trainer.data.pairs import (  # lazy: torch (fgrlhf --help is torch-free)
         SupervisedConfig,
@@ -502,29 +501,22 @@ def score_rm_pairs(
         load_pair_data,
     )
     from trainer.models import (  # lazy: torch (fgrlhf --help is torch-free)
-        check_model_dir,
-        load_tokenizer,
+        open_reward_model,
         pad_token_id,
         per_token_scores,
-        read_reward_meta,
         sequence_reward,
     )
     from trainer.rollout import token_pieces  # lazy: torch (fgrlhf --help is torch-free)
 
-    check_model_dir(str(rm_dir), "rm_dir")
-    try:
-        meta = read_reward_meta(rm_dir)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    tokenizer = load_tokenizer(str(rm_dir), "rm_dir")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rm, meta, tokenizer = open_reward_model(rm_dir, "rm_dir", device)
+    model = rm.model
     level = meta["level"]
     cfg = SupervisedConfig(prompt_template=meta.get("prompt_template", "auto"), **data_cfg)
     data = load_pair_data(pairs_file, tokenizer, cfg, split=split)
     if not data.edited:
         raise DataError(pairs_file, f"no edited pairs to show (skipped: {dict(data.skipped)})")
     pairs = data.edited[:max_items]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModelForTokenClassification.from_pretrained(str(rm_dir)).to(device).eval()
     pad_id = pad_token_id(tokenizer)
     out = []
     with torch.no_grad():

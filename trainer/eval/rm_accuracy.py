@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from trainer.data.formats import DataError
-from trainer.errors import ConfigError
 
 __all__ = ["evaluate_reward_model"]
 
@@ -34,23 +33,13 @@ def evaluate_reward_model(
             or no pair to evaluate.
     """
     import torch  # lazy: torch (fgrlhf --help is torch-free)
-    from transformers import AutoModelForTokenClassification  # lazy: transformers (heavy)
 
     from trainer.data.pairs import load_pair_data  # lazy: torch (fgrlhf --help is torch-free)
-    from trainer.models import (  # lazy: torch (fgrlhf --help is torch-free)
-        check_model_dir,
-        load_tokenizer,
-        pad_token_id,
-        read_reward_meta,
-    )
+    from trainer.models import open_reward_model, pad_token_id  # lazy: torch (fgrlhf --help is torch-free)
     from trainer.reward import RewardConfig, evaluate  # lazy: torch (fgrlhf --help is torch-free)
 
-    check_model_dir(rm_dir, "rm_dir")
-    try:
-        meta = read_reward_meta(rm_dir)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    tokenizer = load_tokenizer(rm_dir, "rm_dir")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rm, meta, tokenizer = open_reward_model(rm_dir, "rm_dir", device)
     cfg = RewardConfig(
         rm_level=meta["level"],
         variant=meta.get("variant", "exact"),
@@ -65,9 +54,7 @@ def evaluate_reward_model(
     if not data.edited and not data.original:  # nothing measured is an error, not an accuracy of nan
         skipped = f" (skipped: {dict(data.skipped)})" if data.skipped else ""
         raise DataError(pairs, f"no pair to evaluate{skipped}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModelForTokenClassification.from_pretrained(rm_dir).to(device).eval()
-    metrics = evaluate(model, data, cfg, pad_token_id(tokenizer), device)
+    metrics = evaluate(rm.model, data, cfg, pad_token_id(tokenizer), device)
     return {
         "rm_dir": str(Path(rm_dir)),
         "pairs": pairs,
