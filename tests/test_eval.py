@@ -160,6 +160,12 @@ def test_generate_sigterm_finishes_the_batch_exits_75_and_resumes(
     monkeypatch.setattr(rollout_mod, "generate", real)
     assert gen(policy, instructions, cut, "--seed", "5") == 0
     assert json.loads(cut.read_text()) == json.loads(full.read_text())
+    # during the last batch: every answer written, still exit 75 (the job was asked to stop)
+    last, calls[:] = tmp_path / "last.json", []
+    monkeypatch.setattr(rollout_mod, "generate", generate)
+    assert gen(policy, instructions, last, "--seed", "5", "--limit", "8") == 75  # 2 batches: kill in the 2nd
+    assert len(read_jsonl(last.with_name(last.name + ".partial.jsonl"))) == 8 and not last.exists()
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 @pytest.mark.slow

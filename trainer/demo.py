@@ -574,13 +574,16 @@ def tracker_env(cfg: DemoConfig):
         "MLFLOW_TRACKING_URI": f"sqlite:///{(Path(cfg.out) / 'mlflow.db').resolve()}",
         "WANDB_RUN_GROUP": Path(cfg.out).resolve().name,
     }
-    added = [k for k in defaults if not os.environ.get(k)]
-    os.environ.update({k: defaults[k] for k in added})
+    before = {k: os.environ.get(k) for k in defaults if not os.environ.get(k)}  # unset or empty
+    os.environ.update({k: defaults[k] for k in before})
     try:
         yield
     finally:
-        for k in added:
-            os.environ.pop(k, None)
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def train_sft(cfg: DemoConfig, seed: int, d: Path) -> dict:

@@ -61,6 +61,7 @@ from trainer.infra.claude import (  # noqa: F401 - re-exported: the edit job's m
     price_for,
     require_api_key,
 )
+from trainer.infra.signals import kept_sigterm_handler
 
 log = logging.getLogger(__name__)
 
@@ -521,7 +522,8 @@ def run_edit(cfg: EditConfig, editor: Editor | None = None, out: IO[str] | None 
         todo = [p for p in pairs if p.id not in outlog.done or p.id in redo]
         summary.already_done, summary.attempted = len(pairs) - len(todo), len(todo)
         try:
-            asyncio.run(_edit_all(todo, editor, outlog, errlog_path, cfg, summary, own_editor))
+            with kept_sigterm_handler():  # (the event loop resets SIGTERM to the default when it closes)
+                asyncio.run(_edit_all(todo, editor, outlog, errlog_path, cfg, summary, own_editor))
         except (KeyboardInterrupt, asyncio.CancelledError) as e:  # Ctrl-C / SIGTERM: what was written
             summary.interrupted = True
             summary.estimated_cost_usd = _cost(cfg.model, summary.input_tokens, summary.output_tokens, cfg)

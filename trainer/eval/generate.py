@@ -35,8 +35,11 @@ path: a model directory replaced in place is another model, a moved one is the s
 generator name, the dtype (``auto`` resolved to the checkpoint's), the device type (CPU and CUDA
 sample other tokens; not the GPU model), the sampling settings, template, lengths, batch size,
 seed, and its batch (its index and members: another ``--limit`` or ``--skip-invalid`` makes other
-batches). The world size may change between runs. SIGTERM (a scheduler's pre-emption) lets the
-batch in hand finish and be written, then stops with :class:`~trainer.errors.Stopped` (exit 75).
+batches). The world size may change between runs. SIGTERM (a scheduler's pre-emption, from the
+first step on) lets the batch in hand finish and be written, then stops with
+:class:`~trainer.errors.Stopped` (exit 75). Under ``torchrun`` each rank stops after its own
+batch (the loop has no collective) and torchrun ends the others; a batch still running when
+torchrun's grace period (30 s by default) runs out is lost, and generated again by the rerun.
 """
 
 from __future__ import annotations
@@ -45,7 +48,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import threading
 import time
 from dataclasses import InitVar, asdict, dataclass
@@ -56,6 +58,7 @@ from trainer.data.formats import DataError, Prompt, prompt_parts, read_records
 from trainer.errors import ConfigError, Stopped, describe
 from trainer.infra.appendlog import AppendLog
 from trainer.infra.outputs import check_output, write_json
+from trainer.infra.signals import sigterm_flag
 
 log = logging.getLogger(__name__)
 
@@ -569,6 +572,12 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
         trainer.infra.config.ConfigError: a model or template that cannot be used.
         Stopped: SIGTERM, after the batch in hand was written (a rerun continues).
     """
+    with sigterm_flag() as sigterm:  # from the first step (model loading included) to the end
+        return _run_generate(cfg, sigterm)
+
+
+def _run_generate(cfg: GenerateConfig, sigterm: threading.Event) -> dict[str, Any]:
+    """:func:`run_generate`'s steps; ``sigterm`` is checked between batches."""
     import torch  # lazy: torch (fgrlhf --help is torch-free)
 
     from trainer.data.examples import (  # lazy: torch (fgrlhf --help is torch-free)
@@ -624,10 +633,6 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
     own = output.with_name(output.name + (".partial.jsonl" if world == 1 else f".partial.rank{rank}.jsonl"))
     outlog = OutputLog(own, fsync=cfg.fsync)
     t0, generated, new_tokens = time.perf_counter(), 0, 0
-    sigterm = threading.Event()
-    handler = None
-    if threading.current_thread() is threading.main_thread():
-        handler = signal.signal(signal.SIGTERM, lambda *_: sigterm.set())
     try:
         stored = {**_stored(output, own), **outlog.records}
         _check_stored(stored, items, settings, plan, output)
@@ -688,10 +693,10 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
                 bar.update(len(batch))
         if bar is not None:
             bar.close()
+        if sigterm.is_set():  # during the last batch: what was generated is kept; a rerun writes OUT
+            raise Stopped(f"SIGTERM: {generated} answers written in this run to {own}")
     finally:
         outlog.close()
-        if handler is not None:
-            signal.signal(signal.SIGTERM, handler)
     seconds = time.perf_counter() - t0
     # 8. every rank done: rank 0 writes the AlpacaEval-format file (atomic, strict JSON)
     D.barrier()

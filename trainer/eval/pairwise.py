@@ -58,6 +58,7 @@ from trainer.eval.winrate import format_summary, summarize, winrate
 from trainer.infra.appendlog import AppendLog
 from trainer.infra.claude import require_api_key
 from trainer.infra.outputs import OwnedFiles, check_output, write_json
+from trainer.infra.signals import kept_sigterm_handler
 from trainer.infra.trackers import RunInfo, flat_numbers, report_once
 
 log = logging.getLogger(__name__)
@@ -391,7 +392,8 @@ def run_eval(cfg: EvalConfig, judge: Judge | None = None) -> dict[str, Any]:
         todo = [t for t in tasks if t.id(judge) not in judgments.records]
         run.already_judged = len(tasks) - len(todo)
         try:
-            asyncio.run(_judge_all(todo, judge, judgments, errors_path, cfg, run))
+            with kept_sigterm_handler():  # (the event loop resets SIGTERM to the default when it closes)
+                asyncio.run(_judge_all(todo, judge, judgments, errors_path, cfg, run))
         except (KeyboardInterrupt, asyncio.CancelledError) as e:
             run.interrupted = True
             print(

@@ -125,12 +125,13 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def _moved(old: dict, new: dict) -> tuple[dict, str | None]:
-    """``old`` (a saved config, flattened) as it reads after the run was moved: when
+    """``old`` (a saved config, flattened) as it reads after the run was moved (``mv``): when
     ``output_dir`` differs, the leading part of the old one that the new one replaces (``/a/demo``
     of ``/a/demo/seed0/sft`` → ``/a/demo2`` for ``/a/demo2/seed0/sft``: the longest common
-    trailing part is kept) is replaced in every string value that starts with it (data files,
-    tokenizer, models under the same directory). Returns ``(old, the old root)``, or ``(old,
-    None)`` unchanged when nothing was moved."""
+    trailing part is kept) is replaced in every path value under it — only where the old path
+    no longer exists and the new one does (a move, not a copy: a model left where it was, or a
+    copied run whose original is still there, reads as it was). Returns ``(old, the old root)``,
+    or ``(old, None)`` unchanged when nothing was moved."""
     a, b = old.get("output_dir"), new.get("output_dir")
     if not (isinstance(a, str) and isinstance(b, str)) or a == b:
         return old, None
@@ -140,13 +141,18 @@ def _moved(old: dict, new: dict) -> tuple[dict, str | None]:
         k += 1
     if k == len(pa):  # the old path is a tail of the new one (relative then, absolute now): no root
         return old, None
-    root_a, root_b = str(Path(*pa[: len(pa) - k])), str(Path(*pb[: len(pb) - k]) if k < len(pb) else ".")
-    out = {}
-    for key, v in old.items():
-        if isinstance(v, str) and (v == root_a or v.startswith(root_a.rstrip(os.sep) + os.sep)):
-            v = root_b + v[len(root_a) :]
-        out[key] = v
-    return out, root_a
+    root_a, root_b = Path(*pa[: len(pa) - k]), Path(*pb[: len(pb) - k])
+
+    def moved(v: str) -> str:
+        try:
+            rest = Path(v).relative_to(root_a)
+        except ValueError:
+            return v
+        there = root_b / rest
+        return str(there) if not Path(v).exists() and there.exists() else v
+
+    out = {key: moved(v) if isinstance(v, str) and v else v for key, v in old.items()}
+    return out, (str(root_a) if out["output_dir"] != a else None)
 
 
 def _check_resume_config(cfg: TrainConfig, out_dir: Path, say) -> None:

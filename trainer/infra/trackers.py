@@ -978,15 +978,16 @@ def report_once(
     tr = start_trackers(names, info, say)
     if tr is None:
         return
-    step = int(record.get(info.step_key, 0))
+    step, code = int(record.get(info.step_key, 0)), 1  # (an exception on the way marks the run failed)
     try:
         tr.log(record)
         for name, rows in (tables or {}).items():
             if rows:
                 tr.table(name, step, rows)
         tr.finish(numeric_fields(record, info.step_key), text, files)
+        code = 0
     finally:
-        tr.close(0)
+        tr.close(code)
 
 
 def _child_main() -> None:
