@@ -40,6 +40,7 @@ from trainer.eval.pairwise import EvalConfig, format_eval_summary, run_eval
 from trainer.eval.rm_accuracy import evaluate_reward_model
 from trainer.eval.winrate import format_summary, load_annotations, summarize
 from trainer.infra.outputs import OutputError, check_output, write_json
+from trainer.infra.trackers import add_report_to
 
 log = logging.getLogger("fgrlhf")
 
@@ -233,14 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     v.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     v.add_argument("--no-fsync", dest="fsync", action="store_false", help="flush without fsync")
-    v.add_argument(
-        "--report-to",
-        nargs="+",
-        default=[],
-        choices=["tensorboard", "wandb", "mlflow"],
-        metavar="TRACKER",
-        help="also send the result to these trackers (tensorboard, wandb, mlflow; files in OUT/trackers)",
-    )
+    add_report_to(v, "the result (files in OUT/trackers)")
 
     pl = sub.add_parser(
         "plot",

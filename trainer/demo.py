@@ -119,7 +119,7 @@ from trainer.eval.pairwise import EvalConfig
 from trainer.infra.config import load_config
 from trainer.infra.metrics import read_log
 from trainer.infra.outputs import write_atomic
-from trainer.infra.trackers import RunInfo, flat_numbers, report_once
+from trainer.infra.trackers import RunInfo, add_report_to, flat_numbers, report_once
 
 __all__ = ["ARMS", "DemoConfig", "aggregate", "estimate", "plan", "run_demo", "steps_to_target", "table3_of"]
 
@@ -1568,14 +1568,7 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--ppo-iterations", type=int, default=None, help="PPO iterations per arm")
     p.add_argument("--target-fraction", type=float, default=d.target_fraction, help="Table 3's target")
-    p.add_argument(
-        "--report-to",
-        nargs="+",
-        default=[],
-        choices=["tensorboard", "wandb", "mlflow"],
-        metavar="TRACKER",
-        help="also send every stage's run and the tables to these trackers: tensorboard, wandb, mlflow",
-    )
+    add_report_to(p, "every stage's run and the tables")
     p.add_argument("--yes", action="store_true", help="run even when the estimate is more than a day")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 

@@ -73,6 +73,7 @@ __all__ = [
     "RunInfo",
     "Tracker",
     "Trackers",
+    "add_report_to",
     "close_all",
     "command_line",
     "flat_numbers",
@@ -958,6 +959,19 @@ def start_trackers(names: Iterable[str], info: RunInfo, say: Callable[[str], Non
     except OSError as e:  # no process to be had (a fork limit): the run goes on without them
         say(f"warning: report_to: cannot start the tracker process ({_reason(e)}); metrics.jsonl only")
         return None
+
+
+def add_report_to(parser: Any, what: str) -> None:
+    """The ``--report-to TRACKER ...`` flag of a command that is not a trainer (``fgrlhf eval``,
+    ``fgrlhf demo``; the trainers have the ``report_to`` config key): ``what`` says what is sent."""
+    parser.add_argument(
+        "--report-to",
+        nargs="+",
+        default=[],
+        choices=TRACKERS,
+        metavar="TRACKER",
+        help=f"also send {what} to these trackers: {', '.join(TRACKERS)}",
+    )
 
 
 def report_once(
