@@ -78,7 +78,7 @@ def test_tiny_runs_end_with_every_field(tiny_run):
         assert re.search(re.escape(label) + r"\s+-?[\d.]+(e-?\d+)? → -?[\d.]+", ppo), (label, ppo)
     for block, phases in ((rm, ("train", "eval")), (ppo, ("generate", "score", "train"))):
         assert all(re.search(rf"time .*{p} [\d.]+ s", block) for p in phases), block
-        assert re.search(r"tokens/s\s+\S+ [\d,]+", block) and re.search(r"peak memory.*\d MiB", block)
+        assert re.search(r"tokens/s\s+\S+ [\d,]+", block) and re.search(r"peak memory.*\d (MiB|GiB)", block)
     ppo_outputs = dict(re.findall(r"^    (\S.*?)\s{2,}(\S+)$", ppo, re.M))
     expect = {
         "checkpoints": out / "checkpoints", "final actor": out / "final" / "actor",
