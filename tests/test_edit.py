@@ -24,6 +24,7 @@ from fake_anthropic import FakeMessagesServer  # noqa: E402
 
 from trainer.data.edit import (  # noqa: E402
     ClaudeEditor,
+    ClaudeSettings,
     EditConfig,
     EditLog,
     EditResult,
@@ -63,18 +64,9 @@ def server(monkeypatch):
         yield srv
 
 
-def make_editor(**kw) -> ClaudeEditor:
-    args = dict(
-        model="claude-test",
-        max_tokens=256,
-        timeout=5.0,
-        max_retries=2,
-        concurrency=2,
-        extra_attempts=0,
-        backoff=0.0,
-    )
-    args.update(kw)
-    return ClaudeEditor(**args)
+def make_editor(model="claude-test", template=None, **kw) -> ClaudeEditor:
+    settings = dict(max_tokens=256, timeout=5.0, max_retries=2, concurrency=2, extra_attempts=0, backoff=0.0)
+    return ClaudeEditor(model, ClaudeSettings(**{**settings, **kw}), template)
 
 
 def edit_once(editor: ClaudeEditor, prompt="Say hi.", response="Hello there, my friend!") -> EditResult:

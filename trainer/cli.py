@@ -26,21 +26,20 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 from trainer import demo as demo_mod
 from trainer.data import edit as edit_mod
-from trainer.data.edit import DEFAULT_MODEL, EditConfig, Terminated, run_edit
-from trainer.data.formats import FORMATS, DataError
-from trainer.errors import EXIT_PREEMPTED, ConfigError, Stopped
+from trainer.data.edit import EditConfig, run_edit
+from trainer.errors import EXIT_PARTIAL, ConfigError, DataError
 from trainer.eval import plot as plot_mod
 from trainer.eval import report as report_mod
 from trainer.eval.generate import GenerateConfig, run_generate
 from trainer.eval.pairwise import EvalConfig, format_eval_summary, run_eval
 from trainer.eval.rm_accuracy import evaluate_reward_model
 from trainer.eval.winrate import format_summary, load_annotations, summarize
-from trainer.infra.outputs import OutputError, check_output, write_json
-from trainer.infra.trackers import add_report_to
+from trainer.infra.command import add_flags, config_from_args, run
+from trainer.infra.outputs import check_output, write_json
 
 log = logging.getLogger("fgrlhf")
 
@@ -52,23 +51,9 @@ EXIT_STATUS = (
 )
 
 
-def _doc(name: str) -> str:
-    """The help text of an EditConfig field, from its docstring's Attributes section."""
-    doc = EditConfig.__doc__ or ""
-    for line in doc.splitlines():
-        line = line.strip()
-        if line.startswith(f"{name}:"):
-            return line.split(":", 1)[1].strip()
-    return ""
-
-
 def _module_doc(name: str) -> str:
     """The first paragraphs of a module's docstring (up to its usage lines), for --help."""
     return (importlib.import_module(name).__doc__ or "").split("\n\n")[0]
-
-
-def _optional_float(text: str) -> float | None:
-    return None if text.lower() in ("none", "null", "") else float(text)
 
 
 class Parser(argparse.ArgumentParser):
@@ -114,29 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    e.add_argument("input", help=_doc("input"))
-    e.add_argument("-o", "--output", required=True, help=_doc("output"))
-    e.add_argument("--format", default="auto", choices=("auto",) + FORMATS, help=_doc("format"))
-    e.add_argument("--split", default="train", help=_doc("split"))
-    e.add_argument("--model", default=DEFAULT_MODEL, help=_doc("model"))
-    e.add_argument("--max-tokens", type=int, default=4096, help=_doc("max_tokens"))
-    e.add_argument("--temperature", type=_optional_float, default=0.0, help=_doc("temperature"))
-    e.add_argument("--concurrency", type=int, default=8, help=_doc("concurrency"))
-    e.add_argument("--timeout", type=float, default=120.0, help=_doc("timeout"))
-    e.add_argument("--max-retries", type=int, default=6, help=_doc("max_retries"))
-    e.add_argument("--extra-attempts", type=int, default=2, help=_doc("extra_attempts"))
-    e.add_argument("--backoff", type=float, default=10.0, help=_doc("backoff"))
-    e.add_argument("--prompt-file", default=None, help=_doc("prompt_file"))
-    e.add_argument("--min-similarity", type=float, default=0.5, help=_doc("min_similarity"))
-    e.add_argument("--limit", type=int, default=None, help=_doc("limit"))
-    e.add_argument("--dry-run", action="store_true", help=_doc("dry_run"))
-    e.add_argument("--skip-invalid", action="store_true", help=_doc("skip_invalid"))
-    e.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    e.add_argument("--price-in", type=float, default=None, help="USD per million input tokens (estimate)")
-    e.add_argument("--price-out", type=float, default=None, help="USD per million output tokens (estimate)")
-    e.add_argument("--no-fsync", dest="fsync", action="store_false", help="flush without fsync")
+    add_flags(e, EditConfig, positional=("input",), short={"output": "-o"})
     e.add_argument("--summary-json", default=None, help="also write the summary as JSON to this file")
-    e.add_argument("--redo-stale", action="store_true", help=_doc("redo_stale"))
 
     w = sub.add_parser(
         "winrate",
@@ -161,38 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     del gen_doc
-    g.add_argument(
-        "model",
-        help="a transformers causal-LM directory (runs/ppo/final/actor, runs/sft/final), "
-        "or a Hub id in the HF cache",
-    )
-    g.add_argument("instructions", help="AlpacaEval/AlpacaFarm records: instruction [, input, dataset]")
-    g.add_argument("-o", "--output", required=True, help="the AlpacaEval-format JSON to write")
-    g.add_argument("--generator", default=None, help="name recorded in the outputs (default: model dir name)")
-    g.add_argument("--max-new-tokens", type=int, default=512)
-    g.add_argument("--max-prompt-length", type=int, default=1024, help="prompts cut from the left (BOS kept)")
-    g.add_argument("--temperature", type=float, default=0.7)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--greedy", action="store_true", help="argmax decoding")
-    g.add_argument("--seed", type=int, default=0, help="batch b is sampled with seed + b")
-    g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument(
-        "--prompt-template",
-        default=None,
-        choices=("auto", "plain", "alpaca", "chat"),
-        help="default: the one the policy was trained on (its fgrlhf_policy.json), else auto",
-    )
-    g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
-    g.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    g.add_argument("--limit", type=int, default=None, help="only the first N instructions")
-    g.add_argument("--skip-invalid", action="store_true", help="skip (and count) bad records")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    g.add_argument("--no-fsync", dest="fsync", action="store_false", help="flush without fsync")
-    g.add_argument(
-        "--allow-download",
-        action="store_true",
-        help="download a Hub id (org/name) that is not in the Hugging Face cache (default: refused)",
-    )
+    add_flags(g, GenerateConfig, positional=("model", "instructions"), short={"output": "-o"})
 
     v = sub.add_parser(
         "eval",
@@ -204,37 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Ctrl-C (rerun to resume).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    v.add_argument("model_outputs", help="the model's outputs (AlpacaEval format: instruction, output, ...)")
-    v.add_argument("reference_outputs", help="the reference's outputs, same instructions")
-    v.add_argument(
-        "--judge", required=True, help="claude:<model>, rm:<reward model dir> or gold:<synthetic world dir>"
-    )
-    v.add_argument("-o", "--output-dir", required=True, help="judgments, annotations.json, summary.json")
-    v.add_argument("--swap", action="store_true", help="judge both orders; disagreement is a draw")
-    v.add_argument("--seed", type=int, default=0, help="the random orders and the bootstrap")
-    v.add_argument("--skip-invalid", action="store_true", help="skip (and count) bad or unmatched records")
-    v.add_argument("--limit", type=int, default=None, help="only the first N instructions")
-    v.add_argument("--bootstrap", type=int, default=2000, help="resamples of the 95%% interval (0: none)")
-    v.add_argument("--concurrency", type=int, default=8, help="Claude requests in flight")
-    v.add_argument("--max-tokens", type=int, default=1024, help="Claude's output budget per verdict")
-    v.add_argument("--timeout", type=float, default=120.0)
-    v.add_argument("--max-retries", type=int, default=6)
-    v.add_argument("--extra-attempts", type=int, default=2)
-    v.add_argument("--backoff", type=float, default=10.0)
-    v.add_argument(
-        "--prompt-file", default=None, help="a pairwise prompt ({instruction}, {output_1}, {output_2})"
-    )
-    v.add_argument("--price-in", type=float, default=None, help="USD per million input tokens")
-    v.add_argument("--price-out", type=float, default=None, help="USD per million output tokens")
-    v.add_argument("--rm-max-length", type=int, default=1024, help="rm judge: longest prompt + answer")
-    v.add_argument("--rm-batch-size", type=int, default=16, help="rm judge: comparisons per forward")
-    v.add_argument(
-        "--tie-tolerance", type=float, default=0.0, help="rm/gold judge: closer rewards are a draw"
-    )
-    v.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    v.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    v.add_argument("--no-fsync", dest="fsync", action="store_false", help="flush without fsync")
-    add_report_to(v, "the result (files in OUT/trackers)")
+    add_flags(v, EvalConfig, positional=("model_outputs", "reference_outputs"), short={"output_dir": "-o"})
 
     pl = sub.add_parser(
         "plot",
@@ -288,228 +191,100 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_edit(args: argparse.Namespace) -> int:
     """``fgrlhf edit``: see :mod:`trainer.data.edit`."""
-    names = {f.name for f in fields(EditConfig)}
-    cfg = EditConfig(**{k: v for k, v in vars(args).items() if k in names})
-    bad = _check_ranges(cfg) or _bad_output(args.summary_json, "--summary-json", cfg.input, cfg.output)
-    if bad:
-        log.error("%s", bad)
-        return 2
-    log.info("config %s", json.dumps(asdict(cfg)))
-    try:
-        summary = run_edit(cfg)
-    except DataError as e:
-        hint = (
-            ""
-            if cfg.skip_invalid or "every record is invalid" in str(e)
-            else " (--skip-invalid skips bad records)"
-        )
-        log.error("bad input: %s%s", e, hint)
-        return 2
-    except Terminated:  # SIGTERM while editing: the summary was printed
-        return EXIT_PREEMPTED
-    except KeyboardInterrupt:
-        return 130
-    except OSError as e:  # an unwritable or missing path, a full disk: one line naming the path
-        log.error("%s: %s", e.filename or cfg.output, e.strerror or e)
-        return 1
-    except ValueError as e:  # a prompt file, -o or flags that cannot be used: a usage error
-        log.error("%s", e)
-        return 2
-    except RuntimeError as e:  # no API key, the output locked by another run
-        log.error("%s", e)
-        return 1
-    if args.summary_json and not _wrote_json(args.summary_json, summary.as_dict(), "--summary-json"):
-        return 1
-    return 3 if summary.failed else 0
 
+    def job() -> int:
+        cfg = config_from_args(EditConfig, args)
+        if args.summary_json:
+            check_output(args.summary_json, "--summary-json", (cfg.input, cfg.output))
+        log.info("config %s", json.dumps(asdict(cfg)))
+        summary = run_edit(cfg)  # (SIGTERM, Ctrl-C: its summary says what was written)
+        if args.summary_json and not _wrote_json(args.summary_json, summary.as_dict(), "--summary-json"):
+            return 1
+        return EXIT_PARTIAL if summary.failed else 0
 
-def _bad_output(path: str | None, flag: str, *inputs: str | None) -> str | None:
-    """Why an optional output file cannot be used (a directory, or one of the inputs), checked
-    before any work; None when it is fine or not given."""
-    if path is None:
-        return None
-    try:
-        check_output(path, flag, inputs)
-    except OutputError as e:
-        return str(e)
-    return None
+    return run(job, log.error, skip_hint=not args.skip_invalid)
 
 
 def _wrote_json(path: str, obj: object, flag: str) -> bool:
-    """Write a command's ``--json`` summary (strict JSON, atomic); False after a one-line error."""
+    """Write a command's ``--json`` summary (strict JSON, atomic); False after a one-line error
+    (the work is done: exit 1, not a usage error)."""
     try:
         write_json(path, obj, flag)
-    except (OSError, OutputError) as e:
+    except (OSError, ValueError) as e:
         log.error("%s %s: %s", flag, path, getattr(e, "strerror", None) or e)
         return False
     return True
 
 
-def _check_ranges(cfg: EditConfig) -> str | None:
-    """The first flag out of its range, as a message naming it (None when all are fine)."""
-    checks = (
-        ("--concurrency", cfg.concurrency, 1, None),
-        ("--max-tokens", cfg.max_tokens, 1, None),
-        ("--limit", cfg.limit, 1, None),
-        ("--timeout", cfg.timeout, 1e-9, None),
-        ("--max-retries", cfg.max_retries, 0, None),
-        ("--extra-attempts", cfg.extra_attempts, 0, None),
-        ("--backoff", cfg.backoff, 0, None),
-        ("--min-similarity", cfg.min_similarity, 0, 1),
-    )
-    for flag, value, low, high in checks:
-        if value is None:
-            continue
-        if value < low or (high is not None and value > high):
-            span = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
-            if flag == "--timeout":
-                span = "> 0"
-            return f"{flag} must be {span}, got {value:g}"
-    return None
-
-
 def cmd_winrate(args: argparse.Namespace) -> int:
     """``fgrlhf winrate``: see :mod:`trainer.eval.winrate`."""
-    bad = _bad_output(args.json, "--json", args.annotations)
-    if bad:
-        log.error("%s", bad)
-        return 2
-    try:
+
+    def job() -> int:
+        if args.json:
+            check_output(args.json, "--json", (args.annotations,))
         summary = summarize(load_annotations(args.annotations))
-    except DataError as e:
-        log.error("bad input: %s", e)
-        return 2
-    if summary["n_total"] == 0:  # no win rate: say why instead of printing "nan"
-        log.error(
-            "%s: no valid preference in %d annotations (each is missing, null or outside 1..2 / 0): "
-            "no win rate",
-            args.annotations,
-            summary["n_missing"],
-        )
-        return 2
-    print(format_summary(summary))
-    if args.json and not _wrote_json(args.json, summary, "--json"):
-        return 1
-    return 0
+        if summary["n_total"] == 0:  # no win rate: say why instead of printing "nan"
+            raise DataError(
+                args.annotations,
+                f"no valid preference in {summary['n_missing']} annotations (each is missing, null or "
+                "outside 1..2 / 0): no win rate",
+            )
+        print(format_summary(summary))
+        return 0 if not args.json or _wrote_json(args.json, summary, "--json") else 1
 
-
-def _checked(flags: dict[str, tuple[float | None, float]]) -> str | None:
-    """The first flag below its minimum, as a message (None when all are fine)."""
-    for flag, (value, low) in flags.items():
-        if value is not None and value < low:
-            return f"{flag} must be >= {low:g}, got {value:g}"
-    return None
+    return run(job, log.error)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """``fgrlhf generate``: see :mod:`trainer.eval.generate`."""
-    cfg = GenerateConfig(
-        **{f.name: getattr(args, f.name) for f in fields(GenerateConfig)}, allow_download=args.allow_download
-    )
-    bad = _checked(
-        {
-            "--max-new-tokens": (cfg.max_new_tokens, 1),
-            "--max-prompt-length": (cfg.max_prompt_length, 1),
-            "--batch-size": (cfg.batch_size, 1),
-            "--limit": (cfg.limit, 1),
-            "--top-p": (cfg.top_p, 1e-9),
-            "--temperature": (None if cfg.greedy else cfg.temperature, 1e-9),
-        }
-    )
-    if bad or cfg.top_p > 1:
-        log.error("%s", bad or f"--top-p must be in (0, 1], got {cfg.top_p:g}")
-        return 2
-    try:
-        s = run_generate(cfg)
-    except (ConfigError, DataError, ValueError) as e:
-        log.error("%s", e)
-        return 2
-    except Stopped:  # SIGTERM: the batch in hand was finished and written
-        print("stopped by SIGTERM: the answers written are kept; rerun the same command to continue")
-        return EXIT_PREEMPTED
-    except KeyboardInterrupt:
-        print("interrupted: the answers written are kept; rerun the same command to continue")
-        return 130
-    except (OSError, RuntimeError) as e:
-        log.error("%s", e)
-        return 1
-    if s["output"]:
-        print(
-            f"{s['instructions']} answers in {s['output']} ({s['generated']} generated here, "
-            f"{s['already_done']} from an earlier run; {s['tokens_per_second']} tokens/s)"
-        )
-    return 0
+
+    def job() -> None:
+        s = run_generate(config_from_args(GenerateConfig, args))
+        if s["output"]:
+            print(
+                f"{s['instructions']} answers in {s['output']} ({s['generated']} generated here, "
+                f"{s['already_done']} from an earlier run; {s['tokens_per_second']} tokens/s)"
+            )
+
+    kept = "interrupted: the answers written are kept; rerun the same command to continue"
+    return run(job, log.error, skip_hint=not args.skip_invalid, interrupted=kept)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``fgrlhf eval``: see :mod:`trainer.eval.pairwise`."""
-    cfg = EvalConfig(**{f.name: getattr(args, f.name) for f in fields(EvalConfig)})
-    bad = _checked(
-        {
-            "--concurrency": (cfg.concurrency, 1),
-            "--max-tokens": (cfg.max_tokens, 1),
-            "--limit": (cfg.limit, 1),
-            "--bootstrap": (cfg.bootstrap, 0),
-            "--timeout": (cfg.timeout, 1e-9),
-            "--max-retries": (cfg.max_retries, 0),
-            "--extra-attempts": (cfg.extra_attempts, 0),
-            "--backoff": (cfg.backoff, 0),
-            "--rm-max-length": (cfg.rm_max_length, 2),
-            "--rm-batch-size": (cfg.rm_batch_size, 1),
-            "--tie-tolerance": (cfg.tie_tolerance, 0),
-        }
-    )
-    if bad:
-        log.error("%s", bad)
-        return 2
-    try:
-        summary = run_eval(cfg)
-    except (ConfigError, DataError, ValueError) as e:
-        log.error("%s", e)
-        return 2
-    except KeyboardInterrupt as e:
-        return EXIT_PREEMPTED if str(e) == "SIGTERM" else 130
-    except (OSError, RuntimeError) as e:
-        log.error("%s", e)
-        return 1
-    print(format_eval_summary(summary))
-    print(f"annotations, summary and judgments in {cfg.output_dir}")
-    return 0 if summary["complete"] else 3
+
+    def job() -> int:
+        cfg = config_from_args(EvalConfig, args)
+        summary = run_eval(cfg)  # (SIGTERM, Ctrl-C: it says how many were judged and written)
+        print(format_eval_summary(summary))
+        print(f"annotations, summary and judgments in {cfg.output_dir}")
+        return 0 if summary["complete"] else EXIT_PARTIAL
+
+    return run(job, log.error, skip_hint=not args.skip_invalid)
 
 
 def cmd_eval_rm(args: argparse.Namespace) -> int:
     """``fgrlhf eval-rm``: see :mod:`trainer.eval.rm_accuracy`."""
-    if args.max_length < 2 or args.batch_size < 1:
-        log.error("--max-length must be >= 2 and --batch-size >= 1")
-        return 2
-    bad = _bad_output(args.json, "--json", args.pairs, args.rm_dir)
-    if bad:
-        log.error("%s", bad)
-        return 2
-    try:
+
+    def job() -> int:
+        if args.max_length < 2 or args.batch_size < 1:
+            raise ConfigError("--max-length must be >= 2 and --batch-size >= 1")
+        if args.json:
+            check_output(args.json, "--json", (args.pairs, args.rm_dir))
         m = evaluate_reward_model(
             args.rm_dir, args.pairs, args.max_length, args.batch_size, args.skip_invalid
         )
-    except (ConfigError, DataError) as e:
-        log.error("%s", e)
-        return 2
-    for key in (
-        "accuracy",
-        "edited_accuracy",
-        "original_accuracy",
-        "gold_accuracy",
-        "auroc_added",
-        "auroc_removed",
-    ):
-        if key in m:
-            print(f"{key:<18} {m[key]:.4f}")
-    print(
-        f"pairs              edited {m['edited_pairs']}, original {m['original_pairs']}; "
-        f"skipped {m['skipped']}"
-    )
-    if args.json and not _wrote_json(args.json, m, "--json"):
-        return 1
-    return 0
+        shown = ("accuracy", "edited_accuracy", "original_accuracy", "gold_accuracy", "auroc_added")
+        for key in (*shown, "auroc_removed"):
+            if key in m:
+                print(f"{key:<18} {m[key]:.4f}")
+        print(
+            f"pairs              edited {m['edited_pairs']}, original {m['original_pairs']}; "
+            f"skipped {m['skipped']}"
+        )
+        return 0 if not args.json or _wrote_json(args.json, m, "--json") else 1
+
+    return run(job, log.error, skip_hint=not args.skip_invalid)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -454,12 +454,8 @@ class Stages:
                 return fn()
             except (Preempted, Terminated):  # SIGTERM: a trainer checkpointed first / stop now
                 raise
-            except Stopped as e:  # fgrlhf generate's SIGTERM (after the batch in hand)
+            except Stopped as e:  # fgrlhf generate's / eval's SIGTERM (after the batch in hand)
                 raise Terminated(name) from e
-            except KeyboardInterrupt as e:
-                if str(e) == "SIGTERM":  # fgrlhf eval's SIGTERM (it cancels its judging)
-                    raise Terminated(name) from e
-                raise
             except Exception as e:
                 traceback.print_exc(file=fh)
                 raise StageFailed(name, log_path, e) from e

@@ -25,6 +25,7 @@ __all__ = [
     "Preempted",
     "Stopped",
     "describe",
+    "exit_status",
 ]
 
 # The exit statuses of every command and trainer (the README's table):
@@ -37,7 +38,9 @@ PREEMPTED_MARKER = "PREEMPTED"
 
 
 class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message names the key or file."""
+    """A config file, override or flag that cannot be used; the message names the key or flag."""
+
+    exit_status = EXIT_BAD_INPUT
 
 
 def describe(e: BaseException, limit: int = 200) -> str:
@@ -56,6 +59,8 @@ class DataError(ValueError):
         problem: what is wrong, in words.
     """
 
+    exit_status = EXIT_BAD_INPUT
+
     def __init__(self, source: str, problem: str, where: str | None = None, field: str | None = None):
         self.source, self.where, self.field, self.problem = str(source), where, field, problem
         parts = [self.source] + ([where] if where else []) + ([f"field {field!r}"] if field else [])
@@ -65,18 +70,27 @@ class DataError(ValueError):
 class CheckpointError(RuntimeError):
     """No intact checkpoint to resume from (the message names the directory and why)."""
 
+    exit_status = EXIT_BAD_INPUT
+
 
 class PeerFailure(RuntimeError):
     """Another rank (rank 0) failed in a step every rank waits on; its error is in the message."""
 
+    exit_status = EXIT_FAILED
+
 
 class Stopped(Exception):
-    """SIGTERM stopped a resumable job that has no checkpoint (``fgrlhf generate``) between two
-    units of work, everything finished before it written; the entry point exits 75."""
+    """SIGTERM stopped a resumable job that has no checkpoint (``fgrlhf generate``, ``edit``,
+    ``eval``) between two units of work, everything finished before it written; the entry point
+    exits 75. The message, if any, says what was kept."""
+
+    exit_status = EXIT_PREEMPTED
 
 
 class Preempted(Exception):
     """Raised after the checkpoint a SIGTERM asked for; the entry point exits 75."""
+
+    exit_status = EXIT_PREEMPTED
 
     def __init__(self, out_dir: Path, step: int):
         self.out_dir, self.step = out_dir, step
@@ -91,3 +105,24 @@ class Preempted(Exception):
         if int(os.environ.get("RANK", "0")) == 0:
             for d in {self.out_dir, top or self.out_dir}:
                 (d / PREEMPTED_MARKER).write_text(f"step {self.step}\n" if d == self.out_dir else "rm\n")
+
+
+def exit_status(e: BaseException) -> int | None:
+    """The exit status of a job that raised ``e`` (the README's table), or None for an error
+    none of these rules covers (a crash: the entry point shows the traceback and exits 1).
+
+    Rules, first match: the exception's own ``exit_status`` attribute (every error above declares
+    one; so may an entry point's, e.g. the demo's SIGTERM); ``KeyboardInterrupt`` 130; another
+    ``ValueError`` (a usage error: flags, ``-o``, a prompt file) 2; ``OSError`` (an unwritable or
+    missing path, a full disk) and ``RuntimeError`` (no API key, an output locked by another run) 1.
+    """
+    status = getattr(e, "exit_status", None)
+    if isinstance(status, int):
+        return status
+    if isinstance(e, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(e, ValueError):
+        return EXIT_BAD_INPUT
+    if isinstance(e, (OSError, RuntimeError)):
+        return EXIT_FAILED
+    return None

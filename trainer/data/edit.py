@@ -35,33 +35,41 @@ writing the same file.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as _dt
 import hashlib
 import json
 import logging
 import re
-import signal
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, ClassVar, Protocol
 
 from trainer.data.align import token_similarity
-from trainer.data.formats import EDIT_STATUSES, DataError, EditRecord, LoadResult, PreferencePair, load_pairs
+from trainer.data.formats import (
+    EDIT_STATUSES,
+    FORMATS,
+    DataError,
+    EditRecord,
+    LoadResult,
+    PreferencePair,
+    load_pairs,
+)
+from trainer.errors import Stopped
 from trainer.infra.appendlog import AppendLog
 from trainer.infra.claude import (  # noqa: F401 - re-exported: the edit job's model and prices
     DEFAULT_MODEL,
     PRICES_PER_MTOK,
     ClaudeClient,
+    ClaudeSettings,
     cost_usd,
     price_for,
     require_api_key,
 )
-from trainer.infra.signals import kept_sigterm_handler
+from trainer.infra.jobs import append_failure, run_jobs
 
 log = logging.getLogger(__name__)
 
@@ -166,33 +174,20 @@ class ClaudeEditor:
 
     Args:
         model: model id.
-        max_tokens: output budget per edit (a longer edit is rejected as ``truncated``).
-        temperature: sampling temperature where the API accepts one; None never sends it.
-        timeout: seconds per request attempt.
-        max_retries: the SDK's retries per request.
-        concurrency: requests in flight at most.
+        settings: the client's settings (``max_tokens``: an edit longer than that is rejected as
+            ``truncated``).
         template: the editing prompt.
-        extra_attempts: whole-request retries after the SDK gives up.
-        backoff: first wait between those, seconds.
     """
 
     def __init__(
         self,
         model: str = DEFAULT_MODEL,
-        max_tokens: int = 4096,
-        temperature: float | None = 0.0,
-        timeout: float = 120.0,
-        max_retries: int = 6,
-        concurrency: int = 8,
+        settings: ClaudeSettings | None = None,
         template: PromptTemplate | None = None,
-        extra_attempts: int = 2,
-        backoff: float = 10.0,
     ):
         self.template = template or PromptTemplate.load()
         self.prompt_version = self.template.version
-        self.client = ClaudeClient(
-            model, max_tokens, temperature, timeout, max_retries, concurrency, extra_attempts, backoff
-        )
+        self.client = ClaudeClient(model, settings)
 
     async def edit(self, prompt: str, response: str) -> EditResult:
         """Send one editing request."""
@@ -296,56 +291,41 @@ class EditLog(AppendLog):
 # the collector
 # --------------------------------------------------------------------------------------------
 @dataclass
-class EditConfig:
-    """Settings of ``fgrlhf edit``.
+class EditConfig(ClaudeSettings):
+    """Settings of ``fgrlhf edit`` (its flags are derived from these fields: ``--max-tokens``...),
+    beside the Claude client's (:class:`~trainer.infra.claude.ClaudeSettings`)."""
 
-    Attributes:
-        input: preference data: a local file or a Hugging Face dataset name.
-        output: the JSONL to append to (resumed when it exists).
-        format: ``auto``, ``alpaca``, ``hh`` or ``jsonl``.
-        split: Hugging Face split.
-        model: Claude model id.
-        max_tokens: output budget per edit.
-        temperature: sampling temperature where the SDK/API accepts one (None: never send).
-        concurrency: requests in flight.
-        timeout: seconds per request attempt.
-        max_retries: SDK retries per request (429/5xx/529/timeouts, exponential backoff).
-        extra_attempts: whole-request retries after the SDK gives up.
-        backoff: first wait between those, seconds.
-        prompt_file: a prompt template overriding the built-in one.
-        min_similarity: the not-minimal gate's threshold on token-level LCS similarity.
-        limit: use only the first ``limit`` input pairs.
-        dry_run: print prompts and the token/cost estimate; send nothing.
-        skip_invalid: skip bad input records (counted) instead of stopping.
-        progress: show a progress bar (on a terminal).
-        price_in, price_out: USD per million tokens for the cost estimate (default: table).
-        fsync: fsync the output after every record.
-        redo_stale: request again the stored edits made with another prompt version or model
-            (without it, a rerun with another ``--prompt-file`` / ``--model`` is refused).
-    """
+    CHOICES: ClassVar[dict] = {"format": ("auto", *FORMATS)}
+    AT_LEAST: ClassVar[dict] = {"limit": 1, "min_similarity": 0}
+    AT_MOST: ClassVar[dict] = {"min_similarity": 1}
 
     input: str
+    """Preference data: a local file or a Hugging Face dataset name."""
     output: str
+    """The JSONL to append to (resumed when it exists)."""
     format: str = "auto"
+    """``auto``, ``alpaca``, ``hh`` or ``jsonl``."""
     split: str = "train"
+    """Hugging Face split."""
     model: str = DEFAULT_MODEL
-    max_tokens: int = 4096
-    temperature: float | None = 0.0
-    concurrency: int = 8
-    timeout: float = 120.0
-    max_retries: int = 6
-    extra_attempts: int = 2
-    backoff: float = 10.0
+    """Claude model id."""
     prompt_file: str | None = None
+    """A prompt template overriding the built-in one (``{prompt}`` and ``{response}``)."""
     min_similarity: float = 0.5
+    """The not-minimal gate's threshold on token-level LCS similarity."""
     limit: int | None = None
+    """Use only the first ``limit`` input pairs."""
     dry_run: bool = False
+    """Print prompts and the token/cost estimate; send nothing."""
     skip_invalid: bool = False
+    """Skip bad input records (counted) instead of stopping."""
     progress: bool = True
-    price_in: float | None = None
-    price_out: float | None = None
+    """Show a progress bar (on a terminal)."""
     fsync: bool = True
+    """Fsync the output after every record."""
     redo_stale: bool = False
+    """Request again the stored edits made with another prompt version or model (without it, a
+    rerun with another ``--prompt-file`` / ``--model`` is refused)."""
 
 
 @dataclass
@@ -503,17 +483,7 @@ def run_edit(cfg: EditConfig, editor: Editor | None = None, out: IO[str] | None 
         done = _peek_done(Path(cfg.output))
         if cfg.redo_stale or any(p.id not in done for p in pairs):
             require_api_key()
-        editor = ClaudeEditor(
-            cfg.model,
-            cfg.max_tokens,
-            cfg.temperature,
-            cfg.timeout,
-            cfg.max_retries,
-            cfg.concurrency,
-            template,
-            cfg.extra_attempts,
-            cfg.backoff,
-        )
+        editor = ClaudeEditor(cfg.model, cfg, template)
     outlog = EditLog(cfg.output, fsync=cfg.fsync)
     errlog_path = Path(cfg.output).with_name(Path(cfg.output).name + ".errors.jsonl")
     try:
@@ -522,14 +492,11 @@ def run_edit(cfg: EditConfig, editor: Editor | None = None, out: IO[str] | None 
         todo = [p for p in pairs if p.id not in outlog.done or p.id in redo]
         summary.already_done, summary.attempted = len(pairs) - len(todo), len(todo)
         try:
-            with kept_sigterm_handler():  # (the event loop resets SIGTERM to the default when it closes)
-                asyncio.run(_edit_all(todo, editor, outlog, errlog_path, cfg, summary, own_editor))
-        except (KeyboardInterrupt, asyncio.CancelledError) as e:  # Ctrl-C / SIGTERM: what was written
+            _edit_all(todo, editor, outlog, errlog_path, cfg, summary, own_editor)
+        except (KeyboardInterrupt, Stopped):  # Ctrl-C / SIGTERM: what was written is kept
             summary.interrupted = True
             summary.estimated_cost_usd = _cost(cfg.model, summary.input_tokens, summary.output_tokens, cfg)
             print(summary.format(), file=out)
-            if isinstance(e, asyncio.CancelledError):
-                raise Terminated from None
             raise
     finally:
         outlog.close()
@@ -538,10 +505,6 @@ def run_edit(cfg: EditConfig, editor: Editor | None = None, out: IO[str] | None 
     summary.estimated_cost_usd = _cost(cfg.model, summary.input_tokens, summary.output_tokens, cfg)
     print(summary.format(), file=out)
     return summary
-
-
-class Terminated(KeyboardInterrupt):
-    """The run was stopped by SIGTERM (after the summary of what was written was printed)."""
 
 
 class UsageError(ValueError):
@@ -618,7 +581,7 @@ def _peek_done(path: Path) -> set[str]:
     return done
 
 
-async def _edit_all(
+def _edit_all(
     todo: list[PreferencePair],
     editor: Editor,
     outlog: EditLog,
@@ -627,59 +590,26 @@ async def _edit_all(
     summary: EditSummary,
     close_editor: bool = False,
 ) -> None:
-    """Bounded-concurrency workers; results are written as they complete (from this one
-    event-loop thread, so lines never interleave)."""
-    # SIGTERM cancels the run inside the event loop (cleanly: every finished record is already
-    # written whole); Ctrl-C is asyncio.run's own (it cancels the main task, then raises)
-    main = asyncio.current_task()
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not POSIX / main thread
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
-    queue: asyncio.Queue[PreferencePair] = asyncio.Queue()
-    for p in todo:
-        queue.put_nowait(p)
-    bar = None
-    if cfg.progress and todo:
-        from tqdm.auto import tqdm  # lazy: tqdm (heavy for the torch-free fgrlhf), only to draw a bar
+    """Edit ``todo``, ``cfg.concurrency`` requests in flight (:func:`~trainer.infra.jobs.run_jobs`);
+    each result is gated and appended as it arrives, a failure listed in ``errlog_path``."""
 
-        bar = tqdm(total=len(todo), desc="editing", unit="pair", disable=None)
+    async def edit(batch: list[PreferencePair]) -> list[EditResult]:
+        return [await editor.edit(batch[0].prompt, batch[0].rejected)]
 
-    async def worker() -> None:
-        while True:
-            try:
-                pair = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            result = await editor.edit(pair.prompt, pair.rejected)
-            summary.input_tokens += result.input_tokens
-            summary.output_tokens += result.output_tokens
-            if result.error is not None:
-                summary.failed += 1
-                log.warning("id %s failed: %s", pair.id, result.error)
-                with open(errlog_path, "a", encoding="utf-8") as fh:
-                    fh.write(
-                        json.dumps(
-                            {
-                                "id": pair.id,
-                                "source": pair.source,
-                                "error": result.error,
-                                "time": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-                            }
-                        )
-                        + "\n"
-                    )
-            else:
-                status, sim = judge_edit(pair.rejected, result, cfg.min_similarity)
-                outlog.append(make_record(pair, result, status, sim, editor.prompt_version))
-                summary.statuses[status] += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(ok=summary.statuses.get("ok", 0), failed=summary.failed, refresh=False)
+    def finish(pair: PreferencePair, result: EditResult) -> None:
+        summary.input_tokens += result.input_tokens
+        summary.output_tokens += result.output_tokens
+        if result.error is not None:
+            summary.failed += 1
+            log.warning("id %s failed: %s", pair.id, result.error)
+            append_failure(errlog_path, {"id": pair.id, "source": pair.source, "error": result.error})
+            return
+        status, sim = judge_edit(pair.rejected, result, cfg.min_similarity)
+        outlog.append(make_record(pair, result, status, sim, editor.prompt_version))
+        summary.statuses[status] += 1
 
-    try:
-        await asyncio.gather(*(worker() for _ in range(max(1, min(cfg.concurrency, len(todo))))))
-    finally:
-        if bar is not None:
-            bar.close()
-        close = getattr(editor, "aclose", None)
-        if close_editor and close is not None:
-            await close()
+    close = getattr(editor, "aclose", None) if close_editor else None
+    run_jobs(
+        todo, edit, finish, concurrency=cfg.concurrency, desc="editing", unit="pair", progress=cfg.progress,
+        postfix=lambda: {"ok": summary.statuses.get("ok", 0), "failed": summary.failed}, close=close,
+    )  # fmt: skip

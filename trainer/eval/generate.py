@@ -50,9 +50,9 @@ import logging
 import os
 import threading
 import time
-from dataclasses import InitVar, asdict, dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from trainer.data.formats import DataError, Prompt, prompt_parts, read_records
 from trainer.errors import ConfigError, Stopped, describe
@@ -61,6 +61,7 @@ from trainer.infra.outputs import check_output, write_json
 from trainer.infra.signals import sigterm_flag
 
 log = logging.getLogger(__name__)
+RERUN = "rerun the same command to continue"
 
 __all__ = [
     "GenerateConfig",
@@ -75,57 +76,67 @@ __all__ = [
 
 @dataclass
 class GenerateConfig:
-    """Settings of ``fgrlhf generate``.
+    """Settings of ``fgrlhf generate`` (its flags are derived from these fields)."""
 
-    Attributes:
-        model: a ``transformers`` causal-LM directory (``runs/ppo/final/actor``, ``runs/sft/final``)
-            or a Hub id (``org/name``) in the Hugging Face cache (see :func:`resolve_model`).
-        instructions: the instruction set (AlpacaEval/AlpacaFarm JSON or JSONL).
-        output: the AlpacaEval-format JSON to write.
-        generator: the name recorded in every output (default: the model directory's name).
-        max_new_tokens: most response tokens.
-        max_prompt_length: prompts are cut from the left to this many tokens (BOS kept).
-        temperature: sampling temperature (ignored with ``greedy``).
-        top_p: nucleus sampling mass (1 = plain sampling).
-        greedy: argmax decoding.
-        seed: batch ``b`` is sampled with ``seed + b``.
-        batch_size: prompts per batch (fixed batches: changing it changes sampled answers).
-        prompt_template: ``auto|plain|alpaca|chat``, or None for the policy's own (its
-            ``fgrlhf_policy.json``; ``auto`` without one).
-        dtype: ``auto`` (the checkpoint's), ``float32``, ``bfloat16``, ``float16``.
-        device: ``auto`` (CUDA when available), ``cuda`` or ``cpu``.
-        limit: only the first ``limit`` instructions.
-        skip_invalid: skip (and count) bad records instead of stopping.
-        progress: a progress bar.
-        fsync: fsync after every answer.
-        allow_download: a Hub id not in the cache is downloaded (default: refused, no network).
-            An init-only argument, stored as an attribute but not a dataclass field, so that
-            ``cmd_generate``'s ``fields(GenerateConfig)`` loop does not ask argparse for it
-            before ``--allow-download`` exists; pass it explicitly.
-    """
+    CHOICES: ClassVar[dict] = {
+        "prompt_template": (None, "auto", "plain", "alpaca", "chat"),
+        "dtype": ("auto", "float32", "bfloat16", "float16"),
+        "device": ("auto", "cuda", "cpu"),
+    }
+    AT_LEAST: ClassVar[dict] = {"max_new_tokens": 1, "max_prompt_length": 1, "batch_size": 1, "limit": 1}
+    ABOVE: ClassVar[dict] = {"top_p": 0}
+    AT_MOST: ClassVar[dict] = {"top_p": 1}
 
     model: str
+    """A ``transformers`` causal-LM directory (``runs/ppo/final/actor``, ``runs/sft/final``) or a
+    Hub id (``org/name``) in the Hugging Face cache."""
     instructions: str
+    """The instruction set: AlpacaEval/AlpacaFarm records (instruction [, input, dataset]), JSON or
+    JSONL."""
     output: str
+    """The AlpacaEval-format JSON to write."""
     generator: str | None = None
+    """The name recorded in every output (default: the model directory's name)."""
     max_new_tokens: int = 512
+    """Most response tokens."""
     max_prompt_length: int = 1024
+    """Prompts are cut from the left to this many tokens (BOS kept)."""
     temperature: float = 0.7
+    """Sampling temperature (> 0; ignored with ``greedy``)."""
     top_p: float = 1.0
+    """Nucleus sampling mass (1 = plain sampling)."""
     greedy: bool = False
+    """Argmax decoding."""
     seed: int = 0
+    """Batch ``b`` is sampled with ``seed + b``."""
     batch_size: int = 8
+    """Prompts per batch (fixed batches: changing it changes sampled answers)."""
     prompt_template: str | None = None
+    """``auto|plain|alpaca|chat``; default: the one the policy was trained on (its
+    ``fgrlhf_policy.json``), else ``auto``."""
     dtype: str = "auto"
+    """``auto`` (the checkpoint's), ``float32``, ``bfloat16``, ``float16``."""
     device: str = "auto"
+    """``auto`` (CUDA when available), ``cuda`` or ``cpu``."""
     limit: int | None = None
+    """Only the first ``limit`` instructions."""
     skip_invalid: bool = False
+    """Skip (and count) bad records instead of stopping."""
     progress: bool = True
+    """A progress bar (on a terminal)."""
     fsync: bool = True
-    allow_download: InitVar[bool] = False
+    """Fsync after every answer."""
+    allow_download: bool = False
+    """Download a Hub id (``org/name``) that is not in the Hugging Face cache (default: refused)."""
 
-    def __post_init__(self, allow_download: bool) -> None:
-        self.allow_download = bool(allow_download)
+    def check(self) -> None:
+        """What the declared bounds cannot say: a sampling temperature is > 0.
+
+        Raises:
+            ConfigError: naming the flag.
+        """
+        if not self.greedy and self.temperature <= 0:
+            raise ConfigError(f"--temperature must be > 0 (or --greedy), got {self.temperature:g}")
 
 
 @dataclass(frozen=True)
@@ -650,7 +661,9 @@ def _run_generate(cfg: GenerateConfig, sigterm: threading.Event) -> dict[str, An
         # 7. each batch: fixed seed, the rollout sampler, decode, append; SIGTERM stops between batches
         for b, batch in mine:
             if sigterm.is_set():
-                raise Stopped(f"SIGTERM: {generated} answers written in this run to {own}")
+                raise Stopped(
+                    f"stopped by SIGTERM: {generated} answers written in this run to {own} are kept; {RERUN}"
+                )
             torch.manual_seed(cfg.seed + b)
             enc = collate([examples[i] for i in batch], pad_id, padding_side="left")
             ids, mask = generate(
@@ -694,7 +707,9 @@ def _run_generate(cfg: GenerateConfig, sigterm: threading.Event) -> dict[str, An
         if bar is not None:
             bar.close()
         if sigterm.is_set():  # during the last batch: what was generated is kept; a rerun writes OUT
-            raise Stopped(f"SIGTERM: {generated} answers written in this run to {own}")
+            raise Stopped(
+                f"stopped by SIGTERM: {generated} answers written in this run to {own} are kept; {RERUN}"
+            )
     finally:
         outlog.close()
     seconds = time.perf_counter() - t0
@@ -727,7 +742,7 @@ def _run_generate(cfg: GenerateConfig, sigterm: threading.Event) -> dict[str, An
         "output": written,
         "seconds": round(seconds, 3),
         "tokens_per_second": round(new_tokens / seconds, 1) if seconds > 0 else None,
-        "config": {**asdict(cfg), "allow_download": cfg.allow_download},
+        "config": asdict(cfg),
     }
     D.shutdown()
     return summary

@@ -38,7 +38,7 @@ from pathlib import Path
 from trainer.data.formats import Prompt
 from trainer.data.synthetic import gold_reward, load_world
 from trainer.errors import ConfigError
-from trainer.infra.claude import ClaudeClient, cost_usd
+from trainer.infra.claude import ClaudeClient, ClaudeSettings, cost_usd
 
 __all__ = [
     "ClaudeJudge",
@@ -54,6 +54,7 @@ __all__ = [
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 PAIRWISE_PROMPT_VERSION = "pairwise-v1"
+JUDGE_SETTINGS = ClaudeSettings(max_tokens=1024)  # a verdict after a short reasoning
 
 
 class JudgeError(RuntimeError):
@@ -152,27 +153,15 @@ class ClaudeJudge(Judge):
 
     Args:
         model: Claude model id.
+        settings: the :class:`~trainer.infra.claude.ClaudeClient` settings and prices (default:
+            :data:`JUDGE_SETTINGS`; ``max_tokens`` leaves room for a short reasoning before the
+            verdict).
         prompt_file: a pairwise prompt template overriding the built-in one (placeholders
             ``{instruction}``, ``{output_1}``, ``{output_2}``; versioned by its hash).
-        price_in, price_out: USD per million tokens for the estimate (default: the table).
-        max_tokens, timeout, max_retries, concurrency, extra_attempts, backoff: the
-            :class:`~trainer.infra.claude.ClaudeClient` settings (``max_tokens`` leaves room for a
-            short reasoning before the verdict).
     """
 
-    def __init__(
-        self,
-        model: str,
-        prompt_file: str | None = None,
-        price_in: float | None = None,
-        price_out: float | None = None,
-        max_tokens: int = 1024,
-        timeout: float = 120.0,
-        max_retries: int = 6,
-        concurrency: int = 8,
-        extra_attempts: int = 2,
-        backoff: float = 10.0,
-    ):
+    def __init__(self, model: str, settings: ClaudeSettings | None = None, prompt_file: str | None = None):
+        settings = settings or JUDGE_SETTINGS
         if prompt_file is None:
             self.template = (PROMPTS_DIR / "pairwise_v1.txt").read_text(encoding="utf-8")
             self.version = PAIRWISE_PROMPT_VERSION
@@ -188,17 +177,9 @@ class ClaudeJudge(Judge):
             self.version = f"file:{p.name}:{hashlib.sha256(self.template.encode()).hexdigest()[:12]}"
         self.model = model
         self.name = f"claude:{model}"
-        self.price_in, self.price_out = price_in, price_out
-        self.concurrency = concurrency
-        self.client = ClaudeClient(
-            model,
-            max_tokens,
-            timeout=timeout,
-            max_retries=max_retries,
-            concurrency=concurrency,
-            extra_attempts=extra_attempts,
-            backoff=backoff,
-        )
+        self.price_in, self.price_out = settings.price_in, settings.price_out
+        self.concurrency = settings.concurrency
+        self.client = ClaudeClient(model, settings)
 
     def render(self, c: Comparison) -> str:
         """The user message: the template with its placeholders filled in one pass."""

@@ -39,27 +39,24 @@ bootstrap 95% interval, the breakdown by ``dataset``, position statistics, judge
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import datetime as _dt
 import hashlib
 import json
 import logging
 import random
-import signal
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from trainer.data.formats import DataError, Prompt, prompt_parts, read_records
+from trainer.errors import Stopped
 from trainer.eval.judges import Comparison, Judge, Verdict, make_judge
 from trainer.eval.winrate import format_summary, summarize, winrate
 from trainer.infra.appendlog import AppendLog
-from trainer.infra.claude import require_api_key
+from trainer.infra.claude import ClaudeSettings, require_api_key
+from trainer.infra.jobs import append_failure, now, run_jobs
 from trainer.infra.outputs import OwnedFiles, check_output, write_json
-from trainer.infra.signals import kept_sigterm_handler
-from trainer.infra.trackers import RunInfo, flat_numbers, report_once
+from trainer.infra.trackers import TRACKERS, RunInfo, flat_numbers, report_once
 
 log = logging.getLogger(__name__)
 
@@ -72,55 +69,52 @@ TABLE_ROWS = 100  # annotations sent to the trackers as a table (the first ones)
 
 
 @dataclass
-class EvalConfig:
-    """Settings of ``fgrlhf eval``.
+class EvalConfig(ClaudeSettings):
+    """Settings of ``fgrlhf eval`` (its flags are derived from these fields), beside the Claude
+    judge's client settings (:class:`~trainer.infra.claude.ClaudeSettings`)."""
 
-    Attributes:
-        model_outputs: the model's outputs (AlpacaEval format).
-        reference_outputs: the reference's outputs (same instructions).
-        judge: ``claude:<model>`` or ``rm:<reward model dir>``.
-        output_dir: where judgments, annotations and the summary go (resumed when it exists).
-        swap: judge both orders (disagreement = draw) instead of one random order.
-        seed: the random orders (and the bootstrap).
-        skip_invalid: skip (and count) bad, duplicate and unmatched records instead of stopping.
-        limit: only the first ``limit`` matched instructions (in the model file's order).
-        bootstrap: resamples of the 95% interval (0: none).
-        concurrency, max_tokens, timeout, max_retries, extra_attempts, backoff: Claude judge's
-            client settings.
-        prompt_file: a pairwise prompt overriding the built-in ``pairwise-v1``.
-        price_in, price_out: USD per million tokens (default: the table).
-        rm_max_length, rm_batch_size, tie_tolerance, device: the reward-model judge's settings.
-        progress: a progress bar.
-        fsync: fsync after every judgment.
-        report_to: experiment trackers (``tensorboard``, ``wandb``, ``mlflow``) that also get the
-            result at the end (:func:`report_result`; their files in ``OUT/trackers``).
-    """
+    CHOICES: ClassVar[dict] = {"device": ("auto", "cuda", "cpu"), "report_to": TRACKERS}
+    AT_LEAST: ClassVar[dict] = {
+        "limit": 1, "bootstrap": 0, "rm_max_length": 2, "rm_batch_size": 1, "tie_tolerance": 0,
+    }  # fmt: skip
 
     model_outputs: str
+    """The model's outputs (AlpacaEval format: instruction, output, ...)."""
     reference_outputs: str
+    """The reference's outputs, same instructions."""
     judge: str
+    """``claude:<model>``, ``rm:<reward model dir>`` or ``gold:<synthetic world dir>``."""
     output_dir: str
+    """Where judgments, annotations and the summary go (resumed when it exists)."""
     swap: bool = False
+    """Judge both orders; disagreement is a draw (default: one random order)."""
     seed: int = 0
+    """The random orders and the bootstrap."""
     skip_invalid: bool = False
+    """Skip (and count) bad, duplicate and unmatched records instead of stopping."""
     limit: int | None = None
+    """Only the first ``limit`` matched instructions (in the model file's order)."""
     bootstrap: int = 2000
-    concurrency: int = 8
-    max_tokens: int = 1024
-    timeout: float = 120.0
-    max_retries: int = 6
-    extra_attempts: int = 2
-    backoff: float = 10.0
+    """Resamples of the 95% interval (0: none)."""
+    max_tokens: int = field(default=1024, kw_only=True)
+    """Claude's output budget per verdict."""
     prompt_file: str | None = None
-    price_in: float | None = None
-    price_out: float | None = None
+    """A pairwise prompt ({instruction}, {output_1}, {output_2}) overriding the built-in ``pairwise-v1``."""
     rm_max_length: int = 1024
+    """The reward-model judge: longest prompt + answer (tokens)."""
     rm_batch_size: int = 16
+    """The reward-model judge: comparisons per forward."""
     tie_tolerance: float = 0.0
+    """The reward-model and gold judges: closer rewards are a draw."""
     device: str = "auto"
+    """The reward-model judge's device: ``auto`` (CUDA when available), ``cuda`` or ``cpu``."""
     progress: bool = True
+    """A progress bar (on a terminal)."""
     fsync: bool = True
+    """Fsync after every judgment."""
     report_to: list[str] = field(default_factory=list)
+    """Experiment trackers (``tensorboard``, ``wandb``, ``mlflow``) that also get the result (its
+    numbers, an annotations table, the summary files; their own files in ``OUT/trackers``)."""
 
 
 @dataclass(frozen=True)
@@ -365,15 +359,8 @@ def run_eval(cfg: EvalConfig, judge: Judge | None = None) -> dict[str, Any]:
             require_api_key()
         judge = make_judge(
             cfg.judge,
-            concurrency=cfg.concurrency,
-            max_tokens=cfg.max_tokens,
-            timeout=cfg.timeout,
-            max_retries=cfg.max_retries,
-            extra_attempts=cfg.extra_attempts,
-            backoff=cfg.backoff,
+            settings=cfg,
             prompt_file=cfg.prompt_file,
-            price_in=cfg.price_in,
-            price_out=cfg.price_out,
             max_length=cfg.rm_max_length,
             batch_size=cfg.rm_batch_size,
             tie_tolerance=cfg.tie_tolerance,
@@ -392,15 +379,12 @@ def run_eval(cfg: EvalConfig, judge: Judge | None = None) -> dict[str, Any]:
         todo = [t for t in tasks if t.id(judge) not in judgments.records]
         run.already_judged = len(tasks) - len(todo)
         try:
-            with kept_sigterm_handler():  # (the event loop resets SIGTERM to the default when it closes)
-                asyncio.run(_judge_all(todo, judge, judgments, errors_path, cfg, run))
-        except (KeyboardInterrupt, asyncio.CancelledError) as e:
+            _judge_all(todo, judge, judgments, errors_path, cfg, run)
+        except (KeyboardInterrupt, Stopped):  # Ctrl-C / SIGTERM: what was judged is written
             run.interrupted = True
             print(
                 f"interrupted: {run.judged} judged in this run and written; rerun the same command to go on"
             )
-            if isinstance(e, asyncio.CancelledError):
-                raise KeyboardInterrupt("SIGTERM") from None
             raise
         records = dict(judgments.records)
     finally:
@@ -447,7 +431,7 @@ def report_result(cfg: EvalConfig, summary: dict[str, Any], annotations: list[di
     report_once(cfg.report_to, info, record, say, {"annotations": rows}, format_eval_summary(summary), files)
 
 
-async def _judge_all(
+def _judge_all(
     todo: list[Task],
     judge: Judge,
     judgments: JudgmentLog,
@@ -455,28 +439,22 @@ async def _judge_all(
     cfg: EvalConfig,
     run: EvalSummary,
 ) -> None:
-    """Workers take ``judge.batch_size`` tasks at a time, ``judge.concurrency`` in flight;
-    verdicts are written as they arrive (from this one event-loop thread)."""
-    main = asyncio.current_task()
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not POSIX / main thread
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
-    queue = list(reversed(todo))
-    bar = None
-    if cfg.progress and todo:
-        from tqdm.auto import tqdm  # lazy: tqdm (heavy for the torch-free fgrlhf), only to draw a bar
+    """Judge ``todo``, ``judge.batch_size`` comparisons per request and ``judge.concurrency``
+    requests in flight (:func:`~trainer.infra.jobs.run_jobs`); each verdict is appended as it
+    arrives, a failure listed in ``errors_path``."""
 
-        bar = tqdm(total=len(todo), desc="judging", unit="comparison", disable=None)
+    async def compare(batch: list[Task]) -> Sequence[Verdict]:
+        return await judge.compare_batch([t.comparison for t in batch])
 
-    def write(task: Task, v: Verdict) -> None:
+    def finish(task: Task, v: Verdict) -> None:
         run.input_tokens += v.input_tokens
         run.output_tokens += v.output_tokens
         if v.error is not None or v.preference is None:
             run.failed += 1
             run.errors.append(v.error or "no verdict")
             log.warning("instruction %r failed: %s", task.item.model.prompt.text[:40], v.error)
-            with open(errors_path, "a", encoding="utf-8") as fh:
-                rec = {"instruction": task.item.model.prompt.text, "model_position": task.model_position}
-                fh.write(json.dumps({**rec, "error": v.error, "time": _now()}, ensure_ascii=False) + "\n")
+            rec = {"instruction": task.item.model.prompt.text, "model_position": task.model_position}
+            append_failure(errors_path, {**rec, "error": v.error})
             return
         c = task.comparison
         judgments.append(
@@ -493,30 +471,15 @@ async def _judge_all(
                 "judge_model": v.model,
                 "raw": v.raw,
                 "usage": {"input_tokens": v.input_tokens, "output_tokens": v.output_tokens},
-                "created_at": _now(),
+                "created_at": now(),
             }
         )
         run.judged += 1
 
-    async def worker() -> None:
-        while queue:
-            batch = [queue.pop() for _ in range(min(judge.batch_size, len(queue)))]
-            verdicts = await judge.compare_batch([t.comparison for t in batch])
-            for t, v in zip(batch, verdicts):
-                write(t, v)
-            if bar is not None:
-                bar.update(len(batch))
-
-    try:
-        await asyncio.gather(*(worker() for _ in range(max(1, min(judge.concurrency, len(todo))))))
-    finally:
-        if bar is not None:
-            bar.close()
-        await judge.aclose()
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    run_jobs(
+        todo, compare, finish, concurrency=judge.concurrency, batch_size=judge.batch_size,
+        desc="judging", unit="comparison", progress=cfg.progress, close=judge.aclose,
+    )  # fmt: skip
 
 
 def _annotations(

@@ -27,10 +27,19 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PRICES_PER_MTOK", "ClaudeClient", "Completion", "cost_usd", "describe_error", "price_for"]
+__all__ = [
+    "PRICES_PER_MTOK",
+    "ClaudeClient",
+    "ClaudeSettings",
+    "Completion",
+    "cost_usd",
+    "describe_error",
+    "price_for",
+]
 
 DEFAULT_MODEL = "claude-sonnet-4-6"
 
@@ -97,41 +106,58 @@ class Completion:
     error: str | None = None
 
 
+@dataclass(kw_only=True)
+class ClaudeSettings:
+    """How a job talks to Claude: the settings ``fgrlhf edit`` and ``fgrlhf eval`` share (their
+    configs extend this class, so each is declared, documented and checked once; the flags are
+    derived from these fields). The model is the job's own (``--model``, ``--judge claude:M``)."""
+
+    AT_LEAST: ClassVar[dict] = {
+        "max_tokens": 1, "concurrency": 1, "max_retries": 0, "extra_attempts": 0, "backoff": 0,
+    }  # fmt: skip
+    ABOVE: ClassVar[dict] = {"timeout": 0}
+
+    max_tokens: int = 4096
+    """Claude's output budget per request."""
+    temperature: float | None = 0.0
+    """Sampling temperature where the SDK/API accepts one (``none``: never sent)."""
+    concurrency: int = 8
+    """Claude requests in flight."""
+    timeout: float = 120.0
+    """Seconds per request attempt."""
+    max_retries: int = 6
+    """The SDK's retries per request (408/409/429/5xx/529 and timeouts, exponential backoff)."""
+    extra_attempts: int = 2
+    """Whole-request retries after the SDK gives up (also malformed replies)."""
+    backoff: float = 10.0
+    """First wait between those, seconds (doubling)."""
+    price_in: float | None = None
+    """USD per million input tokens, for the cost estimate (default: the price table)."""
+    price_out: float | None = None
+    """USD per million output tokens, for the cost estimate (default: the price table)."""
+
+
 class ClaudeClient:
     """Claude through ``anthropic.AsyncAnthropic``; see the module docstring for retries.
 
     Args:
         model: model id.
-        max_tokens: output budget per request.
-        temperature: sampling temperature where the API accepts one; None never sends it.
-        timeout: seconds per request attempt.
-        max_retries: the SDK's retries per request.
-        concurrency: requests in flight at most (shared by every caller of this client).
-        extra_attempts: whole-request retries after the SDK gives up.
-        backoff: first wait between those, seconds.
+        settings: output budget, temperature, timeouts, retries and concurrency (the requests in
+            flight at most, shared by every caller of this client).
     """
 
-    def __init__(
-        self,
-        model: str = DEFAULT_MODEL,
-        max_tokens: int = 4096,
-        temperature: float | None = 0.0,
-        timeout: float = 120.0,
-        max_retries: int = 6,
-        concurrency: int = 8,
-        extra_attempts: int = 2,
-        backoff: float = 10.0,
-    ):
+    def __init__(self, model: str = DEFAULT_MODEL, settings: ClaudeSettings | None = None):
         import anthropic  # lazy: anthropic (heavy: ~1.4 s), only when Claude is called
 
+        s = settings or ClaudeSettings()
         self._anthropic = anthropic
-        self.model, self.max_tokens = model, max_tokens
-        self.extra_attempts, self.backoff = extra_attempts, backoff
-        self._sem = asyncio.Semaphore(concurrency)
-        self.client = anthropic.AsyncAnthropic(timeout=timeout, max_retries=max_retries)
+        self.model, self.max_tokens = model, s.max_tokens
+        self.extra_attempts, self.backoff = s.extra_attempts, s.backoff
+        self._sem = asyncio.Semaphore(s.concurrency)
+        self.client = anthropic.AsyncAnthropic(timeout=s.timeout, max_retries=s.max_retries)
         accepts = "temperature" in inspect.signature(self.client.messages.create).parameters
-        self._sampling = {"temperature": temperature} if (temperature is not None and accepts) else {}
-        if temperature is not None and not accepts:
+        self._sampling = {"temperature": s.temperature} if (s.temperature is not None and accepts) else {}
+        if s.temperature is not None and not accepts:
             log.info(
                 "anthropic %s: its API version has no sampling parameters, temperature not sent",
                 anthropic.__version__,

@@ -28,6 +28,7 @@ from trainer.errors import (  # noqa: F401 - ConfigError, describe: re-exported 
     PeerFailure,
     Preempted,
     describe,
+    exit_status,
 )
 from trainer.infra.trackers import TRACKERS, close_all
 
@@ -68,37 +69,65 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def declared(cls: type, name: str) -> dict:
-    """A ``ClassVar`` dict (``CHOICES``, ``AT_LEAST``, ``PATHS``, ``RESUME_SAFE``) merged over
-    the MRO."""
+    """A ``ClassVar`` dict (``CHOICES``, ``AT_LEAST``, ``ABOVE``, ``AT_MOST``, ``PATHS``,
+    ``RESUME_SAFE``) merged over the MRO."""
     out: dict = {}
     for klass in reversed(cls.__mro__):
         out.update(vars(klass).get(name, {}))
     return out
 
 
-def check_declared(cfg: Any) -> None:
-    """Validate ``cfg`` against what its class declares (one mechanism for every trainer):
+def flag_name(key: str) -> str:
+    """The command-line flag of a config field: ``max_tokens`` -> ``--max-tokens``."""
+    return "--" + key.replace("_", "-")
+
+
+def check_declared(cfg: Any, flags: bool = False) -> None:
+    """Validate ``cfg`` against what its class declares (one mechanism for every trainer and
+    ``fgrlhf`` command):
 
     * ``CHOICES: ClassVar[dict[str, tuple]]`` — the allowed values of a key (of each entry, for
       a list key);
-    * ``AT_LEAST: ClassVar[dict[str, float]]`` — the smallest allowed value of a numeric key;
+    * ``AT_LEAST`` / ``ABOVE`` / ``AT_MOST: ClassVar[dict[str, float]]`` — the bounds of a numeric
+      key (``>=``, ``>``, ``<=``; a None value, "not set", is not checked);
     * ``PATHS: ClassVar[dict]`` (its keys) — keys naming a local file or directory: when set and
       path-like (``./``, ``/``, ``~`` or a data-file suffix), it must exist;
     * ``RESUME_SAFE: ClassVar[dict]`` (its keys, read on resume by ``infra.runtime``) — keys
       that may change between a run and its resumption (logging, progress, stopping points).
 
+    Args:
+        cfg: the config.
+        flags: name the keys as command-line flags (``--max-tokens must be >= 1, got 0``)
+            instead of config keys (``config key 'lr': must be >= 0, got -1``).
+
     Raises:
         ConfigError / trainer.data.formats.DataError: naming the key and the bad value.
     """
     cls = type(cfg)
+    name = flag_name if flags else (lambda key: f"config key {key!r}:")
     for key, allowed in declared(cls, "CHOICES").items():
         value = getattr(cfg, key)
         for v in value if isinstance(value, list) else [value]:
             if v not in allowed:
-                raise ConfigError(f"config key {key!r}: {v!r} is not one of {tuple(allowed)}")
-    for key, low in declared(cls, "AT_LEAST").items():
-        if getattr(cfg, key) < low:
-            raise ConfigError(f"config key {key!r}: must be >= {low}, got {getattr(cfg, key)}")
+                raise ConfigError(f"{name(key)} {v!r} is not one of {tuple(allowed)}")
+    bounds = {k: (v, False) for k, v in declared(cls, "AT_LEAST").items()}  # (lowest, excluded)
+    bounds.update({k: (v, True) for k, v in declared(cls, "ABOVE").items()})
+    highest = declared(cls, "AT_MOST")
+    for key in dict.fromkeys([*bounds, *highest]):
+        value = getattr(cfg, key)
+        (lo, strict), hi = bounds.get(key, (None, False)), highest.get(key)
+        too_low = lo is not None and value is not None and (value <= lo if strict else value < lo)
+        too_high = hi is not None and value is not None and value > hi
+        if not (too_low or too_high):
+            continue
+        fmt = (lambda x: f"{x:g}") if flags else str
+        if hi is None:
+            span = f"{'>' if strict else '>='} {fmt(lo)}"
+        elif lo is None:
+            span = f"<= {fmt(hi)}"
+        else:
+            span = f"in {'(' if strict else '['}{fmt(lo)}, {fmt(hi)}]"
+        raise ConfigError(f"{name(key)} must be {span}, got {fmt(value)}")
     for key in declared(cls, "PATHS"):
         value = getattr(cfg, key)
         suffix = Path(value).suffix.lower()
@@ -395,17 +424,16 @@ def cli_main(config_cls: type[T], train: Any, doc: str | None, argv: list[str] |
         cfg = load_config(config_cls, argv)
         train(cfg)
         code = 0
-    except (ConfigError, DataError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        code = 2
-    except Preempted as e:
-        e.mark(Path(cfg.output_dir))
-        print(str(e), file=sys.stderr, flush=True)
-        code = EXIT_PREEMPTED
-    except PeerFailure as e:  # rank 0 failed and says why; this rank only reports it
-        print(f"error: {e}", file=sys.stderr, flush=True)
-    except OSError as e:  # an unwritable output_dir, a full disk: one line naming the path
-        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr, flush=True)
+    except (ConfigError, DataError, CheckpointError, Preempted, PeerFailure, OSError) as e:
+        # one line, the status of the README's table (trainer.errors.exit_status); anything else is
+        # a crash: its traceback, exit 1
+        code = exit_status(e) or 1
+        if isinstance(e, Preempted):
+            e.mark(Path(cfg.output_dir))
+        if isinstance(e, OSError):  # an unwritable output_dir, a full disk: naming the path
+            print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr, flush=True)
+        else:  # (PeerFailure: rank 0 failed and says why; this rank only reports it)
+            print(str(e) if isinstance(e, Preempted) else f"error: {e}", file=sys.stderr, flush=True)
     finally:
         close_all(code)  # trackers still open after an error or a pre-emption (bounded wait)
         shutdown()

@@ -27,11 +27,15 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from trainer.errors import EXIT_BAD_INPUT
+
 __all__ = ["OutputError", "OwnedFiles", "atomic", "check_output", "strict", "write_atomic", "write_json"]
 
 
 class OutputError(ValueError):
     """An output path that cannot be used (a usage error: exit 2). The message names the flag."""
+
+    exit_status = EXIT_BAD_INPUT
 
 
 def _same(a: Path, b: Path) -> bool:
