@@ -37,6 +37,7 @@ from trainer.data.synthetic import (
     token_utilities,
     write_synthetic,
 )
+from trainer.infra.jobs import run_jobs
 
 
 # --- the world -------------------------------------------------------------------------------
@@ -569,8 +570,8 @@ def test_sigterm_stops_the_demo_at_once_after_a_trainer_stage(
 ):
     """A trainer's SIGTERM handler ends with its stage: SIGTERM in a later stage that trains
     nothing (sampling) stops the demo there, exit 75, the later stages not run; so does one
-    the trainer took after its loop (the stage is kept) and ``fgrlhf eval``'s (a
-    KeyboardInterrupt("SIGTERM")). The caller's handlers are back afterwards."""
+    the trainer took after its loop (the stage is kept) and ``fgrlhf eval``'s (its job runner
+    raises ``errors.Stopped``). The caller's handlers are back afterwards."""
     from trainer.cli import main
 
     ran = []
@@ -583,7 +584,13 @@ def test_sigterm_stops_the_demo_at_once_after_a_trainer_stage(
 
     def judging():
         ran.append("eval")
-        raise KeyboardInterrupt("SIGTERM")
+
+        async def judge(batch):  # a verdict in flight when SIGTERM comes (fgrlhf eval's job runner)
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.sleep(5)
+            return batch
+
+        run_jobs([1, 2], judge, lambda job, verdict: ran.append("verdict"), concurrency=1, progress=False)
 
     stages = {"seed0.sft": _trainer(sigterm_after_its_loop=where == "after a trainer's loop")}
     stages["seed0.samples"] = sampling if where == "sampling" else lambda: ran.append("samples")
