@@ -319,3 +319,33 @@ def test_alpaca_instruction_and_input_travel_to_the_edit_record(tmp_path):
     assert back.prompt_parts == Prompt("Sum.", "2 3")
     plain = EditRecord.from_json({"id": "x", "prompt": "Hi", "original": "o"}, "e.jsonl", "line 2")
     assert plain.prompt_parts == Prompt("Hi") and "input" not in plain.to_json()
+
+
+def test_valid_records_raises_or_skips_and_counts(tmp_path):
+    """The one bad-record policy: raise the error naming file, record and field, or (skip_invalid)
+    hand it to on_invalid and go on; parse returning None leaves a record out, not invalid."""
+    from trainer.data.formats import read_records, valid_records
+
+    path = tmp_path / "r.jsonl"
+    lines = [{"n": 1}, "{oops", {"n": "two"}, {"n": 3}, {"n": 0}]
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in lines))
+
+    def parse(where, rec):
+        if not isinstance(rec["n"], int):
+            raise DataError(path, "expected an int", where, "n")
+        return rec["n"] or None  # 0: left out, not invalid
+
+    with pytest.raises(DataError, match=r"r\.jsonl: line 2: not valid JSON"):
+        list(valid_records(read_records(path), parse))
+    first = valid_records(read_records(path), parse)
+    assert next(first) == ("line 1", 1)  # lazy: good records come before the bad one raises
+    with pytest.raises(DataError, match=r"r\.jsonl: line 3: field 'n': expected an int"):
+        list(valid_records([("line 3", {"n": "two"})], parse))
+    bad: list[DataError] = []
+    kept = list(valid_records(read_records(path), parse, skip_invalid=True, on_invalid=bad.append))
+    assert kept == [("line 1", 1), ("line 4", 3)]
+    assert [(e.where, e.field) for e in bad] == [("line 2", None), ("line 3", "n")]
+    assert list(valid_records(read_records(path), parse, skip_invalid=True)) == kept  # no on_invalid
+    gen = valid_records(read_records(tmp_path / "missing.jsonl"), parse, skip_invalid=True)
+    with pytest.raises(DataError, match="no such file"):  # an unreadable file raises, always
+        next(gen)

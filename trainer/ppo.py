@@ -61,7 +61,7 @@ import trainer.reward as reward_trainer
 import trainer.sft as sft_trainer
 from trainer import loop, memory, rlhf
 from trainer.data.examples import TokenizedExample, build_prompt, checked_template, collate
-from trainer.data.formats import DataError, Prompt, prompt_parts, read_records
+from trainer.data.formats import DataError, Prompt, prompt_parts, read_records, valid_records
 from trainer.data.synthetic import SyntheticConfig, bootstrap, sample_prompt
 from trainer.data.synthetic import generate as synthetic_records
 from trainer.eval.report import ppo_report
@@ -363,11 +363,8 @@ def load_prompts(path: str, tokenizer: Any, max_len: int, template: str = "auto"
     """Every prompt of ``path`` (``prompt``, or ``instruction`` [+ ``input``], kept apart:
     :func:`trainer.data.formats.prompt_parts`), tokenised by the same code as training examples
     (:func:`trainer.data.examples.build_prompt`: ``template``, BOS, cut from the left to ``max_len``)."""
-    out = []
-    for where, rec in read_records(path):
-        if isinstance(rec, DataError):
-            raise rec
-        out.append(build_prompt(tokenizer, prompt_parts(rec, path, where), max_len, template))
+    prompts = valid_records(read_records(path), lambda where, rec: prompt_parts(rec, path, where))
+    out = [build_prompt(tokenizer, prompt, max_len, template) for _, prompt in prompts]
     if not out:
         raise DataError(path, "no prompts")
     return out

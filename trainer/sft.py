@@ -55,7 +55,7 @@ import torch
 import fgkernels as fk
 from trainer import memory
 from trainer.data.examples import TokenizedExample, build_example, checked_template, collate
-from trainer.data.formats import DataError, prompt_parts, read_records
+from trainer.data.formats import DataError, Prompt, prompt_parts, read_records, valid_records
 from trainer.data.pairs import PairData, SupervisedConfig, collate_pairs, is_held_out, load_pair_data
 from trainer.data.synthetic import bootstrap
 from trainer.infra.config import ConfigError, cli_main
@@ -200,23 +200,20 @@ def load_sft_examples(
     Raises:
         DataError: a record without a response (names it), unless ``skip_invalid``.
     """
-    out = []
-    for where, rec in read_records(path):
-        try:
-            if isinstance(rec, DataError):
-                raise rec
-            prompt = prompt_parts(rec, path, where)
-            response = rec.get("response", rec.get("output"))
-            if not isinstance(response, str) or not response.strip():
-                raise DataError(path, "no 'response' (or 'output') string", where)
-        except DataError:
-            if cfg.skip_invalid:
-                continue
-            raise
+
+    def example(where: str, rec: Any) -> tuple[Prompt, str] | None:
+        prompt = prompt_parts(rec, path, where)
+        response = rec.get("response", rec.get("output"))
+        if not isinstance(response, str) or not response.strip():
+            raise DataError(path, "no 'response' (or 'output') string", where)
         if split is not None:
             rec_id = str(rec["id"]) if rec.get("id") is not None else f"{prompt.text}\n{response}"
             if is_held_out(rec_id, cfg.eval_fraction) != (split == "eval"):
-                continue
+                return None  # the other split's
+        return prompt, response
+
+    out = []
+    for _, (prompt, response) in valid_records(read_records(path), example, cfg.skip_invalid):
         out.append(
             build_example(
                 tokenizer, prompt, response, max_length=cfg.max_length,

@@ -21,7 +21,8 @@ Sources: a local ``.json`` (a list of records), ``.jsonl``, ``.jsonl.gz`` / ``.j
 
 Every problem raises :class:`DataError` naming the file, the record (``line N`` for JSON
 lines, ``record N`` otherwise, 1-based) and the field; with ``skip_invalid=True`` bad records
-are collected in :attr:`LoadResult.invalid` instead.
+are collected in :attr:`LoadResult.invalid` instead. :func:`valid_records` is that policy, for
+every loader of a records file (prompts, instructions, outputs, annotations, SFT and edit records).
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ import gzip
 import hashlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from trainer.errors import DataError  # noqa: F401 - re-exported (defined here before)
 
@@ -51,9 +52,11 @@ __all__ = [
     "load_pairs",
     "prompt_parts",
     "read_records",
+    "valid_records",
 ]
 
 FORMATS = ("alpaca", "hh", "jsonl")
+T = TypeVar("T")
 HH_ASSISTANT = "\n\nAssistant:"
 
 
@@ -294,8 +297,8 @@ def finite_number(value: Any, src: str, where: str | None, key: str, integer: bo
 
 def read_records(source: str | Path, split: str = "train") -> Iterator[tuple[str, dict | DataError]]:
     """Yield ``(where, record)`` for each record of ``source``; a record that cannot be parsed
-    is yielded as a :class:`DataError` (so callers can skip it), while a file that cannot be
-    opened or read at all raises one.
+    is yielded as a :class:`DataError` (:func:`valid_records` raises or skips it), while a file
+    that cannot be opened or read at all raises one.
 
     Args:
         source: a local file path or a Hugging Face dataset name.
@@ -347,6 +350,50 @@ def read_records(source: str | Path, split: str = "train") -> Iterator[tuple[str
             )
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise DataError(path, f"unreadable file ({type(e).__name__}: {e})") from e
+
+
+def valid_records(
+    records: Iterable[tuple[str, Any]],
+    parse: Callable[[str, Any], T | None],
+    skip_invalid: bool = False,
+    on_invalid: Callable[[DataError], object] | None = None,
+) -> Iterator[tuple[str, T]]:
+    """The one policy for bad records: yield ``(where, parse(where, rec))`` for each record, in
+    order. A bad record, one :func:`read_records` could not parse or one ``parse`` raises a
+    :class:`DataError` for (naming the file, the record and the field), raises that error unless
+    ``skip_invalid``; then it is handed to ``on_invalid`` (``bad.append``, a counter: for the
+    caller's warning or summary) and left out. ``parse`` returning None leaves a record out
+    without it being invalid (another split, an exact duplicate).
+
+    Lazy: ``parse`` sees a record only after the caller has handled the ones before it, so it may
+    check a record against what the caller kept so far (a duplicate).
+
+    Args:
+        records: ``(where, record or DataError)``, as :func:`read_records` yields them.
+        parse: ``parse(where, rec) -> T | None``, raising :class:`DataError` for a bad record.
+        skip_invalid: skip bad records instead of raising.
+        on_invalid: called with each skipped record's error (only with ``skip_invalid``).
+
+    Yields:
+        ``(where, value)`` for each record kept.
+
+    Raises:
+        DataError: the first bad record's (without ``skip_invalid``); whatever ``records`` raises
+            (an unreadable file), always.
+    """
+    for where, rec in records:
+        try:
+            if isinstance(rec, DataError):
+                raise rec
+            value = parse(where, rec)
+        except DataError as e:
+            if not skip_invalid:
+                raise
+            if on_invalid is not None:
+                on_invalid(e)
+            continue
+        if value is not None:
+            yield where, value
 
 
 def _read_hf(name: str, split: str) -> Iterator[tuple[str, dict | DataError]]:
@@ -506,34 +553,30 @@ def load_pairs(
     src = str(source)
     result = LoadResult(pairs=[], format=fmt)
     seen: dict[str, PreferencePair] = {}
-    for where, rec in read_records(source, split):
-        result.total += 1
-        try:
-            if isinstance(rec, DataError):
-                raise rec
-            if result.format == "auto":
-                if not isinstance(rec, dict):
-                    raise DataError(src, f"expected a JSON object, got {type(rec).__name__}", where)
-                try:
-                    result.format = detect_format(rec)
-                except ValueError as e:
-                    raise DataError(src, str(e), where) from None
-            pair = parse_record(rec, result.format, src, where)
-            old = seen.get(pair.id)
-            if old is not None:
-                if (old.prompt, old.chosen, old.rejected) == (pair.prompt, pair.chosen, pair.rejected):
-                    result.duplicates += 1
-                    continue
-                raise DataError(
-                    src, f"duplicate id {pair.id!r} (first at {old.source}) with other text", where, "id"
-                )
-        except DataError as e:
-            if not skip_invalid:
-                raise
-            result.invalid.append(e)
-            continue
+
+    def pair_of(where: str, rec: Any) -> PreferencePair | None:
+        if result.format == "auto":
+            if not isinstance(rec, dict):
+                raise DataError(src, f"expected a JSON object, got {type(rec).__name__}", where)
+            try:
+                result.format = detect_format(rec)
+            except ValueError as e:
+                raise DataError(src, str(e), where) from None
+        pair = parse_record(rec, result.format, src, where)
+        old = seen.get(pair.id)
+        if old is not None:
+            if (old.prompt, old.chosen, old.rejected) == (pair.prompt, pair.chosen, pair.rejected):
+                result.duplicates += 1
+                return None
+            raise DataError(
+                src, f"duplicate id {pair.id!r} (first at {old.source}) with other text", where, "id"
+            )
+        return pair
+
+    for _, pair in valid_records(read_records(source, split), pair_of, skip_invalid, result.invalid.append):
         seen[pair.id] = pair
         result.pairs.append(pair)
+    result.total = len(result.pairs) + len(result.invalid) + result.duplicates  # every record read
     if result.total == 0:
         raise DataError(src, "no records")
     return result

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from trainer.data.examples import TokenizedExample, build_example, build_pair, collate
-from trainer.data.formats import DataError, EditRecord, read_records
+from trainer.data.formats import DataError, EditRecord, read_records, valid_records
 from trainer.data.synthetic import SyntheticConfig
 from trainer.errors import ConfigError
 from trainer.fake import real_tensors
@@ -91,21 +91,22 @@ def load_pair_data(path: str, tokenizer: Any, cfg: Any, split: str | None) -> Pa
     for where, rec in read_records(path):
         key = f"id:{rec['id']}" if isinstance(rec, dict) and rec.get("id") is not None else f"at:{where}"
         latest[key] = (where, rec)
-    for where, rec in latest.values():
-        try:
-            if isinstance(rec, DataError):
-                raise rec
-            if split is not None and isinstance(rec, dict):
-                rec_id = str(rec["id"]) if rec.get("id") is not None else where  # EditRecord's rule
-                if is_held_out(rec_id, cfg.eval_fraction) != (split == "eval"):
-                    continue
-            r = EditRecord.from_json(rec, path, where)
-        except DataError:
-            if not cfg.skip_invalid:
-                raise
-            if split != "eval" or isinstance(rec, dict):  # an unparsable line: counted once (train)
-                out.skipped["invalid_record"] += 1
-            continue
+
+    def edit_record(where: str, rec: Any) -> EditRecord | None:
+        if split is not None and isinstance(rec, dict):
+            rec_id = str(rec["id"]) if rec.get("id") is not None else where  # EditRecord's rule
+            if is_held_out(rec_id, cfg.eval_fraction) != (split == "eval"):
+                return None  # the other split's
+        return EditRecord.from_json(rec, path, where)
+
+    def count_invalid(_: DataError) -> None:
+        out.skipped["invalid_record"] += 1
+
+    records = list(latest.values())
+    if split == "eval" and cfg.skip_invalid:
+        # a bad record with no id to split by (not an object, or unparsable) is counted once: in train
+        records = [(where, rec) for where, rec in records if isinstance(rec, dict)]
+    for where, r in valid_records(records, edit_record, cfg.skip_invalid, count_invalid):
         if not r.original.strip():
             out.skipped["empty_original"] += 1
             continue

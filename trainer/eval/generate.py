@@ -54,7 +54,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from trainer.data.formats import DataError, Prompt, prompt_parts, read_records
+from trainer.data.formats import DataError, Prompt, prompt_parts, read_records, valid_records
 from trainer.errors import ConfigError, Stopped, describe
 from trainer.infra.appendlog import AppendLog
 from trainer.infra.outputs import check_output, write_json
@@ -156,21 +156,18 @@ def load_instructions(path: str, skip_invalid: bool = False) -> tuple[list[Instr
         DataError: an unreadable file, a bad record (without ``skip_invalid``: named by line or
             record and field), or no usable record.
     """
-    out, bad = [], []
-    for where, rec in read_records(path):
-        try:
-            if isinstance(rec, DataError):
-                raise rec
-            prompt = prompt_parts(rec, path, where)
-            dataset = rec.get("dataset")
-            if dataset is not None and not isinstance(dataset, str):
-                raise DataError(path, f"expected a string, got {type(dataset).__name__}", where, "dataset")
-        except DataError as e:
-            if not skip_invalid:
-                raise
-            bad.append(e)
-            continue
-        out.append(Instruction(len(out) + len(bad), prompt, dataset, where))
+
+    def parse(where: str, rec: Any) -> tuple[Prompt, str | None]:
+        prompt = prompt_parts(rec, path, where)
+        dataset = rec.get("dataset")
+        if dataset is not None and not isinstance(dataset, str):
+            raise DataError(path, f"expected a string, got {type(dataset).__name__}", where, "dataset")
+        return prompt, dataset
+
+    out: list[Instruction] = []
+    bad: list[DataError] = []
+    for where, (prompt, dataset) in valid_records(read_records(path), parse, skip_invalid, bad.append):
+        out.append(Instruction(len(out) + len(bad), prompt, dataset, where))  # index: its place in the input
     if not out:
         raise DataError(path, "no instructions" + (f" ({len(bad)} invalid skipped)" if bad else ""))
     return out, bad

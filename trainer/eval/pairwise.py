@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from trainer.data.formats import DataError, Prompt, prompt_parts, read_records
+from trainer.data.formats import DataError, Prompt, prompt_parts, read_records, valid_records
 from trainer.errors import Stopped
 from trainer.eval.judges import Comparison, Judge, Verdict, make_judge
 from trainer.eval.winrate import format_summary, summarize, winrate
@@ -152,36 +152,28 @@ def load_outputs(path: str, skip_invalid: bool = False) -> tuple[dict[str, Outpu
     """
     out: dict[str, Output] = {}
     bad: list[DataError] = []
-    for where, rec in read_records(path):
-        try:
-            if isinstance(rec, DataError):
-                raise rec
-            prompt = prompt_parts(rec, path, where)
-            if not isinstance(rec.get("output"), str):
-                got = (
-                    "missing"
-                    if rec.get("output") is None
-                    else f"not a string ({type(rec['output']).__name__})"
-                )
-                raise DataError(path, got, where, "output")
-            for k in ("generator", "dataset"):
-                if rec.get(k) is not None and not isinstance(rec[k], str):
-                    raise DataError(path, f"expected a string, got {type(rec[k]).__name__}", where, k)
-            if rec.get("finished") is not None and not isinstance(rec["finished"], bool):
-                raise DataError(path, f"expected true or false, got {rec['finished']!r}", where, "finished")
-            key = _key(prompt)
-            if key in out:
-                raise DataError(
-                    path, f"duplicate instruction (first at {out[key].where}): {prompt.text[:60]!r}", where
-                )
-        except DataError as e:
-            if not skip_invalid:
-                raise
-            bad.append(e)
-            continue
-        out[key] = Output(
+
+    def output(where: str, rec: Any) -> tuple[str, Output]:
+        prompt = prompt_parts(rec, path, where)
+        if not isinstance(rec.get("output"), str):
+            got = "missing" if rec.get("output") is None else f"not a string ({type(rec['output']).__name__})"
+            raise DataError(path, got, where, "output")
+        for k in ("generator", "dataset"):
+            if rec.get(k) is not None and not isinstance(rec[k], str):
+                raise DataError(path, f"expected a string, got {type(rec[k]).__name__}", where, k)
+        if rec.get("finished") is not None and not isinstance(rec["finished"], bool):
+            raise DataError(path, f"expected true or false, got {rec['finished']!r}", where, "finished")
+        key = _key(prompt)
+        if key in out:  # out holds every record before this one (valid_records is lazy)
+            raise DataError(
+                path, f"duplicate instruction (first at {out[key].where}): {prompt.text[:60]!r}", where
+            )
+        return key, Output(
             prompt, rec["output"], rec.get("generator"), rec.get("dataset"), where, rec.get("finished")
         )
+
+    for _, (key, answer) in valid_records(read_records(path), output, skip_invalid, bad.append):
+        out[key] = answer
     if not out:
         raise DataError(path, "no outputs" + (f" ({len(bad)} invalid skipped)" if bad else ""))
     return out, bad

@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from trainer.data.formats import DataError, read_records
+from trainer.data.formats import DataError, read_records, valid_records
 
 __all__ = ["load_annotations", "summarize", "winrate"]
 
@@ -67,17 +67,17 @@ def load_annotations(path: str) -> list[dict]:
     Raises:
         DataError: a record that is not an object or has no ``preference`` key (named).
     """
-    out = []
-    for where, rec in read_records(path):
-        if isinstance(rec, DataError):
-            raise rec
+
+    def annotation(where: str, rec: Any) -> dict:
         if not isinstance(rec, dict):
             raise DataError(path, f"expected a JSON object, got {type(rec).__name__}", where)
         if "preference" not in rec:
             raise DataError(
                 path, "missing (1 = output_1 wins, 2 = output_2 wins, 0 = draw)", where, "preference"
             )
-        out.append(rec)
+        return rec
+
+    out = [rec for _, rec in valid_records(read_records(path), annotation)]
     if not out:
         raise DataError(path, "no annotations")
     return out
