@@ -29,6 +29,10 @@ from trainer.errors import (
 )
 from trainer.eval.generate import GenerateConfig
 from trainer.eval.pairwise import EvalConfig
+from trainer.eval.plot import PlotConfig
+from trainer.eval.report import ReportConfig
+from trainer.eval.rm_accuracy import EvalRMConfig
+from trainer.eval.winrate import WinrateConfig
 from trainer.infra.claude import ClaudeSettings
 from trainer.infra.command import add_flags, config_from_args, run
 from trainer.infra.config import field_docs
@@ -108,14 +112,19 @@ def test_generate_checks_its_temperature_unless_greedy():
     )
 
 
-@pytest.mark.parametrize("cls", [EditConfig, EvalConfig, GenerateConfig, ClaudeSettings])
+COMMANDS = {
+    EditConfig: "edit", EvalConfig: "eval", GenerateConfig: "generate", PlotConfig: "plot",
+    ReportConfig: "report", WinrateConfig: "winrate", EvalRMConfig: "eval-rm", ClaudeSettings: None,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("cls", list(COMMANDS))
 def test_every_command_option_is_documented_and_a_flag(cls):
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in field_docs(cls)]
     assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
-    if cls is ClaudeSettings:
+    if COMMANDS[cls] is None:
         return
-    command = {EditConfig: "edit", EvalConfig: "eval", GenerateConfig: "generate"}[cls]
-    sub = build_parser()._subcommands()[command]
+    sub = build_parser()._subcommands()[COMMANDS[cls]]
     dests = {a.dest for a in sub._actions}
     assert {f.name for f in dataclasses.fields(cls)} <= dests
 

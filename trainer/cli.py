@@ -31,13 +31,13 @@ from dataclasses import asdict
 from trainer import demo as demo_mod
 from trainer.data import edit as edit_mod
 from trainer.data.edit import EditConfig, run_edit
-from trainer.errors import EXIT_PARTIAL, ConfigError, DataError
+from trainer.errors import EXIT_PARTIAL, DataError
 from trainer.eval import plot as plot_mod
 from trainer.eval import report as report_mod
 from trainer.eval.generate import GenerateConfig, run_generate
 from trainer.eval.pairwise import EvalConfig, format_eval_summary, run_eval
-from trainer.eval.rm_accuracy import evaluate_reward_model
-from trainer.eval.winrate import format_summary, load_annotations, summarize
+from trainer.eval.rm_accuracy import EvalRMConfig, evaluate_reward_model
+from trainer.eval.winrate import WinrateConfig, format_summary, load_annotations, summarize
 from trainer.infra.command import add_flags, config_from_args, run
 from trainer.infra.outputs import check_output, write_json
 
@@ -110,8 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(preference 1 = output_1/reference wins, 2 = output_2/model wins, 0 or 1.5 = draw).",
         epilog="Exit status: 0 done; 2 an unreadable file or a record without 'preference'.",
     )
-    w.add_argument("annotations", help="a JSON list or JSONL of annotations")
-    w.add_argument("--json", default=None, help="also write the summary as JSON to this file")
+    add_flags(w, WinrateConfig, positional=("annotations",))
 
     g = sub.add_parser(
         "generate",
@@ -163,12 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The reward trainer's held-out metrics of RM_DIR on every pair of PAIRS.",
         epilog="Exit status: 0 done; 2 not a reward-model directory, or bad pairs data.",
     )
-    r.add_argument("rm_dir", help="a directory written by trainer/reward.py (final/ or best/)")
-    r.add_argument("pairs", help="an `fgrlhf edit` JSONL (edited + original pairs)")
-    r.add_argument("--max-length", type=int, default=1024, help="longest prompt + response (tokens)")
-    r.add_argument("--batch-size", type=int, default=16, help="pairs per forward")
-    r.add_argument("--skip-invalid", action="store_true", help="skip (and count) bad records")
-    r.add_argument("--json", default=None, help="also write the metrics as JSON to this file")
+    add_flags(r, EvalRMConfig, positional=("rm_dir", "pairs"))
 
     dm = sub.add_parser(
         "demo",
@@ -220,17 +214,18 @@ def cmd_winrate(args: argparse.Namespace) -> int:
     """``fgrlhf winrate``: see :mod:`trainer.eval.winrate`."""
 
     def job() -> int:
-        if args.json:
-            check_output(args.json, "--json", (args.annotations,))
-        summary = summarize(load_annotations(args.annotations))
+        cfg = config_from_args(WinrateConfig, args)
+        if cfg.json:
+            check_output(cfg.json, "--json", (cfg.annotations,))
+        summary = summarize(load_annotations(cfg.annotations))
         if summary["n_total"] == 0:  # no win rate: say why instead of printing "nan"
             raise DataError(
-                args.annotations,
+                cfg.annotations,
                 f"no valid preference in {summary['n_missing']} annotations (each is missing, null or "
                 "outside 1..2 / 0): no win rate",
             )
         print(format_summary(summary))
-        return 0 if not args.json or _wrote_json(args.json, summary, "--json") else 1
+        return 0 if not cfg.json or _wrote_json(cfg.json, summary, "--json") else 1
 
     return run(job, log.error)
 
@@ -267,13 +262,10 @@ def cmd_eval_rm(args: argparse.Namespace) -> int:
     """``fgrlhf eval-rm``: see :mod:`trainer.eval.rm_accuracy`."""
 
     def job() -> int:
-        if args.max_length < 2 or args.batch_size < 1:
-            raise ConfigError("--max-length must be >= 2 and --batch-size >= 1")
-        if args.json:
-            check_output(args.json, "--json", (args.pairs, args.rm_dir))
-        m = evaluate_reward_model(
-            args.rm_dir, args.pairs, args.max_length, args.batch_size, args.skip_invalid
-        )
+        cfg = config_from_args(EvalRMConfig, args)
+        if cfg.json:
+            check_output(cfg.json, "--json", (cfg.pairs, cfg.rm_dir))
+        m = evaluate_reward_model(cfg.rm_dir, cfg.pairs, cfg.max_length, cfg.batch_size, cfg.skip_invalid)
         shown = ("accuracy", "edited_accuracy", "original_accuracy", "gold_accuracy", "auroc_added")
         for key in (*shown, "auroc_removed"):
             if key in m:
@@ -282,7 +274,7 @@ def cmd_eval_rm(args: argparse.Namespace) -> int:
             f"pairs              edited {m['edited_pairs']}, original {m['original_pairs']}; "
             f"skipped {m['skipped']}"
         )
-        return 0 if not args.json or _wrote_json(args.json, m, "--json") else 1
+        return 0 if not cfg.json or _wrote_json(cfg.json, m, "--json") else 1
 
     return run(job, log.error, skip_hint=not args.skip_invalid)
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trainer.data.formats import DataError
+from trainer.infra.command import add_flags, config_from_args, run
 from trainer.infra.metrics import read_log
 from trainer.infra.outputs import atomic
 
@@ -221,23 +223,33 @@ def plot_runs(paths: list[str | Path], out_dir: str | Path, labels: list[str] | 
     return written
 
 
+@dataclass
+class PlotConfig:
+    """Settings of ``fgrlhf plot`` (its flags are derived from these fields)."""
+
+    metrics: list[str]
+    """``metrics.jsonl`` of one or more runs (one kind)."""
+    output_dir: str = "plots"
+    """Where the PNG files go."""
+    labels: list[str] | None = None
+    """One legend label per metrics file."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments of ``fgrlhf plot``."""
-    parser.add_argument("metrics", nargs="+", help="metrics.jsonl of one or more runs (one kind)")
-    parser.add_argument("-o", "--output-dir", default="plots", help="where the PNG files go (default: plots)")
-    parser.add_argument("--labels", nargs="+", default=None, help="one legend label per metrics file")
+    """The flags of ``fgrlhf plot`` (:class:`PlotConfig`)."""
+    add_flags(parser, PlotConfig, positional=("metrics",), short={"output_dir": "-o"})
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """``fgrlhf plot``: 0 written; 2 bad input (an unreadable or empty metrics file, mixed kinds,
-    a wrong number of labels), with the reason on stderr."""
-    try:
-        written = plot_runs(args.metrics, args.output_dir, args.labels)
-    except (DataError, ValueError) as e:
-        print(f"fgrlhf plot: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(written)} plots to {args.output_dir}: " + ", ".join(p.name for p in written))
-    return 0
+    a wrong number of labels), with the reason on stderr (:func:`trainer.infra.command.run`)."""
+
+    def job() -> None:
+        cfg = config_from_args(PlotConfig, args)
+        written = plot_runs(cfg.metrics, cfg.output_dir, cfg.labels)
+        print(f"wrote {len(written)} plots to {cfg.output_dir}: " + ", ".join(p.name for p in written))
+
+    return run(job, lambda message: print(f"fgrlhf plot: {message}", file=sys.stderr))
 
 
 if __name__ == "__main__":  # `python -m trainer.eval.plot ...` (the same as `fgrlhf plot ...`)

@@ -45,13 +45,15 @@ import math
 import re
 import sys
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from trainer.data.formats import DataError, finite_number
 from trainer.errors import ConfigError
+from trainer.infra.command import add_flags, config_from_args, run
 from trainer.infra.metrics import read_log
-from trainer.infra.outputs import OutputError, check_output, write_atomic
+from trainer.infra.outputs import check_output, write_atomic
 
 __all__ = [
     "NEGATIVE",
@@ -684,20 +686,45 @@ def ppo_report(path: str | Path, out: str | Path, max_items: int = 200) -> Path:
 # --------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------
+@dataclass
+class ReportConfig:
+    """Settings of ``fgrlhf report`` (its flags are derived from these fields): either ``rm`` with
+    ``pairs``, or ``rollouts``."""
+
+    AT_LEAST: ClassVar[dict] = {"max_items": 1, "max_length": 2, "batch_size": 1}
+
+    rm: str | None = None
+    """A reward-model directory (trainer/reward.py's ``final/`` or ``best/``)."""
+    pairs: str | None = None
+    """With ``--rm``: an ``fgrlhf edit`` JSONL of edited pairs."""
+    rollouts: str | None = None
+    """A PPO run directory or its ``rollouts.jsonl``."""
+    output: str = "report.html"
+    """The HTML file."""
+    max_items: int = 200
+    """Most pairs / samples on the page."""
+    max_length: int = 1024
+    """With ``--rm``: longest prompt + response (tokens)."""
+    batch_size: int = 16
+    """With ``--rm``: pairs per forward."""
+    skip_invalid: bool = False
+    """With ``--rm``: skip (and count) bad records."""
+
+    def check(self) -> None:
+        """One page at a time: a reward model on pairs, or a PPO run's rollouts.
+
+        Raises:
+            ConfigError: naming the flags.
+        """
+        if (self.rm is None) == (self.rollouts is None):
+            raise ConfigError("give either --rm RM_DIR --pairs PAIRS or --rollouts RUN_DIR")
+        if self.rm is not None and not self.pairs:
+            raise ConfigError("--rm needs --pairs (an `fgrlhf edit` JSONL)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments of ``fgrlhf report`` (either ``--rm`` with ``--pairs``, or ``--rollouts``)."""
-    parser.add_argument(
-        "--rm", default=None, help="a reward-model directory (trainer/reward.py's final/ or best/)"
-    )
-    parser.add_argument("--pairs", default=None, help="with --rm: an `fgrlhf edit` JSONL of edited pairs")
-    parser.add_argument("--rollouts", default=None, help="a PPO run directory or its rollouts.jsonl")
-    parser.add_argument("-o", "--output", default="report.html", help="the HTML file (default: report.html)")
-    parser.add_argument("--max-items", type=int, default=200, help="most pairs / samples on the page")
-    parser.add_argument(
-        "--max-length", type=int, default=1024, help="--rm: longest prompt + response (tokens)"
-    )
-    parser.add_argument("--batch-size", type=int, default=16, help="--rm: pairs per forward")
-    parser.add_argument("--skip-invalid", action="store_true", help="--rm: skip (and count) bad records")
+    """The flags of ``fgrlhf report`` (:class:`ReportConfig`)."""
+    add_flags(parser, ReportConfig, short={"output": "-o"})
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -705,46 +732,35 @@ def run_cli(args: argparse.Namespace) -> int:
     one of the inputs -- the rollouts file, the pairs file --, refused before anything is read;
     not a reward-model directory; a bad pairs or rollouts file: the message names the file, line
     and field); 1 a file cannot be read or the page cannot be written (an OSError). Each error is
-    one line on stderr."""
+    one line on stderr (:func:`trainer.infra.command.run`)."""
+    return run(lambda: write_report(config_from_args(ReportConfig, args)), _say)
 
-    def fail(msg: str, code: int = 2) -> int:
-        print(f"fgrlhf report: {msg}", file=sys.stderr)
-        return code
 
-    if (args.rm is None) == (args.rollouts is None):
-        return fail("give either --rm RM_DIR --pairs PAIRS or --rollouts RUN_DIR")
-    if args.rm is not None and not args.pairs:
-        return fail("--rm needs --pairs (an `fgrlhf edit` JSONL)")
-    if args.max_items < 1 or args.max_length < 2 or args.batch_size < 1:
-        return fail("--max-items and --batch-size must be >= 1, --max-length >= 2")
-    source = rollouts_file(args.rollouts) if args.rollouts is not None else None
-    try:
-        model_files = sorted(Path(args.rm).glob("*")) if args.rm is not None else []  # not over the RM
-        out = check_output(args.output, "-o", inputs=[source, args.pairs, *model_files])
-    except OutputError as e:
-        return fail(str(e))
-    try:
-        if args.rm is not None:
-            pairs, s = score_rm_pairs(
-                args.rm, args.pairs, args.max_items, batch_size=args.batch_size,
-                max_length=args.max_length, skip_invalid=args.skip_invalid, eval_fraction=0.0,
-            )  # fmt: skip
-            text = rm_report_html(pairs, s)
-            done = f"{s['accuracy']:.1%} of {min(s['n_pairs'], args.max_items)} edited pairs ranked right"
-        else:
-            text = ppo_report_html(read_rollouts(args.rollouts), str(args.rollouts), args.max_items)
-            done = ""
-    except (ConfigError, DataError) as e:
-        return fail(str(e))
-    except OSError as e:  # an input that exists but cannot be read
-        return fail(str(e), 1)
+def _say(message: str) -> None:
+    print(f"fgrlhf report: {message}", file=sys.stderr)
+
+
+def write_report(cfg: ReportConfig) -> None:
+    """Write the page ``cfg`` asks for and say where (and, for a reward model, its accuracy)."""
+    source = rollouts_file(cfg.rollouts) if cfg.rollouts is not None else None
+    model_files = sorted(Path(cfg.rm).glob("*")) if cfg.rm is not None else []  # not over the RM
+    out = check_output(cfg.output, "-o", inputs=[source, cfg.pairs, *model_files])
+    if cfg.rm is not None:
+        pairs, s = score_rm_pairs(
+            cfg.rm, cfg.pairs, cfg.max_items, batch_size=cfg.batch_size,
+            max_length=cfg.max_length, skip_invalid=cfg.skip_invalid, eval_fraction=0.0,
+        )  # fmt: skip
+        text = rm_report_html(pairs, s)
+        done = f"{s['accuracy']:.1%} of {min(s['n_pairs'], cfg.max_items)} edited pairs ranked right"
+    else:
+        text = ppo_report_html(read_rollouts(cfg.rollouts), str(cfg.rollouts), cfg.max_items)
+        done = ""
     try:
         path = write_atomic(out, text)
     except OSError as e:
         where = f" ({e.filename})" if e.filename and str(e.filename) != str(out) else ""
-        return fail(f"-o {out}: cannot write the page: {e.strerror or e}{where}", 1)
+        raise OSError(e.errno, f"-o {out}: cannot write the page: {e.strerror or e}{where}") from e
     print(f"wrote {path}" + (f": {done}" if done else ""))
-    return 0
 
 
 if __name__ == "__main__":  # `python -m trainer.eval.report ...` (the same as `fgrlhf report ...`)

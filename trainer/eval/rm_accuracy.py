@@ -13,12 +13,33 @@ reward means and AUROCs, and agreement with a gold order when the records carry 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from trainer.data.formats import DataError
 
-__all__ = ["evaluate_reward_model"]
+__all__ = ["EvalRMConfig", "evaluate_reward_model"]
+
+
+@dataclass
+class EvalRMConfig:
+    """Settings of ``fgrlhf eval-rm`` (its flags are derived from these fields)."""
+
+    AT_LEAST: ClassVar[dict] = {"max_length": 2, "batch_size": 1}
+
+    rm_dir: str
+    """A directory written by trainer/reward.py (``final/`` or ``best/``)."""
+    pairs: str
+    """An ``fgrlhf edit`` JSONL (edited + original pairs)."""
+    max_length: int = 1024
+    """Longest prompt + response (tokens)."""
+    batch_size: int = 16
+    """Pairs per forward."""
+    skip_invalid: bool = False
+    """Skip (and count) bad records."""
+    json: str | None = None
+    """Also write the metrics as JSON to this file."""
 
 
 def evaluate_reward_model(

@@ -18,11 +18,23 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from trainer.data.formats import DataError, read_records, valid_records
 
-__all__ = ["load_annotations", "summarize", "winrate"]
+__all__ = ["WinrateConfig", "load_annotations", "summarize", "winrate"]
+
+
+@dataclass
+class WinrateConfig:
+    """Settings of ``fgrlhf winrate`` (its flags are derived from these fields)."""
+
+    annotations: str
+    """A JSON list or JSONL of AlpacaEval annotations (``preference``: 1 the reference, 2 the model
+    wins, 0 or 1.5 a draw)."""
+    json: str | None = None
+    """Also write the summary as JSON to this file."""
 
 
 def _preference(value: Any) -> float | None:

@@ -60,8 +60,9 @@ def add_flags(
     fields = {f.name: f for f in dataclasses.fields(cls)}
     own = vars(cls).get("__annotations__", {})  # the command's own options first, then the shared ones
     fields = {n: fields[n] for n in sorted(fields, key=lambda n: n not in own)}
-    for name in positional:
-        parser.add_argument(name, help=docs.get(name, "").replace("%", "%%"))
+    for name in positional:  # (a list takes one or more)
+        many = {"nargs": "+"} if typing.get_origin(hints[name]) is list else {}
+        parser.add_argument(name, help=docs.get(name, "").replace("%", "%%"), **many)
     for name, f in fields.items():
         if name in positional:
             continue
@@ -117,8 +118,10 @@ def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
 
 def error_line(e: BaseException) -> str:
     """The one line an entry point prints for ``e``: an OS error names its path."""
-    if isinstance(e, OSError) and (e.filename or e.strerror):
-        return f"{e.filename or ''}: {e.strerror or e}"
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.filename}: {e.strerror or e}"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
     return str(e)
 
 
