@@ -1,6 +1,7 @@
 """What ``report_to=[tensorboard,wandb,mlflow]`` costs a tiny PPO run (the target: < 3% wall time)::
 
-    python bench/bench_trackers.py [--iterations 40] [--repeats 5] [--threads N] [--record]
+    python bench/bench_trackers.py [--iterations 40] [--repeats 5] [--threads N] [--pin no|yes|both]
+                                   [--record]
 
 A tiny ``trainer/ppo.py`` (one process, the tiny LLaMA of the tests, a reward model trained once
 up front and shared, ``save_rollouts_every`` 10 so rollout tables go out too, plots and the HTML
@@ -19,6 +20,14 @@ real: TensorBoard event files, W&B offline (``WANDB_MODE=offline``: the run is w
 
 The cost column is the median over repeats of the paired ratio (each "all" run against the "none"
 run next to it), which cancels slow drifts in the machine's load better than a ratio of medians.
+
+``--pin yes`` models a GPU node, where the trainer's core is not shared with the trackers and the
+MLflow server is another machine: the trainer process runs on one CPU (``sched_setaffinity``; one
+thread unless ``--threads`` says otherwise) and everything the trackers run — the tracker process,
+W&B's ``wandb-core``, the MLflow server — and this script itself on another (a watcher thread pins
+each new process under the trainer, all its threads, within ~20 ms of its start; what those start
+later inherits it). ``--pin no`` (the default) leaves the scheduler free; ``--pin both`` measures
+both ways (the unpinned first) and prints, and records, a table for each.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -58,12 +68,12 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def mlflow_server(
-    root: Path, timeout: float = 180.0, nice: int = 0
+    root: Path, timeout: float = 180.0, nice: int = 0, cpus: set[int] | None = None
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """``mlflow server`` on 127.0.0.1 (sqlite store and artefacts under ``root``; one worker, no
     job runner), yielded as ``(tracking URI, process)`` once it answers ``/health``; stopped
-    (its whole process group) on exit; ``nice``: its CPU priority. Also used by
-    ``tests/test_trackers.py``.
+    (its whole process group) on exit; ``nice``: its CPU priority; ``cpus``: the CPUs it (and its
+    workers) may run on (None: any). Also used by ``tests/test_trackers.py``.
 
     Raises:
         RuntimeError: it did not answer within ``timeout`` seconds (its log's tail says why).
@@ -79,7 +89,10 @@ def mlflow_server(
     if nice:
         cmd = ["nice", "-n", str(nice), *cmd]
     log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+    )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -115,16 +128,65 @@ def stop_process_group(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def run_ppo(args: list[str], out: Path, env: dict) -> tuple[float, float, float]:
-    """``(process wall seconds, Σ iteration_s, CPU seconds)`` of one ``trainer/ppo.py`` run."""
+def descendants(pid: int) -> list[int]:
+    """The processes under ``pid`` (children, theirs, ...), from ``/proc/<pid>/task/*/children``."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                kids = [int(k) for k in (task / "children").read_text().split()]
+                out += kids
+                todo += kids
+    return out
+
+
+def pin_all_threads(pid: int, cpus: set[int]) -> None:
+    """Every thread of process ``pid`` onto ``cpus`` (``sched_setaffinity`` is per thread)."""
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, ValueError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+@contextlib.contextmanager
+def pin_descendants(pid: int, cpus: set[int], every_s: float = 0.02) -> Iterator[None]:
+    """While in the block, a thread moves every process under ``pid`` onto ``cpus`` as it appears
+    (all its threads; each process once: what it starts afterwards inherits its CPUs)."""
+    stop, done = threading.Event(), set()
+
+    def watch() -> None:
+        while not stop.wait(every_s):
+            for child in descendants(pid):
+                if child not in done:
+                    pin_all_threads(child, cpus)
+                    done.add(child)
+
+    t = threading.Thread(target=watch, name="pin-trackers", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+
+
+def run_ppo(
+    args: list[str], out: Path, env: dict, pin: tuple[set[int], set[int]] | None = None
+) -> tuple[float, float, float]:
+    """``(process wall seconds, Σ iteration_s, CPU seconds)`` of one ``trainer/ppo.py`` run;
+    ``pin``: ``(the trainer's CPUs, the CPUs of every process it starts)`` (None: not pinned)."""
     import resource
 
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    p = subprocess.run(
+    p = subprocess.Popen(
         [sys.executable, "trainer/ppo.py", *args, f"output_dir={out}"],
-        cwd=ROOT, env=env, capture_output=True, text=True,
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=(lambda: os.sched_setaffinity(0, pin[0])) if pin else None,
     )  # fmt: skip
+    with pin_descendants(p.pid, pin[1]) if pin else contextlib.nullcontext():
+        stdout, stderr = p.communicate()
+    p = subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
@@ -147,7 +209,14 @@ def main() -> None:
     ap.add_argument(
         "--threads", type=int, default=0, help="the runs' num_threads (0: the trainer's default, cores)"
     )
-    ap.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
+    ap.add_argument(
+        "--pin",
+        choices=("no", "yes", "both"),
+        default="no",
+        help="yes: the trainer on one CPU, the trackers (and the MLflow server) on another, as on a GPU "
+        "node; both: measure unpinned, then pinned",
+    )
+    ap.add_argument("--record", action="store_true", help="append the table(s) to bench/RESULTS.md")
     a = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_trackers_"))
@@ -157,15 +226,33 @@ def main() -> None:
     # the reward model (and the synthetic world) once, shared by every timed run
     run_ppo([*TINY, "iterations=1"], work / "seed", env)
     base = [*TINY, f"iterations={a.iterations}", f"reward_model={work / 'seed' / 'rm' / 'final'}"]
-    base.append(f"num_threads={a.threads}")
+    for pinned in {"no": [False], "yes": [True], "both": [False, True]}[a.pin]:
+        measure(a, work / ("pinned" if pinned else "unpinned"), base, env, pinned)
+
+
+def measure(a: argparse.Namespace, work: Path, base: list[str], env: dict, pinned: bool) -> None:
+    """The interleaved repeats of both arms, their table printed (and recorded with ``--record``)."""
+    pin, threads, mode = None, a.threads, "unpinned"
+    if pinned:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--pin needs two CPUs")
+        pin = ({cpus[0]}, set(cpus[1:]))  # the trainer; the trackers, the server and this script
+        threads = a.threads or 1  # (the default, as many threads as cores, would share one core)
+        mode = f"pinned: trainer on CPU {cpus[0]}, trackers + MLflow server on {','.join(map(str, cpus[1:]))}"
+        os.sched_setaffinity(0, pin[1])
+    work.mkdir(parents=True)
+    args = [*base, f"num_threads={threads}"]
     times: dict[str, list[tuple[float, float, float]]] = {"none": [], "all": []}
+    print(f"# {mode}", flush=True)
     # the server stands in for one on another machine: at nice +10 it takes no core the runs need
-    with mlflow_server(work / "mlflow", nice=10) as (uri, _):
+    # (pinned: it has the trackers' CPU only)
+    with mlflow_server(work / "mlflow", nice=10, cpus=pin[1] if pin else None) as (uri, _):
         env_all = {**env, "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": "bench"}
         for i in range(a.repeats):
             for arm in ("none", "all") if i % 2 == 0 else ("all", "none"):
                 extra, e = ([ALL], env_all) if arm == "all" else ([], env)
-                wall, loop, cpu = run_ppo(base + extra, work / f"{arm}{i}", e)
+                wall, loop, cpu = run_ppo(args + extra, work / f"{arm}{i}", e, pin)
                 times[arm].append((wall, loop, cpu))
                 load = os.getloadavg()[0]
                 print(
@@ -173,6 +260,8 @@ def main() -> None:
                     f"(load {load:.1f})",
                     flush=True,
                 )
+    if pin:
+        os.sched_setaffinity(0, pin[0] | pin[1])
 
     rows = []
     for j, what in enumerate(("process", "loop", "cpu")):
@@ -190,13 +279,14 @@ def main() -> None:
     if a.record:
         from bench.common import record
 
+        title = "Tracker overhead: a tiny PPO run with report_to=[tensorboard,wandb,mlflow] vs none"
         record(
-            "Tracker overhead: a tiny PPO run with report_to=[tensorboard,wandb,mlflow] vs none",
+            f"{title} ({'pinned, as on a GPU node' if pin else 'unpinned'})",
             header,
             rows,
             notes=(
                 f"{a.iterations} iterations x {a.repeats} repeats per arm, interleaved; one process, "
-                f"num_threads={a.threads or 'default (cores)'}; "
+                f"num_threads={threads or 'default (cores)'}; {mode}; "
                 "W&B offline, MLflow to a local `mlflow server` at nice +10, TensorBoard event files; "
                 "loop = sum of iteration_s, process = the command's wall time, cpu = its user+sys "
                 "seconds with the tracker process"

@@ -132,12 +132,15 @@ def end_of_run(
     summary, all handed to the trackers too (``log.finish``). ``outputs`` (the summary's "outputs"
     rows) gets ``plots`` and ``HTML page`` filled in. ``summarise(records, outputs)`` returns the
     summary's text, its figures for the trackers and notes said after it. A failure to draw or
-    render is a warning: the run's models and metrics are already written."""
+    render is a warning: the run's models and metrics are already written. The plots go to the
+    trackers as soon as they are drawn (their upload overlaps the page and the summary)."""
     out = run.out_dir
+    files = [out / "plots", out / "report.html"]
     if run.cfg.plots:
         try:
             plot_runs([out / "metrics.jsonl"], out / "plots", labels=[out.name])
             outputs["plots"] = str(out / "plots")
+            log.files([files.pop(0)])
         except Exception as e:  # noqa: BLE001 - reported, the run itself is complete
             run.say(f"warning: plots not written: {describe(e)}")
     if page is not None:
@@ -150,7 +153,7 @@ def end_of_run(
     for note in notes:
         if note:
             run.say(note)
-    log.finish(figures, text, [out / "plots", out / "report.html"])
+    log.finish(figures, text, files)
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,6 +377,7 @@ def run_supervised(recipe: SupervisedRecipe) -> dict:
             bar.close()
             raise Preempted(run.out_dir, step)
     bar.close()
+    log.hurry()  # the trackers' drain now overlaps the final evaluation, save and plots
     times["train"] = time.perf_counter() - t_loop - times["eval"] - times["checkpoint"]
 
     # 6a. the final evaluation

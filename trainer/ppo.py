@@ -1186,6 +1186,7 @@ def train(cfg: PPOConfig) -> dict:
             if terminated:  # SIGTERM on some rank: the checkpoint above is written; exit 75
                 raise Preempted(run.out_dir, iteration)
     bar.close()
+    S.log.hurry()  # the trackers' drain now overlaps the final save and the plots
 
     # 7. the final actor as a plain transformers directory (best/actor: the best held-out score's)
     if cfg.save_final and iteration >= cfg.iterations:

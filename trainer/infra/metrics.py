@@ -62,6 +62,20 @@ class MetricsLog:
         if self.trackers is not None:
             self.trackers.table(name, step, rows)
 
+    def hurry(self) -> None:
+        """The training loop is over: the trackers send what they hold back for batching now and
+        stop batching, so their drain overlaps the end-of-run work (final save, plots, page)
+        instead of following it."""
+        if self.trackers is not None:
+            self.trackers.hurry()
+
+    def files(self, files: Iterable[str | Path]) -> None:
+        """Files for the trackers to store, handed over as soon as they are written (the plots,
+        before the page and summary): their upload overlaps what the run still does. They are
+        part of the end of the run, as if passed to :meth:`finish`."""
+        if self.trackers is not None:
+            self.trackers.finish({}, "", [Path(p) for p in files])
+
     def finish(self, summary: dict[str, float], text: str = "", files: Iterable[str | Path] = ()) -> None:
         """The end of the run, for the trackers: the summary's figures (``{name: number}``), its
         text, and the files to store (``output_dir/plots``, ``report.html``; missing ones are

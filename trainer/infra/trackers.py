@@ -255,6 +255,11 @@ class Tracker:
     # same module (numpy under torch and wandb) can see it half-initialised
     modules: tuple[str, ...] = ()
 
+    def load(self) -> None:
+        """Import what the tracker needs (:attr:`modules`), before :meth:`start`."""
+        for module in self.modules:
+            importlib.import_module(module)
+
     def start(self, info: RunInfo, state: dict) -> dict:
         """Open (or resume) the tracker's run; log the config, git commit and command line."""
         raise NotImplementedError
@@ -498,6 +503,10 @@ class MLflowTracker(Tracker):
     modules = ("mlflow.tracking", "mlflow.entities", "mlflow.exceptions")
     interval_s = 5.0  # one request per 5 s at most: a tiny run's iterations take < 1 s each
 
+    def load(self) -> None:
+        _mlflow_package_lazily()
+        super().load()
+
     def start(self, info: RunInfo, state: dict) -> dict:
         from mlflow.entities import Param  # optional: [track] extra
         from mlflow.exceptions import MlflowException  # optional: [track] extra
@@ -580,6 +589,45 @@ class MLflowTracker(Tracker):
         return f"run {self.run_id} at {self.uri}{ui}"
 
 
+_MLFLOW_INIT_LOCK = threading.Lock()
+
+
+def _mlflow_package_lazily() -> None:
+    """Make ``mlflow`` importable without running its ``__init__`` now (no-op if already
+    imported). That ``__init__`` imports the whole fluent API (GenAI, evaluation, the model
+    flavours' loaders, pandas, FastAPI: about 1.8 CPU-seconds here) and starts MLflow's
+    telemetry client; :class:`MlflowClient` and the entities need none of it (measured: the
+    client's imports over HTTP take two thirds of the time, no fluent API). The package module is
+    created bare, with ``__version__`` set; a submodule it lacks is imported on first access, and
+    any other name (something of the fluent API) runs the real ``__init__`` then, in the same
+    module: the package behaves as if fully imported, only later and only when needed."""
+    if "mlflow" in sys.modules:
+        return
+    spec = importlib.util.find_spec("mlflow")
+    if spec is None or spec.loader is None or not spec.submodule_search_locations:
+        return  # (not installed: the import below says so)
+    module = importlib.util.module_from_spec(spec)
+
+    def __getattr__(name: str) -> Any:  # (a module's own __getattr__: names it does not have yet)
+        if name.startswith("__") and name != "__all__":
+            raise AttributeError(f"module 'mlflow' has no attribute {name!r}")
+        if importlib.util.find_spec(f"mlflow.{name}") is not None:
+            return importlib.import_module(f"mlflow.{name}")
+        with _MLFLOW_INIT_LOCK:  # the real __init__, once, into this module
+            if module.__dict__.pop("__getattr__", None) is not None:
+                spec.loader.exec_module(module)
+        return getattr(module, name)
+
+    sys.modules["mlflow"] = module
+    try:
+        version = importlib.import_module("mlflow.version")
+        module.__version__ = version.VERSION
+    except BaseException:
+        del sys.modules["mlflow"]
+        raise
+    module.__getattr__ = __getattr__
+
+
 def _artifact_location(uri: str) -> str | None:
     """Where a new experiment keeps its artefacts: beside a SQLite store's file
     (``mlartifacts/``, as ``mlflow server`` does, rather than MLflow's client default of
@@ -614,7 +662,7 @@ class _Worker:
     def __init__(self, tracker: Tracker, info: RunInfo, state: dict, owner: Trackers):
         self.tracker, self.info, self.state, self.owner = tracker, info, dict(state), owner
         self.q: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
-        self.closing = threading.Event()
+        self.closing = threading.Event()  # set: no more batching wait (the loop is over, or close)
         self.failed: str | None = None
         self.dropped = 0
         self.exit_code = 0
@@ -651,8 +699,7 @@ class _Worker:
         name = self.tracker.name
         try:
             with _IMPORT_LOCK:
-                for module in self.tracker.modules:
-                    importlib.import_module(module)
+                self.tracker.load()
             self.state.update(self.tracker.start(self.info, self.state))
             self.owner.save(name, self.state)
             where = self.tracker.where()
@@ -810,9 +857,16 @@ class Trackers:
         for w in self.workers.values():
             w.put(("table", int(step), name, columns, data))
 
+    def hurry(self) -> None:
+        """The training loop is over: every tracker sends what it holds back for batching now,
+        and from now on sends at once (the end-of-run drain overlaps the trainer's last work)."""
+        for w in self.workers.values():
+            w.closing.set()
+
     def finish(self, summary: dict[str, float], text: str = "", files: Iterable[Path] = ()) -> None:
         """The end of the run: the summary's figures and text, and the files to store (plots
-        directories and ``report.html``; missing ones are skipped)."""
+        directories and ``report.html``; missing ones are skipped). May come in parts (files as
+        they are written, then the summary): each part is stored as it arrives."""
         item = ("finish", dict(summary), text, [Path(p) for p in files])
         for w in self.workers.values():
             w.put(item)
@@ -919,6 +973,10 @@ class TrackerProcess:
     def table(self, name: str, step: int, rows: list[dict]) -> None:
         """:meth:`Trackers.table` (enqueued)."""
         self._put(("table", name, int(step), rows))
+
+    def hurry(self) -> None:
+        """:meth:`Trackers.hurry` (enqueued)."""
+        self._put(("hurry",))
 
     def finish(self, summary: dict[str, float], text: str = "", files: Iterable[Path] = ()) -> None:
         """:meth:`Trackers.finish` (enqueued)."""
@@ -1032,6 +1090,8 @@ def _child_main() -> None:
             tr.table(*msg[1:])
         elif msg[0] == "finish":
             tr.finish(*msg[1:])
+        elif msg[0] == "hurry":
+            tr.hurry()
         elif msg[0] == "close":
             exit_code, timeout = msg[1], msg[2]
             break
