@@ -12,9 +12,13 @@ literal after it), which ``--help`` prints::
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import difflib
+import functools
 import inspect
+import itertools
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -54,8 +58,7 @@ def field_docs(cls: type) -> dict[str, str]:
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass) or klass is object:
             continue
-        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        body = tree.body[0].body  # type: ignore[attr-defined]
+        body = _class_body(klass)
         for node, nxt in zip(body, body[1:]):
             if (
                 isinstance(node, ast.AnnAssign)
@@ -66,6 +69,26 @@ def field_docs(cls: type) -> dict[str, str]:
             ):
                 docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
+
+
+@functools.cache
+def _source(path: str) -> str:
+    return Path(path).read_text(encoding="utf-8")
+
+
+def _class_body(klass: type) -> list[ast.stmt]:
+    """The statements of ``klass``'s body, parsed from its module's file: a top-level class is cut
+    out of the file's text (its ``class`` line and the indented lines after it) and only that is
+    parsed — ``inspect.getsource`` parses the whole module, which ``fgrlhf --help`` noticed."""
+    path = inspect.getsourcefile(klass)
+    text = _source(path) if path and "." not in klass.__qualname__ else ""
+    start = re.search(rf"^class {klass.__name__}\b", text, re.M)
+    if start is not None:
+        lines = text[start.start() :].splitlines()
+        block = itertools.takewhile(lambda ln: not ln.strip() or ln[0] in " \t#", lines[1:])
+        with contextlib.suppress(SyntaxError):  # (a string with unindented lines: the general path)
+            return ast.parse("\n".join([lines[0], *block])).body[0].body  # type: ignore[attr-defined]
+    return ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body  # type: ignore[attr-defined]
 
 
 def declared(cls: type, name: str) -> dict:
