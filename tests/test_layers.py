@@ -1,4 +1,4 @@
-"""Issue 28: the modules of ``trainer/`` import each other in layers, without a cycle, at module top.
+"""The modules of ``trainer/`` import each other in layers, without a cycle, at module top.
 
 Read with ``ast`` only (nothing is imported). The layers, lowest first (a module takes the layer
 of its longest matching prefix):
