@@ -1,13 +1,15 @@
 """Run safety, written once for every trainer: what the run skeleton (``trainer/loop.py``) and the
 runtime (``trainer/infra/runtime.py``) promise each trainer — SIGTERM -> checkpoint -> exit 75
 and a rerun that resumes; a stopped run resumed exactly (2 processes); the output directory's
-lock. Parametrized over ``reward``, ``sft``, ``figa`` (the supervised recipes on
+lock; resume's config check (a changed model key refused, resume=false moving the old run
+aside). Parametrized over ``reward``, ``sft``, ``figa`` (the supervised recipes on
 :func:`trainer.loop.run_supervised`) and ``ppo`` (its own iteration body on the same runtime)
 where the property applies.
 
-The SIGTERM and lock tests run the trainers' ``main`` in this process (a real SIGTERM to this
-process, handled by the trainers' handler): no interpreter start per run. The exact-resume test
-needs 2 processes (each rank's data position and random stream), so it runs under torchrun.
+The SIGTERM, lock and config-check tests run the trainers' ``main`` in this process (a real
+SIGTERM to this process, handled by the trainers' handler; ``main`` returns the exit status the
+script passes to ``os._exit``): no interpreter start per run. The exact-resume test needs 2
+processes (each rank's data position and random stream), so it runs under torchrun.
 PPO's own bit-exact resume (actor, critic, KL controller, reward moments) is in test_ppo."""
 
 from __future__ import annotations
@@ -173,3 +175,50 @@ def test_second_run_on_the_same_output_dir_is_refused(trainer, tmp_path, in_proc
     assert rc == 2, err[-2000:]
     assert f"another run is using {out}" in err
     assert not (out / "metrics.jsonl").exists() and not (out / "config.yaml").exists()
+
+
+# --- resume: a changed config key is refused; resume=false starts over beside the old run -------
+def _stopped(trainer: str, out: Path, in_process, capsys) -> tuple[list[str], str]:
+    """A run of 4 steps (iterations), checkpoints every 2, stopped after 2: its arguments (without
+    the stop) and the stop's key."""
+    _, _, key = TRAINERS[trainer]
+    if key == "step":
+        args, stop = ["max_steps=4", "eval_every=0"], "stop_after_steps"
+    else:
+        args, stop = ["iterations=4"], "stop_after_iterations"
+    args = [*args, "checkpoint_every=2", f"output_dir={out}"]
+    rc = in_process(trainer, [*args, f"{stop}=2"])
+    assert rc == 0, capsys.readouterr().err[-3000:]
+    capsys.readouterr()
+    return args, stop
+
+
+@pytest.mark.parametrize("trainer", list(TRAINERS))
+def test_resume_with_a_changed_model_key_is_refused_with_the_diff(trainer, tmp_path, in_process, capsys):
+    """A key outside RESUME_SAFE (the model's width) changed on a directory with checkpoints: exit
+    2 with the diff and the refused key named; the first run's config.yaml is kept."""
+    out = tmp_path / trainer
+    args, _ = _stopped(trainer, out, in_process, capsys)
+    saved = (out / "config.yaml").read_text()
+    rc = in_process(trainer, [*args, "hidden_size=48"])
+    err = capsys.readouterr().err
+    assert rc == 2, err[-3000:]
+    assert "hidden_size: 32 -> 48" in err and "['hidden_size']" in err
+    assert (out / "config.yaml").read_text() == saved
+
+
+@pytest.mark.parametrize("trainer", list(TRAINERS))
+def test_resume_false_moves_the_old_run_aside(trainer, tmp_path, in_process, capsys):
+    """resume=false on a directory with checkpoints: the old outputs move aside, so the new run
+    is never pruned against (or later resumed from) the old one's higher steps."""
+    _, _, key = TRAINERS[trainer]
+    out = tmp_path / trainer
+    args, stop = _stopped(trainer, out, in_process, capsys)
+    rc = in_process(trainer, [*args, "resume=false", f"{stop}=1"])
+    log = "".join(capsys.readouterr())
+    assert rc == 0, log[-3000:]
+    assert "moved to *.before-" in log and "resumed from" not in log
+    assert sorted(x.name for x in (out / "checkpoints").iterdir()) == ["step_00000001"]
+    old = [x for x in out.iterdir() if x.name.startswith("checkpoints.before-")]
+    assert len(old) == 1 and (old[0] / "step_00000002").exists()
+    assert [r[key] for r in _records(out, key)] == [1]  # the new run's only: the old ones moved too
