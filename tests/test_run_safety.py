@@ -2,15 +2,15 @@
 runtime (``trainer/infra/runtime.py``) promise each trainer — SIGTERM -> checkpoint -> exit 75
 and a rerun that resumes; a stopped run resumed exactly (2 processes); the output directory's
 lock; resume's config check (a changed model key refused, resume=false moving the old run
-aside). Parametrized over ``reward``, ``sft``, ``figa`` (the supervised recipes on
-:func:`trainer.loop.run_supervised`) and ``ppo`` (its own iteration body on the same runtime)
-where the property applies.
+aside); a truncated newest checkpoint falling back to the previous one. Parametrized over
+``reward``, ``sft``, ``figa`` (the supervised recipes on :func:`trainer.loop.run_supervised`)
+and ``ppo`` (its own iteration body on the same runtime) where the property applies.
 
-The SIGTERM, lock and config-check tests run the trainers' ``main`` in this process (a real
-SIGTERM to this process, handled by the trainers' handler; ``main`` returns the exit status the
-script passes to ``os._exit``): no interpreter start per run. The exact-resume test needs 2
-processes (each rank's data position and random stream), so it runs under torchrun.
-PPO's own bit-exact resume (actor, critic, KL controller, reward moments) is in test_ppo."""
+The other tests run the trainers' ``main`` in this process (a real SIGTERM to this process,
+handled by the trainers' handler; ``main`` returns the exit status the script passes to
+``os._exit``): no interpreter start per run. The exact-resume test needs 2 processes (each
+rank's data position and random stream), so it runs under torchrun. PPO's own bit-exact resume
+(actor, critic, KL controller, reward moments) is in test_ppo."""
 
 from __future__ import annotations
 
@@ -222,3 +222,36 @@ def test_resume_false_moves_the_old_run_aside(trainer, tmp_path, in_process, cap
     old = [x for x in out.iterdir() if x.name.startswith("checkpoints.before-")]
     assert len(old) == 1 and (old[0] / "step_00000002").exists()
     assert [r[key] for r in _records(out, key)] == [1]  # the new run's only: the old ones moved too
+
+
+# --- a damaged newest checkpoint: the previous one; none intact: a clear error ----------------
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer", list(TRAINERS))
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous(trainer, tmp_path, in_process, capsys):
+    """The newest checkpoint of a stopped run truncated: the same command again says so, resumes
+    from the previous one and finishes, the records past that one dropped and logged again (once
+    each); with every checkpoint damaged it stops with exit 2, naming the directory."""
+    _, _, key = TRAINERS[trainer]
+    out = tmp_path / trainer
+    if key == "step":
+        args, stop = ["max_steps=6", "eval_every=0", "log_every=1"], "stop_after_steps"
+    else:
+        args, stop = ["iterations=6"], "stop_after_iterations"
+    args = [*args, "checkpoint_every=2", f"output_dir={out}"]
+    rc = in_process(trainer, [*args, f"{stop}=4"])
+    assert rc == 0, capsys.readouterr().err[-3000:]
+    newest = out / "checkpoints" / "step_00000004"
+    shard = next(p for p in newest.iterdir() if p.suffix == ".distcp")
+    shard.write_bytes(shard.read_bytes()[:100])
+    rc = in_process(trainer, args)
+    log = "".join(capsys.readouterr())
+    assert rc == 0, log[-3000:]
+    assert "step_00000004 is damaged" in log and f"resumed from {key} 2" in log
+    assert [r[key] for r in _records(out, key)] == [1, 2, 3, 4, 5, 6]
+    assert (out / "final" / ("actor" if key == "iteration" else "") / "model.safetensors").exists()
+    for p in (out / "checkpoints").iterdir():
+        (p / ".metadata").unlink()
+    rc = in_process(trainer, args)
+    err = capsys.readouterr().err
+    assert rc == 2, err[-3000:]
+    assert f"{out / 'checkpoints'}: no intact checkpoint" in err
