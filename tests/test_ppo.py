@@ -1,7 +1,8 @@
 """trainer/ppo.py and trainer/rollout.py: KV-cache generation against ``transformers``' greedy
 decoding, FSDP2 generation against the unsharded model (2 processes), 2-process PPO runs in
 each reward mode with exact resume, the learning test on a known per-token reward, the memory
-estimate and its refusal.
+estimate and its refusal. (SIGTERM -> checkpoint -> exit 75 and the resume after it, like the
+other trainers': test_run_safety.)
 
 Run as a script under torchrun (``torchrun --nproc_per_node=2 tests/test_ppo.py gen OUT``), this
 file is also the 2-process worker of the FSDP2 generation test.
@@ -314,45 +315,6 @@ def test_critic_warmup_freezes_the_actor(tmp_path):
     assert [r["kl"] for r in recs[:3]] == [0.0, 0.0, 0.0]
     assert recs[0]["policy_loss"] == recs[1]["policy_loss"] == 0.0 and recs[0]["value_loss"] > 0
     assert recs[3]["kl"] != 0.0 and recs[2]["policy_loss"] != 0.0
-
-
-@pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_exits_preempted(tmp_path):
-    """SIGTERM mid-run (one process): the iteration finishes, a checkpoint is written, exit 75
-    (pre-empted, distinct from a finished run) and a PREEMPTED marker; a rerun resumes."""
-    import signal
-    import time
-
-    out = tmp_path / "term"
-    cmd = [sys.executable, "trainer/ppo.py", "reward_source=gold", "iterations=1000", "checkpoint_every=0",
-           "progress=false", f"output_dir={out}"]  # fmt: skip
-    env = {**clean_env(), "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while (
-        not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text())
-        and time.time() < deadline
-    ):
-        time.sleep(0.2)
-    p.send_signal(signal.SIGTERM)
-    log, _ = p.communicate(timeout=120)
-    assert p.returncode == 75, log[-3000:]
-    n = len(metrics(out))
-    assert 1 <= n < 1000 and "SIGTERM: checkpoint saved" in log and "Traceback" not in log
-    assert Checkpointer.damage(out / "checkpoints" / f"step_{n:08d}") is None
-    assert (out / "PREEMPTED").read_text() == f"step {n}\n"
-    again = subprocess.run(
-        [*cmd[:3], f"iterations={n + 1}", *cmd[4:]],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )  # iterations may grow on resume: an allowed change
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resumed from iteration {n}" in again.stdout + again.stderr
-    assert "changed keys (allowed): iterations" in again.stdout + again.stderr
-    assert not (out / "PREEMPTED").exists() and len(metrics(out)) == n + 1
 
 
 # --- 3. the learning test ------------------------------------------------------------------------

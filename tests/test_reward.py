@@ -1,5 +1,7 @@
 """trainer/reward.py: the training step against the reference composition, 2-process torchrun
-runs (token and sequence mode), exact kill-and-resume, the saved model, bad input."""
+runs (token and sequence mode), the saved model, bad input. (Run safety, shared with the other
+trainers — SIGTERM, exact 2-process resume, the output lock, resume's config checks:
+test_run_safety.)"""
 
 from __future__ import annotations
 
@@ -113,29 +115,7 @@ def test_torchrun_sequence_mode_runs(tmp_path):
     assert meta["level"] == "sequence"
 
 
-# --- 3. kill and resume ----------------------------------------------------------------------
-@pytest.mark.slow
-def test_kill_and_resume_gives_identical_losses(tmp_path):
-    common = ["max_steps=6", "checkpoint_every=3", "log_every=1", "eval_every=0", "save_best=false", *TINY]
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    torchrun([f"output_dir={full}", *common])
-    torchrun([f"output_dir={cut}", *common, "stop_after_steps=3"])  # the "kill" after step 3
-    assert not (cut / "final").exists()
-    # a save interrupted by a kill leaves a temp directory: it must be ignored
-    (cut / "checkpoints" / ".tmp-step_00000005").mkdir()
-    p = torchrun([f"output_dir={cut}", *common])  # the same command again: resumes
-    assert "resumed from" in p.stdout + p.stderr
-    want = {r["step"]: r for r in records(full, "train")}
-    got = records(cut, "train")
-    assert [r["step"] for r in got] == [1, 2, 3, 4, 5, 6]  # steps 4..6 come from the resumed run only
-    for r in got:
-        assert r["loss"] == pytest.approx(want[r["step"]]["loss"], abs=1e-6), r["step"]
-        assert r["lr"] == pytest.approx(want[r["step"]]["lr"], abs=1e-12)
-    assert len({r["loss"] for r in got}) > 1
-    assert not (cut / "checkpoints" / ".tmp-step_00000005").exists()
-
-
-# --- 4. the saved model scores like the trained one ------------------------------------------
+# --- 3. the saved model scores like the trained one ------------------------------------------
 def test_saved_model_reproduces_final_eval(token_run):
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
@@ -175,7 +155,7 @@ def test_fgrlhf_eval_rm_scores_a_saved_model_like_the_trainer(token_run, tmp_pat
     assert bad.returncode == 2 and "is a run directory; did you mean" in bad.stderr
 
 
-# --- 5. bad input ----------------------------------------------------------------------------
+# --- 4. bad input ----------------------------------------------------------------------------
 def test_missing_dataset_file_is_a_clear_error(tmp_path, capsys):
     assert main([f"data={tmp_path}/nope.jsonl", f"output_dir={tmp_path}/o"]) == 2
     assert "nope.jsonl: no such file" in capsys.readouterr().err
@@ -263,81 +243,6 @@ def test_out_of_range_values_and_a_file_as_output_dir_are_refused(tmp_path, caps
     afile.write_text("x")
     assert main([f"output_dir={afile}"]) == 2
     assert "exists and is not a directory" in capsys.readouterr().err
-
-
-def test_second_run_on_the_same_output_dir_is_refused(tmp_path):
-    """An OS-level lock on output_dir: a second run is refused while the first holds it."""
-    import fcntl
-
-    out = tmp_path / "o"
-    out.mkdir()
-    with open(out / ".lock", "a+") as fh:  # another process's run holds the lock
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        cmd = [sys.executable, "trainer/reward.py", f"output_dir={out}", "progress=false", "max_steps=1"]
-        p = subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2, p.stderr[-2000:]
-    assert "another run is using" in p.stderr and "Traceback" not in p.stderr
-    assert not (out / "metrics.jsonl").exists()
-
-
-@pytest.mark.slow
-def test_resume_with_a_changed_model_key_is_refused_with_the_diff(tmp_path):
-    common = [f"output_dir={tmp_path}/o", "max_steps=4", "checkpoint_every=2", "eval_every=0", *TINY]
-    p = subprocess.run(
-        [sys.executable, "trainer/reward.py", *common, "stop_after_steps=2"],
-        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert p.returncode == 0, p.stderr[-2000:]
-    saved = (tmp_path / "o" / "config.yaml").read_text()
-    p = subprocess.run(
-        [sys.executable, "trainer/reward.py", *common, "hidden_size=48"],
-        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert p.returncode == 2 and "Traceback" not in p.stderr
-    assert "hidden_size: 32 -> 48" in p.stderr and "['hidden_size']" in p.stderr
-    assert (tmp_path / "o" / "config.yaml").read_text() == saved  # the first run's config is kept
-
-
-@pytest.mark.slow
-def test_resume_false_moves_the_old_run_aside(tmp_path):
-    """resume=false on a directory with checkpoints: the old outputs move aside, so the new run
-    is never pruned against (or later resumed from) the old one's higher steps."""
-    common = [f"output_dir={tmp_path}/o", "max_steps=4", "checkpoint_every=2", "eval_every=0", *TINY]
-    for extra in ([], ["resume=false", "max_steps=2"]):
-        p = subprocess.run(
-            [sys.executable, "trainer/reward.py", *common, *extra],
-            cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert p.returncode == 0, p.stderr[-2000:]
-    out = tmp_path / "o"
-    assert "moved to *.before-" in p.stdout + p.stderr
-    assert sorted(x.name for x in (out / "checkpoints").iterdir()) == ["step_00000002"]
-    old = [x for x in out.iterdir() if x.name.startswith("checkpoints.before-")]
-    assert len(old) == 1 and (old[0] / "step_00000004").exists()
-    assert [r["step"] for r in records(out, "train")] == [2]  # log_every=10: the end step only
-
-
-@pytest.mark.slow
-def test_sigterm_checkpoints_the_step_and_exits_75(tmp_path):
-    """reward.py under SIGTERM: finishes the step, checkpoints, exits 75; a rerun resumes."""
-    import signal
-    import time
-
-    out = tmp_path / "o"
-    cmd = [sys.executable, "trainer/reward.py", f"output_dir={out}", "max_steps=100000", "checkpoint_every=0",
-           "eval_every=0", "log_every=1", "save_best=false", *TINY]  # fmt: skip
-    env = {**clean_env(), "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while not ((out / "metrics.jsonl").exists() and "train" in (out / "metrics.jsonl").read_text()):
-        assert time.time() < deadline and p.poll() is None
-        time.sleep(0.2)
-    p.send_signal(signal.SIGTERM)
-    log, _ = p.communicate(timeout=120)
-    assert p.returncode == 75, log[-3000:]
-    assert "SIGTERM: checkpoint saved at step" in log and "Traceback" not in log
-    step = int((out / "PREEMPTED").read_text().split()[1])
-    assert (out / "checkpoints" / f"step_{step:08d}" / "manifest.json").exists()
 
 
 def test_too_few_pairs_stops_before_training(tmp_path, capsys):
