@@ -202,6 +202,45 @@ def spread(xs: list[float]) -> str:
     return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})"
 
 
+def _spin(cpu: int) -> None:
+    """Keep ``cpu`` busy until killed (the neighbour of :func:`core_interference`)."""
+    os.sched_setaffinity(0, {cpu})
+    while True:
+        pass
+
+
+def core_interference(repeats: int = 3) -> float | None:
+    """How much slower one CPU's single-threaded work gets while another CPU is busy (the median
+    ratio - 1 of a fixed Python loop's time, neighbour busy vs idle; None with one CPU). About 0 on
+    independent cores; a 2-vCPU VM whose vCPUs are one host core's hyperthreads, or an
+    oversubscribed host, shows tens of percent — there the trackers' CPU time slows the trainer
+    wherever it runs, and no placement can keep it off the training path."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpus[0]})
+
+    def work() -> float:
+        t, acc = time.perf_counter(), 0
+        for i in range(3_000_000):
+            acc += i * i % 7
+        return time.perf_counter() - t
+
+    try:
+        idle = statistics.median(work() for _ in range(repeats))
+        ctx = __import__("multiprocessing").get_context("fork")
+        spinner = ctx.Process(target=_spin, args=(cpus[1],), daemon=True)
+        spinner.start()
+        time.sleep(0.3)
+        busy = statistics.median(work() for _ in range(repeats))
+        spinner.kill()
+        spinner.join()
+    finally:
+        os.sched_setaffinity(0, before)
+    return busy / idle - 1
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--iterations", type=int, default=40)
@@ -218,6 +257,9 @@ def main() -> None:
     )
     ap.add_argument("--record", action="store_true", help="append the table(s) to bench/RESULTS.md")
     a = ap.parse_args()
+    a.interference = core_interference()
+    if a.interference is not None:
+        print(f"# one CPU's work while another is busy: {a.interference:+.0%} (0 on independent cores)")
 
     work = Path(tempfile.mkdtemp(prefix="bench_trackers_"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_"))}
@@ -286,7 +328,8 @@ def measure(a: argparse.Namespace, work: Path, base: list[str], env: dict, pinne
             rows,
             notes=(
                 f"{a.iterations} iterations x {a.repeats} repeats per arm, interleaved; one process, "
-                f"num_threads={threads or 'default (cores)'}; {mode}; "
+                f"num_threads={threads or 'default (cores)'}; {mode}; one CPU's work while another is "
+                f"busy: {'n/a' if a.interference is None else f'{a.interference:+.0%}'}; "
                 "W&B offline, MLflow to a local `mlflow server` at nice +10, TensorBoard event files; "
                 "loop = sum of iteration_s, process = the command's wall time, cpu = its user+sys "
                 "seconds with the tracker process"
