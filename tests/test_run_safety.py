@@ -19,6 +19,8 @@ import importlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -26,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 from _tiny_runs import TINY_PPO, TINY_REWARD, TINY_SUPERVISED
-from _utils import launch
+from _utils import ROOT, clean_env, launch
 
 from trainer.infra.checkpoint import Checkpointer
 
@@ -128,6 +130,29 @@ def test_sigterm_checkpoints_exits_75_and_a_rerun_resumes(trainer, tmp_path, in_
     assert f"changed keys (allowed): {more}: " in log
     assert not (out / "PREEMPTED").exists()
     assert [r[key] for r in _records(out, key)] == list(range(1, n + 2))  # none twice, none missing
+
+
+@pytest.mark.slow
+def test_a_trainer_script_under_sigterm_exits_75_as_a_process(tmp_path):
+    """The same as a real process (the one test of the script's own exit path: ``os._exit`` of
+    ``main``'s status, the trackers' shutdown): ``python trainer/reward.py`` sent SIGTERM in its loop
+    checkpoints, writes PREEMPTED and exits 75 with no traceback."""
+    module, tiny, key = TRAINERS["reward"]
+    out = tmp_path / "o"
+    cmd = [sys.executable, module.replace(".", "/") + ".py", *tiny, f"output_dir={out}", "max_steps=100000",
+           "checkpoint_every=0", "eval_every=0", "log_every=1"]  # fmt: skip
+    env = {**clean_env(), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while not _records(out, key):
+        assert time.time() < deadline and p.poll() is None, p.stdout.read() if p.poll() is not None else ""
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    log, _ = p.communicate(timeout=180)
+    assert p.returncode == 75, log[-3000:]
+    assert "SIGTERM: checkpoint saved at step" in log and "Traceback" not in log
+    step = int((out / "PREEMPTED").read_text().split()[1])
+    assert Checkpointer.damage(out / "checkpoints" / f"step_{step:08d}") is None
 
 
 # --- a stopped run, resumed, equals the uninterrupted one (2 processes) ------------------------

@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="pairwise accuracy of a trained reward model on labelled pairs",
         description="The reward trainer's held-out metrics of RM_DIR on every pair of PAIRS.",
-        epilog="Exit status: 0 done; 2 not a reward-model directory, or bad pairs data.",
+        epilog="Exit status: 0 done; 1 an output that cannot be written; 2 bad flags, not a reward-model "
+        "directory, or bad pairs data; 130 Ctrl-C.",
     )
     add_flags(r, EvalRMConfig, positional=("rm_dir", "pairs"))
 

@@ -21,6 +21,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "JobFailed",
     "PeerFailure",
     "Preempted",
     "Stopped",
@@ -73,6 +74,13 @@ class CheckpointError(RuntimeError):
     exit_status = EXIT_BAD_INPUT
 
 
+class JobFailed(RuntimeError):
+    """A job cannot go on for a reason outside its input: no API key, its output locked by another
+    run, a model file that changed while it was read. The message says what; exit 1."""
+
+    exit_status = EXIT_FAILED
+
+
 class PeerFailure(RuntimeError):
     """Another rank (rank 0) failed in a step every rank waits on; its error is in the message."""
 
@@ -80,9 +88,10 @@ class PeerFailure(RuntimeError):
 
 
 class Stopped(Exception):
-    """SIGTERM stopped a resumable job that has no checkpoint (``fgrlhf generate``, ``edit``,
-    ``eval``) between two units of work, everything finished before it written; the entry point
-    exits 75. The message, if any, says what was kept."""
+    """SIGTERM stopped a resumable job that has no checkpoint: ``fgrlhf generate`` after the batch
+    in hand, ``edit`` / ``eval`` at once (the requests in flight are cancelled, not written: a rerun
+    asks again); everything finished before it is written. The entry point exits 75. The message,
+    if any, says what was kept."""
 
     exit_status = EXIT_PREEMPTED
 
@@ -114,7 +123,7 @@ def exit_status(e: BaseException) -> int | None:
     Rules, first match: the exception's own ``exit_status`` attribute (every error above declares
     one; so may an entry point's, e.g. the demo's SIGTERM); ``KeyboardInterrupt`` 130; another
     ``ValueError`` (a usage error: flags, ``-o``, a prompt file) 2; ``OSError`` (an unwritable or
-    missing path, a full disk) and ``RuntimeError`` (no API key, an output locked by another run) 1.
+    missing path, a full disk) 1. Anything else — a ``RuntimeError`` from torch, a bug — is a crash.
     """
     status = getattr(e, "exit_status", None)
     if isinstance(status, int):
@@ -123,6 +132,6 @@ def exit_status(e: BaseException) -> int | None:
         return EXIT_INTERRUPTED
     if isinstance(e, ValueError):
         return EXIT_BAD_INPUT
-    if isinstance(e, (OSError, RuntimeError)):
+    if isinstance(e, OSError):
         return EXIT_FAILED
     return None

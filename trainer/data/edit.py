@@ -433,8 +433,10 @@ def run_edit(cfg: EditConfig, editor: Editor | None = None, out: IO[str] | None 
 
     Raises:
         trainer.data.formats.DataError: unreadable input or (without ``skip_invalid``) a bad record.
-        RuntimeError: no ``ANTHROPIC_API_KEY`` for a real run with pairs left to edit, or the output
-            is locked.
+        trainer.errors.JobFailed: no ``ANTHROPIC_API_KEY`` for a real run with pairs left to edit,
+            or the output is locked.
+        trainer.errors.Stopped / KeyboardInterrupt: SIGTERM / Ctrl-C, after the summary of what was
+            written (the requests in flight are cancelled: a rerun asks again).
     """
     out = out or sys.stdout
     if Path(cfg.input).exists() and Path(cfg.output).exists() and Path(cfg.input).samefile(cfg.output):

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from trainer.data.formats import DataError, Prompt, prompt_parts, read_records, valid_records
-from trainer.errors import ConfigError, Stopped, describe
+from trainer.errors import ConfigError, JobFailed, Stopped, describe
 from trainer.infra.appendlog import AppendLog
 from trainer.infra.outputs import check_output, write_json
 from trainer.infra.signals import sigterm_flag
@@ -297,7 +297,7 @@ def _file_sha256(path: Path, cache: dict[str, Any]) -> str:
             h.update(chunk)
     after = path.stat()
     if _stamp(after) != _stamp(st):
-        raise RuntimeError(f"{path} changed while it was read; rerun when the model is written")
+        raise JobFailed(f"{path} changed while it was read; rerun when the model is written")
     digest = h.hexdigest()
     if started - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
         cache[path.name] = {"stat": _stamp(st), "sha256": digest}

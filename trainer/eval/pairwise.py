@@ -324,8 +324,10 @@ def run_eval(cfg: EvalConfig, judge: Judge | None = None) -> dict[str, Any]:
     Raises:
         DataError: bad, duplicate or unmatched records (see the module docstring).
         ValueError: an unknown judge.
-        RuntimeError: the Claude judge without ``ANTHROPIC_API_KEY``, or the output locked.
-        KeyboardInterrupt: Ctrl-C / SIGTERM (after what was judged is written).
+        trainer.errors.JobFailed: the Claude judge without ``ANTHROPIC_API_KEY``, or the output
+            locked.
+        trainer.errors.Stopped / KeyboardInterrupt: SIGTERM / Ctrl-C (after what was judged is
+            written; the comparisons in flight are asked again by a rerun).
     """
     inputs = (cfg.model_outputs, cfg.reference_outputs, cfg.prompt_file)
     out_dir = check_output(cfg.output_dir, "-o", inputs, directory=True)

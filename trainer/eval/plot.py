@@ -242,7 +242,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """``fgrlhf plot``: 0 written; 2 bad input (an unreadable or empty metrics file, mixed kinds,
-    a wrong number of labels), with the reason on stderr (:func:`trainer.infra.command.run`)."""
+    a wrong number of labels); 1 a plot that cannot be written; one line on stderr
+    (:func:`trainer.infra.command.run`)."""
 
     def job() -> None:
         cfg = config_from_args(PlotConfig, args)

@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import IO, ClassVar
 
+from trainer.errors import JobFailed
+
 log = logging.getLogger(__name__)
 
 __all__ = ["AppendLog"]
@@ -54,7 +56,7 @@ class AppendLog:
             pass
         except OSError as e:
             self._lock_fh.close()
-            raise RuntimeError(f"{self.path}: another `{self.TOOL}` is writing this file") from e
+            raise JobFailed(f"{self.path}: another `{self.TOOL}` is writing this file") from e
         self.records: dict[str, dict] = {}
         self.done: dict[str, object] = {}
         try:
@@ -143,10 +145,14 @@ class AppendLog:
     def append(self, record: dict) -> None:
         """Write ``record`` (``id`` first) as one line, flushed to the OS (and disk with ``fsync``)."""
         record = {"id": record["id"], **record}
-        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._fh.flush()
-        if self.fsync:
-            os.fsync(self._fh.fileno())
+        try:
+            self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._fh.flush()
+            if self.fsync:
+                os.fsync(self._fh.fileno())
+        except OSError as e:  # a full disk: the error names the file
+            e.filename = e.filename or str(self.path)
+            raise
         self._remember(record)
 
     def close(self) -> None:

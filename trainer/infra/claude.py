@@ -29,6 +29,8 @@ import re
 from dataclasses import dataclass
 from typing import ClassVar
 
+from trainer.errors import JobFailed
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -209,6 +211,7 @@ class ClaudeClient:
 
 
 def require_api_key() -> None:
-    """Raise RuntimeError when ``ANTHROPIC_API_KEY`` is not set (the key is never read here)."""
+    """Raise :class:`~trainer.errors.JobFailed` (a RuntimeError) when ``ANTHROPIC_API_KEY`` is not
+    set (the key is never read here)."""
     if not os.environ.get("ANTHROPIC_API_KEY"):
-        raise RuntimeError("ANTHROPIC_API_KEY is not set (the key is read from the environment only)")
+        raise JobFailed("ANTHROPIC_API_KEY is not set (the key is read from the environment only)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -26,6 +27,8 @@ from trainer.errors import DataError, Stopped, exit_status
 from trainer.infra.config import check_declared, declared, field_docs, flag_name
 
 __all__ = ["add_flags", "config_from_args", "error_line", "run"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -58,15 +61,15 @@ def add_flags(
     short = short or {}
     docs, hints, choices = field_docs(cls), typing.get_type_hints(cls), declared(cls, "CHOICES")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    own = vars(cls).get("__annotations__", {})  # the command's own options first, then the shared ones
-    fields = {n: fields[n] for n in sorted(fields, key=lambda n: n not in own)}
+    own = list(vars(cls).get("__annotations__", {}))  # the command's own options first, in its order
+    fields = {n: fields[n] for n in sorted(fields, key=lambda n: own.index(n) if n in own else len(own))}
     for name in positional:  # (a list takes one or more)
         many = {"nargs": "+"} if typing.get_origin(hints[name]) is list else {}
-        parser.add_argument(name, help=docs.get(name, "").replace("%", "%%"), **many)
+        parser.add_argument(name, help=docs.get(name, "").replace("%", "%%").replace("``", ""), **many)
     for name, f in fields.items():
         if name in positional:
             continue
-        doc = docs.get(name, "").replace("%", "%%")
+        doc = docs.get(name, "").replace("%", "%%").replace("``", "")
         kind = hints[name]
         args = typing.get_args(kind)
         optional = type(None) in args
@@ -80,7 +83,7 @@ def add_flags(
             if default:
                 parser.add_argument(
                     "--no-" + name.replace("_", "-"), dest=name, action="store_false",
-                    help=f"{doc} (on by default; this flag turns it off)",
+                    help=f"turn off (on by default): {doc[:1].lower()}{doc[1:]}",
                 )  # fmt: skip
             else:
                 parser.add_argument(*flags, action="store_true", help=doc)
@@ -130,16 +133,19 @@ def run(
     say: Callable[[str], None],
     skip_hint: bool = False,
     interrupted: str | None = None,
+    notice: Callable[[str], None] = print,
 ) -> int:
     """Run a command's ``job`` and return its exit status: what the job returns (None: 0), or the
     status of what it raised (:func:`trainer.errors.exit_status`, the README's table) after one
-    line through ``say``. An error no rule covers is a crash and propagates (its traceback).
+    line. An error no rule covers is a crash and propagates (its traceback); with ``-v`` a handled
+    error's traceback is logged too.
 
     Args:
         job: the command's work.
-        say: prints the error line (``log.error``).
-        skip_hint: add "--skip-invalid skips bad records" to a bad-record error.
+        say: prints an error line (``log.error``).
+        skip_hint: add "--skip-invalid skips bad records" to a bad record's error.
         interrupted: said on Ctrl-C (what was kept; the job may have said it already).
+        notice: prints what a stop kept (SIGTERM's message, ``interrupted``): not an error.
     """
     try:
         status = job()
@@ -147,13 +153,17 @@ def run(
         code = exit_status(e)
         if code is None:
             raise
+        log.debug("%s", type(e).__name__, exc_info=True)
         if isinstance(e, KeyboardInterrupt):
             if interrupted:
-                say(interrupted)
+                notice(interrupted)
+        elif isinstance(e, Stopped):
+            if str(e):
+                notice(str(e))
         elif isinstance(e, DataError):
-            hint = skip_hint and "every record is invalid" not in str(e)
+            hint = skip_hint and e.where is not None and "--skip-invalid" not in str(e)
             say(f"bad input: {e}" + (" (--skip-invalid skips bad records)" if hint else ""))
-        elif not isinstance(e, Stopped) or str(e):
+        else:
             say(error_line(e))
         return code
     return 0 if status is None else status

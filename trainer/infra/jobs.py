@@ -97,7 +97,10 @@ async def _run(todo, work, finish, concurrency, batch_size, desc, unit, progress
     async def worker() -> None:
         while queue:
             batch = [queue.pop() for _ in range(min(batch_size, len(queue)))]
-            for job, result in zip(batch, await work(batch), strict=True):
+            results = await work(batch)
+            if len(results) != len(batch):  # (a judge's bug: not the input's fault)
+                raise RuntimeError(f"{desc or 'a job'}: {len(results)} results for a batch of {len(batch)}")
+            for job, result in zip(batch, results):
                 finish(job, result)
             if bar is not None:
                 bar.update(len(batch))

@@ -589,34 +589,44 @@ class MLflowTracker(Tracker):
         return f"run {self.run_id} at {self.uri}{ui}"
 
 
-_MLFLOW_INIT_LOCK = threading.Lock()
+_MLFLOW_INIT_LOCK = threading.RLock()
 
 
 def _mlflow_package_lazily() -> None:
     """Make ``mlflow`` importable without running its ``__init__`` now (no-op if already
     imported). That ``__init__`` imports the whole fluent API (GenAI, evaluation, the model
     flavours' loaders, pandas, FastAPI: about 1.8 CPU-seconds here) and starts MLflow's
-    telemetry client; :class:`MlflowClient` and the entities need none of it (measured: the
-    client's imports over HTTP take two thirds of the time, no fluent API). The package module is
+    telemetry client; :class:`MlflowClient` and the entities need none of it. The package module is
     created bare, with ``__version__`` set; a submodule it lacks is imported on first access, and
-    any other name (something of the fluent API) runs the real ``__init__`` then, in the same
-    module: the package behaves as if fully imported, only later and only when needed."""
+    any other name (something of the fluent API) runs the real ``__init__`` then, once, in the same
+    module: the package behaves as if fully imported, only later and only when needed. Another
+    thread asking meanwhile waits for it; if it fails, the error is raised and the next access
+    tries again."""
     if "mlflow" in sys.modules:
         return
     spec = importlib.util.find_spec("mlflow")
     if spec is None or spec.loader is None or not spec.submodule_search_locations:
         return  # (not installed: the import below says so)
     module = importlib.util.module_from_spec(spec)
+    state = {"init": "no"}  # no -> running -> done
 
     def __getattr__(name: str) -> Any:  # (a module's own __getattr__: names it does not have yet)
         if name.startswith("__") and name != "__all__":
             raise AttributeError(f"module 'mlflow' has no attribute {name!r}")
         if importlib.util.find_spec(f"mlflow.{name}") is not None:
             return importlib.import_module(f"mlflow.{name}")
-        with _MLFLOW_INIT_LOCK:  # the real __init__, once, into this module
-            if module.__dict__.pop("__getattr__", None) is not None:
-                spec.loader.exec_module(module)
-        return getattr(module, name)
+        with _MLFLOW_INIT_LOCK:  # (re-entrant: the __init__ itself may ask for a name it lacks yet)
+            if state["init"] == "no":
+                state["init"] = "running"
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    state["init"] = "no"
+                    raise
+                state["init"] = "done"
+        if name in module.__dict__:
+            return module.__dict__[name]
+        raise AttributeError(f"module 'mlflow' has no attribute {name!r}")
 
     sys.modules["mlflow"] = module
     try:
