@@ -37,7 +37,7 @@ from pathlib import Path
 
 from trainer.data.formats import Prompt
 from trainer.data.synthetic import gold_reward, load_world
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, JobFailed
 from trainer.infra.claude import ClaudeClient, ClaudeSettings, cost_usd
 
 __all__ = [
@@ -57,9 +57,9 @@ PAIRWISE_PROMPT_VERSION = "pairwise-v1"
 JUDGE_SETTINGS = ClaudeSettings(max_tokens=1024)  # a verdict after a short reasoning
 
 
-class JudgeError(RuntimeError):
+class JudgeError(JobFailed):
     """A judge that cannot give a verdict for a reason no retry fixes (a reward model or gold
-    world scoring an answer NaN or ±inf): the run stops, naming the instruction; what was
+    world scoring an answer NaN or ±inf): the run stops (exit 1), naming the instruction; what was
     judged before stays written."""
 
 
