@@ -26,6 +26,7 @@ __all__ = [
     "Preempted",
     "Stopped",
     "describe",
+    "error_line",
     "exit_status",
 ]
 
@@ -114,6 +115,15 @@ class Preempted(Exception):
         if int(os.environ.get("RANK", "0")) == 0:
             for d in {self.out_dir, top or self.out_dir}:
                 (d / PREEMPTED_MARKER).write_text(f"step {self.step}\n" if d == self.out_dir else "rm\n")
+
+
+def error_line(e: BaseException) -> str:
+    """The one line an entry point prints for ``e``: an OS error names its path."""
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.filename}: {e.strerror or e}"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e)
 
 
 def exit_status(e: BaseException) -> int | None:

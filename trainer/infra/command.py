@@ -23,10 +23,10 @@ import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from trainer.errors import DataError, Stopped, exit_status
+from trainer.errors import DataError, Stopped, error_line, exit_status
 from trainer.infra.config import check_declared, declared, field_docs, flag_name
 
-__all__ = ["add_flags", "config_from_args", "error_line", "run"]
+__all__ = ["add_flags", "config_from_args", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -117,15 +117,6 @@ def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     if hasattr(cfg, "check"):
         cfg.check()
     return cfg
-
-
-def error_line(e: BaseException) -> str:
-    """The one line an entry point prints for ``e``: an OS error names its path."""
-    if isinstance(e, OSError) and e.filename:
-        return f"{e.filename}: {e.strerror or e}"
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    return str(e)
 
 
 def run(

@@ -32,6 +32,7 @@ from trainer.errors import (  # noqa: F401 - ConfigError, describe: re-exported 
     PeerFailure,
     Preempted,
     describe,
+    error_line,
     exit_status,
 )
 from trainer.infra.trackers import TRACKERS, close_all
@@ -453,10 +454,8 @@ def cli_main(config_cls: type[T], train: Any, doc: str | None, argv: list[str] |
         code = exit_status(e) or 1
         if isinstance(e, Preempted):
             e.mark(Path(cfg.output_dir))
-        if isinstance(e, OSError):  # an unwritable output_dir, a full disk: naming the path
-            print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr, flush=True)
-        else:  # (PeerFailure: rank 0 failed and says why; this rank only reports it)
-            print(str(e) if isinstance(e, Preempted) else f"error: {e}", file=sys.stderr, flush=True)
+        # (an OSError names its path; PeerFailure: rank 0 failed and says why, this rank reports it)
+        print(str(e) if isinstance(e, Preempted) else f"error: {error_line(e)}", file=sys.stderr, flush=True)
     finally:
         close_all(code)  # trackers still open after an error or a pre-emption (bounded wait)
         shutdown()
