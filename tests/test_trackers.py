@@ -7,7 +7,8 @@ with each tracker's own tools.
   offline (its ``.wandb`` transaction log parsed into ``wandb.proto`` records); MLflow against an
   ``mlflow server`` this module starts on 127.0.0.1, read with ``MlflowClient``. A PPO run and its
   resume (one tracker run each, no step twice), the server killed mid-run, a 2-process run,
-  the reward and SFT trainers, and trackers that cannot start (no credentials, no server).
+  the reward and SFT trainers, a server behind MLflow's basic-auth app (the right and a wrong
+  password), and trackers that cannot start (no credentials, no server).
 
 No network: W&B runs offline (a W&B online start is tried only without credentials, against a
 closed local port), MLflow talks to the local server only.
@@ -526,6 +527,57 @@ def test_trackers_that_cannot_start_leave_the_run_alone(tmp_path):
             assert b"hunter2" not in f.read_bytes(), f
     assert [r["step"] for r in jsonl(out / "metrics.jsonl") if r.get("split") == "train"] == [2, 4]
     check_tensorboard(out, "step")
+
+
+@pytest.mark.slow
+def test_mlflow_server_with_basic_auth(tmp_path, monkeypatch):
+    """A shared MLflow server behind MLflow's own basic-auth app (as a team runs one): a user's
+    credentials from the environment (``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD``) get the
+    metrics and params through; a wrong password is one warning naming MLflow and the refusal, the
+    run completes, and the password is in no output or file."""
+    pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app needs mlflow[auth] (the dev extra)")
+    from mlflow.exceptions import MlflowException
+    from mlflow.server.auth.client import AuthServiceClient
+    from mlflow.tracking import MlflowClient
+
+    from bench.bench_trackers import mlflow_server
+
+    user, password = "trainer", "s3cret-trainer-pw"
+    with mlflow_server(tmp_path / "server", admin=("admin", "s3cret-admin-pw")) as (uri, _):
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret-admin-pw")
+        AuthServiceClient(uri).create_user(user, password)
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+        monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+        with pytest.raises(MlflowException, match="401"):  # the server does refuse anyone unnamed
+            MlflowClient(uri).search_experiments()
+
+        tiny = [*TINY_SUPERVISED, "max_steps=4", "log_every=2", "report_to=[mlflow]"]
+        creds = dict(MLFLOW_TRACKING_URI=uri, MLFLOW_EXPERIMENT_NAME="team", MLFLOW_TRACKING_USERNAME=user)
+        for pw, out in ((password, tmp_path / "sft"), ("wrong-password-123", tmp_path / "sft_refused")):
+            env = tracker_env(tmp_path, **creds, MLFLOW_TRACKING_PASSWORD=pw)
+            p = run("trainer/sft.py", [*tiny, f"output_dir={out}"], env)
+            said = p.stdout + p.stderr
+            warnings = [line for line in said.splitlines() if "warning: report_to" in line]
+            if pw == password:
+                assert not warnings, said[-3000:]
+            else:
+                assert len(warnings) == 1 and "report_to mlflow: cannot start" in warnings[0], said[-3000:]
+                assert "401" in warnings[0] or "authenticat" in warnings[0].lower(), warnings[0]
+            assert pw not in said and "s3cret" not in said
+            for f in out.rglob("*"):
+                if f.is_file():
+                    assert pw.encode() not in f.read_bytes(), f
+            assert [r["step"] for r in jsonl(out / "metrics.jsonl") if r.get("split") == "train"] == [2, 4]
+
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        c, r = mlflow_run(uri, "team")  # exactly one run: the refused one never started
+        assert r.info.run_name == "sft" and r.data.params["max_steps"] == "4"
+        expected = expected_scalars(tmp_path / "sft", "step")
+        for tag, steps in expected.items():
+            got = {m.step: m.value for m in c.get_metric_history(r.info.run_id, tag)}
+            assert sorted(got) == sorted(steps) and all(same(got[s], v) for s, v in steps.items()), tag
 
 
 @pytest.mark.slow
