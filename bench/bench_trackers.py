@@ -16,7 +16,11 @@ real: TensorBoard event files, W&B offline (``WANDB_MODE=offline``: the run is w
 * ``process``: the whole command's wall time, start-up (imports, tracker start) and the trackers'
   final drain (``close``) included;
 * ``cpu``: user + system CPU seconds of the command and the children it waited for (the tracker
-  process included; not the MLflow server, nor W&B's ``wandb-core`` service).
+  process included; not the MLflow server, nor W&B's ``wandb-core`` service);
+* the trackers' share of the trainer process's own time, as the trainer says it at the end
+  (``TrackerProcess.cost``: starting the tracker process, the trainer's calls, the CPU of the
+  two threads that feed it, the wait for it to finish): their whole cost where the cores are
+  independent and not all busy, since the rest of their work runs in their own process.
 
 The cost column is the median over repeats of the paired ratio (each "all" run against the "none"
 run next to it), which cancels slow drifts in the machine's load better than a ratio of medians,
@@ -38,6 +42,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -192,8 +197,9 @@ def pin_descendants(pid: int, cpus: set[int], every_s: float = 0.02) -> Iterator
 def run_ppo(
     args: list[str], out: Path, env: dict, pin: tuple[set[int], set[int]] | None = None
 ) -> tuple[float, float, float]:
-    """``(process wall seconds, Σ iteration_s, CPU seconds)`` of one ``trainer/ppo.py`` run;
-    ``pin``: ``(the trainer's CPUs, the CPUs of every process it starts)`` (None: not pinned)."""
+    """``(process wall seconds, Σ iteration_s, CPU seconds)`` of one ``trainer/ppo.py`` run
+    (its output is kept in ``out/output.txt``); ``pin``: ``(the trainer's CPUs, the CPUs of
+    every process it starts)`` (None: not pinned)."""
     import resource
 
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -209,12 +215,21 @@ def run_ppo(
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+    (out / "output.txt").write_text(p.stdout + p.stderr)
     if p.returncode != 0:
         raise RuntimeError(f"ppo.py failed ({p.returncode}):\n{(p.stdout + p.stderr)[-3000:]}")
     if "warning: report_to" in p.stdout + p.stderr:
         raise RuntimeError("a tracker failed:\n" + (p.stdout + p.stderr)[-3000:])
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return wall, sum(r["iteration_s"] for r in recs), cpu
+
+
+def trainer_side_s(output: str) -> float | None:
+    """The seconds of the trainer process's own time the trackers took, from the line
+    ``TrackerProcess.close`` says ("report_to: the trackers took X s of this process's time");
+    None when there is no such line (no tracker)."""
+    m = re.search(r"report_to: the trackers took ([0-9.]+) s of this process's time", output)
+    return float(m.group(1)) if m else None
 
 
 def spread(xs: list[float]) -> str:
@@ -335,6 +350,15 @@ def measure(a: argparse.Namespace, work: Path, base: list[str], env: dict, pinne
     if pin:
         os.sched_setaffinity(0, pin[0] | pin[1])
 
+    own = [trainer_side_s((work / f"all{i}" / "output.txt").read_text()) for i in range(a.repeats)]
+    own_pct = [100 * s / t[0] for s, t in zip(own, times["all"]) if s is not None]
+    own_line = (
+        f"the trackers' share of the trainer process's own time (start, calls, feeding threads' CPU, "
+        f"close wait; measured in the trainer): {statistics.median(own_pct):.2f}% of the run "
+        f"({min(own_pct):.2f}-{max(own_pct):.2f}%), median {statistics.median(s for s in own if s):.3f} s"
+        if own_pct
+        else "the trainer said nothing of the trackers' time"
+    )
     rows = []
     for j, what in enumerate(("process", "loop", "cpu")):
         none = [t[j] for t in times["none"]]
@@ -350,6 +374,7 @@ def measure(a: argparse.Namespace, work: Path, base: list[str], env: dict, pinne
     width = [max(len(r[k]) for r in [header, *rows]) for k in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, width)))
+    print(own_line)
     if a.record:
         from bench.common import record
 
@@ -364,7 +389,7 @@ def measure(a: argparse.Namespace, work: Path, base: list[str], env: dict, pinne
                 f"busy: {'n/a' if a.interference is None else f'{a.interference:+.0%}'}; "
                 "W&B offline, MLflow to a local `mlflow server` at nice +10, TensorBoard event files; "
                 "loop = sum of iteration_s, process = the command's wall time, cpu = its user+sys "
-                "seconds with the tracker process"
+                f"seconds with the tracker process; {own_line}"
             ),
         )
 

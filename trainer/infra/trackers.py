@@ -913,7 +913,10 @@ class TrackerProcess:
     neither this process's GIL nor its time: the trainer's calls only enqueue (a full queue drops
     the record, warned once), and a tracker library that hangs or crashes cannot stop the run. The
     child's output comes back through ``say``, scrubbed of secrets. ``close`` waits at most
-    ``timeout`` seconds for the child to send what is queued and close the runs, then ends it.
+    ``timeout`` seconds for the child to send what is queued and close the runs, then ends it,
+    and says how much of this process's time the trackers took (``cost``: the start, the
+    trainer's calls, the CPU of the two feeding threads, the close's wait; wall seconds except
+    the threads' CPU): the part of their cost on the training path wherever the cores are.
 
     Args:
         names: installed tracker names (:func:`installed`).
@@ -922,7 +925,11 @@ class TrackerProcess:
     """
 
     def __init__(self, names: list[str], info: RunInfo, say: Callable[[str], None] = print):
+        t0 = time.perf_counter()
         self.info, self.say, self.names = info, say, names
+        # the trainer's own time on the trackers (said at close): start, the trainer's calls, the
+        # CPU of this object's two threads, the close's wait; everything else runs in the child
+        self.cost = dict.fromkeys(("start_s", "calls_s", "send_cpu_s", "read_cpu_s", "close_wait_s"), 0.0)
         self.q: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
         self.dropped, self.broken = 0, False
         root = str(Path(__file__).resolve().parents[2])  # the child imports this package from here
@@ -939,6 +946,7 @@ class TrackerProcess:
         self._writer.start()
         self._reader.start()
         _OPEN.add(self)
+        self.cost["start_s"] = time.perf_counter() - t0
 
     def _put(self, item: tuple) -> None:
         if self.broken:
@@ -950,6 +958,12 @@ class TrackerProcess:
 
     def _write(self) -> None:
         """The writer thread: queue → the child's stdin (pickled), until ``close``."""
+        try:
+            self._write_all()
+        finally:
+            self.cost["send_cpu_s"] = time.thread_time()  # (this thread's CPU time, all of it)
+
+    def _write_all(self) -> None:
         while True:
             item = self.q.get()
             try:
@@ -975,14 +989,19 @@ class TrackerProcess:
             text = line.decode("utf-8", "replace").rstrip()
             if text:
                 self.say(redact(text))
+        self.cost["read_cpu_s"] = time.thread_time()
 
     def log(self, record: dict) -> None:
         """:meth:`Trackers.log` (enqueued)."""
+        t0 = time.perf_counter()
         self._put(("log", dict(record), time.time()))
+        self.cost["calls_s"] += time.perf_counter() - t0
 
     def table(self, name: str, step: int, rows: list[dict]) -> None:
         """:meth:`Trackers.table` (enqueued)."""
+        t0 = time.perf_counter()
         self._put(("table", name, int(step), rows))
+        self.cost["calls_s"] += time.perf_counter() - t0
 
     def hurry(self) -> None:
         """:meth:`Trackers.hurry` (enqueued)."""
@@ -990,7 +1009,9 @@ class TrackerProcess:
 
     def finish(self, summary: dict[str, float], text: str = "", files: Iterable[Path] = ()) -> None:
         """:meth:`Trackers.finish` (enqueued)."""
+        t0 = time.perf_counter()
         self._put(("finish", dict(summary), text, [Path(p) for p in files]))
+        self.cost["calls_s"] += time.perf_counter() - t0
 
     def close(self, exit_code: int = 0, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Send what is queued, let the child close the tracker runs (``exit_code`` marks them),
@@ -999,6 +1020,7 @@ class TrackerProcess:
         if self not in _OPEN:
             return
         _OPEN.discard(self)
+        t0 = time.perf_counter()
         deadline = time.monotonic() + timeout + 10
         for item in (("close", exit_code, timeout), _CLOSE):  # waits for room: never dropped
             try:
@@ -1012,18 +1034,30 @@ class TrackerProcess:
             self.proc.kill()
             self.proc.wait()
         self._reader.join(5)
+        self._writer.join(1)
+        self.cost["close_wait_s"] = time.perf_counter() - t0
         if self.dropped:
             self.say(f"warning: report_to: {self.dropped} records were dropped (the trackers fell behind)")
+        c = self.cost
+        self.say(
+            f"report_to: the trackers took {sum(c.values()):.3f} s of this process's time: "
+            f"{c['start_s']:.3f} s to start theirs, {c['calls_s']:.3f} s in the trainer's calls, "
+            f"{c['send_cpu_s'] + c['read_cpu_s']:.3f} s of CPU on the two threads that feed it, "
+            f"{c['close_wait_s']:.3f} s waiting for it to finish (their own work ran in that process)"
+        )
 
 
 def start_trackers(names: Iterable[str], info: RunInfo, say: Callable[[str], None]) -> TrackerProcess | None:
     """The trackers of ``names`` that are installed, started in a :class:`TrackerProcess`; None
     when none is (each missing one a warning naming its extra, said before training starts)."""
+    t0 = time.perf_counter()
     names = installed(names, say)
     if not names:
         return None
     try:
-        return TrackerProcess(names, info, say)
+        tp = TrackerProcess(names, info, say)
+        tp.cost["start_s"] = time.perf_counter() - t0  # (the package checks too)
+        return tp
     except OSError as e:  # no process to be had (a fork limit): the run goes on without them
         say(f"warning: report_to: cannot start the tracker process ({_reason(e)}); metrics.jsonl only")
         return None
