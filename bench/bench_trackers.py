@@ -165,6 +165,18 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and the processes under it now (from
+    ``/proc``; a process that already ended is not counted)."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for p in [pid, *descendants(pid)]:
+        with contextlib.suppress(OSError, ValueError):
+            stat = Path(f"/proc/{p}/stat").read_text()
+            fields = stat[stat.rfind(")") + 2 :].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def pin_all_threads(pid: int, cpus: set[int]) -> None:
     """Every thread of process ``pid`` onto ``cpus`` (``sched_setaffinity`` is per thread)."""
     for task in Path(f"/proc/{pid}/task").glob("*"):
@@ -334,13 +346,17 @@ def measure(a: argparse.Namespace, work: Path, base: list[str], env: dict, pinne
     print(f"# {mode}", flush=True)
     # the server stands in for one on another machine: at nice +10 it takes no core the runs need
     # (pinned: it has the trackers' CPU only)
-    with mlflow_server(work / "mlflow", nice=10, cpus=pin[1] if pin else None) as (uri, _):
+    server_cpu: list[float] = []  # the MLflow server's CPU seconds during each "all" run
+    with mlflow_server(work / "mlflow", nice=10, cpus=pin[1] if pin else None) as (uri, server):
         env_all = {**env, "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": "bench"}
         for i in range(a.repeats):
             for arm in ("none", "all") if i % 2 == 0 else ("all", "none"):
                 extra, e = ([ALL], env_all) if arm == "all" else ([], env)
+                s0 = tree_cpu_s(server.pid)
                 wall, loop, cpu = run_ppo(args + extra, work / f"{arm}{i}", e, pin)
                 times[arm].append((wall, loop, cpu))
+                if arm == "all":
+                    server_cpu.append(tree_cpu_s(server.pid) - s0)
                 load = os.getloadavg()[0]
                 print(
                     f"repeat {i} {arm:>4}: process {wall:.2f} s, loop {loop:.2f} s, cpu {cpu:.2f} s "
@@ -358,6 +374,10 @@ def measure(a: argparse.Namespace, work: Path, base: list[str], env: dict, pinne
         f"({min(own_pct):.2f}-{max(own_pct):.2f}%), median {statistics.median(s for s in own if s):.3f} s"
         if own_pct
         else "the trainer said nothing of the trackers' time"
+    )
+    own_line += (
+        f"; the MLflow server (on this machine here, another one in a real deployment) used a median "
+        f"{statistics.median(server_cpu):.2f} CPU-s per run with the trackers"
     )
     rows = []
     for j, what in enumerate(("process", "loop", "cpu")):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import struct
@@ -375,6 +376,16 @@ def test_ppo_with_every_tracker_and_its_resume(tmp_path, reward_model, mlflow_sr
     p = run("trainer/ppo.py", [*args, "iterations=4"], env)
     assert "resumed from iteration 2" in p.stdout + p.stderr
     assert "warning: report_to" not in p.stdout + p.stderr
+    # the trainer's own time on them, said once at the end: its parts add up, the close waited
+    said = re.findall(
+        r"report_to: the trackers took ([0-9.]+) s of this process's time: ([0-9.]+) s to start theirs, "
+        r"([0-9.]+) s in the trainer's calls, ([0-9.]+) s of CPU on the two threads that feed it, "
+        r"([0-9.]+) s waiting for it to finish",
+        p.stdout + p.stderr,
+    )
+    assert len(said) == 1, (p.stdout + p.stderr)[-2000:]
+    total, *parts = map(float, said[0])
+    assert abs(total - sum(parts)) <= 0.003 and parts[-1] > 0
     assert [r["iteration"] for r in jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4]
     state = json.loads((out / T.STATE_FILE).read_text())
     assert {k: v["last_step"] for k, v in state.items()} == {"tensorboard": 4, "wandb": 4, "mlflow": 4}

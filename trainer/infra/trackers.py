@@ -87,7 +87,6 @@ STATE_FILE = "trackers.json"  # output_dir/trackers.json: run ids and the last s
 QUEUE_SIZE = 4096  # items per tracker's queue (a record, a table, the end)
 CLOSE_TIMEOUT_S = 60.0  # how long close() waits for the trackers to drain, in all
 NICE = 10  # the tracker process's CPU priority, below the training's
-_SAVE_EVERY_S = 2.0  # the state file is rewritten at most this often (and at the end)
 
 # package to import and pip extra of each tracker
 _PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -250,7 +249,9 @@ class Tracker:
     run) and returns the state to keep (its run id: never a secret)."""
 
     name = ""
-    interval_s = 0.0  # > 0: records are sent together at most this often (one request)
+    # > 0: records are sent together at most this often (one request or write, one flush and one
+    # rewrite of trackers.json per batch instead of per record: a tiny run logs 10 records a second)
+    interval_s = 0.0
     # what the tracker imports, done first and one tracker at a time: two threads importing the
     # same module (numpy under torch and wandb) can see it half-initialised
     modules: tuple[str, ...] = ()
@@ -302,6 +303,7 @@ class TensorBoardTracker(Tracker):
     run left there are discarded)."""
 
     name = "tensorboard"
+    interval_s = 1.0
     modules = (
         "tensorboard.summary.writer.event_file_writer", "tensorboard.compat.proto.event_pb2",
         "tensorboard.compat.proto.summary_pb2", "tensorboard.compat.proto.tensor_pb2",
@@ -433,6 +435,7 @@ class WandbTracker(Tracker):
     run locally (``wandb sync`` uploads it later)."""
 
     name = "wandb"
+    interval_s = 1.0
     modules = ("wandb", "PIL.Image")
 
     def start(self, info: RunInfo, state: dict) -> dict:
