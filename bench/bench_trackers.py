@@ -105,6 +105,7 @@ def mlflow_server(
         ini.write_text(
             "[mlflow]\ndefault_permission = READ\n"
             f"database_uri = sqlite:///{root / 'basic_auth.db'}\nadmin_username = {admin[0]}\n"
+            f"admin_password = {admin[1]}\n"  # (older MLflow reads it here; newer also from the env)
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         )
         env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_AUTH_ADMIN_PASSWORD=admin[1])
@@ -227,6 +228,7 @@ def run_ppo(
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+    out.mkdir(parents=True, exist_ok=True)  # (a run refused before it made output_dir)
     (out / "output.txt").write_text(p.stdout + p.stderr)
     if p.returncode != 0:
         raise RuntimeError(f"ppo.py failed ({p.returncode}):\n{(p.stdout + p.stderr)[-3000:]}")
@@ -236,12 +238,19 @@ def run_ppo(
     return wall, sum(r["iteration_s"] for r in recs), cpu
 
 
-def trainer_side_s(output: str) -> float | None:
+COST_LINE = re.compile(
+    r"report_to: the trackers took (?P<total>[0-9.]+) s of this process's time: (?P<start>[0-9.]+) s to "
+    r"start theirs, (?P<calls>[0-9.]+) s in the trainer's calls, (?P<threads>[0-9.]+) s of CPU on the two "
+    r"threads that feed it, (?P<wait>[0-9.]+) s waiting for it to finish"
+)  # what TrackerProcess.close says
+
+
+def trainer_side_s(output: str) -> dict[str, float] | None:
     """The seconds of the trainer process's own time the trackers took, from the line
-    ``TrackerProcess.close`` says ("report_to: the trackers took X s of this process's time");
-    None when there is no such line (no tracker)."""
-    m = re.search(r"report_to: the trackers took ([0-9.]+) s of this process's time", output)
-    return float(m.group(1)) if m else None
+    ``TrackerProcess.close`` says: ``{"total", "start", "calls", "threads", "wait"}``; None when
+    there is no such line (no tracker)."""
+    m = COST_LINE.search(output)
+    return {k: float(v) for k, v in m.groupdict().items()} if m else None
 
 
 def spread(xs: list[float]) -> str:
@@ -366,15 +375,19 @@ def measure(a: argparse.Namespace, work: Path, base: list[str], env: dict, pinne
     if pin:
         os.sched_setaffinity(0, pin[0] | pin[1])
 
-    own = [trainer_side_s((work / f"all{i}" / "output.txt").read_text()) for i in range(a.repeats)]
-    own_pct = [100 * s / t[0] for s, t in zip(own, times["all"]) if s is not None]
-    own_line = (
-        f"the trackers' share of the trainer process's own time (start, calls, feeding threads' CPU, "
-        f"close wait; measured in the trainer): {statistics.median(own_pct):.2f}% of the run "
-        f"({min(own_pct):.2f}-{max(own_pct):.2f}%), median {statistics.median(s for s in own if s):.3f} s"
-        if own_pct
-        else "the trainer said nothing of the trackers' time"
-    )
+    said = [trainer_side_s((work / f"all{i}" / "output.txt").read_text()) for i in range(a.repeats)]
+    own = [c for c in said if c is not None]
+    own_pct = [100 * c["total"] / t[0] for c, t in zip(said, times["all"]) if c is not None]
+    own_line = "the trainer said nothing of the trackers' time"
+    if own:
+        parts = ", ".join(
+            f"{k} {statistics.median(c[k] for c in own):.3f}" for k in ("start", "calls", "threads", "wait")
+        )
+        own_line = (
+            f"the trackers' share of the trainer process's own time (measured in the trainer): "
+            f"{statistics.median(own_pct):.2f}% of the run ({min(own_pct):.2f}-{max(own_pct):.2f}%), median "
+            f"{statistics.median(c['total'] for c in own):.3f} s (medians of its parts, s: {parts})"
+        )
     own_line += (
         f"; the MLflow server (on this machine here, another one in a real deployment) used a median "
         f"{statistics.median(server_cpu):.2f} CPU-s per run with the trackers"

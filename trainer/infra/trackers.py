@@ -249,8 +249,9 @@ class Tracker:
     run) and returns the state to keep (its run id: never a secret)."""
 
     name = ""
-    # > 0: records are sent together at most this often (one request or write, one flush and one
-    # rewrite of trackers.json per batch instead of per record: a tiny run logs 10 records a second)
+    # > 0: records are taken together at most this often: one log_many (one request for MLflow, one
+    # write for TensorBoard; W&B still logs each row), one flush and one rewrite of trackers.json per
+    # batch instead of per record (a tiny run logs 10 records a second)
     interval_s = 0.0
     # what the tracker imports, done first and one tracker at a time: two threads importing the
     # same module (numpy under torch and wandb) can see it half-initialised
@@ -668,9 +669,13 @@ class _Worker:
     """One tracker's thread and queue; drops the tracker (one warning) on its first failure.
 
     The thread takes whatever is queued at once (waiting first until ``interval_s`` has passed
-    since its last send, for a tracker that batches: MLflow), sends consecutive records in one
-    :meth:`Tracker.log_many`, then makes them durable (``flush``) and records in ``state`` the
-    last step sent and the fields sent at it, so a resumed run sends nothing twice."""
+    since its last send, for a tracker that batches: all three; ``hurry`` and ``close`` end the
+    wait), sends consecutive records in one :meth:`Tracker.log_many`, then makes them durable
+    (``flush``) and records in ``state`` the last step sent and the fields sent at it, so a resumed
+    run sends nothing twice. (A batch counts as sent once it all went out: if the tracker fails, or
+    the process is killed, halfway through one, a resume sends its first records again; W&B, which
+    takes them row by row, can then show up to a second of rows twice; TensorBoard's ``purge_step``
+    drops its copies.)"""
 
     def __init__(self, tracker: Tracker, info: RunInfo, state: dict, owner: Trackers):
         self.tracker, self.info, self.state, self.owner = tracker, info, dict(state), owner
@@ -988,11 +993,13 @@ class TrackerProcess:
 
     def _read(self) -> None:
         """The reader thread: the child's output lines → ``say`` (redacted)."""
-        for line in iter(self.proc.stdout.readline, b""):
-            text = line.decode("utf-8", "replace").rstrip()
-            if text:
-                self.say(redact(text))
-        self.cost["read_cpu_s"] = time.thread_time()
+        try:
+            for line in iter(self.proc.stdout.readline, b""):
+                text = line.decode("utf-8", "replace").rstrip()
+                if text:
+                    self.say(redact(text))
+        finally:
+            self.cost["read_cpu_s"] = time.thread_time()
 
     def log(self, record: dict) -> None:
         """:meth:`Trackers.log` (enqueued)."""
@@ -1008,7 +1015,9 @@ class TrackerProcess:
 
     def hurry(self) -> None:
         """:meth:`Trackers.hurry` (enqueued)."""
+        t0 = time.perf_counter()
         self._put(("hurry",))
+        self.cost["calls_s"] += time.perf_counter() - t0
 
     def finish(self, summary: dict[str, float], text: str = "", files: Iterable[Path] = ()) -> None:
         """:meth:`Trackers.finish` (enqueued)."""
