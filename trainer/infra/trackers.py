@@ -913,6 +913,21 @@ class Trackers:
 # --------------------------------------------------------------------------------------------
 # The fan-out's front in the training process: a child process runs the trackers
 # --------------------------------------------------------------------------------------------
+def _counted(method: Callable) -> Callable:
+    """A :class:`TrackerProcess` method whose time is added to ``cost["calls_s"]`` (the trainer's
+    calls: what they cost the training thread)."""
+
+    @functools.wraps(method)
+    def timed(self: TrackerProcess, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.cost["calls_s"] += time.perf_counter() - t0
+
+    return timed
+
+
 class TrackerProcess:
     """What the trainers get (:func:`trainer.infra.runtime.open_metrics`, rank 0): the same
     methods as :class:`Trackers`, which runs in a child process (``python -m
@@ -933,10 +948,9 @@ class TrackerProcess:
     """
 
     def __init__(self, names: list[str], info: RunInfo, say: Callable[[str], None] = print):
-        t0 = time.perf_counter()
         self.info, self.say, self.names = info, say, names
-        # the trainer's own time on the trackers (said at close): start, the trainer's calls, the
-        # CPU of this object's two threads, the close's wait; everything else runs in the child
+        # the trainer's own time on the trackers (said at close): start (:func:`start_trackers`), the
+        # trainer's calls, the CPU of this object's two threads, the close's wait; the rest runs in the child
         self.cost = dict.fromkeys(("start_s", "calls_s", "send_cpu_s", "read_cpu_s", "close_wait_s"), 0.0)
         self.q: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
         self.dropped, self.broken = 0, False
@@ -954,7 +968,6 @@ class TrackerProcess:
         self._writer.start()
         self._reader.start()
         _OPEN.add(self)
-        self.cost["start_s"] = time.perf_counter() - t0
 
     def _put(self, item: tuple) -> None:
         if self.broken:
@@ -1001,29 +1014,25 @@ class TrackerProcess:
         finally:
             self.cost["read_cpu_s"] = time.thread_time()
 
+    @_counted
     def log(self, record: dict) -> None:
         """:meth:`Trackers.log` (enqueued)."""
-        t0 = time.perf_counter()
         self._put(("log", dict(record), time.time()))
-        self.cost["calls_s"] += time.perf_counter() - t0
 
+    @_counted
     def table(self, name: str, step: int, rows: list[dict]) -> None:
         """:meth:`Trackers.table` (enqueued)."""
-        t0 = time.perf_counter()
         self._put(("table", name, int(step), rows))
-        self.cost["calls_s"] += time.perf_counter() - t0
 
+    @_counted
     def hurry(self) -> None:
         """:meth:`Trackers.hurry` (enqueued)."""
-        t0 = time.perf_counter()
         self._put(("hurry",))
-        self.cost["calls_s"] += time.perf_counter() - t0
 
+    @_counted
     def finish(self, summary: dict[str, float], text: str = "", files: Iterable[Path] = ()) -> None:
         """:meth:`Trackers.finish` (enqueued)."""
-        t0 = time.perf_counter()
         self._put(("finish", dict(summary), text, [Path(p) for p in files]))
-        self.cost["calls_s"] += time.perf_counter() - t0
 
     def close(self, exit_code: int = 0, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Send what is queued, let the child close the tracker runs (``exit_code`` marks them),
