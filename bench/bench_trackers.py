@@ -52,7 +52,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,14 +80,17 @@ def mlflow_server(
     nice: int = 0,
     cpus: set[int] | None = None,
     admin: tuple[str, str] | None = None,
+    host: str = "127.0.0.1",
+    prefix: Sequence[str] = (),
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``mlflow server`` on 127.0.0.1 (sqlite store and artefacts under ``root``; one worker, no
+    """``mlflow server`` on ``host`` (sqlite store and artefacts under ``root``; one worker, no
     job runner), yielded as ``(tracking URI, process)`` once it answers ``/health``; stopped
     (its whole process group) on exit; ``nice``: its CPU priority; ``cpus``: the CPUs it (and its
     workers) may run on (None: any); ``admin``: ``(user, password)`` serves MLflow's basic-auth
     app (``--app-name basic-auth``, users in a sqlite file under ``root``, READ for everyone by
-    default), as a shared server is run; None: no authentication. Also used by
-    ``tests/test_trackers.py``.
+    default), as a shared server is run; None: no authentication; ``prefix``: a command to run it
+    under (``ip netns exec NS``: another host's network; ``host`` is then its address there).
+    Also used by ``tests/test_trackers.py``.
 
     Raises:
         RuntimeError: it did not answer within ``timeout`` seconds (its log's tail says why).
@@ -96,7 +99,7 @@ def mlflow_server(
     port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     cmd = [
-        str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+        str(Path(sys.executable).with_name("mlflow")), "server", "--host", host, "--port", str(port),
         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
         "--default-artifact-root", str(root / "artifacts"),
     ]  # fmt: skip
@@ -113,12 +116,13 @@ def mlflow_server(
         cmd += ["--app-name", "basic-auth"]
     if nice:
         cmd = ["nice", "-n", str(nice), *cmd]
+    cmd = [*prefix, *cmd]
     log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
+    uri = f"http://{host}:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:

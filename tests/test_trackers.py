@@ -5,13 +5,15 @@ with each tracker's own tools.
   resume bookkeeping, the secrets scrubbed from messages;
 * real libraries on tiny runs: TensorBoard event files read with ``EventAccumulator``; W&B
   offline (its ``.wandb`` transaction log parsed into ``wandb.proto`` records); MLflow against an
-  ``mlflow server`` this module starts on 127.0.0.1, read with ``MlflowClient``. A PPO run and its
-  resume (one tracker run each, no step twice), the server killed mid-run, a 2-process run,
-  the reward and SFT trainers, a server behind MLflow's basic-auth app (the right and a wrong
-  password), and trackers that cannot start (no credentials, no server).
+  ``mlflow server`` this module starts, read with ``MlflowClient``. A PPO run and its resume (one
+  tracker run each, no step twice), the server killed mid-run, a server on another host (a
+  network namespace) whose link is cut mid-run and the resume that catches it up, a 2-process
+  run, the reward and SFT trainers, a server behind MLflow's basic-auth app (the right and a
+  wrong password), and trackers that cannot start (no credentials, no server).
 
 No network: W&B runs offline (a W&B online start is tried only without credentials, against a
-closed local port), MLflow talks to the local server only.
+closed local port), MLflow talks to servers on this machine only (127.0.0.1, or a network
+namespace's address).
 """
 
 from __future__ import annotations
@@ -206,6 +208,51 @@ def mlflow_artifacts(c, run_id: str, path: str | None = None) -> list[str]:
     return out
 
 
+class OtherHost:
+    """Another host on a network of its own: a Linux network namespace joined to this one by a
+    veth pair (``10.231.N.1`` here, :attr:`ip` there), its neighbour entry fixed, so that
+    :meth:`cut` is a partition as a broken link between two machines shows it — packets vanish,
+    connections hang until their timeout — rather than an error at once; :meth:`mend` undoes it.
+    Needs root and ``ip`` (iproute2); :meth:`up` skips the test where either is missing."""
+
+    def __init__(self) -> None:
+        n = os.getpid() % 250 + 1
+        self.ns, self.here, self.peer = f"fgr-{os.getpid()}", f"fgrh{os.getpid()}", "fgrp0"
+        self.local, self.ip = f"10.231.{n}.1", f"10.231.{n}.2"
+        self.prefix = ["ip", "netns", "exec", self.ns]
+
+    def _ip(self, *args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+    def up(self) -> OtherHost:
+        if shutil.which("ip") is None or os.geteuid() != 0:
+            pytest.skip("another host needs root and iproute2's ip (a network namespace)")
+        try:
+            self._ip("netns", "add", self.ns)
+        except subprocess.CalledProcessError as e:
+            pytest.skip(f"no network namespace here: {e.stderr.decode(errors='replace').strip()}")
+        self._ip("link", "add", self.here, "type", "veth", "peer", "name", self.peer, "netns", self.ns)
+        self._ip("addr", "add", f"{self.local}/30", "dev", self.here)
+        self._ip("link", "set", self.here, "up")
+        self._ip("-n", self.ns, "addr", "add", f"{self.ip}/30", "dev", self.peer)
+        self._ip("-n", self.ns, "link", "set", self.peer, "up")
+        self._ip("-n", self.ns, "link", "set", "lo", "up")
+        show = ["ip", "-n", self.ns, "-br", "link", "show", self.peer]  # NAME STATE MAC ...
+        mac = subprocess.run(show, capture_output=True, text=True, check=True, timeout=30).stdout.split()[2]
+        self._ip("neigh", "replace", self.ip, "lladdr", mac, "dev", self.here, "nud", "permanent")
+        return self
+
+    def cut(self) -> None:
+        self._ip("-n", self.ns, "link", "set", self.peer, "down")
+
+    def mend(self) -> None:
+        self._ip("-n", self.ns, "link", "set", self.peer, "up")
+
+    def down(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=30)  # (and its veth)
+        subprocess.run(["ip", "link", "del", self.here], capture_output=True, timeout=30)
+
+
 # --------------------------------------------------------------------------------------------
 # 1. The fan-out alone (fake trackers: no library, no training)
 # --------------------------------------------------------------------------------------------
@@ -288,6 +335,46 @@ def test_fanout_sends_each_step_once_and_survives_a_failing_tracker(tmp_path, mo
     sent = [(c[1], sorted(c[2])) for c in good2.calls if c[0] == "log"]
     assert sent == [(3, ["heldout"]), (4, ["reward"])]  # step 3's reward and table went out before
     assert not [c for c in good2.calls if c[0] == "table"]
+
+
+def test_a_resume_catches_up_on_what_a_tracker_missed(tmp_path):
+    """A tracker that missed records (it failed at step 3: a server down) gets them on the next
+    resume, read from metrics.jsonl as ``resume_at`` left it: steps after its last one up to the
+    checkpoint, each once, before what the resumed run logs; a tracker added on resume gets the
+    whole history; records dropped by the resume (past the checkpoint) are not sent."""
+    from trainer.infra.metrics import MetricsLog
+
+    info = T.RunInfo("ppo", tmp_path, {}, step_key="iteration")
+    down, other = fake("mlflow", fail_at=3), fake("tensorboard")
+    tr = T.Trackers(["mlflow"], info, print, {"mlflow": down})
+    log = MetricsLog(tmp_path / "metrics.jsonl", True, "iteration", tr)
+    for it in range(1, 7):
+        log.write({"iteration": it, "reward": it / 10})
+        t0 = time.monotonic()
+        while it == 2 and len([c for c in down.calls if c[0] == "log"]) < 2:  # (1 and 2 sent first)
+            assert time.monotonic() - t0 < 20
+            time.sleep(0.01)
+    log.close()
+    assert [c[1] for c in down.calls if c[0] == "log"] == [1, 2]  # the failure at 3: no more
+    with open(tmp_path / "metrics.jsonl", "a") as fh:
+        fh.write('{"iteration": 7, "rew')  # a torn last line, as a kill leaves it
+
+    # resume from the checkpoint of step 5 (6 and the torn line are dropped, then logged again)
+    up = fake("mlflow")
+    info2 = T.RunInfo("ppo", tmp_path, {}, step_key="iteration", resuming=True)
+    tr = T.Trackers(["mlflow", "tensorboard"], info2, print, {"mlflow": up, "tensorboard": other})
+    log = MetricsLog(tmp_path / "metrics.jsonl", True, "iteration", tr)
+    assert log.resume_at(5) == 2
+    for it in (6, 7):
+        log.write({"iteration": it, "reward": 1.0})
+    log.close()
+    assert up.calls[0] == ("start", {"run_id": "run-1", "last_step": 2, "sent_at_last_step": ["reward"]})
+    assert [(c[1], c[2]) for c in up.calls if c[0] == "log"] == [
+        (3, {"reward": 0.3}), (4, {"reward": 0.4}), (5, {"reward": 0.5}),
+        (6, {"reward": 1.0}), (7, {"reward": 1.0}),
+    ]  # fmt: skip
+    assert [c[1] for c in other.calls if c[0] == "log"] == [1, 2, 3, 4, 5, 6, 7]
+    assert json.loads((tmp_path / T.STATE_FILE).read_text())["mlflow"]["last_step"] == 7
 
 
 def test_a_batching_tracker_holds_records_until_its_interval_or_the_end(tmp_path):
@@ -491,6 +578,67 @@ def test_mlflow_server_killed_mid_run(tmp_path, reward_model, mlflow_srv):
     assert len(warnings) == 1 and "report_to mlflow" in warnings[0], output[-3000:]
     assert [r["iteration"] for r in jsonl(out / "metrics.jsonl")] == list(range(1, 7))
     check_tensorboard(out, "iteration")
+
+
+@pytest.mark.slow
+def test_mlflow_on_another_host_through_a_partition(tmp_path, reward_model):
+    """An MLflow server on another host (:class:`OtherHost`). A PPO run logs to it, then its resume
+    loses the link halfway (packets vanish; a request hangs until ``MLFLOW_HTTP_REQUEST_TIMEOUT``):
+    that run still finishes, with one warning naming MLflow, no wait for the trackers' time limit,
+    and metrics.jsonl complete. Once the link is back, the same command again (a resume of the
+    finished run: no training) sends MLflow what it missed: every step once, the JSONL's values."""
+    from bench.bench_trackers import mlflow_server
+
+    host = OtherHost().up()
+    try:
+        with mlflow_server(tmp_path / "server", host=host.ip, prefix=host.prefix) as (uri, _):
+            out = tmp_path / "ppo"
+            env = tracker_env(
+                tmp_path, MLFLOW_TRACKING_URI=uri, MLFLOW_EXPERIMENT_NAME="partition",
+                MLFLOW_HTTP_REQUEST_TIMEOUT="5",
+            )  # fmt: skip
+            args = [*TINY_PPO, "report_to=[mlflow]", f"reward_model={reward_model}", f"output_dir={out}"]
+            args += ["save_rollouts_every=0", "checkpoint_every=100"]
+            p = run("trainer/ppo.py", [*args, "iterations=3"], env)
+            assert "warning: report_to" not in p.stdout + p.stderr
+            c, r = mlflow_run(uri, "partition")
+            assert [m.step for m in c.get_metric_history(r.info.run_id, "reward")] == [1, 2, 3]
+
+            cmd = [sys.executable, "trainer/ppo.py", *args, "iterations=10"]
+            proc = subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+            try:
+                deadline = time.monotonic() + 120
+                while not ((out / "metrics.jsonl").exists() and len(jsonl(out / "metrics.jsonl")) >= 6):
+                    assert proc.poll() is None and time.monotonic() < deadline, "no iteration 6"
+                    time.sleep(0.05)
+                host.cut()
+                assert proc.poll() is None, "the run ended before the link was cut"
+                output, _ = proc.communicate(timeout=240)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                host.mend()
+            assert proc.returncode == 0, output[-4000:]
+            warnings = [line for line in output.splitlines() if "warning: report_to" in line]
+            assert len(warnings) == 1 and "report_to mlflow" in warnings[0], output[-3000:]
+            assert "still busy" not in output  # the request's own timeout ended it, not close's limit
+            assert [r["iteration"] for r in jsonl(out / "metrics.jsonl")] == list(range(1, 11))
+            sent = json.loads((out / T.STATE_FILE).read_text())["mlflow"]["last_step"]
+            assert 3 <= sent < 10
+
+            p = run("trainer/ppo.py", [*args, "iterations=10"], env)
+            assert "resumed from iteration 10" in p.stdout + p.stderr
+            assert "warning: report_to" not in p.stdout + p.stderr, (p.stdout + p.stderr)[-3000:]
+            c, r = mlflow_run(uri, "partition")
+            assert r.info.status == "FINISHED"
+            for tag, steps in expected_scalars(out, "iteration").items():
+                hist = c.get_metric_history(r.info.run_id, tag)
+                assert sorted(m.step for m in hist) == list(range(1, 11)), (tag, [m.step for m in hist])
+                assert all(same(m.value, steps[m.step]) for m in hist), tag
+    finally:
+        host.down()
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@ set, every record also goes to TensorBoard / W&B / MLflow through :mod:`trainer.
 sample tables (:meth:`MetricsLog.table`) and the end of the run (:meth:`MetricsLog.finish`). On
 resume, :meth:`MetricsLog.resume_at` drops records logged after the step the checkpoint holds
 (they are logged again), so every step appears once in the file; the trackers keep track of what
-they were sent themselves (``output_dir/trackers.json``) and are sent no step twice."""
+they were sent themselves (``output_dir/trackers.json``), are sent no step twice, and catch up on
+the records up to the checkpoint that they missed (a server down, a tracker added on resume)."""
 
 from __future__ import annotations
 
@@ -85,7 +86,15 @@ class MetricsLog:
 
     def resume_at(self, step: int) -> int:
         """Drop records whose step is past ``step`` (logged after the checkpoint being resumed)
-        and a torn last line; atomic (temp file + rename). Returns the records dropped."""
+        and a torn last line; atomic (temp file + rename). Then the trackers catch up on the
+        records up to ``step`` they missed (:meth:`~trainer.infra.trackers.Trackers.catch_up`).
+        Returns the records dropped."""
+        dropped = self._cut_after(step)
+        if self.trackers is not None:
+            self.trackers.catch_up(self.path, step)
+        return dropped
+
+    def _cut_after(self, step: int) -> int:
         if not self.enabled or not self.path.exists():
             return 0
         keep, dropped = [], 0

@@ -33,7 +33,10 @@ so a resumed run continues the same W&B run (``resume="allow"``), the same MLflo
 TensorBoard directory (``purge_step`` past the last step sent), and no step reaches a tracker
 twice: only fields not yet sent at a step are forwarded. The records ``metrics.jsonl`` drops on
 resume (logged after the checkpoint) and logs again are therefore not re-sent: a tracker keeps
-the values it first received for those steps. Secrets come only from the environment
+the values it first received for those steps. A resume also catches each tracker up on the
+records up to the checkpoint that it never got (a server down or unreachable, a kill before they
+went out, a tracker added on resume): :meth:`Trackers.catch_up`, read from ``metrics.jsonl``
+in the tracker process. Secrets come only from the environment
 (``WANDB_API_KEY``, ``MLFLOW_TRACKING_URI`` / ``MLFLOW_TRACKING_USERNAME`` / ``..._PASSWORD`` /
 ``..._TOKEN``); they are never written to a file, and every message is scrubbed of them.
 
@@ -61,7 +64,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -765,10 +768,34 @@ class _Worker:
             self.state["last_step"], self.state["sent_at_last_step"] = step, sorted(keys)
         return keys
 
+    def _missed(self, path: Path, up_to: int) -> Iterator[tuple]:
+        """The records of ``path`` (the run's ``metrics.jsonl`` as a resume left it) at steps up to
+        ``up_to``, as ``log`` items (:meth:`_send` forwards only what was never sent). A record has
+        no time of its own: each is stamped now. Torn or foreign lines are skipped."""
+        now = time.time()
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            step = record.get(self.info.step_key, 0) if isinstance(record, dict) else None
+            if isinstance(step, int | float) and step <= up_to:
+                yield ("log", int(step), record, now)
+
     def _send(self, items: list[tuple]) -> None:
-        """Hand ``items`` to the tracker in order, consecutive records as one ``log_many``."""
+        """Hand ``items`` to the tracker in order, consecutive records as one ``log_many``
+        (a ``catch_up`` item stands for the records it names: :meth:`_missed`)."""
         logs: list[tuple[int, dict[str, float], float]] = []
-        for item in items:
+        expanded = (
+            record
+            for item in items
+            for record in (self._missed(Path(item[1]), item[2]) if item[0] == "catch_up" else (item,))
+        )
+        for item in expanded:
             if item[0] == "log":
                 _, step, record, wall = item
                 values = numeric_fields(record, self.info.step_key)
@@ -874,6 +901,15 @@ class Trackers:
         data = [[r.get(c) for c in columns] for r in rows]
         for w in self.workers.values():
             w.put(("table", int(step), name, columns, data))
+
+    def catch_up(self, path: Path, up_to: int) -> None:
+        """A resumed run: send each tracker what it missed before the resume — the records of
+        ``path`` (the run's ``metrics.jsonl``, already cut back to the checkpoint) up to step
+        ``up_to`` that it was never sent (its server was down or unreachable, the run was killed
+        before the tracker sent them, the tracker was added to ``report_to`` on resume). Read in
+        the tracker's thread, before anything the resumed run logs."""
+        for w in self.workers.values():
+            w.put(("catch_up", str(path), int(up_to)))
 
     def hurry(self) -> None:
         """The training loop is over: every tracker sends what it holds back for batching now,
@@ -1025,6 +1061,11 @@ class TrackerProcess:
         self._put(("table", name, int(step), rows))
 
     @_counted
+    def catch_up(self, path: Path, up_to: int) -> None:
+        """:meth:`Trackers.catch_up` (enqueued; the child reads the file)."""
+        self._put(("catch_up", str(path), int(up_to)))
+
+    @_counted
     def hurry(self) -> None:
         """:meth:`Trackers.hurry` (enqueued)."""
         self._put(("hurry",))
@@ -1129,11 +1170,12 @@ def report_once(
 
 def _child_main() -> None:
     """``python -m trainer.infra.trackers``: the child of :class:`TrackerProcess`. Reads pickled
-    messages on stdin — ``("start", names, info)`` first, then ``log`` / ``table`` / ``finish``
-    in order — into a :class:`Trackers`, and closes it on ``("close", exit_code, timeout)`` or at
-    the end of stdin (the trainer died: exit code 1). Ignores SIGINT / SIGTERM: the trainer decides.
-    Runs at a lower CPU priority (``nice`` +10, inherited by W&B's ``wandb-core``): where the cores
-    are busy, the training gets them first and the trackers wait."""
+    messages on stdin — ``("start", names, info)`` first, then ``log`` / ``table`` /
+    ``catch_up`` / ``hurry`` / ``finish`` in order — into a :class:`Trackers`, and closes it on
+    ``("close", exit_code, timeout)`` or at the end of stdin (the trainer died: exit code 1).
+    Ignores SIGINT / SIGTERM: the trainer decides. Runs at a lower CPU priority (``nice`` +10,
+    inherited by W&B's ``wandb-core``): where the cores are busy, the training gets them first and
+    the trackers wait."""
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -1155,6 +1197,8 @@ def _child_main() -> None:
             tr.table(*msg[1:])
         elif msg[0] == "finish":
             tr.finish(*msg[1:])
+        elif msg[0] == "catch_up":
+            tr.catch_up(Path(msg[1]), msg[2])
         elif msg[0] == "hurry":
             tr.hurry()
         elif msg[0] == "close":
