@@ -586,7 +586,8 @@ def test_mlflow_on_another_host_through_a_partition(tmp_path, reward_model):
     loses the link halfway (packets vanish; a request hangs until ``MLFLOW_HTTP_REQUEST_TIMEOUT``):
     that run still finishes, with one warning naming MLflow, no wait for the trackers' time limit,
     and metrics.jsonl complete. Once the link is back, the same command again (a resume of the
-    finished run: no training) sends MLflow what it missed: every step once, the JSONL's values."""
+    finished run: no training) sends MLflow what it missed: every step once, the JSONL's values;
+    TensorBoard, added to ``report_to`` then, gets the whole history."""
     from bench.bench_trackers import mlflow_server
 
     host = OtherHost().up()
@@ -623,14 +624,18 @@ def test_mlflow_on_another_host_through_a_partition(tmp_path, reward_model):
             assert proc.returncode == 0, output[-4000:]
             warnings = [line for line in output.splitlines() if "warning: report_to" in line]
             assert len(warnings) == 1 and "report_to mlflow" in warnings[0], output[-3000:]
+            assert "a resume of the run sends it what it missed" in warnings[0]
             assert "still busy" not in output  # the request's own timeout ended it, not close's limit
             assert [r["iteration"] for r in jsonl(out / "metrics.jsonl")] == list(range(1, 11))
             sent = json.loads((out / T.STATE_FILE).read_text())["mlflow"]["last_step"]
             assert 3 <= sent < 10
 
+            # the link back, the same command, with TensorBoard added: both get the whole history
+            args[args.index("report_to=[mlflow]")] = "report_to=[mlflow,tensorboard]"
             p = run("trainer/ppo.py", [*args, "iterations=10"], env)
             assert "resumed from iteration 10" in p.stdout + p.stderr
             assert "warning: report_to" not in p.stdout + p.stderr, (p.stdout + p.stderr)[-3000:]
+            check_tensorboard(out, "iteration")
             c, r = mlflow_run(uri, "partition")
             assert r.info.status == "FINISHED"
             for tag, steps in expected_scalars(out, "iteration").items():

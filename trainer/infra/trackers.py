@@ -665,6 +665,7 @@ TRACKER_CLASSES: dict[str, type[Tracker]] = {
 # The fan-out
 # --------------------------------------------------------------------------------------------
 _CLOSE = object()  # the queue's last item
+_RESUMABLE = ("reward", "sft", "ppo")  # the trainers whose resume catches the trackers up
 _IMPORT_LOCK = threading.Lock()
 
 
@@ -818,9 +819,10 @@ class _Worker:
 
     def _fail(self, why: str) -> None:
         self.failed = why
+        later = "; a resume of the run sends it what it missed" if self.info.trainer in _RESUMABLE else ""
         self.owner.say(
             f"warning: report_to {self.tracker.name}: {why}; it gets nothing more from this run "
-            "(metrics.jsonl has every record)"
+            f"(metrics.jsonl has every record{later})"
         )
 
 
