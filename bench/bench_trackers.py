@@ -83,13 +83,15 @@ def mlflow_server(
     host: str = "127.0.0.1",
     prefix: Sequence[str] = (),
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``mlflow server`` on ``host`` (sqlite store and artefacts under ``root``; one worker, no
-    job runner), yielded as ``(tracking URI, process)`` once it answers ``/health``; stopped
-    (its whole process group) on exit; ``nice``: its CPU priority; ``cpus``: the CPUs it (and its
-    workers) may run on (None: any); ``admin``: ``(user, password)`` serves MLflow's basic-auth
-    app (``--app-name basic-auth``, users in a sqlite file under ``root``, READ for everyone by
-    default), as a shared server is run; None: no authentication; ``prefix``: a command to run it
-    under (``ip netns exec NS``: another host's network; ``host`` is then its address there).
+    """``mlflow server`` on ``host`` (sqlite store and artefacts under ``root``; the artefacts
+    proxied, ``mlflow-artifacts:/``, as a server on another machine must serve them: clients upload
+    them over HTTP, never into a path of their own; one worker, no job runner), yielded as
+    ``(tracking URI, process)`` once it answers ``/health``; stopped (its whole process group) on
+    exit. ``nice``: its CPU priority; ``cpus``: the CPUs it (and its workers) may run on (None:
+    any); ``admin``: ``(user, password)`` serves MLflow's basic-auth app (``--app-name
+    basic-auth``, users in a sqlite file under ``root``, READ for everyone by default), as a shared
+    server is run; None: no authentication; ``prefix``: a command to run it under (``ip netns exec
+    NS``: another host's network; ``host`` is then its address there).
     Also used by ``tests/test_trackers.py``.
 
     Raises:
@@ -101,7 +103,7 @@ def mlflow_server(
     cmd = [
         str(Path(sys.executable).with_name("mlflow")), "server", "--host", host, "--port", str(port),
         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--default-artifact-root", str(root / "artifacts"),
+        "--artifacts-destination", str(root / "artifacts"),
     ]  # fmt: skip
     if admin is not None:
         ini = root / "basic_auth.ini"

@@ -642,6 +642,11 @@ def test_mlflow_on_another_host_through_a_partition(tmp_path, reward_model):
                 hist = c.get_metric_history(r.info.run_id, tag)
                 assert sorted(m.step for m in hist) == list(range(1, 11)), (tag, [m.step for m in hist])
                 assert all(same(m.value, steps[m.step]) for m in hist), tag
+            # the artefacts went over HTTP, into the other host's store (the client has no path to it)
+            assert r.info.artifact_uri.startswith("mlflow-artifacts:"), r.info.artifact_uri
+            assert {"plots/reward.png", "summary.txt"} <= set(mlflow_artifacts(c, r.info.run_id))
+            stored = tmp_path / "server" / "artifacts"
+            assert [p.name for p in stored.rglob("reward.png")] == ["reward.png"]
     finally:
         host.down()
 
