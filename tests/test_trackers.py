@@ -216,9 +216,7 @@ class OtherHost:
     Needs root and ``ip`` (iproute2); :meth:`up` skips the test where either is missing."""
 
     def __init__(self) -> None:
-        n = os.getpid() % 250 + 1
         self.ns, self.here, self.peer = f"fgr-{os.getpid()}", f"fgrh{os.getpid()}", "fgrp0"
-        self.local, self.ip = f"10.231.{n}.1", f"10.231.{n}.2"
         self.prefix = ["ip", "netns", "exec", self.ns]
 
     def _ip(self, *args: str) -> None:
@@ -231,6 +229,9 @@ class OtherHost:
             self._ip("netns", "add", self.ns)
         except subprocess.CalledProcessError as e:
             pytest.skip(f"no network namespace here: {e.stderr.decode(errors='replace').strip()}")
+        used = subprocess.run(["ip", "-4", "addr"], capture_output=True, text=True, timeout=30).stdout
+        n = next(n for n in range(1, 255) if f"10.231.{n}." not in used)  # (another test's host: not its net)
+        self.local, self.ip = f"10.231.{n}.1", f"10.231.{n}.2"
         self._ip("link", "add", self.here, "type", "veth", "peer", "name", self.peer, "netns", self.ns)
         self._ip("addr", "add", f"{self.local}/30", "dev", self.here)
         self._ip("link", "set", self.here, "up")
