@@ -338,44 +338,125 @@ def test_fanout_sends_each_step_once_and_survives_a_failing_tracker(tmp_path, mo
     assert not [c for c in good2.calls if c[0] == "table"]
 
 
+def wait_for(pred, what: str, timeout: float = 20.0) -> None:
+    t0 = time.monotonic()
+    while not pred():
+        assert time.monotonic() - t0 < timeout, what
+        time.sleep(0.01)
+
+
+def logged(tracker: type[Recorder]) -> list[tuple[int, dict]]:
+    return [(c[1], c[2]) for c in tracker.calls if c[0] == "log"]
+
+
 def test_a_resume_catches_up_on_what_a_tracker_missed(tmp_path):
-    """A tracker that missed records (it failed at step 3: a server down) gets them on the next
-    resume, read from metrics.jsonl as ``resume_at`` left it: steps after its last one up to the
-    checkpoint, each once, before what the resumed run logs; a tracker added on resume gets the
-    whole history; records dropped by the resume (past the checkpoint) are not sent."""
+    """A tracker that missed records (it failed at step 3: a server down; the warning says a
+    resume sends them) gets them on the next resume, read from metrics.jsonl as ``resume_at``
+    left it: steps after its last one up to the checkpoint, each once, before what the resumed
+    run logs (a batching tracker too); a tracker added on resume gets the whole history; records
+    dropped by the resume are not sent; a record at the checkpoint's step logged after the resume
+    sends only its new fields. Run once more with nothing new (a finished run run again), the
+    trackers get nothing: no record, no summary, no file."""
     from trainer.infra.metrics import MetricsLog
 
-    info = T.RunInfo("ppo", tmp_path, {}, step_key="iteration")
+    said: list[str] = []
+    info = T.RunInfo("ppo", tmp_path, {}, step_key="iteration", resumable=True)
     down, other = fake("mlflow", fail_at=3), fake("tensorboard")
-    tr = T.Trackers(["mlflow"], info, print, {"mlflow": down})
-    log = MetricsLog(tmp_path / "metrics.jsonl", True, "iteration", tr)
+    log = MetricsLog(
+        tmp_path / "metrics.jsonl",
+        True,
+        "iteration",
+        T.Trackers(["mlflow"], info, said.append, {"mlflow": down}),
+    )
     for it in range(1, 7):
         log.write({"iteration": it, "reward": it / 10})
-        t0 = time.monotonic()
-        while it == 2 and len([c for c in down.calls if c[0] == "log"]) < 2:  # (1 and 2 sent first)
-            assert time.monotonic() - t0 < 20
-            time.sleep(0.01)
+        if it == 2:  # (1 and 2 sent first)
+            wait_for(lambda: len(logged(down)) == 2, "steps 1 and 2 not sent")
     log.close()
-    assert [c[1] for c in down.calls if c[0] == "log"] == [1, 2]  # the failure at 3: no more
+    assert [step for step, _ in logged(down)] == [1, 2]  # the failure at 3: no more
+    (warning,) = [m for m in said if "warning" in m]
+    assert "report_to mlflow" in warning and "a resume of the run sends them" in warning
     with open(tmp_path / "metrics.jsonl", "a") as fh:
         fh.write('{"iteration": 7, "rew')  # a torn last line, as a kill leaves it
 
     # resume from the checkpoint of step 5 (6 and the torn line are dropped, then logged again)
-    up = fake("mlflow")
-    info2 = T.RunInfo("ppo", tmp_path, {}, step_key="iteration", resuming=True)
-    tr = T.Trackers(["mlflow", "tensorboard"], info2, print, {"mlflow": up, "tensorboard": other})
-    log = MetricsLog(tmp_path / "metrics.jsonl", True, "iteration", tr)
-    assert log.resume_at(5) == 2
-    for it in (6, 7):
-        log.write({"iteration": it, "reward": 1.0})
-    log.close()
+    up = fake("mlflow", interval_s=0.2)
+    resumed = T.RunInfo("ppo", tmp_path, {}, step_key="iteration", resuming=True, resumable=True)
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "reward.png").write_bytes(b"png")
+
+    def rerun(classes: dict, start: int, steps: list[int]) -> None:
+        log = MetricsLog(
+            tmp_path / "metrics.jsonl", True, "iteration", T.Trackers(list(classes), resumed, print, classes)
+        )
+        log.resume_at(start)
+        if start == 5:
+            log.write({"iteration": 5, "eval_reward": 0.9})  # (the step's evaluation, after the checkpoint)
+        for it in steps:
+            log.write({"iteration": it, "reward": 1.0})
+        log.files([tmp_path / "plots"])
+        log.finish({"reward": 1.0}, "summary text")
+        log.close()
+
+    rerun({"mlflow": up, "tensorboard": other}, 5, [6, 7])
     assert up.calls[0] == ("start", {"run_id": "run-1", "last_step": 2, "sent_at_last_step": ["reward"]})
-    assert [(c[1], c[2]) for c in up.calls if c[0] == "log"] == [
-        (3, {"reward": 0.3}), (4, {"reward": 0.4}), (5, {"reward": 0.5}),
+    assert logged(up) == [
+        (3, {"reward": 0.3}), (4, {"reward": 0.4}), (5, {"reward": 0.5}), (5, {"eval_reward": 0.9}),
         (6, {"reward": 1.0}), (7, {"reward": 1.0}),
     ]  # fmt: skip
-    assert [c[1] for c in other.calls if c[0] == "log"] == [1, 2, 3, 4, 5, 6, 7]
+    assert [step for step, _ in logged(other)] == [1, 2, 3, 4, 5, 5, 6, 7]
+    for t in (up, other):
+        ends = [c for c in t.calls if c[0] == "finish"]
+        assert ends == [
+            ("finish", 7, {}, "", [("reward.png", "plots")]),
+            ("finish", 7, {"reward": 1.0}, "summary text", []),
+        ], ends
     assert json.loads((tmp_path / T.STATE_FILE).read_text())["mlflow"]["last_step"] == 7
+
+    again, other2 = fake("mlflow"), fake("tensorboard")
+    rerun({"mlflow": again, "tensorboard": other2}, 7, [])
+    for t in (again, other2):
+        assert [c[0] for c in t.calls] == ["start", "close"], t.calls
+
+
+def test_catch_up_bookkeeping(tmp_path, monkeypatch):
+    """A catch-up is recorded sent chunk by chunk (a failure halfway loses one chunk at most); a
+    tracker whose start opens another run (another server) gets the whole history; one whose
+    store reports more than trackers.json (an answer lost after the request arrived) is not
+    sent that again."""
+    monkeypatch.setattr(T, "CATCH_UP_CHUNK", 2)
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": s / 10}) + "\n" for s in range(1, 9)))
+    info = T.RunInfo("sft", tmp_path, {}, resuming=True, resumable=True)
+
+    def resume(tracker: type[Recorder]) -> dict:
+        tr = T.Trackers(["mlflow"], info, print, {"mlflow": tracker})
+        tr.catch_up(path, 8)
+        tr.close()
+        return json.loads((tmp_path / T.STATE_FILE).read_text())["mlflow"]
+
+    failing = fake("mlflow", fail_at=6)  # chunks [1 2] [3 4] sent and recorded, [5 6] fails
+    assert resume(failing)["last_step"] == 4
+    good = fake("mlflow")
+    assert resume(good)["last_step"] == 8 and [s for s, _ in logged(good)] == [5, 6, 7, 8]
+
+    def new_run(self, info, state):  # noqa: ARG001
+        return {"run_id": "run-2"}
+
+    moved = fake("mlflow", start=new_run)
+    assert resume(moved) == {"run_id": "run-2", "last_step": 8, "sent_at_last_step": ["loss"]}
+    assert [s for s, _ in logged(moved)] == list(range(1, 9))
+
+    def store_has_more(self, info, state):  # noqa: ARG001
+        return {"run_id": "run-2", "last_step": 9, "sent_at_last_step": ["loss"]}
+
+    path.write_text(path.read_text() + "".join(json.dumps({"step": s, "loss": 0.5}) + "\n" for s in (9, 10)))
+    ahead = fake("mlflow", start=store_has_more)
+    info = T.RunInfo("sft", tmp_path, {}, resuming=True, resumable=True)
+    tr = T.Trackers(["mlflow"], info, print, {"mlflow": ahead})
+    tr.catch_up(path, 10)
+    tr.close()
+    assert [s for s, _ in logged(ahead)] == [10]
 
 
 def test_a_batching_tracker_holds_records_until_its_interval_or_the_end(tmp_path):

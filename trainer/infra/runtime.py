@@ -355,6 +355,7 @@ def open_metrics(run: Run, step_key: str = "step") -> MetricsLog:
             world_size=di.world_size,
             resuming=resuming,
             name=cfg.run_name,
+            resumable=True,
         )
         trackers = start_trackers(cfg.report_to, info, say=run.say)
     return MetricsLog(run.out_dir / "metrics.jsonl", di.is_main, step_key, trackers)

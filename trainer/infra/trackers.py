@@ -53,6 +53,7 @@ import contextlib
 import functools
 import importlib.util
 import json
+import math
 import os
 import pickle
 import queue
@@ -170,6 +171,8 @@ class RunInfo:
         world_size: processes of the run.
         resuming: the run resumes from a checkpoint (a tracker continues its kept run).
         name: the run's name in W&B and MLflow (``run_name``); empty: ``out_dir``'s last part.
+        resumable: a trainer's run, which a resume continues (and catches the trackers up:
+            :meth:`Trackers.catch_up`); the warnings about a tracker left behind say so.
     """
 
     trainer: str
@@ -180,11 +183,19 @@ class RunInfo:
     world_size: int = 1
     resuming: bool = False
     name: str = ""
+    resumable: bool = False
 
     @property
     def run_name(self) -> str:
         """The name the trackers show: ``name``, or ``out_dir``'s last part."""
         return self.name or self.out_dir.name
+
+    @property
+    def catch_up_hint(self) -> str:
+        """The end of a warning about records a tracker did not get: where they are, and how it
+        gets them later."""
+        later = "; a resume of the run sends them" if self.resumable else ""
+        return f"(metrics.jsonl has every record{later})"
 
     @property
     def git_commit(self) -> str | None:
@@ -551,9 +562,10 @@ class MLflowTracker(Tracker):
                 tags["mlflow.source.git.commit"] = info.git_commit.removesuffix("+dirty")
                 tags["git_commit"] = info.git_commit
             self.run_id = self.c.create_run(eid, run_name=info.run_name, tags=tags).info.run_id
-            old: dict = {}
+            old, progress = {}, {}
         else:
-            old = self.c.get_run(self.run_id).data.params
+            run = self.c.get_run(self.run_id)
+            old, progress = run.data.params, _stored_progress(run)
             self.c.set_tag(self.run_id, "resumed.command", info.command)
         new = [Param(k, v) for k, v in params.items() if k not in old]
         for i in range(0, len(new), 100):  # the REST API's limit per request
@@ -561,7 +573,7 @@ class MLflowTracker(Tracker):
         for k, v in params.items():
             if k in old and old[k] != v:
                 self.c.set_tag(self.run_id, f"resumed.{k}", v)
-        return {"run_id": self.run_id}
+        return {"run_id": self.run_id, **progress}
 
     def log(self, step: int, values: dict[str, float], wall_time: float) -> None:
         self.log_many([(step, values, wall_time)])
@@ -594,6 +606,17 @@ class MLflowTracker(Tracker):
     def where(self) -> str:
         ui = f" (mlflow ui --backend-store-uri {self.uri})" if self.uri.startswith("sqlite:") else ""
         return f"run {self.run_id} at {self.uri}{ui}"
+
+
+def _stored_progress(run: Any) -> dict:
+    """The last step an MLflow run holds metrics at, and their names (``{"last_step",
+    "sent_at_last_step"}``; ``{}`` for none), from the latest value of each metric the server keeps
+    (the end-of-run ``summary/*`` figures aside)."""
+    latest = [m for m in run.data.to_proto().metrics if not m.key.startswith("summary/")]
+    if not latest:
+        return {}
+    top = max(m.step for m in latest)
+    return {"last_step": top, "sent_at_last_step": sorted({m.key for m in latest if m.step == top})}
 
 
 _MLFLOW_INIT_LOCK = threading.RLock()
@@ -665,7 +688,8 @@ TRACKER_CLASSES: dict[str, type[Tracker]] = {
 # The fan-out
 # --------------------------------------------------------------------------------------------
 _CLOSE = object()  # the queue's last item
-_RESUMABLE = ("reward", "sft", "ppo")  # the trainers whose resume catches the trackers up
+_COMMIT = object()  # in a catch-up: send what is gathered, then record it sent
+CATCH_UP_CHUNK = 500  # records a catch-up sends between two records of what was sent
 _IMPORT_LOCK = threading.Lock()
 
 
@@ -722,7 +746,7 @@ class _Worker:
         try:
             with _IMPORT_LOCK:
                 self.tracker.load()
-            self.state.update(self.tracker.start(self.info, self.state))
+            self._started(self.tracker.start(self.info, self.state))
             self.owner.save(name, self.state)
             where = self.tracker.where()
             if where:
@@ -745,8 +769,6 @@ class _Worker:
                 continue
             try:
                 self._send([item for item in batch if item is not _CLOSE])
-                self.tracker.flush()
-                self.owner.save(name, self.state)
             except BaseException as e:  # noqa: BLE001
                 self._fail(_reason(e))
             last_send = time.monotonic()
@@ -755,6 +777,23 @@ class _Worker:
                 self.tracker.close(self.exit_code)
             except BaseException as e:  # noqa: BLE001
                 self._fail(f"cannot close its run: {_reason(e)}")
+
+    def _started(self, new: dict) -> None:
+        """Keep what :meth:`Tracker.start` returned. A run other than the kept one (another
+        server's) has been sent nothing yet. A tracker that reports the last step its store holds
+        (``last_step`` / ``sent_at_last_step``: MLflow on resume) moves the bookkeeping forward
+        when the store has more than ``trackers.json`` says (a request that arrived but whose
+        answer was lost), so a catch-up does not send it again."""
+        if new.get("run_id") != self.state.get("run_id"):
+            self.state.pop("last_step", None)
+            self.state.pop("sent_at_last_step", None)
+        seen, seen_keys = new.pop("last_step", None), set(new.pop("sent_at_last_step", ()))
+        self.state.update(new)
+        last = self.state.get("last_step")
+        if seen is not None and (last is None or seen > last):
+            self.state["last_step"], self.state["sent_at_last_step"] = seen, sorted(seen_keys)
+        elif seen is not None and seen == last:
+            self.state["sent_at_last_step"] = sorted(set(self.state["sent_at_last_step"]) | seen_keys)
 
     def _fresh(self, step: int, keys: set[str]) -> set[str]:
         """The keys of ``keys`` not yet sent at ``step`` (none at a step before the last one);
@@ -771,32 +810,58 @@ class _Worker:
 
     def _missed(self, path: Path, up_to: int) -> Iterator[tuple]:
         """The records of ``path`` (the run's ``metrics.jsonl`` as a resume left it) at steps up to
-        ``up_to``, as ``log`` items (:meth:`_send` forwards only what was never sent). A record has
-        no time of its own: each is stamped now. Torn or foreign lines are skipped."""
+        ``up_to``, as ``log`` items, read line by line (:meth:`_send` forwards only what was never
+        sent). A record has no time of its own: each is stamped now. Lines that are not a JSON
+        object with a finite step (a torn line, a foreign one) are skipped."""
         now = time.time()
         try:
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            fh = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed below
         except OSError:
             return
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+        with fh:
+            for line in fh:
+                try:
+                    record = json.loads(line)
+                except (ValueError, RecursionError):
+                    continue
+                step = record.get(self.info.step_key, 0) if isinstance(record, dict) else None
+                if isinstance(step, (int, float)) and not isinstance(step, bool) and math.isfinite(step):
+                    if step <= up_to:
+                        yield ("log", int(step), record, now)
+
+    def _expand(self, items: list[tuple]) -> Iterator[Any]:
+        """``items`` with each ``catch_up`` replaced by the records it names (:meth:`_missed`),
+        a :data:`_COMMIT` after every :data:`CATCH_UP_CHUNK` of them and after the last."""
+        for item in items:
+            if item[0] != "catch_up":
+                yield item
                 continue
-            step = record.get(self.info.step_key, 0) if isinstance(record, dict) else None
-            if isinstance(step, int | float) and step <= up_to:
-                yield ("log", int(step), record, now)
+            for n, record in enumerate(self._missed(Path(item[1]), item[2]), 1):
+                yield record
+                if n % CATCH_UP_CHUNK == 0:
+                    yield _COMMIT
+            yield _COMMIT
+
+    def _commit(self, logs: list[tuple[int, dict[str, float], float]]) -> None:
+        """Send ``logs`` (one ``log_many``), make everything sent durable (``flush``), then record
+        it sent in ``trackers.json``; empties ``logs``."""
+        if logs:
+            self.tracker.log_many(logs)
+            logs.clear()
+        self.tracker.flush()
+        self.owner.save(self.tracker.name, self.state)
 
     def _send(self, items: list[tuple]) -> None:
-        """Hand ``items`` to the tracker in order, consecutive records as one ``log_many``
-        (a ``catch_up`` item stands for the records it names: :meth:`_missed`)."""
+        """Hand ``items`` to the tracker in order, consecutive records as one ``log_many``, then
+        record them sent (:meth:`_commit`). A catch-up is committed chunk by chunk: a failure or
+        a kill halfway through one sends at most that chunk again on the next resume. The end of
+        the run (``finish``) sends only the parts not yet sent at the last step: a resumed run
+        that adds nothing (a finished run run again) repeats no summary and no file."""
         logs: list[tuple[int, dict[str, float], float]] = []
-        expanded = (
-            record
-            for item in items
-            for record in (self._missed(Path(item[1]), item[2]) if item[0] == "catch_up" else (item,))
-        )
-        for item in expanded:
+        for item in self._expand(items):
+            if item is _COMMIT:
+                self._commit(logs)
+                continue
             if item[0] == "log":
                 _, step, record, wall = item
                 values = numeric_fields(record, self.info.step_key)
@@ -812,17 +877,23 @@ class _Worker:
                 if self._fresh(step, {f"table:{name}"}):
                     self.tracker.table(step, name, columns, rows)
             elif item[0] == "finish":
-                _, summary, text, files = item
-                self.tracker.finish(self.state.get("last_step") or 0, summary, text, _files(files))
-        if logs:
-            self.tracker.log_many(logs)
+                _, summary, text, paths = item
+                step = self.state.get("last_step") or 0
+                files = _files(paths)
+                parts = {f"summary:{k}" for k in summary} | {f"file:{f}/{p.name}" for p, f in files}
+                new = self._fresh(step, parts | ({"summary-text"} if text else set()))
+                summary = {k: v for k, v in summary.items() if f"summary:{k}" in new}
+                files = [(p, f) for p, f in files if f"file:{f}/{p.name}" in new]
+                text = text if "summary-text" in new else ""
+                if summary or files or text:
+                    self.tracker.finish(step, summary, text, files)
+        self._commit(logs)
 
     def _fail(self, why: str) -> None:
         self.failed = why
-        later = "; a resume of the run sends it what it missed" if self.info.trainer in _RESUMABLE else ""
         self.owner.say(
             f"warning: report_to {self.tracker.name}: {why}; it gets nothing more from this run "
-            f"(metrics.jsonl has every record{later})"
+            f"{self.info.catch_up_hint}"
         )
 
 
@@ -942,7 +1013,7 @@ class Trackers:
                 self.say(
                     f"warning: report_to {name}: still busy {timeout:.0f} s after the end of the run "
                     f"(a slow or unreachable server?): left behind, {w.q.qsize()} items unsent "
-                    "(metrics.jsonl has every record)"
+                    f"{self.info.catch_up_hint}"
                 )
             elif w.dropped:
                 self.say(f"warning: report_to {name}: {w.dropped} records were dropped (queue full)")
@@ -1036,8 +1107,7 @@ class TrackerProcess:
                     self.broken = True
                     self.say(
                         f"warning: report_to: the tracker process ended (exit {self.proc.poll()}); "
-                        f"{', '.join(self.names)} get nothing more from this run (metrics.jsonl has "
-                        "every record)"
+                        f"{', '.join(self.names)} get nothing more from this run {self.info.catch_up_hint}"
                     )
                 if item is _CLOSE:
                     return
