@@ -84,7 +84,7 @@ def mlflow_server(
     prefix: Sequence[str] = (),
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """``mlflow server`` on ``host`` (sqlite store and artefacts under ``root``; the artefacts
-    proxied, ``mlflow-artifacts:/``, as a server on another machine must serve them: clients upload
+    proxied, ``mlflow-artifacts:/``, as a server on another machine typically serves them: clients upload
     them over HTTP, never into a path of their own; one worker, no job runner), yielded as
     ``(tracking URI, process)`` once it answers ``/health``; stopped (its whole process group) on
     exit. ``nice``: its CPU priority; ``cpus``: the CPUs it (and its workers) may run on (None:

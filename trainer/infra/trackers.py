@@ -34,9 +34,10 @@ TensorBoard directory (``purge_step`` past the last step sent), and no step reac
 twice: only fields not yet sent at a step are forwarded. The records ``metrics.jsonl`` drops on
 resume (logged after the checkpoint) and logs again are therefore not re-sent: a tracker keeps
 the values it first received for those steps. A resume also catches each tracker up on the
-records up to the checkpoint that it never got (a server down or unreachable, a kill before they
-went out, a tracker added on resume): :meth:`Trackers.catch_up`, read from ``metrics.jsonl``
-in the tracker process. Secrets come only from the environment
+records after the last step it was sent, up to the checkpoint (its server was down or
+unreachable, the run was killed before they went out, it was added on resume):
+:meth:`Trackers.catch_up`, read from ``metrics.jsonl`` in the tracker process. (Records a full
+queue dropped mid-run lie before that step: they are not caught up.) Secrets come only from the environment
 (``WANDB_API_KEY``, ``MLFLOW_TRACKING_URI`` / ``MLFLOW_TRACKING_USERNAME`` / ``..._PASSWORD`` /
 ``..._TOKEN``); they are never written to a file, and every message is scrubbed of them.
 
@@ -700,10 +701,11 @@ class _Worker:
     since its last send, for a tracker that batches: all three; ``hurry`` and ``close`` end the
     wait), sends consecutive records in one :meth:`Tracker.log_many`, then makes them durable
     (``flush``) and records in ``state`` the last step sent and the fields sent at it, so a resumed
-    run sends nothing twice. (A batch counts as sent once it all went out: if the tracker fails, or
-    the process is killed, halfway through one, a resume sends its first records again; W&B, which
-    takes them row by row, can then show up to a second of rows twice; TensorBoard's ``purge_step``
-    drops its copies.)"""
+    run sends nothing twice. (A batch counts as sent once it all went out, a catch-up chunk by
+    chunk: if the tracker fails, or the process is killed, halfway through one, a resume sends its
+    first records again. W&B, which takes them row by row, can then show up to a second of rows, or
+    a chunk, twice; TensorBoard's ``purge_step`` drops its copies; MLflow's store is asked what it
+    holds on resume: :func:`_stored_progress`.)"""
 
     def __init__(self, tracker: Tracker, info: RunInfo, state: dict, owner: Trackers):
         self.tracker, self.info, self.state, self.owner = tracker, info, dict(state), owner
