@@ -72,6 +72,28 @@ def run(script: str, args: list[str], env: dict, nproc: int = 1, timeout: int = 
     return launch(script, args, nproc=nproc, env=env, timeout=timeout)
 
 
+def run_and_interrupt(args: list[str], env: dict, out: Path, records: int, act, what: str):
+    """``trainer/ppo.py args`` in the background; once ``out/metrics.jsonl`` holds ``records``
+    records, ``act()``, while it still runs (``what`` names it in a failure); then its exit code and
+    output (killed if it outlives the wait)."""
+    proc = subprocess.Popen(
+        [sys.executable, "trainer/ppo.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / "metrics.jsonl").exists() and len(jsonl(out / "metrics.jsonl")) >= records):
+            assert proc.poll() is None and time.monotonic() < deadline, f"{records} records before {what}"
+            time.sleep(0.05)
+        act()
+        assert proc.poll() is None, f"the run ended before {what}"
+        output, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, output
+
+
 def jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -644,23 +666,14 @@ def test_mlflow_server_killed_mid_run(tmp_path, reward_model, mlflow_srv):
     uri = mlflow_srv.get()
     env = tracker_env(tmp_path, MLFLOW_TRACKING_URI=uri, MLFLOW_EXPERIMENT_NAME="killed")
     args = [*TINY_PPO, "report_to=[mlflow,tensorboard]", f"reward_model={reward_model}", "iterations=6"]
-    cmd = [sys.executable, "trainer/ppo.py", *args, "save_rollouts_every=0", f"output_dir={out}"]
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not ((out / "metrics.jsonl").exists() and len(jsonl(out / "metrics.jsonl")) >= 2):
-            assert proc.poll() is None and time.monotonic() < deadline, "no metrics before the kill"
-            time.sleep(0.05)
-        os.killpg(mlflow_srv.proc.pid, signal.SIGKILL)  # mid-run (the fixture starts another later)
+    args += ["save_rollouts_every=0", f"output_dir={out}"]
+
+    def kill() -> None:  # mid-run (the fixture starts another server later)
+        os.killpg(mlflow_srv.proc.pid, signal.SIGKILL)
         mlflow_srv.proc.wait()
-        assert proc.poll() is None, "the run ended before the server was killed"
-        output, _ = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, output[-4000:]
+
+    code, output = run_and_interrupt(args, env, out, 2, kill, "the server was killed")
+    assert code == 0, output[-4000:]
     warnings = [line for line in output.splitlines() if "warning: report_to" in line]
     assert len(warnings) == 1 and "report_to mlflow" in warnings[0], output[-3000:]
     assert [r["iteration"] for r in jsonl(out / "metrics.jsonl")] == list(range(1, 7))
@@ -693,23 +706,11 @@ def test_mlflow_on_another_host_through_a_partition(tmp_path, reward_model):
             c, r = mlflow_run(uri, "partition")
             assert [m.step for m in c.get_metric_history(r.info.run_id, "reward")] == [1, 2, 3]
 
-            cmd = [sys.executable, "trainer/ppo.py", *args, "iterations=10"]
-            proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            )
             try:
-                deadline = time.monotonic() + 120
-                while not ((out / "metrics.jsonl").exists() and len(jsonl(out / "metrics.jsonl")) >= 6):
-                    assert proc.poll() is None and time.monotonic() < deadline, "no iteration 6"
-                    time.sleep(0.05)
-                host.cut()
-                assert proc.poll() is None, "the run ended before the link was cut"
-                output, _ = proc.communicate(timeout=240)
+                code, output = run_and_interrupt([*args, "iterations=10"], env, out, 6, host.cut, "the cut")
             finally:
-                if proc.poll() is None:
-                    proc.kill()
                 host.mend()
-            assert proc.returncode == 0, output[-4000:]
+            assert code == 0, output[-4000:]
             warnings = [line for line in output.splitlines() if "warning: report_to" in line]
             assert len(warnings) == 1 and "report_to mlflow" in warnings[0], output[-3000:]
             assert "a resume of the run sends them" in warnings[0]
