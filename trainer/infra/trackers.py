@@ -37,9 +37,10 @@ the values it first received for those steps. A resume also catches each tracker
 records after the last step it was sent, up to the checkpoint (its server was down or
 unreachable, the run was killed before they went out, it was added on resume):
 :meth:`Trackers.catch_up`, read from ``metrics.jsonl`` in the tracker process. (Records a full
-queue dropped mid-run lie before that step: they are not caught up.) Secrets come only from the environment
-(``WANDB_API_KEY``, ``MLFLOW_TRACKING_URI`` / ``MLFLOW_TRACKING_USERNAME`` / ``..._PASSWORD`` /
-``..._TOKEN``); they are never written to a file, and every message is scrubbed of them.
+queue dropped mid-run lie before that step: they are not caught up.) Secrets come only from the
+environment (``WANDB_API_KEY``, ``MLFLOW_TRACKING_URI`` / ``MLFLOW_TRACKING_USERNAME`` /
+``..._PASSWORD`` / ``..._TOKEN``); they are never written to a file, and every message is scrubbed
+of them.
 
 Where each tracker writes, unless its environment says otherwise: TensorBoard ``output_dir/tb``
 (``tensorboard --logdir output_dir``); W&B the project ``$WANDB_PROJECT`` (default ``fgrlhf``),
@@ -979,10 +980,10 @@ class Trackers:
 
     def catch_up(self, path: Path, up_to: int) -> None:
         """A resumed run: send each tracker what it missed before the resume — the records of
-        ``path`` (the run's ``metrics.jsonl``, already cut back to the checkpoint) up to step
-        ``up_to`` that it was never sent (its server was down or unreachable, the run was killed
-        before the tracker sent them, the tracker was added to ``report_to`` on resume). Read in
-        the tracker's thread, before anything the resumed run logs."""
+        ``path`` (the run's ``metrics.jsonl``, already cut back to the checkpoint) after the last
+        step it was sent, up to step ``up_to`` (its server was down or unreachable, the run was
+        killed before the tracker sent them, the tracker was added to ``report_to`` on resume).
+        Read in the tracker's thread, before anything the resumed run logs."""
         for w in self.workers.values():
             w.put(("catch_up", str(path), int(up_to)))
 
