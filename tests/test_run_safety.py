@@ -186,6 +186,27 @@ def test_stopped_2_process_run_resumes_exactly(trainer, tmp_path):
         assert (d / "final" / "model.safetensors").exists()
 
 
+# --- a finished run run again ------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize(("trainer", "nproc"), [("reward", 1), ("sft", 2)])
+def test_a_finished_run_run_again_keeps_its_final_evaluation(trainer, nproc, tmp_path):
+    """The same command after the run finished (as to catch a tracker up) resumes at the last
+    step, trains nothing, and keeps the final evaluation it logged (rank 0's file decides for
+    every rank): metrics.jsonl is unchanged, the final evaluation in it once."""
+    module, tiny, _ = TRAINERS[trainer]
+    script = module.replace(".", "/") + ".py"
+    out = tmp_path / "o"
+    args = [*tiny, "max_steps=3", "checkpoint_every=3", "eval_every=0", f"output_dir={out}"]
+    launch(script, args, nproc=nproc)
+    first = (out / "metrics.jsonl").read_text()
+    assert [r["step"] for r in map(json.loads, first.splitlines()) if r["split"] == "eval"] == [3]
+    p = launch(script, args, nproc=nproc)
+    assert "resumed from step 3" in p.stdout + p.stderr
+    assert "the final evaluation (step 3) is in metrics.jsonl already: not repeated" in p.stdout + p.stderr
+    assert (out / "metrics.jsonl").read_text() == first
+    assert (out / "final").is_dir()
+
+
 # --- the output directory's lock ---------------------------------------------------------------
 @pytest.mark.parametrize("trainer", list(TRAINERS))
 def test_second_run_on_the_same_output_dir_is_refused(trainer, tmp_path, in_process, capsys):

@@ -11,7 +11,8 @@ The step-scheduled trainers (``trainer/reward.py``, ``trainer/sft.py``) are a
     5. the loop       per step: micro-batches of step_batches (a pure function of seed and step),
                       one all-reduce of [count, stop flag], recipe.train_micro per micro-batch,
                       the optimizer step; then stop flag -> log -> eval -> checkpoint -> pre-empt
-    6. the end        final evaluation; a dry run's memory table; the final model; end of run
+    6. the end        final evaluation (kept, not redone, when a finished run is run again); a dry
+                      run's memory table; the final model; end of run
 
 PPO (``trainer/ppo.py``) keeps its own iteration body (generate, score, rewards, GAE, PPO epochs)
 and shares the rest: the cadence test (:func:`due`), the stopping point (:func:`stop_at`), the
@@ -41,7 +42,7 @@ from trainer.data.pairs import step_batches
 from trainer.eval.plot import plot_runs, read_metrics
 from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import describe
-from trainer.infra.dist import all_reduce_sum
+from trainer.infra.dist import all_reduce_sum, broadcast_object
 from trainer.infra.dryrun import host_item, model_shape
 from trainer.infra.metrics import MetricsLog
 from trainer.infra.runtime import (
@@ -380,9 +381,14 @@ def run_supervised(recipe: SupervisedRecipe) -> dict:
     log.hurry()  # the trackers' drain now overlaps the final evaluation, save and plots
     times["train"] = time.perf_counter() - t_loop - times["eval"] - times["checkpoint"]
 
-    # 6a. the final evaluation
+    # 6a. the final evaluation; a finished run run again (resumed at its end, e.g. to catch the
+    # trackers up) keeps the one it logged rather than logging a second (rank 0's file decides)
     t0 = time.perf_counter()
-    if data.has_eval:
+    logged = broadcast_object(log.find(step, split="eval")) if extra and step == sch.end_step else None
+    if data.has_eval and logged is not None:
+        metrics = {k: v for k, v in logged.items() if k not in ("split", "step")}
+        run.say(f"the final evaluation (step {step}) is in metrics.jsonl already: not repeated")
+    elif data.has_eval:
         with phase("eval"):
             metrics = recipe.evaluate(step, final=True)
     times["eval"] += time.perf_counter() - t0

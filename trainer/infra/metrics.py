@@ -112,6 +112,22 @@ class MetricsLog:
             write_atomic(self.path, "".join(line + "\n" for line in keep))
         return dropped
 
+    def find(self, step: int, **fields: Any) -> dict | None:
+        """The last record at ``step`` whose ``fields`` have these values (``find(6,
+        split="eval")``), or None; always None on a rank that writes nothing."""
+        if not self.enabled or not self.path.exists():
+            return None
+        found = None
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(rec, dict) and rec.get(self.step_key) == step:
+                if all(rec.get(k) == v for k, v in fields.items()):
+                    found = rec
+        return found
+
     def close(self, exit_code: int = 0) -> None:
         """Let the trackers send what is queued and close their runs (bounded wait:
         :meth:`trainer.infra.trackers.Trackers.close`). Idempotent."""
