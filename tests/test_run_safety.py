@@ -18,6 +18,7 @@ import fcntl
 import importlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,7 +193,10 @@ def test_stopped_2_process_run_resumes_exactly(trainer, tmp_path):
 def test_a_finished_run_run_again_keeps_its_final_evaluation(trainer, nproc, tmp_path):
     """The same command after the run finished (as to catch a tracker up) resumes at the last
     step, trains nothing, and keeps the final evaluation it logged (rank 0's file decides for
-    every rank): metrics.jsonl is unchanged, the final evaluation in it once."""
+    every rank): metrics.jsonl is unchanged, the final evaluation in it once. The reward trainer's
+    ``best/`` comes from the evaluation read back when ``save_best`` was turned on since, and is not
+    saved again once it holds that step. A new run in the same directory (its checkpoints
+    deleted) evaluates again."""
     module, tiny, _ = TRAINERS[trainer]
     script = module.replace(".", "/") + ".py"
     out = tmp_path / "o"
@@ -200,11 +204,26 @@ def test_a_finished_run_run_again_keeps_its_final_evaluation(trainer, nproc, tmp
     launch(script, args, nproc=nproc)
     first = (out / "metrics.jsonl").read_text()
     assert [r["step"] for r in map(json.loads, first.splitlines()) if r["split"] == "eval"] == [3]
-    p = launch(script, args, nproc=nproc)
+    again = [*args, "save_best=true"] if trainer == "reward" else args
+    p = launch(script, again, nproc=nproc)
     assert "resumed from step 3" in p.stdout + p.stderr
     assert "the final evaluation (step 3) is in metrics.jsonl already: not repeated" in p.stdout + p.stderr
     assert (out / "metrics.jsonl").read_text() == first
-    assert (out / "final").is_dir()
+    if trainer == "reward":
+        best = out / "best" / "fgrlhf_reward.json"
+        assert json.loads(best.read_text())["step"] == 3
+        saved = best.stat().st_mtime_ns
+        launch(script, again, nproc=nproc)
+        assert best.stat().st_mtime_ns == saved
+    shutil.rmtree(out / "checkpoints")
+    p = launch(script, args, nproc=nproc)
+    assert "not repeated" not in p.stdout + p.stderr and "resumed from" not in p.stdout + p.stderr
+    evals = [
+        r["step"]
+        for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+        if r["split"] == "eval"
+    ]
+    assert evals == [3, 3]
 
 
 # --- the output directory's lock ---------------------------------------------------------------

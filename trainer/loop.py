@@ -42,7 +42,7 @@ from trainer.data.pairs import step_batches
 from trainer.eval.plot import plot_runs, read_metrics
 from trainer.infra.checkpoint import Checkpointer
 from trainer.infra.config import describe
-from trainer.infra.dist import all_reduce_sum, broadcast_object
+from trainer.infra.dist import all_reduce_sum, broadcast_object, on_rank0
 from trainer.infra.dryrun import host_item, model_shape
 from trainer.infra.metrics import MetricsLog
 from trainer.infra.runtime import (
@@ -251,8 +251,15 @@ class SupervisedRecipe:
         raise NotImplementedError
 
     def evaluate(self, step: int, final: bool) -> dict:
-        """Held-out metrics at ``step``, logged by the recipe (``final``: the end-of-run one)."""
+        """Held-out metrics at ``step``, logged by the recipe as ``{"split": "eval", "step": step,
+        **metrics}`` (``final``: the end-of-run one); returns ``metrics``, exactly what it logged
+        (a finished run run again reads them back: :meth:`evaluated_before`)."""
         raise NotImplementedError
+
+    def evaluated_before(self, step: int, metrics: dict) -> None:
+        """A finished run run again: its final evaluation, ``metrics``, is read back from
+        metrics.jsonl instead of repeated; what :meth:`evaluate` does besides logging happens here
+        (collective). Nothing by default."""
 
     def checkpoint_extra(self, step: int) -> dict:
         """The recipe's keys of the checkpoint's extra state, between ``step`` and ``n_items``."""
@@ -314,6 +321,7 @@ def run_supervised(recipe: SupervisedRecipe) -> dict:
     ckpt = Checkpointer(run.out_dir / "checkpoints", cfg.keep_checkpoints, say=run.say)
     step, extra = resume_or_seed(run, ckpt, model, optimizer, scheduler, log, len(data.train))
     recipe.resumed(extra)
+    ran_to_the_end = bool(extra) and step == sch.end_step  # a finished run run again (no training)
     pm = memory.track(cfg, run.say, [model], [optimizer])  # a dry run's tracker (None: a real run)
     phase = Phases(di.device, pm)
 
@@ -364,7 +372,7 @@ def run_supervised(recipe: SupervisedRecipe) -> dict:
             times["eval"] += time.perf_counter() - t0
         if due(step, cfg.checkpoint_every) or step == sch.end_step or preempted:
             t0 = time.perf_counter()
-            extra = {
+            ckpt_extra = {
                 "scheduler": scheduler.state_dict(),
                 "step": step,
                 **recipe.checkpoint_extra(step),
@@ -372,7 +380,7 @@ def run_supervised(recipe: SupervisedRecipe) -> dict:
                 "world_size": di.world_size,
             }
             with phase("checkpoint"):
-                ckpt.save(step, {"model": (model, optimizer)}, extra)
+                ckpt.save(step, {"model": (model, optimizer)}, ckpt_extra)
             times["checkpoint"] += time.perf_counter() - t0
         if preempted:  # SIGTERM on some rank: the checkpoint above is written; exit 75
             bar.close()
@@ -384,10 +392,13 @@ def run_supervised(recipe: SupervisedRecipe) -> dict:
     # 6a. the final evaluation; a finished run run again (resumed at its end, e.g. to catch the
     # trackers up) keeps the one it logged rather than logging a second (rank 0's file decides)
     t0 = time.perf_counter()
-    logged = broadcast_object(log.find(step, split="eval")) if extra and step == sch.end_step else None
-    if data.has_eval and logged is not None:
+    logged = None
+    if data.has_eval and ran_to_the_end:
+        logged = broadcast_object(on_rank0(log.find, step, split="eval"))
+    if logged is not None:
         metrics = {k: v for k, v in logged.items() if k not in ("split", "step")}
         run.say(f"the final evaluation (step {step}) is in metrics.jsonl already: not repeated")
+        recipe.evaluated_before(step, metrics)
     elif data.has_eval:
         with phase("eval"):
             metrics = recipe.evaluate(step, final=True)

@@ -32,6 +32,7 @@ SIGTERM finishes the step, checkpoints and exits 75 (rerun to resume). ``python 
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import warnings
@@ -54,6 +55,7 @@ from trainer.eval.report import rm_report
 from trainer.infra.config import ConfigError, cli_main
 from trainer.infra.dist import (
     all_reduce_sum,
+    broadcast_object,
     exit_process,
     gather_objects,
     get_rank,
@@ -66,6 +68,7 @@ from trainer.infra.runtime import Run
 from trainer.infra.summary import REWARD_ROWS, reward_summary
 from trainer.loop import Data, SupervisedRecipe, end_of_run, run_supervised
 from trainer.models import (
+    RM_META_FILE,
     base_config,
     full_state_dict,
     load_tokenizer,
@@ -313,6 +316,14 @@ def save_reward_model(run: Run, model, hf_config, tokenizer, name: str, step: in
     )
 
 
+def _saved_step(path: Path) -> int | None:
+    """The training step of the reward model saved at ``path`` (its metadata's), or None."""
+    try:
+        return json.loads((path / RM_META_FILE).read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 class RewardRecipe(SupervisedRecipe):
     """The reward model on :func:`~trainer.loop.run_supervised`: pairs of the level's own
     kind, :func:`pair_loss` over the step's global pair count, the held-out metrics of
@@ -434,10 +445,23 @@ class RewardRecipe(SupervisedRecipe):
             f"eval step {step}: "
             + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
         )
-        if cfg.save_best and metrics.get("accuracy", -math.inf) > self.best:
-            self.best = metrics["accuracy"]
-            save_reward_model(run, self.model, self.hf_config, self.data.tokenizer, "best", step, metrics)
+        self.keep_best(step, metrics)
         return metrics
+
+    def evaluated_before(self, step: int, metrics: dict) -> None:
+        """The final evaluation read back: ``best/`` kept as :meth:`evaluate` keeps it, unless it
+        holds this step's model already (the first run saved it; a kill during that save or
+        ``save_best`` turned on since: saved now)."""
+        if broadcast_object(on_rank0(_saved_step, self.run.out_dir / "best")) != step:
+            self.keep_best(step, metrics)
+
+    def keep_best(self, step: int, metrics: dict) -> None:
+        """``best/`` := the model now, when its held-out own-kind accuracy beats the best so far
+        (``save_best``; collective)."""
+        if self.cfg.save_best and metrics.get("accuracy", -math.inf) > self.best:
+            self.best = metrics["accuracy"]
+            tokenizer = self.data.tokenizer
+            save_reward_model(self.run, self.model, self.hf_config, tokenizer, "best", step, metrics)
 
     def checkpoint_extra(self, step: int) -> dict:
         return {"epoch": step // self.schedule.steps_per_epoch, "best": self.best}
