@@ -32,7 +32,6 @@ SIGTERM finishes the step, checkpoints and exits 75 (rerun to resume). ``python 
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import warnings
@@ -68,12 +67,12 @@ from trainer.infra.runtime import Run
 from trainer.infra.summary import REWARD_ROWS, reward_summary
 from trainer.loop import Data, SupervisedRecipe, end_of_run, run_supervised
 from trainer.models import (
-    RM_META_FILE,
     base_config,
     full_state_dict,
     load_tokenizer,
     pad_token_id,
     per_token_scores,
+    read_reward_meta,
     save_pretrained,
     scalar_head_config,
     sequence_reward,
@@ -319,8 +318,8 @@ def save_reward_model(run: Run, model, hf_config, tokenizer, name: str, step: in
 def _saved_step(path: Path) -> int | None:
     """The training step of the reward model saved at ``path`` (its metadata's), or None."""
     try:
-        return json.loads((path / RM_META_FILE).read_text())["step"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return read_reward_meta(path).get("step")
+    except (OSError, ValueError):  # (none there, or not readable: save it)
         return None
 
 

@@ -114,19 +114,17 @@ class MetricsLog:
 
     def find(self, step: int, **fields: Any) -> dict | None:
         """The last record at ``step`` whose ``fields`` have these values (``find(6,
-        split="eval")``), or None; always None on a rank that writes nothing."""
-        if not self.enabled or not self.path.exists():
+        split="eval")``), or None (also for a file :func:`read_log` refuses); always None on a
+        rank that writes nothing."""
+        if not self.enabled:
             return None
-        found = None
-        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                rec = json.loads(line)
-            except (ValueError, RecursionError):
-                continue
-            if isinstance(rec, dict) and rec.get(self.step_key) == step:
-                if all(rec.get(k) == v for k, v in fields.items()):
-                    found = rec
-        return found
+        try:
+            records = read_log(self.path, empty="no record")
+        except DataError:  # (missing, empty or damaged: nothing to find)
+            return None
+        want = {self.step_key: step, **fields}
+        found = [rec for _, rec in records if all(rec.get(k) == v for k, v in want.items())]
+        return found[-1] if found else None
 
     def close(self, exit_code: int = 0) -> None:
         """Let the trackers send what is queued and close their runs (bounded wait:
